@@ -1,0 +1,3 @@
+//! Issuance benchmark (filled in with the bench commit).
+
+fn main() {}

@@ -1,0 +1,18 @@
+#![doc = include_str!("../README.md")]
+
+mod crl;
+mod error;
+mod issue;
+mod key;
+pub mod pem;
+pub mod template;
+mod validate;
+
+pub use crl::{build_crl, Reason, Revoked};
+pub use error::Error;
+pub use issue::{
+    intermediate_ca, issue_device, self_signed_ca, CaRole, CaSpec, DeviceRequest, Issuer,
+};
+pub use key::{Curve, PublicKey, Signer, SoftKey};
+pub use template::{RenderInputs, Template, TemplateError};
+pub use validate::{validate, Policy, Purpose};

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need beyond cargo (idempotently), then runs every
+# check CI runs. Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# --- external validators and peers -----------------------------------------------------------
+apt_missing=()
+command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
+if ((${#apt_missing[@]})); then
+    echo "installing ${apt_missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+
+# pkilint (RFC 5280 linter) for the certificate lint tests.
+if ! python3 -c 'import pkilint' >/dev/null 2>&1; then
+    echo "installing pkilint"
+    python3 -m pip install -q pkilint==0.13.3
+fi
+
+# --- checks, cheapest first ------------------------------------------------------------------
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
+RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps --locked --quiet
