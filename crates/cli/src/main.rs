@@ -1,3 +1,56 @@
-//! The `trustfab` command line; subcommands arrive with the PKI commit that follows.
+//! The `trustfab` command line: one subcommand per role of the chain of trust (vendor, OEM,
+//! demo), a thin layer over the library crates. This is the only crate that picks backends.
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod ca;
+mod demo;
+mod files;
+mod oem;
+mod secrets;
+mod vendor;
+
+/// trustfab: provision IoT devices at a factory you do not trust.
+///
+/// The OEM keeps its keys inside an HSM; every device gets its own key pair and a certificate
+/// chained to the OEM root; the production count cannot be exceeded.
+///
+/// Start with `trustfab demo`, which runs the whole chain of trust in a temporary directory
+/// and prints what each step made. Passphrases for key files come from the environment variable
+/// TRUSTFAB_PASSPHRASE, a file (--passphrase-file), or a prompt; never from the command line.
+#[derive(Parser, Debug)]
+#[command(name = "trustfab", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The provisioning-system vendor: its root CA certifies genuine HSMs.
+    #[command(subcommand)]
+    Vendor(vendor::VendorCommand),
+    /// The OEM: root CA, device CA, certificate template, test issuance, revocation.
+    #[command(subcommand)]
+    Oem(oem::OemCommand),
+    /// Run the chain of trust end to end on the embedded defaults and say what each step made.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Vendor(c) => vendor::run(c),
+        Command::Oem(c) => oem::run(c),
+        Command::Demo(a) => demo::run(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -164,7 +164,8 @@ impl SoftKey {
     }
 
     /// Encrypts the key under `passphrase` as PKCS#8 PEM, readable by
-    /// `openssl pkey -in FILE -passin ...`. The scrypt cost is N=2^15, r=8, p=1.
+    /// `openssl pkey -in FILE -passin ...`. The scrypt cost is N=2^14, r=8, p=1 (16 MiB): the
+    /// parameters `openssl pkcs8 -scrypt` uses, inside OpenSSL's 32 MiB decryption limit.
     ///
     /// # Errors
     /// When the random source or the encoder fails.
@@ -173,7 +174,7 @@ impl SoftKey {
         passphrase: &Passphrase,
         rng: &dyn Rng,
     ) -> Result<Zeroizing<String>, Error> {
-        self.to_encrypted_pem_with_cost(passphrase, rng, 15)
+        self.to_encrypted_pem_with_cost(passphrase, rng, 14)
     }
 
     pub(crate) fn to_encrypted_pem_with_cost(

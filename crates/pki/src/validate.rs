@@ -26,8 +26,9 @@ pub struct Policy<'a> {
     pub root: &'a [u8],
     /// Intermediate certificates that may complete the path (DER).
     pub intermediates: &'a [Vec<u8>],
-    /// CRLs (DER). When present, the status of every certificate in the path below the root
-    /// must be known from them, and an expired CRL is refused.
+    /// CRLs (DER) from the certificate's issuer. When present, the end-entity certificate's
+    /// status must be known from them (a CRL from another issuer fails closed), and an expired
+    /// CRL is refused.
     pub crls: &'a [Vec<u8>],
     /// The time of validation.
     pub now: UnixTime,
@@ -64,7 +65,7 @@ pub fn validate(cert: &[u8], policy: &Policy<'_>) -> Result<(), Error> {
         Some(
             RevocationOptionsBuilder::new(&crl_refs)
                 .map_err(|_| Error::Validity("no CRL given"))?
-                .with_depth(RevocationCheckDepth::Chain)
+                .with_depth(RevocationCheckDepth::EndEntity)
                 .with_status_policy(UnknownStatusPolicy::Deny)
                 .with_expiration_policy(ExpirationPolicy::Enforce)
                 .build(),

@@ -1,0 +1,374 @@
+//! `trustfab oem`: the OEM's premise. Its root CA (and optional device CA), the device
+//! certificate template, test issuance, revocation and CRLs, and chain validation.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use trustfab_pki::template::EXAMPLE_TEMPLATE;
+use trustfab_pki::{
+    pem, Curve, DeviceRequest, Policy, PublicKey, Purpose, Reason, RenderInputs, Signer, SoftKey,
+    Template,
+};
+use trustfab_types::{
+    limits, Clock, DeviceUid, OemId, OsRng, ProductId, Serial, SystemClock, UnixTime,
+};
+
+use crate::ca::{CaDir, InitSpec, Kind, DEVICE_CA_CERT, DEVICE_CA_KEY, ROOT_CERT, ROOT_KEY};
+use crate::files;
+use crate::secrets::PassphraseArgs;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum OemCommand {
+    /// Create the OEM identity: root CA, and with --device-ca an intermediate that signs devices.
+    Init(InitArgs),
+    /// Device certificate templates (docs/template.md).
+    #[command(subcommand)]
+    Template(TemplateCommand),
+    /// Issue one device certificate from a template, to look at with `openssl x509 -text`.
+    IssueTest(IssueTestArgs),
+    /// Revoke a device certificate (recorded in ca.toml; publish it with `oem crl`).
+    Revoke(RevokeArgs),
+    /// Write a CRL of every revoked certificate, signed by the CA that issued them.
+    Crl(CrlArgs),
+    /// Validate a device certificate against this OEM's root (and CRL, if given).
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct InitArgs {
+    /// Directory for the OEM CA (created if missing; must not hold a CA).
+    #[arg(long, default_value = "oem")]
+    dir: PathBuf,
+    /// The OEM id bound to products inside the HSM ([A-Za-z0-9._-], at most 64).
+    #[arg(long)]
+    oem_id: OemId,
+    /// Organisation name in the certificates (defaults to the OEM id).
+    #[arg(long)]
+    name: Option<String>,
+    /// Also create a device CA under the root; it signs device certificates.
+    #[arg(long)]
+    device_ca: bool,
+    /// Curve of the CA keys.
+    #[arg(long, default_value = "p256")]
+    curve: Curve,
+    /// Years of validity of the root.
+    #[arg(long, default_value_t = 25)]
+    years: u32,
+    #[command(flatten)]
+    pass: PassphraseArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TemplateCommand {
+    /// Write an example template to start from.
+    New {
+        /// Where to write it (stdout if absent).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a template; explain every error with its line and field.
+    Check {
+        /// The template file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct IssueTestArgs {
+    /// The OEM CA directory.
+    #[arg(long, default_value = "oem")]
+    dir: PathBuf,
+    /// The device certificate template.
+    #[arg(long)]
+    template: PathBuf,
+    /// Product id for {product}.
+    #[arg(long)]
+    product: ProductId,
+    /// Device unique id, hexadecimal, for {uid}.
+    #[arg(long)]
+    uid: DeviceUid,
+    /// The device public key (PEM SubjectPublicKeyInfo). Without it a throwaway key pair is
+    /// generated and its private half discarded.
+    #[arg(long)]
+    public_key: Option<PathBuf>,
+    /// Serial number, hexadecimal (default: from the template's scheme).
+    #[arg(long)]
+    serial: Option<Serial>,
+    /// Where to write the certificate (PEM).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    pass: PassphraseArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RevokeArgs {
+    /// The OEM CA directory.
+    #[arg(long, default_value = "oem")]
+    dir: PathBuf,
+    /// The certificate to revoke (PEM or DER).
+    #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
+    cert: Option<PathBuf>,
+    /// Or its serial number, hexadecimal.
+    #[arg(long)]
+    serial: Option<Serial>,
+    /// Why.
+    #[arg(long, default_value = "unspecified")]
+    reason: Reason,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CrlArgs {
+    /// The OEM CA directory.
+    #[arg(long, default_value = "oem")]
+    dir: PathBuf,
+    /// Where to write the CRL (PEM).
+    #[arg(long)]
+    out: PathBuf,
+    /// Days until nextUpdate.
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+    #[command(flatten)]
+    pass: PassphraseArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct VerifyArgs {
+    /// The OEM CA directory (its root is the only trust anchor).
+    #[arg(long, default_value = "oem")]
+    dir: PathBuf,
+    /// The certificate to check (PEM or DER).
+    cert: PathBuf,
+    /// A CRL to check revocation against (PEM or DER).
+    #[arg(long)]
+    crl: Option<PathBuf>,
+}
+
+pub(crate) fn run(cmd: OemCommand) -> Result<()> {
+    match cmd {
+        OemCommand::Init(a) => init(&a),
+        OemCommand::Template(TemplateCommand::New { out }) => match out {
+            Some(path) => {
+                files::write_new(&path, EXAMPLE_TEMPLATE.as_bytes(), false)?;
+                println!("example template written to {}", path.display());
+                Ok(())
+            }
+            None => {
+                print!("{EXAMPLE_TEMPLATE}");
+                Ok(())
+            }
+        },
+        OemCommand::Template(TemplateCommand::Check { file }) => check_template(&file),
+        OemCommand::IssueTest(a) => issue_test(&a),
+        OemCommand::Revoke(a) => revoke(&a),
+        OemCommand::Crl(a) => crl(&a),
+        OemCommand::Verify(a) => verify(&a),
+    }
+}
+
+fn init(a: &InitArgs) -> Result<()> {
+    let pass = a.pass.get("the OEM CA keys", true)?;
+    let name = a.name.clone().unwrap_or_else(|| a.oem_id.to_string());
+    let spec = InitSpec {
+        kind: Kind::Oem,
+        name: &name,
+        oem_id: Some(a.oem_id.clone()),
+        curve: a.curve,
+        years: a.years,
+        device_ca: a.device_ca,
+    };
+    CaDir::init(&a.dir, &spec, &pass)?;
+    println!("OEM {} created ({})", a.oem_id, a.curve);
+    println!(
+        "  root certificate       {}",
+        a.dir.join(ROOT_CERT).display()
+    );
+    println!(
+        "  root key               {} (encrypted PKCS#8, mode 0600)",
+        a.dir.join(ROOT_KEY).display()
+    );
+    if a.device_ca {
+        println!(
+            "  device CA certificate  {}",
+            a.dir.join(DEVICE_CA_CERT).display()
+        );
+        println!(
+            "  device CA key          {} (encrypted PKCS#8, mode 0600)",
+            a.dir.join(DEVICE_CA_KEY).display()
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn load_template(path: &Path) -> Result<Template> {
+    let text = files::read_text(path, limits::TEMPLATE_BYTES)?;
+    Template::from_toml(&text).with_context(|| format!("template {}", path.display()))
+}
+
+fn check_template(path: &Path) -> Result<()> {
+    let t = load_template(path)?;
+    // Render once with sample values of realistic size (a 9-byte secure-element serial).
+    let oem = OemId::new("example-oem")?;
+    let product = ProductId::new("example-product")?;
+    let uid = DeviceUid::new(&[0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xee])?;
+    let serial = Serial::from_u64(0x1234_5678_9abc_def0)?;
+    let r = t
+        .render(&RenderInputs {
+            oem: &oem,
+            product: &product,
+            uid: &uid,
+            serial: &serial,
+        })
+        .context("rendering with sample values")?;
+    println!("{}: ok", path.display());
+    println!("{t}");
+    println!("sample subject (uid {uid}):");
+    for (attr, v) in &r.subject {
+        println!("  {attr:?} = {v}");
+    }
+    for d in &r.dns_names {
+        println!("  SAN dNSName = {d}");
+    }
+    for u in &r.uris {
+        println!("  SAN URI = {u}");
+    }
+    Ok(())
+}
+
+fn issue_test(a: &IssueTestArgs) -> Result<()> {
+    let ca = CaDir::open(&a.dir, Kind::Oem)?;
+    let template = load_template(&a.template)?;
+    let public_key = match &a.public_key {
+        Some(p) => PublicKey::from_pem(&files::read_text(p, limits::CERTIFICATE_BYTES)?)
+            .with_context(|| format!("reading public key {}", p.display()))?,
+        None => {
+            let k = SoftKey::generate(ca.state.curve)?;
+            println!(
+                "no --public-key: generated a throwaway key pair; its private key is discarded"
+            );
+            PublicKey::from_point(k.curve(), k.public_point())?
+        }
+    };
+    let serial = match &a.serial {
+        Some(s) => s.clone(),
+        None => match template.serial {
+            trustfab_pki::template::SerialScheme::Random { .. } => {
+                template.serial.random_serial(&OsRng)?
+            }
+            trustfab_pki::template::SerialScheme::Sequential { .. } => {
+                template.serial.sequential_serial(0)?
+            }
+        },
+    };
+    let pass = a.pass.get("the OEM CA key", false)?;
+    let (cert, key) = ca.signing(&pass)?;
+    let oem = ca.state.oem_id.clone().context("ca.toml has no oem_id")?;
+    let issuer = ca.issuer(&cert, &key)?;
+    let req = DeviceRequest {
+        inputs: RenderInputs {
+            oem: &oem,
+            product: &a.product,
+            uid: &a.uid,
+            serial: &serial,
+        },
+        public_key: &public_key,
+        now: SystemClock.now(),
+    };
+    let der = trustfab_pki::issue_device(&template, &req, &issuer)?;
+    files::write_new(&a.out, pem::cert_pem(&der).as_bytes(), false)?;
+    println!(
+        "device certificate, serial {serial}, written to {}",
+        a.out.display()
+    );
+    println!(
+        "look at it with: openssl x509 -noout -text -in {}",
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn revoke(a: &RevokeArgs) -> Result<()> {
+    let mut ca = CaDir::open(&a.dir, Kind::Oem)?;
+    let serial = match (&a.cert, &a.serial) {
+        (Some(path), _) => {
+            let bytes = files::read_limited(path, limits::CERTIFICATE_BYTES)?;
+            let der = pem::cert_from_pem_or_der(&bytes)?;
+            let (_, x509) = x509_parser::parse_x509_certificate(&der)
+                .map_err(|e| anyhow::anyhow!("{}: not a certificate: {e}", path.display()))?;
+            Serial::from_be_bytes(x509.raw_serial())?
+        }
+        (None, Some(s)) => s.clone(),
+        (None, None) => bail!("give --cert or --serial"),
+    };
+    if ca.revoke(&serial, a.reason, SystemClock.now())? {
+        println!(
+            "serial {serial} revoked ({}); publish with `trustfab oem crl`",
+            a.reason
+        );
+    } else {
+        println!("serial {serial} was already revoked");
+    }
+    Ok(())
+}
+
+fn crl(a: &CrlArgs) -> Result<()> {
+    let mut ca = CaDir::open(&a.dir, Kind::Oem)?;
+    let pass = a.pass.get("the OEM CA key", false)?;
+    let (cert, key) = ca.signing(&pass)?;
+    let issuer = ca.issuer(&cert, &key)?;
+    let now = SystemClock.now();
+    let next = UnixTime(now.0 + u64::from(a.days.max(1)) * 86_400);
+    let number = ca.state.crl_number + 1;
+    let revoked = ca.revoked()?;
+    let der = trustfab_pki::build_crl(&issuer, &revoked, number, now, next)?;
+    files::write_atomic(&a.out, pem::encode("X509 CRL", &der).as_bytes(), false)?;
+    ca.state.crl_number = number;
+    ca.save()?;
+    println!(
+        "CRL number {number} with {} revoked certificate(s) written to {}",
+        revoked.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+pub(crate) fn read_crl(path: &Path) -> Result<Vec<u8>> {
+    let bytes = files::read_limited(path, limits::CRL_BYTES)
+        .with_context(|| format!("reading {}", path.display()))?;
+    match std::str::from_utf8(&bytes) {
+        Ok(t) if t.contains("-----BEGIN") => Ok(pem::decode_one(t, "X509 CRL")?),
+        _ => Ok(bytes),
+    }
+}
+
+fn verify(a: &VerifyArgs) -> Result<()> {
+    let ca = CaDir::open(&a.dir, Kind::Oem)?;
+    let bytes = files::read_limited(&a.cert, limits::CERTIFICATE_BYTES)
+        .with_context(|| format!("reading {}", a.cert.display()))?;
+    let der = pem::cert_from_pem_or_der(&bytes)?;
+    let crls = match &a.crl {
+        Some(p) => vec![read_crl(p)?],
+        None => Vec::new(),
+    };
+    let root = ca.root_der()?;
+    let intermediates = ca.intermediates()?;
+    trustfab_pki::validate(
+        &der,
+        &Policy {
+            root: &root,
+            intermediates: &intermediates,
+            crls: &crls,
+            now: SystemClock.now(),
+            purpose: Purpose::ClientAuth,
+        },
+    )
+    .with_context(|| format!("{}", a.cert.display()))?;
+    println!(
+        "{}: valid, chains to the root of OEM {}{}",
+        a.cert.display(),
+        ca.state.oem_id.as_ref().map_or("?", OemId::as_str),
+        if crls.is_empty() { "" } else { ", not revoked" }
+    );
+    Ok(())
+}

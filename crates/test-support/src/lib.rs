@@ -1,0 +1,146 @@
+#![doc = include_str!("../README.md")]
+#![allow(clippy::missing_panics_doc)] // test helpers panic by design, with the reason
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A scratch directory that files are written into for the external tools.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// A new empty directory, removed on drop.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `contents` to `name` in the directory and returns its path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, contents).expect("write scratch file");
+        p
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The result of running an external tool.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Whether it exited 0.
+    pub ok: bool,
+    /// Its standard output and standard error, together.
+    pub output: String,
+}
+
+fn run(mut cmd: Command, hint: &str) -> Outcome {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}; {hint}"));
+    Outcome {
+        ok: out.status.success(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Drives the `openssl` command line.
+pub mod openssl {
+    use super::{run, Command, Outcome, Path};
+
+    /// `openssl verify -x509_strict -CAfile root [-untrusted int] [-CRLfile crl -crl_check] [extra] leaf`.
+    pub fn verify(
+        root: &Path,
+        untrusted: Option<&Path>,
+        crl: Option<&Path>,
+        extra: &[&str],
+        leaf: &Path,
+    ) -> Outcome {
+        let mut cmd = Command::new("openssl");
+        cmd.arg("verify")
+            .arg("-x509_strict")
+            .arg("-CAfile")
+            .arg(root);
+        if let Some(u) = untrusted {
+            cmd.arg("-untrusted").arg(u);
+        }
+        if let Some(c) = crl {
+            cmd.arg("-CRLfile").arg(c).arg("-crl_check");
+        }
+        cmd.args(extra).arg(leaf);
+        run(cmd, "install openssl (scripts/test.sh does)")
+    }
+
+    /// `openssl pkey -in key -passin env:VAR -pubout`: reads an encrypted PKCS#8 key.
+    pub fn pkey_pubout(key: &Path, passphrase: &str) -> Outcome {
+        let mut cmd = Command::new("openssl");
+        cmd.arg("pkey")
+            .arg("-in")
+            .arg(key)
+            .arg("-passin")
+            .arg("env:TEST_KEY_PASSPHRASE")
+            .arg("-pubout")
+            .env("TEST_KEY_PASSPHRASE", passphrase);
+        run(cmd, "install openssl (scripts/test.sh does)")
+    }
+}
+
+/// Drives pkilint's generic RFC 5280 linter.
+pub mod pkilint {
+    use super::{run, Command, Path};
+
+    /// Findings at ERROR or above for the certificate at `cert` (PEM), one line each
+    /// (`code (SEVERITY): message`), with every code in `allow` removed. Empty means clean.
+    pub fn errors(cert: &Path, allow: &[&str]) -> Vec<String> {
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-m",
+            "pkilint.bin.lint_pkix_cert",
+            "lint",
+            "-s",
+            "ERROR",
+            "-f",
+            "TEXT",
+        ])
+        .arg(cert);
+        let out = run(cmd, "pip install pkilint (scripts/test.sh does)");
+        assert!(
+            !out.output.contains("No module named"),
+            "pkilint is not installed: pip install pkilint (scripts/test.sh does)\n{}",
+            out.output
+        );
+        let findings: Vec<String> = out
+            .output
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.contains(" (ERROR): ") || l.contains(" (FATAL): "))
+            .map(str::to_owned)
+            .collect();
+        // The exit code is the number of findings: a non-zero code with none parsed means the
+        // output format changed under us, which must not pass as clean.
+        assert!(
+            out.ok || !findings.is_empty(),
+            "pkilint failed without findings we can read:\n{}",
+            out.output
+        );
+        findings
+            .into_iter()
+            .filter(|l| !allow.iter().any(|a| l.starts_with(a)))
+            .collect()
+    }
+}
