@@ -1,0 +1,320 @@
+//! The `trustfab` binary, run for real in a temporary directory, the way a user runs it.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use trustfab_test_support::openssl;
+
+const PASS: &str = "cli test passphrase";
+
+fn trustfab(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trustfab"))
+        .current_dir(dir)
+        .args(args)
+        .env("TRUSTFAB_PASSPHRASE", PASS)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run trustfab")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = trustfab(dir, args);
+    assert!(
+        out.status.success(),
+        "trustfab {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = trustfab(dir, args);
+    assert!(!out.status.success(), "trustfab {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn sh(dir: &Path, cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run helper");
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn oem_flow_issue_verify_revoke_with_openssl() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok(d, &["oem", "init", "--oem-id", "acme", "--device-ca"]);
+    ok(d, &["oem", "template", "new", "--out", "template.toml"]);
+    let checked = ok(d, &["oem", "template", "check", "template.toml"]);
+    assert!(checked.contains("template.toml: ok"), "{checked}");
+
+    // A device key made by openssl, as a device maker's tool would.
+    sh(
+        d,
+        "openssl",
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "dev.key",
+        ],
+    );
+    sh(
+        d,
+        "openssl",
+        &["pkey", "-in", "dev.key", "-pubout", "-out", "dev.pub"],
+    );
+    ok(
+        d,
+        &[
+            "oem",
+            "issue-test",
+            "--template",
+            "template.toml",
+            "--product",
+            "thermo",
+            "--uid",
+            "0123456789abcdef01",
+            "--public-key",
+            "dev.pub",
+            "--out",
+            "dev.pem",
+        ],
+    );
+    let root = d.join("oem/root.pem");
+    let int = d.join("oem/device-ca.pem");
+    let v = openssl::verify(&root, Some(&int), None, &[], &d.join("dev.pem"));
+    assert!(v.ok, "{}", v.output);
+    assert!(ok(d, &["oem", "verify", "dev.pem"]).contains("valid"));
+
+    // The certificate carries the key openssl made.
+    let cert_pub = Command::new("openssl")
+        .args(["x509", "-in", "dev.pem", "-noout", "-pubkey"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&cert_pub.stdout),
+        std::fs::read_to_string(d.join("dev.pub")).unwrap()
+    );
+
+    ok(
+        d,
+        &[
+            "oem",
+            "revoke",
+            "--cert",
+            "dev.pem",
+            "--reason",
+            "key-compromise",
+        ],
+    );
+    ok(d, &["oem", "crl", "--out", "crl.pem"]);
+    let e = fails(d, &["oem", "verify", "dev.pem", "--crl", "crl.pem"]);
+    assert!(e.contains("CertRevoked"), "{e}");
+    let v = openssl::verify(
+        &root,
+        Some(&int),
+        Some(&d.join("crl.pem")),
+        &[],
+        &d.join("dev.pem"),
+    );
+    assert!(!v.ok && v.output.contains("revoked"), "{}", v.output);
+
+    // Checked against another OEM, the same certificate is refused.
+    let other = tempfile::tempdir().unwrap();
+    ok(other.path(), &["oem", "init", "--oem-id", "globex"]);
+    let e = fails(
+        other.path(),
+        &["oem", "verify", d.join("dev.pem").to_str().unwrap()],
+    );
+    assert!(e.contains("UnknownIssuer"), "{e}");
+}
+
+#[test]
+fn private_keys_are_never_written_in_plaintext() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok(d, &["vendor", "init"]);
+    ok(
+        d,
+        &[
+            "oem",
+            "init",
+            "--oem-id",
+            "acme",
+            "--device-ca",
+            "--curve",
+            "p384",
+        ],
+    );
+    for key in ["vendor/root.key", "oem/root.key", "oem/device-ca.key"] {
+        let path = d.join(key);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+            "{key}"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{key}");
+        }
+        // openssl opens it with the passphrase and only with it.
+        assert!(openssl::pkey_pubout(&path, PASS).ok, "{key}");
+        assert!(!openssl::pkey_pubout(&path, "not it").ok, "{key}");
+    }
+    for entry in walk(d) {
+        let bytes = std::fs::read(&entry).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("BEGIN PRIVATE KEY"), "{}", entry.display());
+        assert!(
+            !text.contains("BEGIN EC PRIVATE KEY"),
+            "{}",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn passphrase_sources_and_refusals() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok(d, &["oem", "init", "--oem-id", "acme"]);
+    ok(d, &["oem", "template", "new", "--out", "t.toml"]);
+    let issue = [
+        "oem",
+        "issue-test",
+        "--template",
+        "t.toml",
+        "--product",
+        "p",
+        "--uid",
+        "01",
+    ];
+
+    // Wrong passphrase from a file: refused, nothing written.
+    std::fs::write(d.join("wrong"), "not the passphrase\n").unwrap();
+    let mut args = issue.to_vec();
+    args.extend(["--out", "a.pem", "--passphrase-file", "wrong"]);
+    let e = fails(d, &args);
+    assert!(e.contains("does not decrypt"), "{e}");
+    assert!(!d.join("a.pem").exists());
+
+    // Right passphrase from a file works.
+    std::fs::write(d.join("right"), format!("{PASS}\n")).unwrap();
+    let mut args = issue.to_vec();
+    args.extend(["--out", "b.pem", "--passphrase-file", "right"]);
+    ok(d, &args);
+
+    // No passphrase anywhere and no terminal: a clear error naming the sources.
+    let out = Command::new(env!("CARGO_BIN_EXE_trustfab"))
+        .current_dir(d)
+        .args(issue)
+        .args(["--out", "c.pem"])
+        .env_remove("TRUSTFAB_PASSPHRASE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("TRUSTFAB_PASSPHRASE") && e.contains("--passphrase-file"),
+        "{e}"
+    );
+
+    // An existing output is never overwritten.
+    let mut args = issue.to_vec();
+    args.extend(["--out", "b.pem"]);
+    assert!(fails(d, &args).contains("refusing to overwrite"));
+    // Nor an existing CA.
+    assert!(fails(d, &["oem", "init", "--oem-id", "acme"]).contains("holds a CA already"));
+}
+
+#[test]
+fn template_check_names_line_and_field() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok(d, &["oem", "template", "new", "--out", "t.toml"]);
+    let good = std::fs::read_to_string(d.join("t.toml")).unwrap();
+    let cases = [
+        (
+            good.replace("\"digital_signature\"", "\"sign\""),
+            "[extensions].key_usage",
+            "unknown variant `sign`",
+        ),
+        (
+            good.replace("{uid}.{product}", "{mac}.{product}"),
+            "[subject_alt_name].dns",
+            "unknown placeholder {mac}",
+        ),
+        (
+            good.replace(
+                "basic_constraints = { ca = false }",
+                "basic_constraints = { ca = true }",
+            ),
+            "[extensions].basic_constraints.ca",
+            "CA:false",
+        ),
+        (
+            good.replace("[validity]", "[validity]\nweeks = 3"),
+            "[validity].weeks",
+            "unknown field `weeks`",
+        ),
+    ];
+    for (i, (text, field, message)) in cases.iter().enumerate() {
+        let name = format!("bad{i}.toml");
+        std::fs::write(d.join(&name), text).unwrap();
+        let e = fails(d, &["oem", "template", "check", &name]);
+        assert!(
+            e.contains(field) && e.contains(message) && e.contains("line "),
+            "case {i}: {e}"
+        );
+    }
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let t = tempfile::tempdir().unwrap();
+    let out = ok(t.path(), &["demo", "--dir", "demo", "--devices", "5"]);
+    assert!(out.contains("5 device certificates issued"), "{out}");
+    assert!(out.contains("CertRevoked"), "{out}");
+    let devices: Vec<_> = std::fs::read_dir(t.path().join("demo/devices"))
+        .unwrap()
+        .collect();
+    assert_eq!(devices.len(), 5);
+}
+
+#[test]
+fn help_explains_the_roles() {
+    let t = tempfile::tempdir().unwrap();
+    let out = ok(t.path(), &["--help"]);
+    for word in ["vendor", "oem", "demo", "TRUSTFAB_PASSPHRASE"] {
+        assert!(out.contains(word), "{word} missing from --help:\n{out}");
+    }
+}
