@@ -1,5 +1,8 @@
 //! The `trustfab` binary, run for real in a temporary directory, the way a user runs it.
 
+// Fixtures outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
