@@ -455,3 +455,78 @@ mod issuance {
         ));
     }
 }
+
+/// The fuzz seeds (`fuzz/seeds/`), replayed through the fuzz targets' entry points on every
+/// `cargo test`: none may panic, and the valid ones must be accepted.
+mod fuzz_seeds {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/seeds")
+            .join(target);
+        let mut out: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| {
+                let p = e.unwrap().path();
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        out.sort();
+        assert!(!out.is_empty(), "no seeds in {}", dir.display());
+        out
+    }
+
+    #[test]
+    fn template_seeds_parse() {
+        for (name, bytes) in seeds("template") {
+            let text = std::str::from_utf8(&bytes).unwrap();
+            Template::from_toml(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn spki_seeds_parse() {
+        for (name, bytes) in seeds("spki") {
+            let pk = match std::str::from_utf8(&bytes) {
+                Ok(text) if text.contains("-----BEGIN") => PublicKey::from_pem(text),
+                _ => PublicKey::from_spki_der(&bytes),
+            };
+            assert_eq!(
+                pk.unwrap_or_else(|e| panic!("{name}: {e}")).curve(),
+                Curve::P256
+            );
+        }
+    }
+
+    #[test]
+    fn certificate_seeds_parse() {
+        for (name, bytes) in seeds("certificate") {
+            let der = pem::cert_from_pem_or_der(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(x509_parser::parse_x509_certificate(&der).is_ok(), "{name}");
+        }
+    }
+
+    /// Key files made by openssl (scrypt and PBKDF2 flavours of PBES2) open with their
+    /// passphrase and refuse another.
+    #[test]
+    fn key_file_seeds_open() {
+        let pass = Passphrase::new("fuzz".into()).unwrap();
+        let wrong = Passphrase::new("fuzzy".into()).unwrap();
+        for (name, bytes) in seeds("key_file") {
+            let text = std::str::from_utf8(&bytes).unwrap();
+            SoftKey::from_encrypted_pem(text, &pass).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(
+                matches!(
+                    SoftKey::from_encrypted_pem(text, &wrong),
+                    Err(Error::WrongPassphrase)
+                ),
+                "{name}"
+            );
+        }
+    }
+}
