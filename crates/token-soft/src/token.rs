@@ -1,0 +1,396 @@
+//! The soft token: key objects in memory behind a lock, every change sealed to the file before
+//! it is acknowledged. Attributes (usage, sensitive, extractable) are enforced here, as a PKCS#11
+//! token would enforce them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
+
+use aws_lc_rs::agreement::{self, UnparsedPublicKey, ECDH_P256};
+use aws_lc_rs::encoding::{AsDer as _, Pkcs8V1Der};
+use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _};
+use trustfab_token::{
+    kek_from_shared_secret, unwrap_pkcs8, Curve, Error, KeyHandle, KeyInfo, KeyLabel, KeySpec,
+    KeyUsage, PublicKey, Signature, Token, WrappedKey,
+};
+use trustfab_types::{Passphrase, SecretKeyDer};
+use zeroize::Zeroizing;
+
+use crate::sealed::{Argon2Cost, Sealing};
+
+/// The usable form of a private key. aws-lc clears the scalar when the object is freed.
+enum Live {
+    Sign(EcdsaKeyPair),
+    Transport(agreement::PrivateKey),
+}
+
+struct Entry {
+    info: KeyInfo,
+    public: PublicKey,
+    /// PKCS#8 DER, kept for sealing the store; zeroized on drop, never printed.
+    pkcs8: SecretKeyDer,
+    live: Live,
+}
+
+impl Entry {
+    fn load(info: KeyInfo, pkcs8: SecretKeyDer) -> Result<Self, Error> {
+        let der = pkcs8.secret_pkcs8_der();
+        let (live, point) = match info.usage {
+            KeyUsage::Sign => {
+                let pair = EcdsaKeyPair::from_pkcs8(info.curve.signing_alg(), der)
+                    .map_err(|_| Error::BadKey("not a PKCS#8 key on the key's curve"))?;
+                let point = pair.public_key().as_ref().to_vec();
+                (Live::Sign(pair), point)
+            }
+            KeyUsage::KeyTransport => {
+                let k = agreement::PrivateKey::from_private_key_der(&ECDH_P256, der)
+                    .map_err(|_| Error::BadKey("not a PKCS#8 P-256 key"))?;
+                let point = k
+                    .compute_public_key()
+                    .map_err(|_| Error::BadKey("public key"))?
+                    .as_ref()
+                    .to_vec();
+                (Live::Transport(k), point)
+            }
+        };
+        let public = PublicKey::from_point(info.curve, &point)?;
+        Ok(Self {
+            info,
+            public,
+            pkcs8,
+            live,
+        })
+    }
+}
+
+struct State {
+    sealing: Sealing,
+    next_id: u64,
+    keys: BTreeMap<u64, Entry>,
+}
+
+/// The embedded token: keys in this process, sealed in one file.
+pub struct SoftToken {
+    path: PathBuf,
+    state: RwLock<State>,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for SoftToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.read().keys.len();
+        write!(
+            f,
+            "SoftToken({}, {n} keys, [secrets elided])",
+            self.path.display()
+        )
+    }
+}
+
+impl SoftToken {
+    /// Creates a new, empty store at `path` (which must not exist) sealed under `passphrase`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file exists or cannot be written.
+    pub fn create(path: &Path, passphrase: &Passphrase, cost: Argon2Cost) -> Result<Self, Error> {
+        if path.exists() {
+            return Err(Error::Io {
+                action: "creating",
+                path: path.display().to_string(),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        let state = State {
+            sealing: Sealing::new(passphrase, cost)?,
+            next_id: 1,
+            keys: BTreeMap::new(),
+        };
+        let token = Self {
+            path: path.to_path_buf(),
+            state: RwLock::new(state),
+            rng: SystemRandom::new(),
+        };
+        token.persist(&token.read())?;
+        Ok(token)
+    }
+
+    /// Opens the store at `path`.
+    ///
+    /// # Errors
+    /// [`Error::WrongCredential`], [`Error::StoreTampered`], [`Error::StoreVersion`],
+    /// [`Error::StoreFormat`], [`Error::TooLarge`] or [`Error::Io`].
+    pub fn open(path: &Path, passphrase: &Passphrase) -> Result<Self, Error> {
+        let (sealing, body) = Sealing::read(path, passphrase)?;
+        let (next_id, keys) = decode(&body).map_err(|reason| Error::StoreFormat {
+            path: path.display().to_string(),
+            reason,
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            state: RwLock::new(State {
+                sealing,
+                next_id,
+                keys,
+            }),
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// The analogue of PKCS#11 `C_GetAttributeValue(CKA_VALUE)` asked for its length: the length
+    /// of the private value if the token would reveal it. It refuses, with [`Error::Sensitive`],
+    /// for every key that is sensitive or not extractable, which is every key made with a default
+    /// [`KeySpec`]. There is no call that returns the value itself.
+    ///
+    /// # Errors
+    /// [`Error::Sensitive`] or [`Error::UnknownKey`].
+    pub fn private_value_len(&self, key: KeyHandle) -> Result<usize, Error> {
+        let state = self.read();
+        let e = state.keys.get(&key.backend_id()).ok_or(Error::UnknownKey)?;
+        if e.info.sensitive || !e.info.extractable {
+            return Err(Error::Sensitive);
+        }
+        Ok(e.pkcs8.secret_pkcs8_der().len())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        // A panic while holding the lock leaves the map consistent (inserts are single calls).
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn persist(&self, state: &State) -> Result<(), Error> {
+        let body = encode(state);
+        state.sealing.write(&self.path, &body)
+    }
+
+    /// Adds `entry` under a fresh id and seals the store; on a write failure the key is dropped
+    /// again, so memory never holds a key the file does not.
+    fn insert(&self, entry: Entry) -> Result<KeyHandle, Error> {
+        let mut state = self.write();
+        if state
+            .keys
+            .values()
+            .any(|e| e.info.label == entry.info.label)
+        {
+            return Err(Error::LabelExists {
+                label: entry.info.label.as_str().to_owned(),
+            });
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        state.keys.insert(id, entry);
+        if let Err(e) = self.persist(&state) {
+            state.keys.remove(&id);
+            return Err(e);
+        }
+        Ok(KeyHandle::from_backend(id))
+    }
+
+    fn info_of(spec: &KeySpec) -> KeyInfo {
+        KeyInfo {
+            label: spec.label.clone(),
+            curve: spec.curve,
+            usage: spec.usage,
+            sensitive: spec.sensitive,
+            extractable: spec.extractable,
+        }
+    }
+
+    fn label_free(&self, label: &KeyLabel) -> Result<(), Error> {
+        if self.read().keys.values().any(|e| &e.info.label == label) {
+            return Err(Error::LabelExists {
+                label: label.as_str().to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Token for SoftToken {
+    fn generate(&self, spec: &KeySpec) -> Result<KeyHandle, Error> {
+        self.label_free(&spec.label)?;
+        let pkcs8 = match spec.usage {
+            KeyUsage::Sign => {
+                let doc = EcdsaKeyPair::generate_pkcs8(spec.curve.signing_alg(), &self.rng)
+                    .map_err(|_| Error::Crypto("key generation"))?;
+                SecretKeyDer::new(doc.as_ref().to_vec())
+            }
+            KeyUsage::KeyTransport => {
+                if spec.curve != Curve::P256 {
+                    return Err(Error::BadSpec("key-transport keys are P-256"));
+                }
+                let k = agreement::PrivateKey::generate(&ECDH_P256)
+                    .map_err(|_| Error::Crypto("key generation"))?;
+                let der: Pkcs8V1Der<'static> =
+                    k.as_der().map_err(|_| Error::Crypto("key serialisation"))?;
+                SecretKeyDer::new(der.as_ref().to_vec())
+            }
+        };
+        self.insert(Entry::load(Self::info_of(spec), pkcs8)?)
+    }
+
+    fn find(&self, label: &KeyLabel) -> Result<Option<KeyHandle>, Error> {
+        Ok(self
+            .read()
+            .keys
+            .iter()
+            .find(|(_, e)| &e.info.label == label)
+            .map(|(id, _)| KeyHandle::from_backend(*id)))
+    }
+
+    fn info(&self, key: KeyHandle) -> Result<KeyInfo, Error> {
+        let state = self.read();
+        let e = state.keys.get(&key.backend_id()).ok_or(Error::UnknownKey)?;
+        Ok(e.info.clone())
+    }
+
+    fn public_key(&self, key: KeyHandle) -> Result<PublicKey, Error> {
+        let state = self.read();
+        let e = state.keys.get(&key.backend_id()).ok_or(Error::UnknownKey)?;
+        Ok(e.public.clone())
+    }
+
+    fn sign(&self, key: KeyHandle, message: &[u8]) -> Result<Signature, Error> {
+        let state = self.read();
+        let e = state.keys.get(&key.backend_id()).ok_or(Error::UnknownKey)?;
+        match &e.live {
+            Live::Sign(pair) => pair
+                .sign(&self.rng, message)
+                .map(|s| Signature::from_der(s.as_ref().to_vec()))
+                .map_err(|_| Error::Crypto("signing")),
+            Live::Transport(_) => Err(Error::NotPermitted { operation: "sign" }),
+        }
+    }
+
+    fn unwrap_key(
+        &self,
+        kt: KeyHandle,
+        wrapped: &WrappedKey,
+        spec: &KeySpec,
+    ) -> Result<KeyHandle, Error> {
+        if spec.curve != wrapped.key_curve() {
+            return Err(Error::BadSpec(
+                "spec curve differs from the wrapped key's curve",
+            ));
+        }
+        if spec.usage != KeyUsage::Sign {
+            return Err(Error::BadSpec("only signing keys are imported"));
+        }
+        self.label_free(&spec.label)?;
+        let pkcs8 = {
+            let state = self.read();
+            let e = state.keys.get(&kt.backend_id()).ok_or(Error::UnknownKey)?;
+            let Live::Transport(private) = &e.live else {
+                return Err(Error::NotPermitted {
+                    operation: "unwrap",
+                });
+            };
+            let context = wrapped.kdf_context(e.public.point());
+            let kek: Zeroizing<[u8; 32]> = agreement::agree(
+                private,
+                UnparsedPublicKey::new(&ECDH_P256, wrapped.ephemeral_point()),
+                Error::Unwrap,
+                |z| kek_from_shared_secret(z, &context).map_err(|_| Error::Unwrap),
+            )?;
+            unwrap_pkcs8(&kek, wrapped.ciphertext())?
+        };
+        let entry = Entry::load(Self::info_of(spec), pkcs8).map_err(|_| Error::Unwrap)?;
+        if &entry.public != wrapped.public_key() {
+            return Err(Error::Unwrap);
+        }
+        self.insert(entry)
+    }
+
+    fn fill_random(&self, out: &mut [u8]) -> Result<(), Error> {
+        self.rng.fill(out).map_err(|_| Error::Crypto("random"))
+    }
+}
+
+/// The store body: `next_id u64 | count u32 | count × (id u64 | label_len u8 | label | curve u8
+/// | usage u8 | flags u8 (1 = sensitive, 2 = extractable) | pkcs8_len u16 | pkcs8)`.
+fn encode(state: &State) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::new());
+    out.extend_from_slice(&state.next_id.to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(state.keys.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    for (id, e) in &state.keys {
+        out.extend_from_slice(&id.to_be_bytes());
+        let label = e.info.label.as_str().as_bytes();
+        // Labels are at most 64 bytes and PKCS#8 EC keys well under 64 KiB.
+        out.push(u8::try_from(label.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(label);
+        out.push(e.info.curve.code());
+        out.push(e.info.usage.code());
+        out.push(u8::from(e.info.sensitive) | (u8::from(e.info.extractable) << 1));
+        let der = e.pkcs8.secret_pkcs8_der();
+        out.extend_from_slice(&u16::try_from(der.len()).unwrap_or(u16::MAX).to_be_bytes());
+        out.extend_from_slice(der);
+    }
+    out
+}
+
+fn decode(body: &[u8]) -> Result<(u64, BTreeMap<u64, Entry>), &'static str> {
+    struct R<'a>(&'a [u8]);
+    impl<'a> R<'a> {
+        fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+            if self.0.len() < n {
+                return Err("store body is truncated");
+            }
+            let (h, t) = self.0.split_at(n);
+            self.0 = t;
+            Ok(h)
+        }
+        fn u8(&mut self) -> Result<u8, &'static str> {
+            Ok(self.take(1)?[0])
+        }
+    }
+    let mut r = R(body);
+    let mut be = [0u8; 8];
+    be.copy_from_slice(r.take(8)?);
+    let next_id = u64::from_be_bytes(be);
+    let c = r.take(4)?;
+    let count = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+    let mut keys = BTreeMap::new();
+    for _ in 0..count {
+        be.copy_from_slice(r.take(8)?);
+        let id = u64::from_be_bytes(be);
+        if id >= next_id {
+            return Err("key id out of range");
+        }
+        let n = usize::from(r.u8()?);
+        let label = std::str::from_utf8(r.take(n)?).map_err(|_| "label is not UTF-8")?;
+        let label = KeyLabel::new(label).map_err(|_| "bad label")?;
+        let curve = Curve::from_code(r.u8()?).ok_or("unknown curve")?;
+        let usage = KeyUsage::from_code(r.u8()?).ok_or("unknown usage")?;
+        let flags = r.u8()?;
+        if flags > 3 {
+            return Err("unknown key flags");
+        }
+        let l = r.take(2)?;
+        let len = usize::from(u16::from_be_bytes([l[0], l[1]]));
+        let pkcs8 = SecretKeyDer::new(r.take(len)?.to_vec());
+        let info = KeyInfo {
+            label,
+            curve,
+            usage,
+            sensitive: flags & 1 != 0,
+            extractable: flags & 2 != 0,
+        };
+        let entry = Entry::load(info, pkcs8).map_err(|_| "a stored key does not load")?;
+        if keys.insert(id, entry).is_some() {
+            return Err("duplicate key id");
+        }
+    }
+    if !r.0.is_empty() {
+        return Err("trailing bytes in the store body");
+    }
+    Ok((next_id, keys))
+}

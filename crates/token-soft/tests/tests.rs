@@ -1,0 +1,233 @@
+//! The soft token's integration tests: one binary.
+//!
+//! - `conformance`: the shared Token suite (from trustfab-token), run against a fresh store file.
+//! - `store`: the sealed file itself (tampering, versions, limits, atomic replace, permissions).
+//!
+//! New backend-independent properties go into trustfab-token's conformance module; file-format
+//! tests go into `store` below.
+
+// Fixtures outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use tempfile::TempDir;
+use trustfab_token::conformance::Backend;
+use trustfab_token::{Curve, Error, KeyHandle, KeyLabel, KeySpec, KeyUsage, Token};
+use trustfab_token_soft::{Argon2Cost, SoftToken, STORE_MAX};
+use trustfab_types::Passphrase;
+
+const PASS: &str = "correct horse battery staple";
+
+fn pass(s: &str) -> Passphrase {
+    Passphrase::new(s.to_owned()).unwrap()
+}
+
+/// The cheapest cost the store accepts, to keep the suite fast.
+fn cost() -> Argon2Cost {
+    Argon2Cost::new(8 * 1024, 1, 1).unwrap()
+}
+
+struct Soft {
+    _dir: TempDir,
+    path: PathBuf,
+}
+
+fn fixture() -> Soft {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token.sealed");
+    Soft { _dir: dir, path }
+}
+
+impl Backend for Soft {
+    type Token = SoftToken;
+
+    fn open(&self) -> SoftToken {
+        if self.path.exists() {
+            SoftToken::open(&self.path, &pass(PASS)).unwrap()
+        } else {
+            SoftToken::create(&self.path, &pass(PASS), cost()).unwrap()
+        }
+    }
+
+    fn reopen(&self, token: SoftToken) -> SoftToken {
+        drop(token);
+        SoftToken::open(&self.path, &pass(PASS)).unwrap()
+    }
+
+    fn reopen_with_wrong_credential(&self, token: SoftToken) -> Result<SoftToken, Error> {
+        drop(token);
+        SoftToken::open(&self.path, &pass("correct horse battery stapler"))
+    }
+
+    fn probe_private_value(&self, token: &SoftToken, key: KeyHandle) -> Result<usize, Error> {
+        token.private_value_len(key)
+    }
+
+    fn assert_sensitive_refusal(&self, err: &Error) {
+        assert!(matches!(err, Error::Sensitive), "{err:?}");
+    }
+
+    fn at_rest(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap()
+    }
+}
+
+mod conformance {
+    use super::fixture;
+    trustfab_token::token_conformance!(fixture());
+}
+
+mod store {
+    use super::*;
+
+    fn with_key() -> (Soft, SoftToken) {
+        let f = fixture();
+        let t = f.open();
+        t.generate(&KeySpec::new(
+            KeyLabel::new("k").unwrap(),
+            Curve::P256,
+            KeyUsage::Sign,
+        ))
+        .unwrap();
+        (f, t)
+    }
+
+    #[test]
+    fn every_changed_byte_is_refused() {
+        let (f, t) = with_key();
+        drop(t);
+        let good = std::fs::read(&f.path).unwrap();
+        // Header fields, passphrase check, nonce and a spread of body positions, one at a time.
+        let positions: Vec<usize> = (0..good.len()).step_by(7).chain([good.len() - 1]).collect();
+        for i in positions {
+            let mut v = good.clone();
+            v[i] ^= 0x01;
+            std::fs::write(&f.path, &v).unwrap();
+            match SoftToken::open(&f.path, &pass(PASS)) {
+                Ok(_) => panic!("opened a store with byte {i} changed"),
+                Err(
+                    Error::StoreTampered { .. }
+                    | Error::StoreFormat { .. }
+                    | Error::StoreVersion { .. }
+                    | Error::WrongCredential,
+                ) => {}
+                Err(e) => panic!("byte {i}: unexpected {e:?}"),
+            }
+        }
+        // A body byte (past the 86-byte header) is reported as tampering, not as a passphrase.
+        let mut v = good.clone();
+        v[90] ^= 0x80;
+        std::fs::write(&f.path, &v).unwrap();
+        assert!(matches!(
+            SoftToken::open(&f.path, &pass(PASS)),
+            Err(Error::StoreTampered { .. })
+        ));
+        std::fs::write(&f.path, &good).unwrap();
+        SoftToken::open(&f.path, &pass(PASS)).unwrap();
+    }
+
+    #[test]
+    fn unknown_version_is_refused_before_any_work() {
+        let (f, t) = with_key();
+        drop(t);
+        let mut v = std::fs::read(&f.path).unwrap();
+        v[9] = 2;
+        std::fs::write(&f.path, &v).unwrap();
+        let e = SoftToken::open(&f.path, &pass(PASS)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::StoreVersion {
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("format version 2"));
+    }
+
+    #[test]
+    fn oversized_and_foreign_files_are_refused() {
+        let f = fixture();
+        std::fs::write(&f.path, vec![0u8; STORE_MAX + 1]).unwrap();
+        assert!(matches!(
+            SoftToken::open(&f.path, &pass(PASS)),
+            Err(Error::TooLarge { .. })
+        ));
+        std::fs::write(&f.path, b"-----BEGIN PRIVATE KEY-----").unwrap();
+        assert!(matches!(
+            SoftToken::open(&f.path, &pass(PASS)),
+            Err(Error::StoreFormat { .. })
+        ));
+    }
+
+    #[test]
+    fn absurd_argon2_cost_in_a_header_is_refused() {
+        let (f, t) = with_key();
+        drop(t);
+        let mut v = std::fs::read(&f.path).unwrap();
+        v[10..14].copy_from_slice(&u32::MAX.to_be_bytes());
+        std::fs::write(&f.path, &v).unwrap();
+        assert!(matches!(
+            SoftToken::open(&f.path, &pass(PASS)),
+            Err(Error::StoreFormat { .. })
+        ));
+        assert!(Argon2Cost::new(1024, 1, 1).is_err());
+    }
+
+    #[test]
+    fn create_refuses_an_existing_file_and_replace_leaves_no_temporaries() {
+        let (f, t) = with_key();
+        for i in 0..5 {
+            t.generate(&KeySpec::new(
+                KeyLabel::new(&format!("k{i}")).unwrap(),
+                Curve::P256,
+                KeyUsage::Sign,
+            ))
+            .unwrap();
+        }
+        let entries: Vec<_> = std::fs::read_dir(f.path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert!(SoftToken::create(&f.path, &pass(PASS), cost()).is_err());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&f.path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn debug_prints_no_secret() {
+        let (_f, t) = with_key();
+        let s = format!("{t:?}");
+        assert!(s.contains("1 keys") && s.contains("elided"), "{s}");
+    }
+
+    #[test]
+    fn a_failed_write_keeps_memory_and_file_in_step() {
+        let (f, t) = with_key();
+        let dir = f.path.parent().unwrap().to_path_buf();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            // A read-only directory makes the temporary file fail (unless running as root, which
+            // ignores permissions; then the write succeeds and both sides hold the key).
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500)).unwrap();
+            let label = KeyLabel::new("late").unwrap();
+            let r = t.generate(&KeySpec::new(label.clone(), Curve::P256, KeyUsage::Sign));
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+            let in_memory = t.find(&label).unwrap().is_some();
+            assert_eq!(r.is_ok(), in_memory);
+            drop(t);
+            let again = SoftToken::open(&f.path, &pass(PASS)).unwrap();
+            assert_eq!(again.find(&label).unwrap().is_some(), in_memory);
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! The conformance suite every [`Token`] backend runs: one body per property, instantiated per
+//! backend with [`crate::token_conformance!`]. Verification uses aws-lc-rs directly, never the
+//! token under test.
+//!
+//! This module is test code compiled into the library (feature `conformance`, enabled only by the
+//! backends' dev-dependencies): a failed property panics, as in any test.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use aws_lc_rs::signature::{EcdsaKeyPair, UnparsedPublicKey};
+use trustfab_pki::{Signer as _, SoftKey};
+use trustfab_types::{DeviceUid, OemId, ProductId, Serial, UnixTime};
+
+use crate::{
+    wrap_for, Curve, Error, KeyHandle, KeyLabel, KeySpec, KeyUsage, Token, TokenSigner, WrappedKey,
+};
+
+/// What the suite needs from a backend besides the [`Token`] trait. One value is one fresh,
+/// empty token (its own file or its own PKCS#11 token in its own directory).
+pub trait Backend {
+    /// The token type.
+    type Token: Token;
+    /// Opens the fresh token with the right credential.
+    fn open(&self) -> Self::Token;
+    /// Closes `token` (file closed, or every session closed and the module finalized) and opens
+    /// it again with the right credential.
+    fn reopen(&self, token: Self::Token) -> Self::Token;
+    /// Closes `token` and tries to open it with a wrong passphrase or PIN.
+    ///
+    /// # Errors
+    /// The refusal, which the suite expects.
+    fn reopen_with_wrong_credential(&self, token: Self::Token) -> Result<Self::Token, Error>;
+    /// Asks the token for the private value of `key` (PKCS#11: C_GetAttributeValue CKA_VALUE),
+    /// returning its length if the token would reveal it.
+    ///
+    /// # Errors
+    /// The token's refusal.
+    fn probe_private_value(&self, token: &Self::Token, key: KeyHandle) -> Result<usize, Error>;
+    /// Panics unless `err` is this backend's refusal to reveal a sensitive value.
+    fn assert_sensitive_refusal(&self, err: &Error);
+    /// Every byte the token keeps at rest (its store file, its token directory).
+    fn at_rest(&self) -> Vec<u8>;
+}
+
+fn label(s: &str) -> KeyLabel {
+    KeyLabel::new(s).unwrap()
+}
+
+fn verify(curve: Curve, point: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    UnparsedPublicKey::new(curve.verify_alg(), point)
+        .verify(msg, sig)
+        .is_ok()
+}
+
+fn oem_key(curve: Curve) -> SoftKey {
+    let c = match curve {
+        Curve::P256 => trustfab_pki::Curve::P256,
+        Curve::P384 => trustfab_pki::Curve::P384,
+    };
+    SoftKey::generate(c).unwrap()
+}
+
+/// The private scalar of a PKCS#8 key, to look for it where it must not be.
+fn scalar_of(key: &SoftKey, curve: Curve) -> Vec<u8> {
+    use aws_lc_rs::encoding::AsBigEndian as _;
+    let der = key.secret_pkcs8_der().unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(curve.signing_alg(), der.secret_pkcs8_der()).unwrap();
+    let bin = pair.private_key().as_be_bytes().unwrap();
+    bin.as_ref().to_vec()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn transport_key(t: &dyn Token, name: &str) -> KeyHandle {
+    t.generate(&KeySpec::new(
+        label(name),
+        Curve::P256,
+        KeyUsage::KeyTransport,
+    ))
+    .unwrap()
+}
+
+fn import(t: &dyn Token, kt: KeyHandle, key: &SoftKey, name: &str, curve: Curve) -> KeyHandle {
+    let kt_pub = t.public_key(kt).unwrap();
+    let der = key.secret_pkcs8_der().unwrap();
+    let wrapped = wrap_for(&kt_pub, &der, name.as_bytes()).unwrap();
+    let wrapped = WrappedKey::from_bytes(&wrapped.to_bytes()).unwrap();
+    t.unwrap_key(
+        kt,
+        &wrapped,
+        &KeySpec::new(label(name), curve, KeyUsage::Sign),
+    )
+    .unwrap()
+}
+
+/// Generate P-256 and P-384 keys, sign, verify with aws-lc-rs; defaults are sensitive and
+/// non-extractable; labels are unique and found again.
+pub fn generate_sign_verify<B: Backend>(b: &B) {
+    let t = b.open();
+    for (name, curve) in [("sign-p256", Curve::P256), ("sign-p384", Curve::P384)] {
+        let spec = KeySpec::new(label(name), curve, KeyUsage::Sign);
+        let k = t.generate(&spec).unwrap();
+        let info = t.info(k).unwrap();
+        assert_eq!((info.curve, info.usage), (curve, KeyUsage::Sign));
+        assert!(info.sensitive && !info.extractable, "{info:?}");
+        let pubk = t.public_key(k).unwrap();
+        assert_eq!(pubk.curve(), curve);
+        for msg in [&b""[..], b"hello", &[0xa5; 1000]] {
+            let sig = t.sign(k, msg).unwrap();
+            assert!(
+                verify(curve, pubk.point(), msg, sig.der()),
+                "{curve} signature"
+            );
+            assert!(!verify(curve, pubk.point(), b"other", sig.der()));
+        }
+        assert_eq!(t.find(&label(name)).unwrap(), Some(k));
+        assert!(matches!(t.generate(&spec), Err(Error::LabelExists { .. })));
+    }
+    assert_eq!(t.find(&label("absent")).unwrap(), None);
+    let kt = transport_key(&t, "kt");
+    assert!(matches!(t.sign(kt, b"x"), Err(Error::NotPermitted { .. })));
+    assert!(matches!(
+        t.generate(&KeySpec::new(
+            label("kt384"),
+            Curve::P384,
+            KeyUsage::KeyTransport
+        )),
+        Err(Error::BadSpec(_))
+    ));
+}
+
+/// A key wrapped on the OEM side unwraps inside the token, keeps its public key, and signs.
+pub fn unwrap_then_sign<B: Backend>(b: &B) {
+    let t = b.open();
+    let kt = transport_key(&t, "kt");
+    for (name, curve) in [("oem-p256", Curve::P256), ("oem-p384", Curve::P384)] {
+        let oem = oem_key(curve);
+        let k = import(&t, kt, &oem, name, curve);
+        assert_eq!(t.public_key(k).unwrap().point(), oem.public_point());
+        let info = t.info(k).unwrap();
+        assert!(info.sensitive && !info.extractable, "{info:?}");
+        let sig = t.sign(k, b"device tbs").unwrap();
+        assert!(verify(curve, oem.public_point(), b"device tbs", sig.der()));
+        assert_eq!(t.find(&label(name)).unwrap(), Some(k));
+    }
+    // A signing key is no key-transport key.
+    let sk = t.find(&label("oem-p256")).unwrap().unwrap();
+    let wrapped = wrap_for(
+        &t.public_key(kt).unwrap(),
+        &oem_key(Curve::P256).secret_pkcs8_der().unwrap(),
+        b"",
+    )
+    .unwrap();
+    let spec = KeySpec::new(label("x"), Curve::P256, KeyUsage::Sign);
+    assert!(matches!(
+        t.unwrap_key(sk, &wrapped, &spec),
+        Err(Error::NotPermitted { .. })
+    ));
+    let wrong_curve = KeySpec::new(label("x"), Curve::P384, KeyUsage::Sign);
+    assert!(matches!(
+        t.unwrap_key(kt, &wrapped, &wrong_curve),
+        Err(Error::BadSpec(_))
+    ));
+}
+
+/// No private key can be read out: the token refuses CKA_VALUE for generated and unwrapped keys,
+/// and the unwrapped key's scalar appears neither at rest nor in `Debug` output.
+pub fn no_private_key_export<B: Backend>(b: &B) {
+    let t = b.open();
+    let kt = transport_key(&t, "kt");
+    let gen = t
+        .generate(&KeySpec::new(label("gen"), Curve::P256, KeyUsage::Sign))
+        .unwrap();
+    let oem = oem_key(Curve::P256);
+    let imported = import(&t, kt, &oem, "oem", Curve::P256);
+    for k in [kt, gen, imported] {
+        match b.probe_private_value(&t, k) {
+            Ok(len) => panic!("token would reveal a {len}-byte private value"),
+            Err(e) => b.assert_sensitive_refusal(&e),
+        }
+    }
+    let scalar = scalar_of(&oem, Curve::P256);
+    assert!(!contains(&b.at_rest(), &scalar), "scalar found at rest");
+    let dbg = format!("{t:?}");
+    let hex: String = scalar.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!dbg.contains(&hex) && !dbg.contains(&format!("{scalar:?}")));
+}
+
+/// Blobs that were changed, made for another key-transport key or declaring a foreign public key
+/// are refused with [`Error::Unwrap`], and nothing is stored.
+pub fn wrong_wrapped_blob_refused<B: Backend>(b: &B) {
+    let t = b.open();
+    let kt = transport_key(&t, "kt");
+    let other_kt = transport_key(&t, "kt2");
+    let oem = oem_key(Curve::P256);
+    let der = oem.secret_pkcs8_der().unwrap();
+    let good = wrap_for(&t.public_key(kt).unwrap(), &der, b"pkg").unwrap();
+    let spec = KeySpec::new(label("oem"), Curve::P256, KeyUsage::Sign);
+    let refused = |w: &WrappedKey, kt: KeyHandle| {
+        assert!(matches!(t.unwrap_key(kt, w, &spec), Err(Error::Unwrap)));
+        assert_eq!(t.find(&label("oem")).unwrap(), None);
+    };
+    refused(&good, other_kt);
+    let bytes = good.to_bytes();
+    // Every byte of the ephemeral point, info and ciphertext, flipped one at a time, in a few
+    // bit positions; changes that no longer parse are refused by the decoder instead.
+    for i in 7..bytes.len() {
+        for bit in [0u8, 3, 7] {
+            let mut v = bytes.clone();
+            v[i] ^= 1 << bit;
+            if let Ok(w) = WrappedKey::from_bytes(&v) {
+                refused(&w, kt);
+            }
+        }
+    }
+    // A blob that declares someone else's public key.
+    let stranger = oem_key(Curve::P256);
+    let mut v = bytes;
+    let at = 4 + 3 + 65 + 1;
+    v[at..at + 65].copy_from_slice(stranger.public_point());
+    refused(&WrappedKey::from_bytes(&v).unwrap(), kt);
+    // The good blob still works afterwards.
+    t.unwrap_key(kt, &good, &spec).unwrap();
+}
+
+/// Handles the token never issued are refused.
+pub fn unknown_handle_refused<B: Backend>(b: &B) {
+    let t = b.open();
+    let k = t
+        .generate(&KeySpec::new(label("k"), Curve::P256, KeyUsage::Sign))
+        .unwrap();
+    for bogus in [0xdead_beef_u64, k.backend_id() + 1000, u64::MAX] {
+        let h = KeyHandle::from_backend(bogus);
+        assert!(matches!(t.sign(h, b"x"), Err(Error::UnknownKey)), "{bogus}");
+        assert!(matches!(t.public_key(h), Err(Error::UnknownKey)));
+        assert!(matches!(t.info(h), Err(Error::UnknownKey)));
+    }
+}
+
+/// Keys survive closing and reopening the token.
+pub fn persistence_across_reopen<B: Backend>(b: &B) {
+    let t = b.open();
+    let kt = transport_key(&t, "kt");
+    let gen = t
+        .generate(&KeySpec::new(label("gen"), Curve::P384, KeyUsage::Sign))
+        .unwrap();
+    let oem = oem_key(Curve::P256);
+    import(&t, kt, &oem, "oem", Curve::P256);
+    let gen_pub = t.public_key(gen).unwrap();
+    let kt_pub = t.public_key(kt).unwrap();
+    let t = b.reopen(t);
+    let gen = t.find(&label("gen")).unwrap().unwrap();
+    assert_eq!(t.public_key(gen).unwrap(), gen_pub);
+    let sig = t.sign(gen, b"after").unwrap();
+    assert!(verify(Curve::P384, gen_pub.point(), b"after", sig.der()));
+    let k = t.find(&label("oem")).unwrap().unwrap();
+    let sig = t.sign(k, b"after").unwrap();
+    assert!(verify(Curve::P256, oem.public_point(), b"after", sig.der()));
+    let kt = t.find(&label("kt")).unwrap().unwrap();
+    assert_eq!(t.public_key(kt).unwrap(), kt_pub);
+    // The key-transport key still unwraps after the reopen.
+    import(&t, kt, &oem_key(Curve::P384), "oem2", Curve::P384);
+    let info = t.info(k).unwrap();
+    assert!(info.sensitive && !info.extractable);
+}
+
+/// A wrong passphrase or PIN is refused.
+pub fn wrong_credential_refused<B: Backend>(b: &B) {
+    let t = b.open();
+    t.generate(&KeySpec::new(label("k"), Curve::P256, KeyUsage::Sign))
+        .unwrap();
+    match b.reopen_with_wrong_credential(t) {
+        Ok(t) => panic!("opened with a wrong credential: {t:?}"),
+        Err(e) => assert!(matches!(e, Error::WrongCredential), "{e:?}"),
+    }
+}
+
+/// The token's generator fills buffers, and not with a constant.
+pub fn fill_random<B: Backend>(b: &B) {
+    let t = b.open();
+    let mut a = [0u8; 32];
+    let mut c = [0u8; 32];
+    t.fill_random(&mut a).unwrap();
+    t.fill_random(&mut c).unwrap();
+    assert_ne!(a, c);
+    assert_ne!(a, [0u8; 32]);
+}
+
+/// A device certificate signed inside the token (by an unwrapped OEM key, through
+/// [`TokenSigner`]) validates under the OEM root with webpki.
+pub fn device_certificate_signed_in_token<B: Backend>(b: &B) {
+    use trustfab_pki::{
+        issue_device, self_signed_ca, template::EXAMPLE_TEMPLATE, validate, CaRole, CaSpec,
+        DeviceRequest, Issuer, Policy, PublicKey, Purpose, RenderInputs, Template,
+    };
+    let t = b.open();
+    let kt = transport_key(&t, "kt");
+    let oem = oem_key(Curve::P256);
+    let now = UnixTime(1_767_225_600); // 2026-01-01
+    let root = self_signed_ca(
+        &CaSpec {
+            role: CaRole::OemRoot,
+            common_name: "Acme Root".into(),
+            organization: "Acme".into(),
+            serial: Serial::from_u64(1).unwrap(),
+            not_before: now,
+            days: 3650,
+        },
+        &oem,
+    )
+    .unwrap();
+    let k = import(&t, kt, &oem, "oem", Curve::P256);
+    let signer = TokenSigner::new(&t, k).unwrap();
+    let issuer = Issuer::new(&root, &signer).unwrap();
+    let template = Template::from_toml(EXAMPLE_TEMPLATE).unwrap();
+    let device = SoftKey::generate(trustfab_pki::Curve::P256).unwrap();
+    let device_pub =
+        PublicKey::from_point(trustfab_pki::Curve::P256, device.public_point()).unwrap();
+    let (oem_id, product) = (
+        OemId::new("acme").unwrap(),
+        ProductId::new("widget").unwrap(),
+    );
+    let uid = DeviceUid::new(&[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    let serial = Serial::from_u64(0x1234_5678_9abc).unwrap();
+    let cert = issue_device(
+        &template,
+        &DeviceRequest {
+            inputs: RenderInputs {
+                oem: &oem_id,
+                product: &product,
+                uid: &uid,
+                serial: &serial,
+            },
+            public_key: &device_pub,
+            now,
+        },
+        &issuer,
+    )
+    .unwrap();
+    let policy = Policy {
+        root: &root,
+        intermediates: &[],
+        crls: &[],
+        now: UnixTime(now.0 + 60),
+        purpose: Purpose::ClientAuth,
+    };
+    validate(&cert, &policy).unwrap();
+    // A signer of another key cannot pose as the issuer.
+    let gen = t
+        .generate(&KeySpec::new(label("gen"), Curve::P256, KeyUsage::Sign))
+        .unwrap();
+    let other = TokenSigner::new(&t, gen).unwrap();
+    assert!(Issuer::new(&root, &other).is_err());
+    assert!(TokenSigner::new(&t, kt).is_err());
+}
+
+/// Instantiates every conformance test for a backend: `token_conformance!(fixture_expr);` where
+/// the expression makes a fresh [`Backend`] for each test.
+#[macro_export]
+macro_rules! token_conformance {
+    ($fixture:expr) => {
+        $crate::token_conformance!(@tests $fixture;
+            generate_sign_verify, unwrap_then_sign, no_private_key_export,
+            wrong_wrapped_blob_refused, unknown_handle_refused, persistence_across_reopen,
+            wrong_credential_refused, fill_random, device_certificate_signed_in_token);
+    };
+    (@tests $fixture:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let fixture = $fixture;
+                $crate::conformance::$name(&fixture);
+            }
+        )*
+    };
+}

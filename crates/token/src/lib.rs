@@ -1,0 +1,84 @@
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod key;
+mod wrap;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+#[cfg(feature = "pki")]
+mod signer;
+
+use std::fmt;
+
+pub use error::Error;
+pub use key::{
+    Curve, KeyHandle, KeyInfo, KeyLabel, KeySpec, KeyUsage, PublicKey, Signature, LABEL_MAX,
+};
+#[cfg(feature = "pki")]
+pub use signer::TokenSigner;
+pub use wrap::{
+    kek_from_shared_secret, pkcs8_public_key, unwrap_pkcs8, wrap_for, WrappedKey, INFO_MAX,
+    WRAPPED_MAX, WRAPPED_VERSION,
+};
+
+/// A cryptographic token. Keys are addressed by [`KeyHandle`] and never leave it in plaintext:
+/// no method returns private key bytes, and a key enters only as a [`WrappedKey`].
+///
+/// Implementations are synchronous and thread-safe; a backend that needs per-thread state (a
+/// PKCS#11 session) pools it internally. Async callers use `spawn_blocking`.
+pub trait Token: fmt::Debug + Send + Sync {
+    /// Generates a key pair inside the token.
+    ///
+    /// # Errors
+    /// [`Error::LabelExists`] when the label is taken, [`Error::BadSpec`] for a spec the token
+    /// refuses (a P-384 key-transport key), or a backend error.
+    fn generate(&self, spec: &KeySpec) -> Result<KeyHandle, Error>;
+
+    /// The private key labelled `label`, if there is one.
+    ///
+    /// # Errors
+    /// A backend error.
+    fn find(&self, label: &KeyLabel) -> Result<Option<KeyHandle>, Error>;
+
+    /// The key's attributes.
+    ///
+    /// # Errors
+    /// [`Error::UnknownKey`] or a backend error.
+    fn info(&self, key: KeyHandle) -> Result<KeyInfo, Error>;
+
+    /// The public half of a key pair.
+    ///
+    /// # Errors
+    /// [`Error::UnknownKey`] or a backend error.
+    fn public_key(&self, key: KeyHandle) -> Result<PublicKey, Error>;
+
+    /// Signs `message` with ECDSA, hashing it with the curve's hash (SHA-256 for P-256, SHA-384
+    /// for P-384) on the host when the token's mechanism wants a digest. Returns DER.
+    ///
+    /// # Errors
+    /// [`Error::UnknownKey`], [`Error::NotPermitted`] for a key that is not a signing key, or a
+    /// backend error.
+    fn sign(&self, key: KeyHandle, message: &[u8]) -> Result<Signature, Error>;
+
+    /// Imports a private key wrapped for the key-transport key `kt` (see [`wrap_for`]): the ECDH,
+    /// the KDF and the unwrap all run inside the token, which stores the key under `spec`. The
+    /// declared public key is checked against the unwrapped private key.
+    ///
+    /// # Errors
+    /// [`Error::Unwrap`] (no detail) when the blob does not unwrap under `kt` or the key does not
+    /// match its declared public key, [`Error::NotPermitted`] when `kt` is not a key-transport
+    /// key, [`Error::BadSpec`] when `spec` disagrees with the blob, [`Error::LabelExists`].
+    fn unwrap_key(
+        &self,
+        kt: KeyHandle,
+        wrapped: &WrappedKey,
+        spec: &KeySpec,
+    ) -> Result<KeyHandle, Error>;
+
+    /// Fills `out` from the token's random generator.
+    ///
+    /// # Errors
+    /// A backend error.
+    fn fill_random(&self, out: &mut [u8]) -> Result<(), Error>;
+}

@@ -1,0 +1,422 @@
+//! The wrapped-key format and the OEM-side wrapping function: ECDH-ES on P-256 with the token's
+//! key-transport key, a KDF the token computes itself, and AES key wrap with padding (RFC 5649).
+//! The construction is chosen so that a PKCS#11 token runs every step after the ECDH inside the
+//! token (C_DeriveKey twice, then C_UnwrapKey); see `docs/key-policies.md` for the full text.
+//!
+//! ```text
+//! Z       = ECDH(kt_private, ephemeral_public).x             (32 bytes; CKM_ECDH1_DERIVE, CKD_NULL)
+//! context = SHA-256("trustfab-wrap-v1" || 0x00 || key_curve || ephemeral_point || kt_point
+//!                   || len8(public_point) || public_point || len16(info) || info)
+//! KEK     = AES-256-CBC(key = Z, iv = 0^16, context)          (32 bytes; CKM_AES_CBC_ENCRYPT_DATA)
+//! blob    = AES-256-KWP(KEK, PKCS#8 PrivateKeyInfo)           (RFC 5649; CKM_AES_KEY_WRAP_PAD)
+//! ```
+
+use aws_lc_rs::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, ECDH_P256};
+use aws_lc_rs::cipher::{EncryptingKey, UnboundCipherKey, AES_256};
+use aws_lc_rs::key_wrap::{AesKek, KeyWrapPadded as _, AES_256 as KW_AES_256};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _};
+use trustfab_types::SecretKeyDer;
+use zeroize::Zeroizing;
+
+use crate::{Curve, Error, PublicKey};
+
+/// The format version this build writes and reads.
+pub const WRAPPED_VERSION: u8 = 1;
+/// The largest encoded [`WrappedKey`], in bytes.
+pub const WRAPPED_MAX: usize = 1024;
+/// The largest `info` a wrapped key may bind, in bytes.
+pub const INFO_MAX: usize = 256;
+/// The largest wrapped PKCS#8 key, in bytes.
+const CIPHERTEXT_MAX: usize = 512;
+const MAGIC: &[u8; 4] = b"TFWK";
+const KDF_LABEL: &[u8] = b"trustfab-wrap-v1";
+
+/// A private key wrapped for one key-transport key. Public data only: it reveals nothing about
+/// the key without the key-transport private key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    key_curve: Curve,
+    ephemeral_point: Vec<u8>,
+    public_key: PublicKey,
+    info: Vec<u8>,
+    ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrappedKey")
+            .field("key_curve", &self.key_curve)
+            .field("public_key", &self.public_key)
+            .field("info_len", &self.info.len())
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish()
+    }
+}
+
+impl WrappedKey {
+    /// The curve of the wrapped key.
+    pub fn key_curve(&self) -> Curve {
+        self.key_curve
+    }
+
+    /// The public half of the wrapped key, as the wrapping side declared it. A token checks it
+    /// against the unwrapped private key before it accepts the key.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public_key
+    }
+
+    /// The sender's ephemeral P-256 point.
+    pub fn ephemeral_point(&self) -> &[u8] {
+        &self.ephemeral_point
+    }
+
+    /// Context bound into the KDF (a package id, for example).
+    pub fn info(&self) -> &[u8] {
+        &self.info
+    }
+
+    /// The RFC 5649 ciphertext.
+    pub fn ciphertext(&self) -> &[u8] {
+        &self.ciphertext
+    }
+
+    /// The KDF context for a key-transport public point (see the module doc).
+    pub fn kdf_context(&self, kt_point: &[u8]) -> [u8; 32] {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(KDF_LABEL);
+        ctx.update(&[0, self.key_curve.code()]);
+        ctx.update(&self.ephemeral_point);
+        ctx.update(kt_point);
+        let point = self.public_key.point();
+        ctx.update(&[u8::try_from(point.len()).unwrap_or(u8::MAX)]);
+        ctx.update(point);
+        ctx.update(
+            &u16::try_from(self.info.len())
+                .unwrap_or(u16::MAX)
+                .to_be_bytes(),
+        );
+        ctx.update(&self.info);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    /// Encodes the blob (see `docs/key-policies.md` for the layout).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let point = self.public_key.point();
+        let mut out = Vec::with_capacity(WRAPPED_MAX);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[WRAPPED_VERSION, Curve::P256.code(), self.key_curve.code()]);
+        out.extend_from_slice(&self.ephemeral_point);
+        // Lengths fit: points are at most 97 bytes, info and ciphertext are capped on creation.
+        out.push(u8::try_from(point.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(point);
+        out.extend_from_slice(
+            &u16::try_from(self.info.len())
+                .unwrap_or(u16::MAX)
+                .to_be_bytes(),
+        );
+        out.extend_from_slice(&self.info);
+        out.extend_from_slice(
+            &u16::try_from(self.ciphertext.len())
+                .unwrap_or(u16::MAX)
+                .to_be_bytes(),
+        );
+        out.extend_from_slice(&self.ciphertext);
+        out
+    }
+
+    /// Decodes a blob, checking its size, version and every length.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`], [`Error::WrappedVersion`] or [`Error::WrappedFormat`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        if bytes.len() > WRAPPED_MAX {
+            return Err(Error::TooLarge {
+                what: "wrapped key",
+                len: bytes.len(),
+                limit: WRAPPED_MAX,
+            });
+        }
+        let mut r = Reader(bytes);
+        if r.take(4)? != MAGIC {
+            return Err(Error::WrappedFormat("not a trustfab wrapped key"));
+        }
+        let version = r.u8()?;
+        if version != WRAPPED_VERSION {
+            return Err(Error::WrappedVersion {
+                found: version,
+                supported: WRAPPED_VERSION,
+            });
+        }
+        if r.u8()? != Curve::P256.code() {
+            return Err(Error::WrappedFormat("key-transport curve is not P-256"));
+        }
+        let key_curve =
+            Curve::from_code(r.u8()?).ok_or(Error::WrappedFormat("unknown key curve"))?;
+        let ephemeral_point = r.take(Curve::P256.point_len())?.to_vec();
+        PublicKey::from_point(Curve::P256, &ephemeral_point)
+            .map_err(|_| Error::WrappedFormat("ephemeral point is not on P-256"))?;
+        let plen = usize::from(r.u8()?);
+        let public_key = PublicKey::from_point(key_curve, r.take(plen)?)
+            .map_err(|_| Error::WrappedFormat("public key is not a point of the key curve"))?;
+        let ilen = usize::from(r.u16()?);
+        if ilen > INFO_MAX {
+            return Err(Error::WrappedFormat("info is longer than 256 bytes"));
+        }
+        let info = r.take(ilen)?.to_vec();
+        let clen = usize::from(r.u16()?);
+        if !(24..=CIPHERTEXT_MAX).contains(&clen) || clen % 8 != 0 {
+            return Err(Error::WrappedFormat(
+                "ciphertext length is not a key wrap length",
+            ));
+        }
+        let ciphertext = r.take(clen)?.to_vec();
+        if !r.0.is_empty() {
+            return Err(Error::WrappedFormat("trailing bytes"));
+        }
+        Ok(Self {
+            key_curve,
+            ephemeral_point,
+            public_key,
+            info,
+            ciphertext,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        if self.0.len() < n {
+            return Err(Error::WrappedFormat("truncated"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, Error> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, Error> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+}
+
+/// The KEK from the agreed secret `z` and the KDF context: AES-256-CBC with a zero IV over the
+/// 32-byte context, keyed by `z`. This is exactly what PKCS#11 `CKM_AES_CBC_ENCRYPT_DATA`
+/// computes, so a token derives the same KEK without `z` or the KEK ever leaving it.
+///
+/// # Errors
+/// [`Error::Crypto`] when `z` is not 32 bytes.
+pub fn kek_from_shared_secret(z: &[u8], context: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, Error> {
+    let key = UnboundCipherKey::new(&AES_256, z).map_err(|_| Error::Crypto("ECDH output"))?;
+    let ecb = EncryptingKey::ecb(key).map_err(|_| Error::Crypto("AES key"))?;
+    let mut out = Zeroizing::new([0u8; 32]);
+    // CBC with a zero IV, spelled out over ECB: C1 = E(P1), C2 = E(P2 xor C1).
+    out[..16].copy_from_slice(&context[..16]);
+    ecb.encrypt(&mut out[..16])
+        .map_err(|_| Error::Crypto("AES"))?;
+    for i in 0..16 {
+        out[16 + i] = context[16 + i] ^ out[i];
+    }
+    ecb.encrypt(&mut out[16..])
+        .map_err(|_| Error::Crypto("AES"))?;
+    Ok(out)
+}
+
+/// Unwraps `ciphertext` under `kek` (RFC 5649) into PKCS#8 DER. For in-process tokens.
+///
+/// # Errors
+/// [`Error::Unwrap`] when the integrity check fails.
+pub fn unwrap_pkcs8(kek: &[u8; 32], ciphertext: &[u8]) -> Result<SecretKeyDer, Error> {
+    let kek = AesKek::new(&KW_AES_256, kek).map_err(|_| Error::Unwrap)?;
+    let mut out = Zeroizing::new(vec![0u8; ciphertext.len()]);
+    let n = kek
+        .unwrap_with_padding(ciphertext, &mut out)
+        .map_err(|_| Error::Unwrap)?
+        .len();
+    Ok(SecretKeyDer::new(out[..n].to_vec()))
+}
+
+/// The curve and public point of a PKCS#8 EC private key.
+///
+/// # Errors
+/// [`Error::BadKey`] when the bytes are not a PKCS#8 key on P-256 or P-384.
+pub fn pkcs8_public_key(key: &SecretKeyDer) -> Result<PublicKey, Error> {
+    for curve in [Curve::P256, Curve::P384] {
+        if let Ok(pair) = EcdsaKeyPair::from_pkcs8(curve.signing_alg(), key.secret_pkcs8_der()) {
+            return PublicKey::from_point(curve, pair.public_key().as_ref());
+        }
+    }
+    Err(Error::BadKey("not a PKCS#8 EC key on P-256 or P-384"))
+}
+
+/// Wraps `key` (PKCS#8 DER, P-256 or P-384) for the token whose key-transport public key is `kt`,
+/// binding `info` (at most [`INFO_MAX`] bytes). Runs on the OEM side, outside any token; the
+/// ephemeral key is used once and dropped.
+///
+/// # Errors
+/// [`Error::BadKey`] when `kt` is not P-256 or `key` is not an EC PKCS#8 key,
+/// [`Error::TooLarge`] for a long `info`, [`Error::Crypto`] when a primitive fails.
+pub fn wrap_for(kt: &PublicKey, key: &SecretKeyDer, info: &[u8]) -> Result<WrappedKey, Error> {
+    if kt.curve() != Curve::P256 {
+        return Err(Error::BadKey("key-transport keys are P-256"));
+    }
+    if info.len() > INFO_MAX {
+        return Err(Error::TooLarge {
+            what: "wrap info",
+            len: info.len(),
+            limit: INFO_MAX,
+        });
+    }
+    let public_key = pkcs8_public_key(key)?;
+    let eph = EphemeralPrivateKey::generate(&ECDH_P256, &SystemRandom::new())
+        .map_err(|_| Error::Crypto("ephemeral key generation"))?;
+    let ephemeral_point = eph
+        .compute_public_key()
+        .map_err(|_| Error::Crypto("ephemeral public key"))?
+        .as_ref()
+        .to_vec();
+    let mut wrapped = WrappedKey {
+        key_curve: public_key.curve(),
+        ephemeral_point,
+        public_key,
+        info: info.to_vec(),
+        ciphertext: Vec::new(),
+    };
+    let context = wrapped.kdf_context(kt.point());
+    let kek = agreement::agree_ephemeral(
+        eph,
+        UnparsedPublicKey::new(&ECDH_P256, kt.point()),
+        Error::Crypto("ECDH"),
+        |z| kek_from_shared_secret(z, &context),
+    )?;
+    let plain = key.secret_pkcs8_der();
+    let aes = AesKek::new(&KW_AES_256, kek.as_ref()).map_err(|_| Error::Crypto("KEK"))?;
+    let mut out = vec![0u8; plain.len() + 16];
+    let n = aes
+        .wrap_with_padding(plain, &mut out)
+        .map_err(|_| Error::Crypto("key wrap"))?
+        .len();
+    out.truncate(n);
+    if n > CIPHERTEXT_MAX {
+        return Err(Error::TooLarge {
+            what: "wrapped key",
+            len: n,
+            limit: CIPHERTEXT_MAX,
+        });
+    }
+    wrapped.ciphertext = out;
+    Ok(wrapped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kt() -> (agreement::PrivateKey, PublicKey) {
+        let k = agreement::PrivateKey::generate(&ECDH_P256).unwrap();
+        let p =
+            PublicKey::from_point(Curve::P256, k.compute_public_key().unwrap().as_ref()).unwrap();
+        (k, p)
+    }
+
+    fn oem_key(curve: Curve) -> SecretKeyDer {
+        let doc = EcdsaKeyPair::generate_pkcs8(curve.signing_alg(), &SystemRandom::new()).unwrap();
+        SecretKeyDer::new(doc.as_ref().to_vec())
+    }
+
+    fn open(
+        k: &agreement::PrivateKey,
+        kt: &PublicKey,
+        w: &WrappedKey,
+    ) -> Result<SecretKeyDer, Error> {
+        let ctx = w.kdf_context(kt.point());
+        let kek = agreement::agree(
+            k,
+            UnparsedPublicKey::new(&ECDH_P256, w.ephemeral_point()),
+            Error::Unwrap,
+            |z| kek_from_shared_secret(z, &ctx),
+        )?;
+        unwrap_pkcs8(&kek, w.ciphertext())
+    }
+
+    #[test]
+    fn round_trip_through_bytes_for_both_curves() {
+        let (k, p) = kt();
+        for curve in [Curve::P256, Curve::P384] {
+            let key = oem_key(curve);
+            let w = wrap_for(&p, &key, b"package-1").unwrap();
+            let back = WrappedKey::from_bytes(&w.to_bytes()).unwrap();
+            assert_eq!(back, w);
+            assert_eq!(back.key_curve(), curve);
+            let plain = open(&k, &p, &back).unwrap();
+            assert_eq!(plain.secret_pkcs8_der(), key.secret_pkcs8_der());
+        }
+    }
+
+    #[test]
+    fn kek_matches_an_independent_cbc() {
+        // AES-256-CBC, zero IV, no padding, via aws-lc-rs's own CBC mode.
+        use aws_lc_rs::cipher::{EncryptionContext, PaddedBlockEncryptingKey};
+        let z = [7u8; 32];
+        let ctx = [9u8; 32];
+        let ours = kek_from_shared_secret(&z, &ctx).unwrap();
+        let key = UnboundCipherKey::new(&AES_256, &z).unwrap();
+        let cbc = PaddedBlockEncryptingKey::cbc_pkcs7(key).unwrap();
+        let mut buf = ctx.to_vec();
+        cbc.less_safe_encrypt(
+            &mut buf,
+            EncryptionContext::Iv128(aws_lc_rs::iv::FixedLength::from([0u8; 16])),
+        )
+        .unwrap();
+        assert_eq!(&buf[..32], ours.as_ref());
+    }
+
+    #[test]
+    fn another_kt_key_or_changed_info_does_not_unwrap() {
+        let (k, p) = kt();
+        let (k2, p2) = kt();
+        let w = wrap_for(&p, &oem_key(Curve::P256), b"a").unwrap();
+        assert!(matches!(open(&k2, &p2, &w), Err(Error::Unwrap)));
+        let mut bytes = w.to_bytes();
+        let info_at = 4 + 3 + 65 + 1 + 65 + 2;
+        bytes[info_at] ^= 1;
+        let changed = WrappedKey::from_bytes(&bytes).unwrap();
+        assert!(matches!(open(&k, &p, &changed), Err(Error::Unwrap)));
+    }
+
+    #[test]
+    fn decoder_refuses_bad_blobs() {
+        let (_, p) = kt();
+        let bytes = wrap_for(&p, &oem_key(Curve::P256), b"").unwrap().to_bytes();
+        let mut v = bytes.clone();
+        v[4] = 2;
+        assert!(matches!(
+            WrappedKey::from_bytes(&v),
+            Err(Error::WrappedVersion {
+                found: 2,
+                supported: 1
+            })
+        ));
+        for cut in 0..bytes.len() {
+            assert!(
+                WrappedKey::from_bytes(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut long = bytes;
+        long.push(0);
+        assert!(WrappedKey::from_bytes(&long).is_err());
+        assert!(matches!(
+            WrappedKey::from_bytes(&vec![0; WRAPPED_MAX + 1]),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(wrap_for(&p, &SecretKeyDer::new(vec![1, 2, 3]), b"").is_err());
+        assert!(wrap_for(&p, &oem_key(Curve::P256), &[0; INFO_MAX + 1]).is_err());
+    }
+}
