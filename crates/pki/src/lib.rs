@@ -2,6 +2,7 @@
 
 mod crl;
 mod error;
+mod hsm;
 mod issue;
 mod key;
 pub mod pem;
@@ -10,6 +11,7 @@ mod validate;
 
 pub use crl::{build_crl, Reason, Revoked};
 pub use error::Error;
+pub use hsm::{certify_hsm, HsmCertificates, HsmIdentity, HsmRequest, BINDING_PEM_LABEL};
 pub use issue::{
     intermediate_ca, issue_device, self_signed_ca, CaRole, CaSpec, DeviceRequest, Issuer,
 };

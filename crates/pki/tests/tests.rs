@@ -530,3 +530,118 @@ mod fuzz_seeds {
         }
     }
 }
+
+mod hsm_identity {
+    use super::*;
+    use trustfab_pki::{certify_hsm, HsmCertificates, HsmIdentity, HsmRequest};
+
+    fn vendor() -> (SoftKey, Vec<u8>) {
+        let key = SoftKey::generate(Curve::P256).unwrap();
+        let spec = CaSpec {
+            role: CaRole::VendorRoot,
+            common_name: "Vendor Root".into(),
+            organization: "Vendor".into(),
+            serial: Serial::from_u64(1).unwrap(),
+            not_before: UnixTime(NOW.0 - 86_400),
+            days: 3650,
+        };
+        let root = self_signed_ca(&spec, &key).unwrap();
+        (key, root)
+    }
+
+    fn certified(vendor_key: &SoftKey, vendor_root: &[u8]) -> (HsmRequest, HsmCertificates) {
+        let identity = SoftKey::generate(Curve::P256).unwrap();
+        let kt = SoftKey::generate(Curve::P256).unwrap();
+        let kt_pk = PublicKey::from_point(Curve::P256, kt.public_point()).unwrap();
+        let req = HsmRequest::new("hsm-0001", &identity, &kt_pk).unwrap();
+        let parsed = HsmRequest::from_pem(&req.to_pem()).unwrap();
+        assert_eq!(parsed, req);
+        let issuer = Issuer::new(vendor_root, vendor_key).unwrap();
+        let (s1, s2) = (Serial::from_u64(10).unwrap(), Serial::from_u64(11).unwrap());
+        let certs = certify_hsm(&parsed, &issuer, (&s1, &s2), NOW, 365).unwrap();
+        (req, certs)
+    }
+
+    #[test]
+    fn vendor_certifies_an_hsm_and_an_oem_validates_it() {
+        let (vk, vroot) = vendor();
+        let (req, certs) = certified(&vk, &vroot);
+        let bundle = HsmCertificates::from_pem(&certs.to_pem()).unwrap();
+        let id = HsmIdentity::validate(&bundle, &vroot, NOW).unwrap();
+        assert_eq!(id.hsm_id, "hsm-0001");
+        assert_eq!(id.kt_key, req.kt_key);
+        assert_eq!(id.identity_key, req.identity_key);
+        let s = Scratch::new();
+        let root = s.write("v.pem", pem::cert_pem(&vroot));
+        for (name, der) in [
+            ("id.pem", &certs.identity),
+            ("kt.pem", &certs.key_transport),
+        ] {
+            let p = s.write(name, pem::cert_pem(der));
+            let v = openssl::verify(&root, None, None, &["-attime", "1790000000"], &p);
+            assert!(v.ok, "{}", v.output);
+            assert!(pkilint::errors(&p, &[]).is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn an_hsm_certified_by_another_vendor_is_refused() {
+        let (vk, vroot) = vendor();
+        let (other_k, other_root) = vendor();
+        let (_, certs) = certified(&other_k, &other_root);
+        // The impostor vendor copies the genuine vendor's name: the path is found and the
+        // signature check refuses it.
+        let r = HsmIdentity::validate(&certs, &vroot, NOW);
+        assert!(
+            matches!(
+                r,
+                Err(Error::Invalid(webpki::Error::InvalidSignatureForPublicKey))
+            ),
+            "{r:?}"
+        );
+        drop(vk);
+    }
+
+    #[test]
+    fn swapped_or_mixed_certificates_are_refused() {
+        let (vk, vroot) = vendor();
+        let (_, a) = certified(&vk, &vroot);
+        let swapped = HsmCertificates {
+            identity: a.key_transport.clone(),
+            key_transport: a.identity.clone(),
+        };
+        assert!(HsmIdentity::validate(&swapped, &vroot, NOW).is_err());
+        // Same id on both, but from two different HSMs' requests: keys differ, ids equal; a
+        // mixed pair is caught when the ids differ.
+        let identity = SoftKey::generate(Curve::P256).unwrap();
+        let kt = SoftKey::generate(Curve::P256).unwrap();
+        let kt_pk = PublicKey::from_point(Curve::P256, kt.public_point()).unwrap();
+        let other = HsmRequest::new("hsm-0002", &identity, &kt_pk).unwrap();
+        let issuer = Issuer::new(&vroot, &vk).unwrap();
+        let (s1, s2) = (Serial::from_u64(20).unwrap(), Serial::from_u64(21).unwrap());
+        let b = certify_hsm(&other, &issuer, (&s1, &s2), NOW, 365).unwrap();
+        let mixed = HsmCertificates {
+            identity: a.identity,
+            key_transport: b.key_transport,
+        };
+        let e = HsmIdentity::validate(&mixed, &vroot, NOW).unwrap_err();
+        assert!(e.to_string().contains("names HSM"), "{e}");
+    }
+
+    #[test]
+    fn a_request_whose_binding_was_changed_is_refused() {
+        let identity = SoftKey::generate(Curve::P256).unwrap();
+        let kt = SoftKey::generate(Curve::P256).unwrap();
+        let attacker = SoftKey::generate(Curve::P256).unwrap();
+        let kt_pk = PublicKey::from_point(Curve::P256, kt.public_point()).unwrap();
+        let req = HsmRequest::new("hsm-0001", &identity, &kt_pk).unwrap();
+        // Replace the key-transport key with the attacker's: the binding no longer verifies.
+        let att_pk = PublicKey::from_point(Curve::P256, attacker.public_point()).unwrap();
+        let text = req.to_pem().replace(
+            &pem::encode("PUBLIC KEY", &kt_pk.to_spki_der()),
+            &pem::encode("PUBLIC KEY", &att_pk.to_spki_der()),
+        );
+        let e = HsmRequest::from_pem(&text).unwrap_err();
+        assert!(e.to_string().contains("binding does not verify"), "{e}");
+    }
+}
