@@ -1,0 +1,592 @@
+//! The PKCS#11 token: opening and login, key generation, signing, import by unwrap inside the
+//! token, and the mapping of cryptoki errors (function + CKR) into the boundary's error.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::os::raw::c_ulong;
+use std::path::PathBuf;
+use std::sync::{PoisonError, RwLock};
+
+use aws_lc_rs::signature::UnparsedPublicKey;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, Rv, RvError};
+use cryptoki::mechanism::ekdf::AesCbcDeriveParams;
+use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{
+    Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
+};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use trustfab_token::{
+    Curve, Error, KeyHandle, KeyInfo, KeyLabel, KeySpec, KeyUsage, PublicKey, Signature, Token,
+    WrappedKey,
+};
+use trustfab_types::Passphrase;
+use zeroize::Zeroizing;
+
+use crate::pool::{Pool, Pooled};
+
+/// The environment variable naming the PKCS#11 module to load.
+pub const MODULE_ENV: &str = "TRUSTFAB_PKCS11_MODULE";
+
+/// The PKCS#11 module: `TRUSTFAB_PKCS11_MODULE` if set, else the first SoftHSM2 module found in
+/// the places distributions install it.
+///
+/// # Errors
+/// [`Error::Module`] when the variable is unset and no SoftHSM2 module is installed.
+pub fn module_path() -> Result<PathBuf, Error> {
+    if let Some(p) = std::env::var_os(MODULE_ENV) {
+        return Ok(PathBuf::from(p));
+    }
+    let multiarch = format!(
+        "/usr/lib/{}-linux-gnu/softhsm/libsofthsm2.so",
+        std::env::consts::ARCH
+    );
+    let candidates = [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        multiarch.as_str(),
+        "/usr/lib64/pkcs11/libsofthsm2.so",
+        "/usr/lib/pkcs11/libsofthsm2.so",
+        "/usr/local/lib/softhsm/libsofthsm2.so",
+        "/opt/homebrew/lib/softhsm/libsofthsm2.so",
+    ];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Module(format!(
+                "no PKCS#11 module: set {MODULE_ENV} or install SoftHSM2 (Debian: softhsm2)"
+            ))
+        })
+}
+
+/// How to reach a token.
+pub struct Pkcs11Config {
+    /// The PKCS#11 module (shared library).
+    pub module: PathBuf,
+    /// The token label (CKA_LABEL of the token, as `softhsm2-util --init-token --label` sets it).
+    pub token_label: String,
+    /// The user PIN.
+    pub pin: Passphrase,
+    /// The most sessions open at once (parallel operations); at least 1.
+    pub sessions: usize,
+}
+
+impl fmt::Debug for Pkcs11Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pkcs11Config")
+            .field("module", &self.module)
+            .field("token_label", &self.token_label)
+            .field("pin", &"[secret elided]")
+            .field("sessions", &self.sessions)
+            .finish()
+    }
+}
+
+/// The CKR code of a cryptoki error value.
+// CK_ULONG is 32 bits on some platforms: the conversions are not useless there.
+#[allow(clippy::useless_conversion)]
+fn ckr_code(rv: RvError) -> u64 {
+    match rv {
+        RvError::VendorDefined(c) | RvError::UnknownErrorCode(c) => u64::from(c),
+        _ => (0..0x200)
+            .chain([0x8000_0000])
+            .find(|c: &c_ulong| matches!(Rv::from(*c), Rv::Error(e) if e == rv))
+            .map_or(u64::MAX, u64::from),
+    }
+}
+
+fn p11(e: CkError) -> Error {
+    match e {
+        CkError::Pkcs11(rv, function) => Error::Pkcs11 {
+            function: format!("C_{function:?}"),
+            rv: ckr_code(rv),
+            rv_name: format!("{rv:?}"),
+        },
+        other => Error::Module(other.to_string()),
+    }
+}
+
+/// The signing mechanism the token offers.
+#[derive(Clone, Copy, Debug)]
+enum SignMode {
+    /// CKM_ECDSA over a digest computed here.
+    Prehashed,
+    /// CKM_ECDSA_SHA256 / CKM_ECDSA_SHA384 over the message.
+    TokenHashes,
+}
+
+/// What the token knows about a key object, read once.
+#[derive(Clone)]
+struct Known {
+    object: ObjectHandle,
+    info: KeyInfo,
+    public: PublicKey,
+}
+
+/// A key store inside a PKCS#11 token.
+pub struct Pkcs11Token {
+    ctx: Pkcs11,
+    slot: Slot,
+    label: String,
+    pool: Pool,
+    mode: SignMode,
+    /// Handles this instance issued. A handle not in here is refused: cryptoki object handles
+    /// cannot be forged from numbers without `unsafe`, and need not be.
+    known: RwLock<HashMap<u64, Known>>,
+}
+
+impl fmt::Debug for Pkcs11Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pkcs11Token")
+            .field("token", &self.label)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Pkcs11Token {
+    fn drop(&mut self) {
+        self.pool.close_all();
+        // Finalizing lets the module be initialized again in this process (a reopen). An error
+        // here has no one left to report to.
+        let _ = self.ctx.clone().finalize();
+    }
+}
+
+impl Pkcs11Token {
+    /// Loads the module, finds the token by label and logs in as the user.
+    ///
+    /// # Errors
+    /// [`Error::Module`] when the module does not load, [`Error::NoToken`],
+    /// [`Error::WrongCredential`] for a wrong PIN, or [`Error::Pkcs11`].
+    pub fn open(config: &Pkcs11Config) -> Result<Self, Error> {
+        let ctx = Pkcs11::new(&config.module)
+            .map_err(|e| Error::Module(format!("loading {}: {e}", config.module.display())))?;
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .map_err(p11)?;
+        match Self::open_initialized(ctx.clone(), config) {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                let _ = ctx.finalize();
+                Err(e)
+            }
+        }
+    }
+
+    fn open_initialized(ctx: Pkcs11, config: &Pkcs11Config) -> Result<Self, Error> {
+        let mut slot = None;
+        for s in ctx.get_slots_with_token().map_err(p11)? {
+            if ctx.get_token_info(s).map_err(p11)?.label() == config.token_label {
+                slot = Some(s);
+                break;
+            }
+        }
+        let slot = slot.ok_or_else(|| Error::NoToken(config.token_label.clone()))?;
+        let mechs = ctx.get_mechanism_list(slot).map_err(p11)?;
+        let mode = if mechs.contains(&MechanismType::ECDSA) {
+            SignMode::Prehashed
+        } else {
+            SignMode::TokenHashes
+        };
+        let session = ctx.open_rw_session(slot).map_err(p11)?;
+        let pin =
+            std::str::from_utf8(config.pin.expose_secret()).map_err(|_| Error::WrongCredential)?;
+        let pin = AuthPin::new(Zeroizing::new(pin.to_owned()).as_str().into());
+        match session.login(UserType::User, Some(&pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(CkError::Pkcs11(
+                RvError::PinIncorrect | RvError::PinLenRange | RvError::PinInvalid,
+                _,
+            )) => return Err(Error::WrongCredential),
+            Err(e) => return Err(p11(e)),
+        }
+        Ok(Self {
+            ctx,
+            slot,
+            label: config.token_label.clone(),
+            pool: Pool::new(session, config.sessions),
+            mode,
+            known: RwLock::new(HashMap::new()),
+        })
+    }
+
+    fn session(&self) -> Result<Pooled<'_>, Error> {
+        self.pool
+            .get(|| self.ctx.open_rw_session(self.slot).map_err(p11))
+    }
+
+    fn known(&self, key: KeyHandle) -> Result<Known, Error> {
+        self.known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key.backend_id())
+            .cloned()
+            .ok_or(Error::UnknownKey)
+    }
+
+    /// Reads a private key object's attributes and its public key, and remembers the handle.
+    fn learn(&self, s: &Session, object: ObjectHandle) -> Result<KeyHandle, Error> {
+        let attrs = s
+            .get_attributes(
+                object,
+                &[
+                    AttributeType::Class,
+                    AttributeType::KeyType,
+                    AttributeType::EcParams,
+                    AttributeType::Label,
+                    AttributeType::Id,
+                    AttributeType::Sign,
+                    AttributeType::Derive,
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                ],
+            )
+            .map_err(p11)?;
+        let (mut class, mut kt, mut curve, mut label, mut id) = (None, None, None, None, None);
+        let (mut sign, mut derive, mut sensitive, mut extractable) = (false, false, false, true);
+        for a in attrs {
+            match a {
+                Attribute::Class(c) => class = Some(c),
+                Attribute::KeyType(k) => kt = Some(k),
+                Attribute::EcParams(p) => curve = Curve::from_ec_params_der(&p),
+                Attribute::Label(l) => label = String::from_utf8(l).ok(),
+                Attribute::Id(i) => id = Some(i),
+                Attribute::Sign(b) => sign = b,
+                Attribute::Derive(b) => derive = b,
+                Attribute::Sensitive(b) => sensitive = b,
+                Attribute::Extractable(b) => extractable = b,
+                _ => {}
+            }
+        }
+        if class != Some(ObjectClass::PRIVATE_KEY) || kt != Some(KeyType::EC) {
+            return Err(Error::UnknownKey);
+        }
+        let curve = curve.ok_or(Error::BadKey("key is not on P-256 or P-384"))?;
+        let label = KeyLabel::new(&label.unwrap_or_default())?;
+        let usage = match (sign, derive) {
+            (true, false) => KeyUsage::Sign,
+            (false, true) => KeyUsage::KeyTransport,
+            _ => {
+                return Err(Error::BadKey(
+                    "key is neither only CKA_SIGN nor only CKA_DERIVE",
+                ))
+            }
+        };
+        let id = id.ok_or(Error::BadKey("key has no CKA_ID"))?;
+        let public = Self::read_public(s, &id, curve)?;
+        let info = KeyInfo {
+            label,
+            curve,
+            usage,
+            sensitive,
+            extractable,
+        };
+        #[allow(clippy::useless_conversion)] // CK_OBJECT_HANDLE is 32 bits on some platforms
+        let handle = KeyHandle::from_backend(u64::from(object.handle()));
+        self.known
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                handle.backend_id(),
+                Known {
+                    object,
+                    info,
+                    public,
+                },
+            );
+        Ok(handle)
+    }
+
+    /// The public key object with CKA_ID `id`; CKA_EC_POINT is a DER OCTET STRING around the
+    /// SEC1 point (PKCS#11 2.40), though some tokens give the bare point.
+    fn read_public(s: &Session, id: &[u8], curve: Curve) -> Result<PublicKey, Error> {
+        let objs = s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Id(id.to_vec()),
+            ])
+            .map_err(p11)?;
+        let obj = *objs
+            .first()
+            .ok_or(Error::BadKey("key has no public key object"))?;
+        let point = s
+            .get_attributes(obj, &[AttributeType::EcPoint])
+            .map_err(p11)?
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::EcPoint(p) => Some(p),
+                _ => None,
+            })
+            .ok_or(Error::BadKey("public key has no CKA_EC_POINT"))?;
+        let n = curve.point_len();
+        let raw = match point.as_slice() {
+            [0x04, len, rest @ ..] if usize::from(*len) == n && rest.len() == n => rest,
+            [0x04, 0x81, len, rest @ ..] if usize::from(*len) == n && rest.len() == n => rest,
+            p if p.len() == n => p,
+            _ => return Err(Error::BadKey("CKA_EC_POINT is not a point of the curve")),
+        };
+        PublicKey::from_point(curve, raw)
+    }
+
+    fn find_object(s: &Session, label: &KeyLabel) -> Result<Option<ObjectHandle>, Error> {
+        let objs = s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Label(label.as_str().as_bytes().to_vec()),
+            ])
+            .map_err(p11)?;
+        Ok(objs.first().copied())
+    }
+
+    fn label_free(s: &Session, label: &KeyLabel) -> Result<(), Error> {
+        if Self::find_object(s, label)?.is_some() {
+            return Err(Error::LabelExists {
+                label: label.as_str().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn raw_sign(
+        &self,
+        s: &Session,
+        object: ObjectHandle,
+        curve: Curve,
+        msg: &[u8],
+    ) -> Result<Signature, Error> {
+        let raw = match (self.mode, curve) {
+            (SignMode::Prehashed, _) => {
+                s.sign(&Mechanism::Ecdsa, object, curve.digest(msg).as_ref())
+            }
+            (SignMode::TokenHashes, Curve::P256) => s.sign(&Mechanism::EcdsaSha256, object, msg),
+            (SignMode::TokenHashes, Curve::P384) => s.sign(&Mechanism::EcdsaSha384, object, msg),
+        }
+        .map_err(|e| match e {
+            CkError::Pkcs11(RvError::KeyFunctionNotPermitted, _) => {
+                Error::NotPermitted { operation: "sign" }
+            }
+            CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _) => {
+                Error::UnknownKey
+            }
+            e => p11(e),
+        })?;
+        Signature::from_p1363(curve, &raw)
+    }
+
+    /// Asks the token for CKA_VALUE of `key` (its length only): `Ok(len)` if the token would
+    /// reveal the private value, otherwise the token's refusal, `CKR_ATTRIBUTE_SENSITIVE` for a
+    /// sensitive or non-extractable key. Nothing ever returns the value itself.
+    ///
+    /// # Errors
+    /// The refusal as [`Error::Pkcs11`], or [`Error::UnknownKey`].
+    pub fn private_value_len(&self, key: KeyHandle) -> Result<usize, Error> {
+        let k = self.known(key)?;
+        let s = self.session()?;
+        let info = s
+            .get_attribute_info(k.object, &[AttributeType::Value])
+            .map_err(p11)?;
+        match info.first() {
+            Some(AttributeInfo::Available(n)) => Ok(*n),
+            Some(AttributeInfo::Sensitive) => Err(Error::Pkcs11 {
+                function: "C_GetAttributeValue".into(),
+                rv: ckr_code(RvError::AttributeSensitive),
+                rv_name: format!("{:?}", RvError::AttributeSensitive),
+            }),
+            _ => Err(Error::Sensitive),
+        }
+    }
+
+    /// Imports inside the token; the session objects made on the way are destroyed on every path.
+    fn unwrap_in(
+        &self,
+        s: &Session,
+        kt: &Known,
+        wrapped: &WrappedKey,
+        spec: &KeySpec,
+    ) -> Result<ObjectHandle, Error> {
+        let context = wrapped.kdf_context(kt.public.point());
+        let secret = |extra: Attribute| {
+            vec![
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(false),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                extra,
+            ]
+        };
+        let z = s
+            .derive_key(
+                &Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(
+                    EcKdf::null(),
+                    wrapped.ephemeral_point(),
+                )),
+                kt.object,
+                &secret(Attribute::Derive(true)),
+            )
+            .map_err(|_| Error::Unwrap)?;
+        let kek = s.derive_key(
+            &Mechanism::AesCbcEncryptData(AesCbcDeriveParams::new([0; 16], &context)),
+            z,
+            &secret(Attribute::Unwrap(true)),
+        );
+        let _ = s.destroy_object(z);
+        let kek = kek.map_err(p11)?;
+        let mut id = vec![0u8; 16];
+        let random = s.generate_random_slice(&mut id).map_err(p11);
+        let key = random.and_then(|()| {
+            s.unwrap_key(
+                &Mechanism::AesKeyWrapPad,
+                kek,
+                wrapped.ciphertext(),
+                &[
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::KeyType(KeyType::EC),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(spec.sensitive),
+                    Attribute::Extractable(spec.extractable),
+                    Attribute::Sign(true),
+                    Attribute::Derive(false),
+                    Attribute::Label(spec.label.as_str().as_bytes().to_vec()),
+                    Attribute::Id(id.clone()),
+                ],
+            )
+            .map_err(|_| Error::Unwrap)
+        });
+        let _ = s.destroy_object(kek);
+        let key = key?;
+        // The key must be the one the blob declares: sign a fresh challenge, verify it here.
+        let check = (|| {
+            let mut challenge = [0u8; 32];
+            s.generate_random_slice(&mut challenge).map_err(p11)?;
+            let sig = self
+                .raw_sign(s, key, spec.curve, &challenge)
+                .map_err(|_| Error::Unwrap)?;
+            let public = wrapped.public_key();
+            UnparsedPublicKey::new(spec.curve.verify_alg(), public.point())
+                .verify(&challenge, sig.der())
+                .map_err(|_| Error::Unwrap)?;
+            s.create_object(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Token(true),
+                Attribute::Private(false),
+                Attribute::Verify(true),
+                Attribute::EcParams(spec.curve.ec_params_der().to_vec()),
+                Attribute::EcPoint(octet_string(public.point())),
+                Attribute::Label(spec.label.as_str().as_bytes().to_vec()),
+                Attribute::Id(id.clone()),
+            ])
+            .map_err(p11)
+        })();
+        if let Err(e) = check {
+            let _ = s.destroy_object(key);
+            return Err(e);
+        }
+        Ok(key)
+    }
+}
+
+/// DER OCTET STRING around a short value (an EC point, under 128 bytes).
+fn octet_string(v: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x04, u8::try_from(v.len()).unwrap_or(0x7f)];
+    out.extend_from_slice(v);
+    out
+}
+
+impl Token for Pkcs11Token {
+    fn generate(&self, spec: &KeySpec) -> Result<KeyHandle, Error> {
+        if spec.usage == KeyUsage::KeyTransport && spec.curve != Curve::P256 {
+            return Err(Error::BadSpec("key-transport keys are P-256"));
+        }
+        let s = self.session()?;
+        Self::label_free(&s, &spec.label)?;
+        let mut id = vec![0u8; 16];
+        s.generate_random_slice(&mut id).map_err(p11)?;
+        let label = spec.label.as_str().as_bytes().to_vec();
+        let sign = spec.usage == KeyUsage::Sign;
+        let public = [
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Verify(sign),
+            Attribute::EcParams(spec.curve.ec_params_der().to_vec()),
+            Attribute::Label(label.clone()),
+            Attribute::Id(id.clone()),
+        ];
+        let private = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(spec.sensitive),
+            Attribute::Extractable(spec.extractable),
+            Attribute::Sign(sign),
+            Attribute::Derive(!sign),
+            Attribute::Label(label),
+            Attribute::Id(id),
+        ];
+        let (_, object) = s
+            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+            .map_err(p11)?;
+        self.learn(&s, object)
+    }
+
+    fn find(&self, label: &KeyLabel) -> Result<Option<KeyHandle>, Error> {
+        let s = self.session()?;
+        match Self::find_object(&s, label)? {
+            Some(o) => self.learn(&s, o).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn info(&self, key: KeyHandle) -> Result<KeyInfo, Error> {
+        Ok(self.known(key)?.info)
+    }
+
+    fn public_key(&self, key: KeyHandle) -> Result<PublicKey, Error> {
+        Ok(self.known(key)?.public)
+    }
+
+    fn sign(&self, key: KeyHandle, message: &[u8]) -> Result<Signature, Error> {
+        let k = self.known(key)?;
+        if k.info.usage != KeyUsage::Sign {
+            return Err(Error::NotPermitted { operation: "sign" });
+        }
+        let s = self.session()?;
+        self.raw_sign(&s, k.object, k.info.curve, message)
+    }
+
+    fn unwrap_key(
+        &self,
+        kt: KeyHandle,
+        wrapped: &WrappedKey,
+        spec: &KeySpec,
+    ) -> Result<KeyHandle, Error> {
+        if spec.curve != wrapped.key_curve() {
+            return Err(Error::BadSpec(
+                "spec curve differs from the wrapped key's curve",
+            ));
+        }
+        if spec.usage != KeyUsage::Sign {
+            return Err(Error::BadSpec("only signing keys are imported"));
+        }
+        let kt = self.known(kt)?;
+        if kt.info.usage != KeyUsage::KeyTransport {
+            return Err(Error::NotPermitted {
+                operation: "unwrap",
+            });
+        }
+        let s = self.session()?;
+        Self::label_free(&s, &spec.label)?;
+        let key = self.unwrap_in(&s, &kt, wrapped, spec)?;
+        self.learn(&s, key)
+    }
+
+    fn fill_random(&self, out: &mut [u8]) -> Result<(), Error> {
+        self.session()?.generate_random_slice(out).map_err(p11)
+    }
+}

@@ -1,0 +1,221 @@
+//! The PKCS#11 token's integration tests, against SoftHSM2: one binary.
+//!
+//! - `conformance`: the shared Token suite (from trustfab-token).
+//! - `pkcs11`: what only this backend has (CKR codes, the session pool, token lookup).
+//!
+//! Every test makes its own SoftHSM2 token in its own temporary directory with its own
+//! SOFTHSM2_CONF. The module is process-global, so the tests take a lock and run one at a time.
+//! A missing SoftHSM2 is a failure, never a skip.
+
+// Fixtures outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use tempfile::TempDir;
+use trustfab_token::conformance::Backend;
+use trustfab_token::{Error, KeyHandle};
+use trustfab_token_pkcs11::{module_path, Pkcs11Config, Pkcs11Token};
+use trustfab_types::Passphrase;
+
+const TOKEN_LABEL: &str = "trustfab-test";
+const PIN: &str = "1234";
+const SO_PIN: &str = "12345678";
+/// CKR_ATTRIBUTE_SENSITIVE (PKCS#11 2.40 §5.1).
+const CKR_ATTRIBUTE_SENSITIVE: u64 = 0x11;
+
+static MODULE_LOCK: Mutex<()> = Mutex::new(());
+
+struct SoftHsm {
+    dir: TempDir,
+    _guard: MutexGuard<'static, ()>,
+}
+
+fn fixture() -> SoftHsm {
+    let guard = MODULE_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let module = module_path().unwrap_or_else(|e| {
+        panic!("SoftHSM2 is required for these tests and was not found ({e}); scripts/test.sh installs it")
+    });
+    assert!(
+        module.is_file(),
+        "PKCS#11 module {} does not exist",
+        module.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::create_dir(&tokens).unwrap();
+    let conf = dir.path().join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args(["--init-token", "--free", "--label", TOKEN_LABEL])
+        .args(["--so-pin", SO_PIN, "--pin", PIN])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("SoftHSM2 is required for these tests: cannot run softhsm2-util ({e}); scripts/test.sh installs it")
+        });
+    assert!(
+        out.status.success(),
+        "softhsm2-util --init-token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The module reads SOFTHSM2_CONF on every C_Initialize; the lock above keeps it ours.
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    SoftHsm { dir, _guard: guard }
+}
+
+fn config(pin: &str, sessions: usize) -> Pkcs11Config {
+    Pkcs11Config {
+        module: module_path().unwrap(),
+        token_label: TOKEN_LABEL.into(),
+        pin: Passphrase::new(pin.into()).unwrap(),
+        sessions,
+    }
+}
+
+fn read_all(dir: &Path, out: &mut Vec<u8>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p: PathBuf = e.unwrap().path();
+        if p.is_dir() {
+            read_all(&p, out);
+        } else {
+            out.extend(std::fs::read(&p).unwrap());
+        }
+    }
+}
+
+impl Backend for SoftHsm {
+    type Token = Pkcs11Token;
+
+    fn open(&self) -> Pkcs11Token {
+        Pkcs11Token::open(&config(PIN, 2)).unwrap()
+    }
+
+    fn reopen(&self, token: Pkcs11Token) -> Pkcs11Token {
+        drop(token);
+        Pkcs11Token::open(&config(PIN, 2)).unwrap()
+    }
+
+    fn reopen_with_wrong_credential(&self, token: Pkcs11Token) -> Result<Pkcs11Token, Error> {
+        drop(token);
+        Pkcs11Token::open(&config("4321", 2))
+    }
+
+    fn probe_private_value(&self, token: &Pkcs11Token, key: KeyHandle) -> Result<usize, Error> {
+        token.private_value_len(key)
+    }
+
+    fn assert_sensitive_refusal(&self, err: &Error) {
+        match err {
+            Error::Pkcs11 { function, rv, .. } => {
+                assert_eq!(function, "C_GetAttributeValue");
+                assert_eq!(*rv, CKR_ATTRIBUTE_SENSITIVE, "{err}");
+            }
+            e => panic!("expected CKR_ATTRIBUTE_SENSITIVE, got {e:?}"),
+        }
+    }
+
+    fn at_rest(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        read_all(self.dir.path(), &mut out);
+        out
+    }
+}
+
+mod conformance {
+    use super::fixture;
+    trustfab_token::token_conformance!(fixture());
+}
+
+mod pkcs11 {
+    use super::*;
+    use trustfab_pki::{Signer as _, SoftKey};
+    use trustfab_token::{wrap_for, Curve, KeyLabel, KeySpec, KeyUsage, Token};
+
+    /// DESIGN.md property 1: the OEM signing key is unwrapped inside the token as sensitive and
+    /// non-extractable, and the token refuses its CKA_VALUE with CKR_ATTRIBUTE_SENSITIVE.
+    #[test]
+    fn property_1_unwrapped_oem_key_refuses_cka_value() {
+        let hsm = fixture();
+        let t = hsm.open();
+        let kt = t
+            .generate(&KeySpec::new(
+                KeyLabel::new("hsm-kt").unwrap(),
+                Curve::P256,
+                KeyUsage::KeyTransport,
+            ))
+            .unwrap();
+        let oem = SoftKey::generate(trustfab_pki::Curve::P256).unwrap();
+        let wrapped = wrap_for(
+            &t.public_key(kt).unwrap(),
+            &oem.secret_pkcs8_der().unwrap(),
+            b"package",
+        )
+        .unwrap();
+        let label = KeyLabel::new("oem:acme:widget").unwrap();
+        let k = t
+            .unwrap_key(
+                kt,
+                &wrapped,
+                &KeySpec::new(label, Curve::P256, KeyUsage::Sign),
+            )
+            .unwrap();
+        let info = t.info(k).unwrap();
+        assert!(info.sensitive && !info.extractable);
+        let err = t.private_value_len(k).unwrap_err();
+        hsm.assert_sensitive_refusal(&err);
+        assert!(err.to_string().contains("AttributeSensitive"), "{err}");
+        assert_eq!(t.public_key(k).unwrap().point(), oem.public_point());
+    }
+
+    #[test]
+    fn two_sessions_sign_in_parallel() {
+        let _hsm = fixture();
+        let t = Pkcs11Token::open(&config(PIN, 2)).unwrap();
+        let k = t
+            .generate(&KeySpec::new(
+                KeyLabel::new("par").unwrap(),
+                Curve::P256,
+                KeyUsage::Sign,
+            ))
+            .unwrap();
+        let pk = t.public_key(k).unwrap();
+        std::thread::scope(|sc| {
+            for n in 0..4u8 {
+                let (t, pk) = (&t, &pk);
+                sc.spawn(move || {
+                    for i in 0..50u8 {
+                        let sig = t.sign(k, &[n, i]).unwrap();
+                        pk.verify(&[n, i], &sig).unwrap();
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn an_absent_token_label_is_refused() {
+        let _hsm = fixture();
+        let mut c = config(PIN, 1);
+        c.token_label = "no-such-token".into();
+        assert!(matches!(Pkcs11Token::open(&c), Err(Error::NoToken(_))));
+        // The module was finalized again: a good open still works.
+        Pkcs11Token::open(&config(PIN, 1)).unwrap();
+    }
+
+    #[test]
+    fn pin_does_not_print() {
+        let c = config(PIN, 1);
+        let s = format!("{c:?}");
+        assert!(s.contains("elided") && !s.contains("\"1234\""), "{s}");
+    }
+}
