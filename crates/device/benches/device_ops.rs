@@ -1,0 +1,3 @@
+//! Device operation benchmarks.
+
+fn main() {}
