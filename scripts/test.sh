@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 # --- external validators and peers -----------------------------------------------------------
 apt_missing=()
 command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
+# SoftHSM2: the PKCS#11 token the trustfab-token-pkcs11 tests and bench create in temp dirs.
+command -v softhsm2-util >/dev/null 2>&1 || apt_missing+=(softhsm2)
 if ((${#apt_missing[@]})); then
     echo "installing ${apt_missing[*]}"
     apt-get update -qq
