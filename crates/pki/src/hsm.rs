@@ -149,7 +149,6 @@ impl HsmRequest {
     }
 }
 
-
 /// The vendor's certification of one HSM: identity and key-transport certificates (DER).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HsmCertificates {

@@ -1,0 +1,166 @@
+//! One error enum per operation, each naming what was refused and why.
+
+use trustfab_types::UnixTime;
+
+/// Why `init`, `open` or identity operations failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// The token has no identity key: run `hsm init` first.
+    #[error("this token holds no HSM identity (run `trustfab hsm init`)")]
+    NotInitialised,
+    /// The token already holds an identity.
+    #[error("this token already holds an HSM identity")]
+    AlreadyInitialised,
+    /// The certificates given are not for this HSM's keys.
+    #[error("the certificates are for another HSM: {0}")]
+    WrongCertificates(String),
+    /// A token error.
+    #[error(transparent)]
+    Token(#[from] trustfab_token::Error),
+    /// A PKI error.
+    #[error(transparent)]
+    Pki(#[from] trustfab_pki::Error),
+}
+
+/// Why a package was refused. Nothing was imported when this is returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    /// The package does not decode or its signature does not verify under its OEM root.
+    #[error(transparent)]
+    Package(#[from] trustfab_package::Error),
+    /// The HSM has no installed identity certificates, so no package can name it.
+    #[error(
+        "this HSM has no identity certificates installed (run `trustfab hsm install-identity`)"
+    )]
+    NoIdentity,
+    /// The package was made for another HSM.
+    #[error("package is for HSM {expected}, this HSM is {actual}")]
+    WrongHsm {
+        /// Fingerprint the package names (hex).
+        expected: String,
+        /// This HSM's fingerprint (hex).
+        actual: String,
+    },
+    /// Too early.
+    #[error("package is not valid before {not_before}")]
+    NotYetValid {
+        /// Its start.
+        not_before: UnixTime,
+    },
+    /// Too late.
+    #[error("package expired at {expired_at}")]
+    Expired {
+        /// Its end.
+        expired_at: UnixTime,
+    },
+    /// This package id was imported before.
+    #[error("package {package} was already imported (ledger record {seq})")]
+    Replayed {
+        /// The package id (hex).
+        package: String,
+        /// The record of the first import.
+        seq: u64,
+    },
+    /// The OEM is known here under another root certificate.
+    #[error("OEM {oem} is bound to another root certificate here (ledger record {seq})")]
+    OemRootMismatch {
+        /// The OEM id.
+        oem: String,
+        /// The record that bound it.
+        seq: u64,
+    },
+    /// A top-up for an existing product changes its key, template or certificates.
+    #[error(
+        "package for existing product {product} changes its {what}; a top-up may only add count"
+    )]
+    ProductConflict {
+        /// The product key.
+        product: String,
+        /// What differs.
+        what: &'static str,
+    },
+    /// The package contents are inconsistent (template, certificates, wrapped key).
+    #[error("package contents: {0}")]
+    Contents(String),
+    /// The wrapped key does not unwrap in this HSM.
+    #[error("the signing key does not unwrap in this HSM")]
+    Unwrap,
+    /// A token error.
+    #[error(transparent)]
+    Token(trustfab_token::Error),
+    /// A ledger error.
+    #[error(transparent)]
+    Ledger(trustfab_ledger::Error),
+}
+
+/// Why an issuance was refused. When this is returned, no count was spent and no record made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IssueError {
+    /// No such product in this HSM.
+    #[error("product {product} is not imported in this HSM")]
+    UnknownProduct {
+        /// The product key.
+        product: String,
+    },
+    /// Not enough count left.
+    #[error("product {product} has {remaining} certificates left, {asked} asked")]
+    CountExhausted {
+        /// The product key.
+        product: String,
+        /// What remains.
+        remaining: u64,
+        /// What was asked.
+        asked: u64,
+    },
+    /// A device public key is not on the template's terms (bad curve or point).
+    #[error("device {uid}: {reason}")]
+    BadRequest {
+        /// The device.
+        uid: String,
+        /// Why.
+        reason: String,
+    },
+    /// The template could not be rendered for a device.
+    #[error("device {uid}: {source}")]
+    Render {
+        /// The device.
+        uid: String,
+        /// What failed.
+        #[source]
+        source: trustfab_pki::Error,
+    },
+    /// The serial range of the product is used up.
+    #[error("product {product}: no serial number left in its range")]
+    SerialsExhausted {
+        /// The product key.
+        product: String,
+    },
+    /// The same UID appears twice in one batch.
+    #[error("device {uid} appears twice in one batch")]
+    DuplicateInBatch {
+        /// The device.
+        uid: String,
+    },
+    /// Signing failed after the record was made: the count is spent and recorded; the
+    /// certificate can be produced again with `certificate_for`.
+    #[error("signing failed after the issuance was recorded: {0}")]
+    Sign(trustfab_pki::Error),
+    /// The ledger claims the UID but holds no issuance record for it: the ledger was tampered
+    /// with (`trustfab ledger verify` names the record).
+    #[error("device {uid} is claimed at ledger record {seq} but its issuance record is missing")]
+    MissingRecord {
+        /// The device.
+        uid: String,
+        /// Where the claim points.
+        seq: u64,
+    },
+    /// A ledger error.
+    #[error(transparent)]
+    Ledger(trustfab_ledger::Error),
+    /// A token error.
+    #[error(transparent)]
+    Token(#[from] trustfab_token::Error),
+}

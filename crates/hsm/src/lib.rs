@@ -1,0 +1,832 @@
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod records;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use aws_lc_rs::digest::{digest, SHA256};
+use trustfab_ledger::{Append, CounterOp, Kind, Store};
+use trustfab_pki::template::SerialScheme;
+use trustfab_pki::{
+    DeviceRequest, HsmCertificates, HsmIdentity, HsmRequest, Issuer, PublicKey, RenderInputs,
+    Template,
+};
+use trustfab_token::{KeyHandle, KeyLabel, KeySpec, KeyUsage, Token, TokenSigner, WrappedKey};
+use trustfab_types::{Clock, DeviceUid, OemId, ProductId, Serial, UnixTime};
+
+pub use error::{ImportError, InitError, IssueError};
+pub use records::IssuanceRecord;
+
+/// Token label of the HSM identity key (signs requests, reports, checkpoints).
+pub const IDENTITY_LABEL: &str = "hsm-identity";
+/// Token label of the key-transport key (packages are wrapped to it).
+pub const KT_LABEL: &str = "hsm-key-transport";
+/// Most devices in one issuance call.
+/// Two claims per device must fit the ledger's operations per append.
+pub const BATCH_MAX: usize = 4000;
+
+const CLAIM_PACKAGE: &str = "package";
+const CLAIM_PRODUCT: &str = "product";
+const CLAIM_OEM: &str = "oem";
+const CLAIM_UID: &str = "uid";
+const CLAIM_SERIAL: &str = "serial";
+
+fn pki_curve(c: trustfab_token::Curve) -> trustfab_pki::Curve {
+    match c {
+        trustfab_token::Curve::P256 => trustfab_pki::Curve::P256,
+        trustfab_token::Curve::P384 => trustfab_pki::Curve::P384,
+    }
+}
+
+fn to_pki(pk: &trustfab_token::PublicKey) -> Result<PublicKey, trustfab_pki::Error> {
+    PublicKey::from_point(pki_curve(pk.curve()), pk.point())
+}
+
+/// The token and ledger key of a product: `oem/product`.
+pub fn product_key(oem: &OemId, product: &ProductId) -> String {
+    format!("{oem}/{product}")
+}
+
+/// The token label of a product's signing key: `product:` and 20 hex digits of SHA-256 of the
+/// product key (labels are at most 64 characters; ids may be 64 each).
+///
+/// # Errors
+/// Never for a product key; the label type checks its own rules.
+pub fn product_key_label(product: &str) -> Result<KeyLabel, trustfab_token::Error> {
+    let h = digest(&SHA256, product.as_bytes());
+    let hex: String = h
+        .as_ref()
+        .iter()
+        .take(10)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    KeyLabel::new(&format!("product:{hex}"))
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, b).as_ref());
+    out
+}
+
+/// What a successful import did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Imported {
+    /// The product key.
+    pub product: String,
+    /// Whether the product was created (else topped up).
+    pub created: bool,
+    /// Count added.
+    pub count: u64,
+    /// Ledger sequence number of the `PackageImported` record.
+    pub seq: u64,
+}
+
+/// One device in an issuance request: its UID and the public key it generated inside.
+#[derive(Clone, Debug)]
+pub struct DeviceKey {
+    /// The device's unique id.
+    pub uid: DeviceUid,
+    /// The device public key.
+    pub public_key: PublicKey,
+}
+
+/// One issued certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    /// The device.
+    pub uid: DeviceUid,
+    /// Its serial.
+    pub serial: Serial,
+    /// The certificate, DER.
+    pub cert: Vec<u8>,
+    /// Whether this is the certificate recorded for an earlier issuance to the same UID.
+    pub reissued: bool,
+}
+
+/// A product's standing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProductStatus {
+    /// `oem/product`.
+    pub product: String,
+    /// Created plus topped up.
+    pub ordered: u64,
+    /// Spent.
+    pub issued: u64,
+    /// Left.
+    pub remaining: u64,
+}
+
+struct Product {
+    key: String,
+    def: records::ProductDef,
+    oem: OemId,
+    product: ProductId,
+    template: Template,
+    signing_key: KeyHandle,
+    issuer_cert: Vec<u8>,
+    serials: SerialScheme,
+}
+
+/// The HSM application over a token and a ledger.
+pub struct Hsm {
+    token: Arc<dyn Token>,
+    ledger: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    hsm_id: String,
+    identity: KeyHandle,
+    kt: KeyHandle,
+    fingerprint: Option<[u8; 32]>,
+    products: RwLock<HashMap<String, Arc<Product>>>,
+    /// Serializes sequential serial allocation within this process; claims make it safe across
+    /// processes.
+    serial_alloc: Mutex<()>,
+}
+
+impl std::fmt::Debug for Hsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hsm")
+            .field("hsm_id", &self.hsm_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hsm {
+    /// Makes the identity and key-transport keys inside `token` and returns the request for the
+    /// vendor to certify.
+    ///
+    /// # Errors
+    /// [`InitError::AlreadyInitialised`] when the token has an identity, or a token error.
+    pub fn init(token: &dyn Token, hsm_id: &str) -> Result<HsmRequest, InitError> {
+        let id_label = KeyLabel::new(IDENTITY_LABEL)?;
+        if token.find(&id_label)?.is_some() {
+            return Err(InitError::AlreadyInitialised);
+        }
+        let curve = trustfab_token::Curve::P256;
+        let identity = token.generate(&KeySpec::new(id_label, curve, KeyUsage::Sign))?;
+        let kt_label = KeyLabel::new(KT_LABEL)?;
+        let kt = token.generate(&KeySpec::new(kt_label, curve, KeyUsage::KeyTransport))?;
+        let signer = TokenSigner::new(token, identity)?;
+        let kt_pk = to_pki(&token.public_key(kt)?)?;
+        Ok(HsmRequest::new(hsm_id, &signer, &kt_pk)?)
+    }
+
+    /// Opens an initialised HSM. `certs`, when given, must certify this token's keys.
+    ///
+    /// # Errors
+    /// [`InitError::NotInitialised`], [`InitError::WrongCertificates`], or a token error.
+    pub fn open(
+        token: Arc<dyn Token>,
+        ledger: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        hsm_id: &str,
+        certs: Option<&HsmCertificates>,
+    ) -> Result<Self, InitError> {
+        let identity = token
+            .find(&KeyLabel::new(IDENTITY_LABEL)?)?
+            .ok_or(InitError::NotInitialised)?;
+        let kt = token
+            .find(&KeyLabel::new(KT_LABEL)?)?
+            .ok_or(InitError::NotInitialised)?;
+        let fingerprint = match certs {
+            Some(c) => {
+                let key_of = |der: &[u8]| -> Result<PublicKey, InitError> {
+                    let (_, x) = x509_parser::parse_x509_certificate(der)
+                        .map_err(|e| InitError::WrongCertificates(e.to_string()))?;
+                    Ok(PublicKey::from_spki_der(x.public_key().raw)?)
+                };
+                if key_of(&c.identity)? != to_pki(&token.public_key(identity)?)? {
+                    return Err(InitError::WrongCertificates("identity key differs".into()));
+                }
+                if key_of(&c.key_transport)? != to_pki(&token.public_key(kt)?)? {
+                    return Err(InitError::WrongCertificates(
+                        "key-transport key differs".into(),
+                    ));
+                }
+                Some(sha256(&c.identity))
+            }
+            None => None,
+        };
+        Ok(Self {
+            token,
+            ledger,
+            clock,
+            hsm_id: hsm_id.to_owned(),
+            identity,
+            kt,
+            fingerprint,
+            products: RwLock::new(HashMap::new()),
+            serial_alloc: Mutex::new(()),
+        })
+    }
+
+    /// This HSM's id.
+    pub fn hsm_id(&self) -> &str {
+        &self.hsm_id
+    }
+
+    /// SHA-256 of the installed identity certificate: what packages name.
+    pub fn fingerprint(&self) -> Option<[u8; 32]> {
+        self.fingerprint
+    }
+
+    /// The certification request again (the same keys).
+    ///
+    /// # Errors
+    /// A token or PKI error.
+    pub fn request(&self) -> Result<HsmRequest, InitError> {
+        let signer = TokenSigner::new(&*self.token, self.identity)?;
+        let kt_pk = to_pki(&self.token.public_key(self.kt)?)?;
+        Ok(HsmRequest::new(&self.hsm_id, &signer, &kt_pk)?)
+    }
+
+    /// A signer over the identity key (reports, ledger checkpoints).
+    ///
+    /// # Errors
+    /// A token error.
+    pub fn identity_signer(&self) -> Result<TokenSigner<'_>, trustfab_token::Error> {
+        TokenSigner::new(&*self.token, self.identity)
+    }
+
+    /// The ledger this HSM records into.
+    pub fn ledger(&self) -> &Arc<dyn Store> {
+        &self.ledger
+    }
+
+    /// Imports a provisioning package (see the crate doc for the checks, in order).
+    ///
+    /// # Errors
+    /// An [`ImportError`] naming the first check that failed; nothing is imported then.
+    pub fn import(&self, bytes: &[u8]) -> Result<Imported, ImportError> {
+        let verified = trustfab_package::open(bytes)?;
+        let c = verified.contents();
+        let fingerprint = self.fingerprint.ok_or(ImportError::NoIdentity)?;
+        if c.target_hsm != fingerprint {
+            return Err(ImportError::WrongHsm {
+                expected: hex(&c.target_hsm),
+                actual: hex(&fingerprint),
+            });
+        }
+        let now = self.clock.now();
+        if now < c.not_before {
+            return Err(ImportError::NotYetValid {
+                not_before: c.not_before,
+            });
+        }
+        if now > c.not_after {
+            return Err(ImportError::Expired {
+                expired_at: c.not_after,
+            });
+        }
+        if let Some(seq) = self
+            .ledger
+            .claimed(CLAIM_PACKAGE, &c.package_id)
+            .map_err(ImportError::Ledger)?
+        {
+            return Err(ImportError::Replayed {
+                package: hex(&c.package_id),
+                seq,
+            });
+        }
+        let template = Template::from_toml(&c.template)
+            .map_err(|e| ImportError::Contents(format!("template: {e}")))?;
+        let issuer_cert = c.device_ca_cert.as_ref().unwrap_or(&c.root_cert);
+        if let Some(ca) = &c.device_ca_cert {
+            check_issued_by(ca, &c.root_cert).map_err(ImportError::Contents)?;
+        }
+        let issuer_key = cert_key(issuer_cert).map_err(ImportError::Contents)?;
+        let wrapped = WrappedKey::from_bytes(&c.wrapped_signing_key)
+            .map_err(|e| ImportError::Contents(format!("wrapped key: {e}")))?;
+        if to_pki(wrapped.public_key()).map_err(|e| ImportError::Contents(e.to_string()))?
+            != issuer_key
+        {
+            return Err(ImportError::Contents(
+                "the wrapped key is not the key of the issuing certificate".into(),
+            ));
+        }
+        if wrapped.info() != wrap_info(&c.package_id, &fingerprint) {
+            return Err(ImportError::Contents(
+                "the wrapped key is bound to another package".into(),
+            ));
+        }
+        drop(template);
+
+        let oem = c.oem_id.as_str();
+        let key = product_key(&c.oem_id, &c.product_id);
+        let root_fp = sha256(&c.root_cert);
+        if let Some(seq) = self
+            .ledger
+            .claimed(CLAIM_OEM, oem.as_bytes())
+            .map_err(ImportError::Ledger)?
+        {
+            let bound = self.product_def_near(seq).map_err(ImportError::Ledger)?;
+            if bound.map(|d| sha256(&d.root_cert)) != Some(root_fp) {
+                return Err(ImportError::OemRootMismatch {
+                    oem: oem.to_owned(),
+                    seq,
+                });
+            }
+        }
+        let existing = match self
+            .ledger
+            .claimed(CLAIM_PRODUCT, key.as_bytes())
+            .map_err(ImportError::Ledger)?
+        {
+            Some(seq) => self.product_def_near(seq).map_err(ImportError::Ledger)?,
+            None => None,
+        };
+        let label = product_key_label(&key).map_err(ImportError::Token)?;
+        let spki = issuer_key.to_spki_der();
+        let imported_body =
+            records::package_imported(&c.package_id, &fingerprint, &key, c.count, now);
+
+        let append = if let Some(def) = existing {
+            for (same, what) in [
+                (def.template == c.template, "template"),
+                (def.root_cert == c.root_cert, "root certificate"),
+                (
+                    def.device_ca_cert == c.device_ca_cert,
+                    "device CA certificate",
+                ),
+                (def.signing_key_spki == spki, "signing key"),
+                (
+                    def.serial_range == c.serial_range.map(|r| (r.first, r.last)),
+                    "serial range",
+                ),
+            ] {
+                if !same {
+                    return Err(ImportError::ProductConflict { product: key, what });
+                }
+            }
+            Append::record(Kind::PackageImported, imported_body)
+                .with_record(
+                    Kind::ProductToppedUp,
+                    records::package_imported(&c.package_id, &fingerprint, &key, c.count, now),
+                )
+                .with_counter(CounterOp::TopUp {
+                    product: key.clone(),
+                    n: c.count,
+                })
+                .with_claim(CLAIM_PACKAGE, c.package_id.to_vec())
+        } else {
+            // The key goes into the token first: a crash before the ledger append leaves a key
+            // that the same package's next import recognises by its public key.
+            match self.token.find(&label).map_err(ImportError::Token)? {
+                Some(h) => {
+                    let have = to_pki(&self.token.public_key(h).map_err(ImportError::Token)?)
+                        .map_err(|e| ImportError::Contents(e.to_string()))?;
+                    if have != issuer_key {
+                        return Err(ImportError::ProductConflict {
+                            product: key,
+                            what:
+                                "signing key (a different key is stored under this product's label)",
+                        });
+                    }
+                }
+                None => {
+                    let spec = KeySpec::new(label.clone(), wrapped.key_curve(), KeyUsage::Sign);
+                    self.token
+                        .unwrap_key(self.kt, &wrapped, &spec)
+                        .map_err(|e| match e {
+                            trustfab_token::Error::Unwrap => ImportError::Unwrap,
+                            other => ImportError::Token(other),
+                        })?;
+                }
+            }
+            let def = records::ProductDef {
+                oem: oem.to_owned(),
+                product: c.product_id.to_string(),
+                package_id: c.package_id,
+                template: c.template.clone(),
+                root_cert: c.root_cert.clone(),
+                device_ca_cert: c.device_ca_cert.clone(),
+                key_label: label.as_str().to_owned(),
+                signing_key_spki: spki,
+                serial_range: c.serial_range.map(|r| (r.first, r.last)),
+            };
+            let mut a = Append::record(Kind::PackageImported, imported_body)
+                .with_record(Kind::ProductCreated, def.encode())
+                .with_counter(CounterOp::Create {
+                    product: key.clone(),
+                    count: c.count,
+                })
+                .with_claim(CLAIM_PACKAGE, c.package_id.to_vec())
+                .with_claim(CLAIM_PRODUCT, key.as_bytes().to_vec());
+            if self
+                .ledger
+                .claimed(CLAIM_OEM, oem.as_bytes())
+                .map_err(ImportError::Ledger)?
+                .is_none()
+            {
+                a = a.with_claim(CLAIM_OEM, oem.as_bytes().to_vec());
+            }
+            a
+        };
+        let created = append_creates(&append);
+        let recs = self.ledger.append(append).map_err(|e| match e {
+            trustfab_ledger::Error::Duplicate {
+                namespace,
+                first_seq,
+                ..
+            } if namespace == CLAIM_PACKAGE => ImportError::Replayed {
+                package: hex(&c.package_id),
+                seq: first_seq,
+            },
+            other => ImportError::Ledger(other),
+        })?;
+        Ok(Imported {
+            product: key,
+            created,
+            count: c.count,
+            seq: recs.first().map_or(0, |r| r.seq),
+        })
+    }
+
+    /// The product definition recorded at or just after `seq` (the append that claimed it).
+    fn product_def_near(
+        &self,
+        seq: u64,
+    ) -> Result<Option<records::ProductDef>, trustfab_ledger::Error> {
+        for raw in self.ledger.read_raw(seq, 4)? {
+            let r = raw.into_record()?;
+            if r.kind == Kind::ProductCreated {
+                return Ok(records::ProductDef::decode(&r.body));
+            }
+        }
+        Ok(None)
+    }
+
+    fn product(&self, key: &str) -> Result<Arc<Product>, IssueError> {
+        if let Some(p) = self
+            .products
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            return Ok(Arc::clone(p));
+        }
+        let unknown = || IssueError::UnknownProduct {
+            product: key.to_owned(),
+        };
+        let seq = self
+            .ledger
+            .claimed(CLAIM_PRODUCT, key.as_bytes())
+            .map_err(IssueError::Ledger)?
+            .ok_or_else(unknown)?;
+        let def = self
+            .product_def_near(seq)
+            .map_err(IssueError::Ledger)?
+            .ok_or_else(unknown)?;
+        let template = Template::from_toml(&def.template).map_err(|e| IssueError::Render {
+            uid: "-".into(),
+            source: e.into(),
+        })?;
+        let signing_key = self
+            .token
+            .find(&KeyLabel::new(&def.key_label)?)?
+            .ok_or_else(unknown)?;
+        let serials = match def.serial_range {
+            Some((first, last)) => SerialScheme::Sequential { first, last },
+            None => template.serial,
+        };
+        let p = Arc::new(Product {
+            key: key.to_owned(),
+            oem: OemId::new(&def.oem).map_err(|_| unknown())?,
+            product: ProductId::new(&def.product).map_err(|_| unknown())?,
+            issuer_cert: def
+                .device_ca_cert
+                .clone()
+                .unwrap_or_else(|| def.root_cert.clone()),
+            def,
+            template,
+            signing_key,
+            serials,
+        });
+        self.products
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_owned(), Arc::clone(&p));
+        Ok(p)
+    }
+
+    /// The OEM root certificate (DER) and the chain (device CA) of a product.
+    ///
+    /// # Errors
+    /// [`IssueError::UnknownProduct`] or a ledger error.
+    pub fn chain(&self, product: &str) -> Result<(Vec<u8>, Option<Vec<u8>>), IssueError> {
+        let p = self.product(product)?;
+        Ok((p.def.root_cert.clone(), p.def.device_ca_cert.clone()))
+    }
+
+    /// Issues certificates for a batch of devices of one product.
+    ///
+    /// The count is spent and every issuance recorded in ONE ledger append before any
+    /// signature is made; the batch succeeds or fails whole. A UID issued before (by any
+    /// station) is not spent again: its recorded certificate is rebuilt and returned with
+    /// `reissued = true`.
+    ///
+    /// # Errors
+    /// An [`IssueError`]; unless it is [`IssueError::Sign`], nothing was spent or recorded.
+    pub fn issue(&self, product: &str, devices: &[DeviceKey]) -> Result<Vec<Issued>, IssueError> {
+        if devices.len() > BATCH_MAX {
+            return Err(IssueError::BadRequest {
+                uid: "-".into(),
+                reason: format!(
+                    "batch of {} is over the limit of {BATCH_MAX}",
+                    devices.len()
+                ),
+            });
+        }
+        let p = self.product(product)?;
+        let mut seen = HashSet::new();
+        let mut fresh = Vec::with_capacity(devices.len());
+        let mut out: Vec<Option<Issued>> = vec![None; devices.len()];
+        for (i, d) in devices.iter().enumerate() {
+            if !seen.insert(d.uid.clone()) {
+                return Err(IssueError::DuplicateInBatch {
+                    uid: d.uid.to_hex(),
+                });
+            }
+            let claim = uid_claim(&p.key, &d.uid);
+            if let Some(seq) = self
+                .ledger
+                .claimed(CLAIM_UID, &claim)
+                .map_err(IssueError::Ledger)?
+            {
+                let rec = self.issuance_near(seq, &p.key, &d.uid)?;
+                if rec.spki != d.public_key.to_spki_der() {
+                    return Err(IssueError::BadRequest {
+                        uid: d.uid.to_hex(),
+                        reason: "already issued for another public key".into(),
+                    });
+                }
+                out[i] = Some(self.sign(&p, &rec, true)?);
+            } else {
+                fresh.push(i);
+            }
+        }
+        if !fresh.is_empty() {
+            let now = self.clock.now();
+            let _guard = matches!(p.serials, SerialScheme::Sequential { .. }).then(|| {
+                self.serial_alloc
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+            });
+            let serials = self.allocate_serials(&p, fresh.len())?;
+            let mut recs = Vec::with_capacity(fresh.len());
+            let mut append = Append::default().with_counter(CounterOp::Spend {
+                product: p.key.clone(),
+                n: u64::try_from(fresh.len()).unwrap_or(u64::MAX),
+            });
+            for (&i, serial) in fresh.iter().zip(serials) {
+                let d = &devices[i];
+                let rec = IssuanceRecord {
+                    product: p.key.clone(),
+                    uid: d.uid.clone(),
+                    serial,
+                    spki: d.public_key.to_spki_der(),
+                    not_before: now,
+                };
+                // Render now, so a template that cannot hold this device fails before any count
+                // is spent.
+                p.template
+                    .render(&RenderInputs {
+                        oem: &p.oem,
+                        product: &p.product,
+                        uid: &rec.uid,
+                        serial: &rec.serial,
+                    })
+                    .map_err(|source| IssueError::Render {
+                        uid: rec.uid.to_hex(),
+                        source,
+                    })?;
+                append = append
+                    .with_record(Kind::CertificateIssued, rec.encode())
+                    .with_claim(CLAIM_UID, uid_claim(&p.key, &rec.uid))
+                    .with_claim(CLAIM_SERIAL, serial_claim(&p.issuer_cert, &rec.serial));
+                recs.push((i, rec));
+            }
+            self.ledger.append(append).map_err(|e| match e {
+                trustfab_ledger::Error::Exhausted {
+                    product,
+                    remaining,
+                    asked,
+                } => IssueError::CountExhausted {
+                    product,
+                    remaining,
+                    asked,
+                },
+                other => IssueError::Ledger(other),
+            })?;
+            drop(_guard);
+            for (i, rec) in recs {
+                out[i] = Some(self.sign(&p, &rec, false)?);
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    fn allocate_serials(&self, p: &Product, n: usize) -> Result<Vec<Serial>, IssueError> {
+        match p.serials {
+            SerialScheme::Random { .. } => {
+                let rng = TokenRng(&*self.token);
+                (0..n)
+                    .map(|_| {
+                        p.serials
+                            .random_serial(&rng)
+                            .map_err(|source| IssueError::Render {
+                                uid: "-".into(),
+                                source,
+                            })
+                    })
+                    .collect()
+            }
+            SerialScheme::Sequential { .. } => {
+                // Serial k is `first + k`, where k counts every issuance of the product ever
+                // recorded: credit-back returns count, never serials.
+                let used = self
+                    .ledger
+                    .counter(&p.key)
+                    .map_err(IssueError::Ledger)?
+                    .map_or(0, |c| c.issued);
+                (0..n)
+                    .map(|k| {
+                        p.serials
+                            .sequential_serial(used + u64::try_from(k).unwrap_or(u64::MAX))
+                            .map_err(|_| IssueError::SerialsExhausted {
+                                product: p.key.clone(),
+                            })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn issuance_near(
+        &self,
+        seq: u64,
+        product: &str,
+        uid: &DeviceUid,
+    ) -> Result<IssuanceRecord, IssueError> {
+        let batch = self
+            .ledger
+            .read_raw(seq, BATCH_MAX + 1)
+            .map_err(IssueError::Ledger)?;
+        for raw in batch {
+            let r = raw.into_record().map_err(IssueError::Ledger)?;
+            if r.kind != Kind::CertificateIssued {
+                continue;
+            }
+            if let Some(rec) = IssuanceRecord::decode(&r.body) {
+                if rec.product == product && &rec.uid == uid {
+                    return Ok(rec);
+                }
+            }
+        }
+        Err(IssueError::MissingRecord {
+            uid: uid.to_hex(),
+            seq,
+        })
+    }
+
+    /// The certificate recorded for a device, rebuilt from its issuance record (same TBS).
+    ///
+    /// # Errors
+    /// [`IssueError::UnknownProduct`], or a ledger error; `Ok(None)` if the UID was never issued.
+    pub fn certificate_for(
+        &self,
+        product: &str,
+        uid: &DeviceUid,
+    ) -> Result<Option<Issued>, IssueError> {
+        let p = self.product(product)?;
+        match self
+            .ledger
+            .claimed(CLAIM_UID, &uid_claim(&p.key, uid))
+            .map_err(IssueError::Ledger)?
+        {
+            Some(seq) => {
+                let rec = self.issuance_near(seq, &p.key, uid)?;
+                Ok(Some(self.sign(&p, &rec, true)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn sign(
+        &self,
+        p: &Product,
+        rec: &IssuanceRecord,
+        reissued: bool,
+    ) -> Result<Issued, IssueError> {
+        let signer = TokenSigner::new(&*self.token, p.signing_key)?;
+        let issuer = Issuer::new(&p.issuer_cert, &signer).map_err(IssueError::Sign)?;
+        let public_key = PublicKey::from_spki_der(&rec.spki).map_err(IssueError::Sign)?;
+        let req = DeviceRequest {
+            inputs: RenderInputs {
+                oem: &p.oem,
+                product: &p.product,
+                uid: &rec.uid,
+                serial: &rec.serial,
+            },
+            public_key: &public_key,
+            now: rec.not_before,
+        };
+        let cert =
+            trustfab_pki::issue_device(&p.template, &req, &issuer).map_err(IssueError::Sign)?;
+        Ok(Issued {
+            uid: rec.uid.clone(),
+            serial: rec.serial.clone(),
+            cert,
+            reissued,
+        })
+    }
+
+    /// Every product with its counts.
+    ///
+    /// # Errors
+    /// A ledger error.
+    pub fn products(&self) -> Result<Vec<ProductStatus>, trustfab_ledger::Error> {
+        Ok(self
+            .ledger
+            .counters()?
+            .into_iter()
+            .map(|(product, c)| ProductStatus {
+                product,
+                ordered: c.total,
+                issued: c.issued,
+                remaining: c.remaining(),
+            })
+            .collect())
+    }
+}
+
+/// What the key wrap of a package binds: its id and the target HSM.
+pub fn wrap_info(package_id: &[u8; 16], hsm_fingerprint: &[u8; 32]) -> Vec<u8> {
+    let mut v = b"trustfab-package-key-v1".to_vec();
+    v.extend_from_slice(package_id);
+    v.extend_from_slice(hsm_fingerprint);
+    v
+}
+
+fn append_creates(a: &Append) -> bool {
+    a.counters
+        .iter()
+        .any(|c| matches!(c, CounterOp::Create { .. }))
+}
+
+fn uid_claim(product: &str, uid: &DeviceUid) -> Vec<u8> {
+    let mut v = product.as_bytes().to_vec();
+    v.push(0);
+    v.extend_from_slice(uid.as_bytes());
+    v
+}
+
+fn serial_claim(issuer_cert: &[u8], serial: &Serial) -> Vec<u8> {
+    let mut v = sha256(issuer_cert).to_vec();
+    v.extend_from_slice(serial.as_be_bytes());
+    v
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn cert_key(der: &[u8]) -> Result<PublicKey, String> {
+    let (_, c) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("certificate: {e}"))?;
+    PublicKey::from_spki_der(c.public_key().raw).map_err(|e| e.to_string())
+}
+
+fn check_issued_by(cert: &[u8], issuer: &[u8]) -> Result<(), String> {
+    let (_, c) =
+        x509_parser::parse_x509_certificate(cert).map_err(|e| format!("device CA: {e}"))?;
+    let (_, i) = x509_parser::parse_x509_certificate(issuer).map_err(|e| format!("root: {e}"))?;
+    c.verify_signature(Some(i.public_key()))
+        .map_err(|_| "the device CA certificate is not signed by the root".to_owned())
+}
+
+/// The token's random generator as a `trustfab_types::Rng`.
+struct TokenRng<'a>(&'a dyn Token);
+
+impl trustfab_types::Rng for TokenRng<'_> {
+    fn fill(&self, out: &mut [u8]) -> Result<(), trustfab_types::RngError> {
+        self.0
+            .fill_random(out)
+            .map_err(|_| trustfab_types::RngError)
+    }
+}
+
+/// Checks a validated identity against the current time and returns what an OEM needs to wrap
+/// for this HSM; a thin re-export for callers that only have the hsm crate.
+///
+/// # Errors
+/// See [`HsmIdentity::validate`].
+pub fn validate_identity(
+    certs: &HsmCertificates,
+    vendor_root: &[u8],
+    now: UnixTime,
+) -> Result<HsmIdentity, trustfab_pki::Error> {
+    HsmIdentity::validate(certs, vendor_root, now)
+}
