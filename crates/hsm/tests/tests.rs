@@ -557,3 +557,182 @@ mod issue {
         ));
     }
 }
+
+/// DESIGN.md property 4 across crashes: a process issuing in a loop is killed with SIGKILL at
+/// random moments; after every restart the count is not exceeded, every certificate the process
+/// ever returned is on record, and every unit spent has its issuance record.
+mod crash {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    use trustfab_ledger::{Kind, Store};
+    use trustfab_types::Rng;
+
+    const CHILD_ENV: &str = "TRUSTFAB_HSM_CRASH_CHILD";
+    const COUNT: u64 = 2000;
+
+    fn random_below(n: u64) -> u64 {
+        let mut b = [0u8; 8];
+        trustfab_types::OsRng.fill(&mut b).unwrap();
+        u64::from_le_bytes(b) % n
+    }
+
+    /// The child: issue small batches until the count runs out, printing every serial as soon as
+    /// its certificate is returned.
+    #[test]
+    #[ignore = "child process of sigkill_at_random_moments_loses_nothing; it runs it"]
+    fn child() {
+        let Ok(dir) = std::env::var(CHILD_ENV) else {
+            return;
+        };
+        let dir = Path::new(&dir);
+        let certs =
+            HsmCertificates::from_pem(&std::fs::read_to_string(dir.join("hsm.pem")).unwrap())
+                .unwrap();
+        let s = reopen(dir, "hsm-1", &certs);
+        s.clock.set(NOW);
+        let mut out = std::io::stdout().lock();
+        loop {
+            let n = 1 + random_below(4);
+            let batch: Vec<DeviceKey> = (0..n)
+                .map(|_| {
+                    let mut uid = [0u8; 16];
+                    trustfab_types::OsRng.fill(&mut uid).unwrap();
+                    DeviceKey {
+                        uid: DeviceUid::new(&uid).unwrap(),
+                        public_key: device(0).public_key,
+                    }
+                })
+                .collect();
+            match s.hsm.issue("acme/thermo", &batch) {
+                Ok(issued) => {
+                    for i in issued {
+                        writeln!(out, "ISSUED {}", i.serial.to_hex()).unwrap();
+                    }
+                    out.flush().unwrap();
+                }
+                Err(IssueError::CountExhausted { .. }) if n > 1 => continue,
+                Err(IssueError::CountExhausted { .. }) => {
+                    writeln!(out, "DONE").unwrap();
+                    out.flush().unwrap();
+                    return;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn run_child(dir: &Path, kill_after: Option<Duration>) -> Vec<String> {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "crash::child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        });
+        if let Some(d) = kill_after {
+            let start = Instant::now();
+            while start.elapsed() < d {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            child.kill().ok(); // SIGKILL on Unix
+        }
+        child.wait().unwrap();
+        reader.join().unwrap()
+    }
+
+    /// The serials the child printed (the test harness may prefix its first line).
+    fn serials(lines: &[String]) -> Vec<String> {
+        lines
+            .iter()
+            .filter_map(|l| l.split("ISSUED ").nth(1))
+            .map(|s| s.trim().to_owned())
+            .collect()
+    }
+
+    fn check(dir: &Path, returned: &[String]) -> u64 {
+        let ledger = SqliteStore::open(&dir.join("ledger.sqlite")).unwrap();
+        ledger.verify(&|_, _| false).unwrap();
+        let counter = ledger.counter("acme/thermo").unwrap().unwrap();
+        assert!(counter.issued <= COUNT, "over the count: {counter:?}");
+        let mut recorded = std::collections::HashSet::new();
+        for r in ledger.records(1) {
+            let r = r.unwrap();
+            if r.kind == Kind::CertificateIssued {
+                let rec = trustfab_hsm::IssuanceRecord::decode(&r.body).unwrap();
+                assert!(
+                    recorded.insert(rec.serial.to_hex()),
+                    "serial recorded twice"
+                );
+            }
+        }
+        assert_eq!(
+            u64::try_from(recorded.len()).unwrap(),
+            counter.issued,
+            "every unit spent has exactly one issuance record"
+        );
+        for s in returned {
+            assert!(
+                recorded.contains(s),
+                "certificate {s} was returned but is not on record"
+            );
+        }
+        counter.issued
+    }
+
+    #[test]
+    fn sigkill_at_random_moments_loses_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let vendor = Vendor::new();
+        let s = site(t.path(), "hsm-1", &vendor);
+        std::fs::write(t.path().join("hsm.pem"), s.certs.to_pem()).unwrap();
+        let oem = Oem::new("acme");
+        s.hsm
+            .import(&oem.wrap(&vendor, &s.certs, "thermo", COUNT, 1))
+            .unwrap();
+        drop(s);
+
+        let mut returned = Vec::new();
+        let mut kills = 0;
+        let mut last = 0;
+        while kills < 60 {
+            let wait = Duration::from_millis(20 + random_below(150));
+            let lines = run_child(t.path(), Some(wait));
+            let done = lines.iter().any(|l| l.ends_with("DONE"));
+            returned.extend(serials(&lines));
+            let issued = check(t.path(), &returned);
+            assert!(issued >= last);
+            last = issued;
+            kills += 1;
+            if done {
+                break;
+            }
+        }
+        // Finish the job: the count is reached exactly, and still nothing is lost.
+        let lines = run_child(t.path(), None);
+        assert!(lines.iter().any(|l| l.ends_with("DONE")), "{lines:?}");
+        returned.extend(serials(&lines));
+        assert_eq!(check(t.path(), &returned), COUNT);
+        assert!(
+            kills >= 50,
+            "only {kills} kills before the count ran out: raise COUNT"
+        );
+    }
+}
