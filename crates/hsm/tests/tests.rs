@@ -1,6 +1,6 @@
 //! The HSM application on a real token and a real ledger (SQLite file). Where tests go:
-//! - `import`: package checks, in the order the HSM makes them
-//! - `issue`: issuance, counts, concurrency, re-issue
+//! - `suite.rs` `import`: package checks, in the order the HSM makes them (both backends)
+//! - `suite.rs` `issue`: issuance, counts, concurrency, re-issue (both backends)
 //! - `crash`: SIGKILL at random moments, then the invariants
 
 // Fixtures unwrap: a failure there is a test failure.
@@ -17,7 +17,9 @@ use trustfab_pki::{
     certify_hsm, intermediate_ca, self_signed_ca, validate, CaRole, CaSpec, Curve, HsmCertificates,
     HsmIdentity, Issuer, Policy, PublicKey, Purpose, Signer, SoftKey,
 };
+use trustfab_test_support::softhsm::{self, SoftHsm2};
 use trustfab_token::Token;
+use trustfab_token_pkcs11::{Pkcs11Config, Pkcs11Token};
 use trustfab_token_soft::{Argon2Cost, SoftToken};
 use trustfab_types::{DeviceUid, FixedClock, OemId, Passphrase, ProductId, Serial, UnixTime};
 
@@ -63,29 +65,64 @@ impl Vendor {
     }
 }
 
-/// One HSM at a programming center: a soft token and a SQLite ledger in `dir`.
+/// Which token the HSM runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    /// The embedded sealed-file token.
+    Soft,
+    /// SoftHSM2 through PKCS#11.
+    Pkcs11,
+}
+
+/// One HSM at a programming center: a token and a SQLite ledger in `dir`.
 struct Site {
     hsm: Hsm,
     certs: HsmCertificates,
     clock: Arc<FixedClock>,
+    // Dropped last: the SoftHSM2 lock outlives the token that uses it.
+    _softhsm: Option<SoftHsm2>,
 }
 
-fn site(dir: &Path, id: &str, vendor: &Vendor) -> Site {
-    let token = SoftToken::create(&dir.join("token"), &pass(), cheap()).unwrap();
-    let req = Hsm::init(&token, id).unwrap();
+fn open_token(dir: &Path, backend: Backend, create: bool) -> (Arc<dyn Token>, Option<SoftHsm2>) {
+    match backend {
+        Backend::Soft => {
+            let path = dir.join("token");
+            let t = if create {
+                SoftToken::create(&path, &pass(), cheap()).unwrap()
+            } else {
+                SoftToken::open(&path, &pass()).unwrap()
+            };
+            (Arc::new(t), None)
+        }
+        Backend::Pkcs11 => {
+            let guard = SoftHsm2::new(dir);
+            let config = Pkcs11Config {
+                module: trustfab_token_pkcs11::module_path().unwrap(),
+                token_label: softhsm::TOKEN_LABEL.into(),
+                pin: Passphrase::new(softhsm::PIN.into()).unwrap(),
+                sessions: 2,
+            };
+            (Arc::new(Pkcs11Token::open(&config).unwrap()), Some(guard))
+        }
+    }
+}
+
+fn site(dir: &Path, id: &str, vendor: &Vendor, backend: Backend) -> Site {
+    let (token, guard) = open_token(dir, backend, true);
+    let req = Hsm::init(&*token, id).unwrap();
     let issuer = Issuer::new(&vendor.root, &vendor.key).unwrap();
     let (s1, s2) = (
         Serial::from_u64(100).unwrap(),
         Serial::from_u64(101).unwrap(),
     );
     let certs = certify_hsm(&req, &issuer, (&s1, &s2), UnixTime(NOW.0 - 3600), 365).unwrap();
-    let site = reopen(dir, id, &certs);
     drop(token);
-    site
+    drop(guard);
+    reopen(dir, id, &certs, backend)
 }
 
-fn reopen(dir: &Path, id: &str, certs: &HsmCertificates) -> Site {
-    let token: Arc<dyn Token> = Arc::new(SoftToken::open(&dir.join("token"), &pass()).unwrap());
+fn reopen(dir: &Path, id: &str, certs: &HsmCertificates, backend: Backend) -> Site {
+    let (token, guard) = open_token(dir, backend, false);
     let ledger = Arc::new(SqliteStore::open(&dir.join("ledger.sqlite")).unwrap());
     let clock = Arc::new(FixedClock::new(NOW));
     let hsm = Hsm::open(token, ledger, clock.clone(), id, Some(certs)).unwrap();
@@ -93,6 +130,7 @@ fn reopen(dir: &Path, id: &str, certs: &HsmCertificates) -> Site {
         hsm,
         certs: certs.clone(),
         clock,
+        _softhsm: guard,
     }
 }
 
@@ -191,371 +229,18 @@ fn device(i: u32) -> DeviceKey {
     }
 }
 
-mod import {
+/// The import and issuance suites, once per token backend (DESIGN.md: every property runs
+/// against every backend).
+mod soft {
     use super::*;
-
-    #[test]
-    fn a_package_imports_in_its_hsm_and_issues_chained_certificates() {
-        let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
-        let s = site(t.path(), "hsm-1", &vendor);
-        let oem = Oem::new("acme");
-        let imported = s
-            .hsm
-            .import(&oem.wrap(&vendor, &s.certs, "thermo", 10, 1))
-            .unwrap();
-        assert!(imported.created);
-        assert_eq!(imported.product, "acme/thermo");
-        let issued = s.hsm.issue("acme/thermo", &[device(1), device(2)]).unwrap();
-        let ints = [oem.ca.clone()];
-        for i in &issued {
-            validate(
-                &i.cert,
-                &Policy {
-                    root: &oem.root,
-                    intermediates: &ints,
-                    crls: &[],
-                    now: NOW,
-                    purpose: Purpose::ClientAuth,
-                },
-            )
-            .unwrap();
-        }
-        let status = s.hsm.products().unwrap();
-        assert_eq!(
-            (status[0].ordered, status[0].issued, status[0].remaining),
-            (10, 2, 8)
-        );
-    }
-
-    /// DESIGN.md property 1: the OEM signing key exists in plaintext only inside the token,
-    /// as a sensitive, non-extractable key.
-    #[test]
-    fn the_signing_key_is_sensitive_and_not_extractable_inside_the_token() {
-        let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
-        let s = site(t.path(), "hsm-1", &vendor);
-        let oem = Oem::new("acme");
-        s.hsm
-            .import(&oem.wrap(&vendor, &s.certs, "thermo", 10, 1))
-            .unwrap();
-        drop(s);
-        let token = SoftToken::open(&t.path().join("token"), &pass()).unwrap();
-        let product_label = trustfab_hsm::product_key_label("acme/thermo").unwrap();
-        for label in [
-            trustfab_token::KeyLabel::new("hsm-identity").unwrap(),
-            trustfab_token::KeyLabel::new("hsm-key-transport").unwrap(),
-            product_label.clone(),
-        ] {
-            let h = token.find(&label).unwrap().unwrap();
-            let info = token.info(h).unwrap();
-            assert!(info.sensitive && !info.extractable, "{label}");
-        }
-        let h = token.find(&product_label).unwrap().unwrap();
-        let pk = token.public_key(h).unwrap();
-        assert_eq!(
-            pk.point(),
-            oem.ca_key.public_point(),
-            "the device CA key, unwrapped"
-        );
-    }
-
-    #[test]
-    fn a_package_for_another_hsm_is_refused() {
-        let (t1, t2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let vendor = Vendor::new();
-        let a = site(t1.path(), "hsm-a", &vendor);
-        let b = site(t2.path(), "hsm-b", &vendor);
-        let oem = Oem::new("acme");
-        let for_a = oem.wrap(&vendor, &a.certs, "thermo", 10, 1);
-        assert!(matches!(
-            b.hsm.import(&for_a),
-            Err(ImportError::WrongHsm { .. })
-        ));
-        assert!(b.hsm.products().unwrap().is_empty());
-        a.hsm.import(&for_a).unwrap();
-    }
-
-    #[test]
-    fn a_second_import_is_refused_as_a_replay() {
-        let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
-        let s = site(t.path(), "hsm-1", &vendor);
-        let oem = Oem::new("acme");
-        let p = oem.wrap(&vendor, &s.certs, "thermo", 10, 1);
-        let first = s.hsm.import(&p).unwrap();
-        match s.hsm.import(&p) {
-            Err(ImportError::Replayed { seq, .. }) => assert_eq!(seq, first.seq),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(s.hsm.products().unwrap()[0].ordered, 10);
-    }
-
-    #[test]
-    fn an_expired_or_early_package_is_refused() {
-        let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
-        let s = site(t.path(), "hsm-1", &vendor);
-        let oem = Oem::new("acme");
-        let p = oem.wrap(&vendor, &s.certs, "thermo", 10, 1);
-        s.clock.set(UnixTime(NOW.0 + 8 * 86_400));
-        assert!(matches!(s.hsm.import(&p), Err(ImportError::Expired { .. })));
-        s.clock.set(UnixTime(NOW.0 - 3600));
-        assert!(matches!(
-            s.hsm.import(&p),
-            Err(ImportError::NotYetValid { .. })
-        ));
-        s.clock.set(NOW);
-        s.hsm.import(&p).unwrap();
-    }
-
-    #[test]
-    fn a_package_signed_by_another_oem_key_is_refused() {
-        let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
-        let s = site(t.path(), "hsm-1", &vendor);
-        let acme = Oem::new("acme");
-        s.hsm
-            .import(&acme.wrap(&vendor, &s.certs, "thermo", 10, 1))
-            .unwrap();
-        // An impostor with its own root claims to be acme: the OEM is bound to acme's root.
-        let impostor = Oem::new("acme");
-        let p = impostor.wrap(&vendor, &s.certs, "thermo", 10, 2);
-        assert!(matches!(
-            s.hsm.import(&p),
-            Err(ImportError::OemRootMismatch { .. })
-        ));
-        let p = impostor.wrap(&vendor, &s.certs, "other-product", 10, 3);
-        assert!(matches!(
-            s.hsm.import(&p),
-            Err(ImportError::OemRootMismatch { .. })
-        ));
-        // A package whose signature is not by the root it carries: refused before anything else.
-        let mut msg = acme.wrap(&vendor, &s.certs, "thermo", 10, 4);
-        let n = msg.len();
-        msg[n - 10] ^= 0x01;
-        assert!(matches!(
-            s.hsm.import(&msg),
-            Err(ImportError::Package(trustfab_package::Error::Signature))
-        ));
-        assert_eq!(s.hsm.products().unwrap()[0].ordered, 10);
-    }
-
-    #[test]
-    fn an_hsm_identity_not_from_the_pinned_vendor_cannot_be_wrapped_for() {
-        let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
-        let rogue = Vendor::new();
-        let s = site(t.path(), "hsm-1", &rogue);
-        assert!(HsmIdentity::validate(&s.certs, &vendor.root, NOW).is_err());
-    }
-
-    #[test]
-    fn every_single_bit_flip_of_a_package_is_refused() {
-        let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
-        let s = site(t.path(), "hsm-1", &vendor);
-        let oem = Oem::new("acme");
-        let minimal = "version = 1\n[subject]\ncommon_name = \"{uid}\"\n[validity]\ndays = 1\n[extensions]\nkey_usage = [\"digital_signature\"]\n[serial]\nscheme = \"random\"\n";
-        let p = oem.wrap_with(&vendor, &s.certs, "p", 5, 1, minimal, None);
-        let mut accepted = Vec::new();
-        for bit in 0..p.len() * 8 {
-            let mut b = p.clone();
-            b[bit / 8] ^= 1 << (bit % 8);
-            if s.hsm.import(&b).is_ok() {
-                accepted.push(bit);
-            }
-        }
-        assert!(
-            accepted.is_empty(),
-            "{} flips accepted: {accepted:?}",
-            accepted.len()
-        );
-        assert!(s.hsm.products().unwrap().is_empty());
-        s.hsm.import(&p).unwrap();
-    }
-
-    #[test]
-    fn a_top_up_adds_count_and_may_not_change_the_product() {
-        let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
-        let s = site(t.path(), "hsm-1", &vendor);
-        let oem = Oem::new("acme");
-        s.hsm
-            .import(&oem.wrap(&vendor, &s.certs, "thermo", 10, 1))
-            .unwrap();
-        let up = s
-            .hsm
-            .import(&oem.wrap(&vendor, &s.certs, "thermo", 5, 2))
-            .unwrap();
-        assert!(!up.created);
-        assert_eq!(s.hsm.products().unwrap()[0].ordered, 15);
-        let changed = EXAMPLE_TEMPLATE.replace("Sensors", "Actuators");
-        let p = oem.wrap_with(&vendor, &s.certs, "thermo", 5, 3, &changed, None);
-        match s.hsm.import(&p) {
-            Err(ImportError::ProductConflict { what, .. }) => assert_eq!(what, "template"),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(s.hsm.products().unwrap()[0].ordered, 15);
-    }
+    const BACKEND: Backend = Backend::Soft;
+    include!("suite.rs");
 }
 
-mod issue {
+mod pkcs11 {
     use super::*;
-
-    fn ready(dir: &Path, count: u64) -> (Site, Oem) {
-        let vendor = Vendor::new();
-        let s = site(dir, "hsm-1", &vendor);
-        let oem = Oem::new("acme");
-        s.hsm
-            .import(&oem.wrap(&vendor, &s.certs, "thermo", count, 1))
-            .unwrap();
-        (s, oem)
-    }
-
-    #[test]
-    fn the_count_is_never_exceeded_by_eight_threads() {
-        let t = tempfile::tempdir().unwrap();
-        let (s, _) = ready(t.path(), 1000);
-        let hsm = Arc::new(s.hsm);
-        let devices: Vec<DeviceKey> = (0..1100).map(device).collect();
-        let devices = Arc::new(devices);
-        let handles: Vec<_> = (0..8)
-            .map(|th| {
-                let hsm = Arc::clone(&hsm);
-                let devices = Arc::clone(&devices);
-                std::thread::spawn(move || {
-                    let (mut ok, mut refused) = (Vec::new(), 0);
-                    for d in devices.iter().skip(th).step_by(8) {
-                        match hsm.issue("acme/thermo", std::slice::from_ref(d)) {
-                            Ok(mut v) => ok.push(v.remove(0)),
-                            Err(IssueError::CountExhausted { remaining: 0, .. }) => refused += 1,
-                            Err(e) => panic!("{e}"),
-                        }
-                    }
-                    (ok, refused)
-                })
-            })
-            .collect();
-        let mut certs = Vec::new();
-        let mut refused = 0;
-        for h in handles {
-            let (ok, r) = h.join().unwrap();
-            certs.extend(ok);
-            refused += r;
-        }
-        assert_eq!(certs.len(), 1000);
-        assert_eq!(refused, 100);
-        let mut serials: Vec<_> = certs.iter().map(|c| c.serial.clone()).collect();
-        serials.sort();
-        serials.dedup();
-        assert_eq!(serials.len(), 1000, "serials are unique");
-        let st = &hsm.products().unwrap()[0];
-        assert_eq!((st.issued, st.remaining), (1000, 0));
-    }
-
-    #[test]
-    fn a_batch_that_does_not_fit_spends_nothing() {
-        let t = tempfile::tempdir().unwrap();
-        let (s, _) = ready(t.path(), 5);
-        let batch: Vec<_> = (0..6).map(device).collect();
-        match s.hsm.issue("acme/thermo", &batch) {
-            Err(IssueError::CountExhausted {
-                remaining: 5,
-                asked: 6,
-                ..
-            }) => {}
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(s.hsm.issue("acme/thermo", &batch[..5]).unwrap().len(), 5);
-        assert_eq!(s.hsm.products().unwrap()[0].remaining, 0);
-    }
-
-    #[test]
-    fn a_device_issued_before_gets_its_certificate_again_without_spending() {
-        let t = tempfile::tempdir().unwrap();
-        let (s, _) = ready(t.path(), 3);
-        let d = device(9);
-        let first = s
-            .hsm
-            .issue("acme/thermo", std::slice::from_ref(&d))
-            .unwrap()
-            .remove(0);
-        let again = s
-            .hsm
-            .issue("acme/thermo", std::slice::from_ref(&d))
-            .unwrap()
-            .remove(0);
-        assert!(again.reissued && !first.reissued);
-        assert_eq!(again.serial, first.serial);
-        let tbs = |der: &[u8]| {
-            let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
-            c.tbs_certificate.as_ref().to_vec()
-        };
-        assert_eq!(tbs(&again.cert), tbs(&first.cert));
-        assert_eq!(s.hsm.products().unwrap()[0].issued, 1);
-        // The same UID with another key is refused: one device, one identity.
-        let other = DeviceKey {
-            uid: d.uid.clone(),
-            public_key: device(10).public_key,
-        };
-        assert!(matches!(
-            s.hsm.issue("acme/thermo", &[other]),
-            Err(IssueError::BadRequest { .. })
-        ));
-        assert!(s
-            .hsm
-            .certificate_for("acme/thermo", &d.uid)
-            .unwrap()
-            .is_some());
-    }
-
-    #[test]
-    fn sequential_serials_come_from_the_package_range() {
-        let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
-        let s = site(t.path(), "hsm-1", &vendor);
-        let oem = Oem::new("acme");
-        let range = SerialRange {
-            first: 5000,
-            last: 5009,
-        };
-        let p = oem.wrap_with(
-            &vendor,
-            &s.certs,
-            "seq",
-            10,
-            1,
-            EXAMPLE_TEMPLATE,
-            Some(range),
-        );
-        s.hsm.import(&p).unwrap();
-        let key = product_key(&oem.id, &ProductId::new("seq").unwrap());
-        let a = s
-            .hsm
-            .issue(&key, &(0..4).map(device).collect::<Vec<_>>())
-            .unwrap();
-        let b = s
-            .hsm
-            .issue(&key, &(4..10).map(device).collect::<Vec<_>>())
-            .unwrap();
-        let serials: Vec<u64> = a
-            .iter()
-            .chain(&b)
-            .map(|i| i.serial.to_u64().unwrap())
-            .collect();
-        assert_eq!(serials, (5000..5010).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn an_unknown_product_is_refused() {
-        let t = tempfile::tempdir().unwrap();
-        let (s, _) = ready(t.path(), 3);
-        assert!(matches!(
-            s.hsm.issue("acme/nope", &[device(1)]),
-            Err(IssueError::UnknownProduct { .. })
-        ));
-    }
+    const BACKEND: Backend = Backend::Pkcs11;
+    include!("suite.rs");
 }
 
 /// DESIGN.md property 4 across crashes: a process issuing in a loop is killed with SIGKILL at
@@ -590,7 +275,7 @@ mod crash {
         let certs =
             HsmCertificates::from_pem(&std::fs::read_to_string(dir.join("hsm.pem")).unwrap())
                 .unwrap();
-        let s = reopen(dir, "hsm-1", &certs);
+        let s = reopen(dir, "hsm-1", &certs, Backend::Soft);
         s.clock.set(NOW);
         let mut out = std::io::stdout().lock();
         loop {
@@ -701,7 +386,7 @@ mod crash {
     fn sigkill_at_random_moments_loses_nothing() {
         let t = tempfile::tempdir().unwrap();
         let vendor = Vendor::new();
-        let s = site(t.path(), "hsm-1", &vendor);
+        let s = site(t.path(), "hsm-1", &vendor, Backend::Soft);
         std::fs::write(t.path().join("hsm.pem"), s.certs.to_pem()).unwrap();
         let oem = Oem::new("acme");
         s.hsm

@@ -144,3 +144,72 @@ pub mod pkilint {
             .collect()
     }
 }
+
+/// A private SoftHSM2 token for one test: its own directory and `SOFTHSM2_CONF`. The PKCS#11
+/// module reads that variable on every `C_Initialize`, so a process-wide lock is held for the
+/// fixture's lifetime: tests that use SoftHSM2 run one at a time.
+pub mod softhsm {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+
+    static LOCK: Mutex<()> = Mutex::new(());
+
+    /// The token label every fixture uses.
+    pub const TOKEN_LABEL: &str = "trustfab-test";
+    /// The user PIN.
+    pub const PIN: &str = "1234";
+    /// The security officer PIN.
+    pub const SO_PIN: &str = "12345678";
+
+    /// A SoftHSM2 token in a directory.
+    pub struct SoftHsm2 {
+        conf: PathBuf,
+        _guard: MutexGuard<'static, ()>,
+    }
+
+    impl SoftHsm2 {
+        /// Initialises a token under `dir` (or reuses the one there) and points
+        /// `SOFTHSM2_CONF` at it.
+        pub fn new(dir: &Path) -> Self {
+            let guard = LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+            let tokens = dir.join("softhsm-tokens");
+            let conf = dir.join("softhsm2.conf");
+            let fresh = !tokens.exists();
+            std::fs::create_dir_all(&tokens).expect("token directory");
+            std::fs::write(
+                &conf,
+                format!(
+                    "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                    tokens.display()
+                ),
+            )
+            .expect("softhsm2.conf");
+            if fresh {
+                let out = Command::new("softhsm2-util")
+                    .env("SOFTHSM2_CONF", &conf)
+                    .args(["--init-token", "--free", "--label", TOKEN_LABEL])
+                    .args(["--so-pin", SO_PIN, "--pin", PIN])
+                    .output()
+                    .unwrap_or_else(|e| {
+                        panic!("SoftHSM2 is required: cannot run softhsm2-util ({e}); scripts/test.sh installs it")
+                    });
+                assert!(
+                    out.status.success(),
+                    "softhsm2-util --init-token failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::env::set_var("SOFTHSM2_CONF", &conf);
+            Self {
+                conf,
+                _guard: guard,
+            }
+        }
+
+        /// The configuration file (for child processes).
+        pub fn conf(&self) -> &Path {
+            &self.conf
+        }
+    }
+}
