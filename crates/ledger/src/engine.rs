@@ -1,0 +1,609 @@
+//! The backend-independent core: the transaction that applies a batch of appends through a
+//! [`Conn`], the group-commit writer thread that feeds it, and chain verification.
+//!
+//! A batch runs as one transaction. Each append is first *checked* with reads only (expected
+//! head, claims, counters), and only then *written*; so a refused append has written nothing
+//! and the batch goes on without it, while a storage error aborts (and, when the backend says
+//! the error is a conflict, retries) the whole batch.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread;
+use std::time::Duration;
+
+use crate::append::{decode_effects, encode_effects, Append, Counter, CounterOp};
+use crate::error::{Error, Problem};
+use crate::record::{record_hash, Checkpoint, Head, Kind, Record};
+
+/// The most appends one transaction carries.
+pub(crate) const MAX_BATCH_APPENDS: usize = 2048;
+
+/// How often a conflicting batch is retried before its callers get [`Error::Contention`].
+pub(crate) const MAX_ATTEMPTS: u32 = 200;
+
+/// The latest counter event of a product: its number and the counter after it.
+pub(crate) type CounterState = (u64, Counter);
+
+/// One stored counter event, as read back for verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CounterEvent {
+    /// The product key.
+    pub product: String,
+    /// Event number within the product, gapless from 1.
+    pub event: u64,
+    /// First record of the append that made it.
+    pub seq: u64,
+    /// The operation code (1 create, 2 top-up, 3 spend, 4 credit).
+    pub op: i64,
+    /// The operation's amount.
+    pub amount: u64,
+    /// The counter after the event.
+    pub after: Counter,
+}
+
+/// A stored record as read, before its kind is checked; verification needs rows whose kind
+/// is unknown or whose hashes have the wrong length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRecord {
+    /// Stored seq.
+    pub seq: u64,
+    /// Stored kind code.
+    pub kind: u16,
+    /// Stored body.
+    pub body: Vec<u8>,
+    /// Stored effects.
+    pub effects: Vec<u8>,
+    /// Stored previous hash.
+    pub prev_hash: Vec<u8>,
+    /// Stored hash.
+    pub hash: Vec<u8>,
+}
+
+impl RawRecord {
+    /// The typed record.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownKind`] for a kind code this build does not know, [`Error::Corrupt`] for
+    /// a hash that is not 32 bytes.
+    pub fn into_record(self) -> Result<Record, Error> {
+        let kind = Kind::from_code(self.kind).ok_or(Error::UnknownKind {
+            seq: self.seq,
+            code: self.kind,
+        })?;
+        let hash32 = |v: Vec<u8>| {
+            <[u8; 32]>::try_from(v).map_err(|_| Error::Corrupt {
+                what: "hash length",
+            })
+        };
+        Ok(Record {
+            seq: self.seq,
+            kind,
+            body: self.body,
+            effects: self.effects,
+            prev_hash: hash32(self.prev_hash)?,
+            hash: hash32(self.hash)?,
+        })
+    }
+}
+
+/// One connection's view of the schema, inside a transaction the engine opens.
+pub(crate) trait Conn: Send + 'static {
+    /// Opens a write transaction.
+    fn begin(&mut self) -> Result<(), Error>;
+    /// Commits it durably.
+    fn commit(&mut self) -> Result<(), Error>;
+    /// Rolls it back (best effort after an error).
+    fn rollback(&mut self);
+    /// The chain head.
+    fn head(&mut self) -> Result<Head, Error>;
+    /// Inserts one record.
+    fn insert_record(&mut self, r: &Record) -> Result<(), Error>;
+    /// The latest counter event of a product.
+    fn counter(&mut self, product: &str) -> Result<Option<CounterState>, Error>;
+    /// Inserts a counter event.
+    fn insert_counter_event(&mut self, e: &CounterEvent) -> Result<(), Error>;
+    /// The seq that claimed `(namespace, key)`, if any.
+    fn claimed(&mut self, namespace: &str, key: &[u8]) -> Result<Option<u64>, Error>;
+    /// Inserts a claim.
+    fn insert_claim(&mut self, namespace: &str, key: &[u8], seq: u64) -> Result<(), Error>;
+    /// Whether a storage error is a conflict with another writer worth retrying.
+    fn retryable(&self, e: &Error) -> bool;
+}
+
+/// Checks one append against the state inside the open transaction, then writes it.
+/// Refusals happen before the first write.
+fn apply_one(conn: &mut dyn Conn, head: Head, a: &Append) -> Result<Vec<Record>, Error> {
+    if let Some(expected) = a.expect_head {
+        if expected != head.seq {
+            return Err(Error::HeadMoved {
+                expected,
+                actual: head.seq,
+            });
+        }
+    }
+    let first_seq = head.seq + 1;
+    // A checkpoint must cover the record just before it.
+    let mut h = head;
+    for r in &a.records {
+        if r.kind == Kind::Checkpoint {
+            let cp = Checkpoint::decode(&r.body)
+                .map_err(|_| Error::Invalid(crate::error::Invalid::Checkpoint))?;
+            if cp.head != h {
+                return Err(Error::HeadMoved {
+                    expected: cp.head.seq,
+                    actual: h.seq,
+                });
+            }
+        }
+        h.seq += 1;
+    }
+    for c in &a.claims {
+        if let Some(first_seq) = conn.claimed(&c.namespace, &c.key)? {
+            return Err(Error::Duplicate {
+                namespace: c.namespace.clone(),
+                key: c.key.clone(),
+                first_seq,
+            });
+        }
+    }
+    let mut counters: HashMap<&str, Option<CounterState>> = HashMap::new();
+    let mut events = Vec::with_capacity(a.counters.len());
+    for op in &a.counters {
+        let product = op.product();
+        let state = match counters.get(product) {
+            Some(s) => *s,
+            None => conn.counter(product)?,
+        };
+        let after = op.apply(state.map(|(_, c)| c))?;
+        let event = state.map_or(1, |(e, _)| e + 1);
+        counters.insert(product, Some((event, after)));
+        events.push(CounterEvent {
+            product: product.to_owned(),
+            event,
+            seq: first_seq,
+            op: op.code(),
+            amount: op.amount(),
+            after,
+        });
+    }
+    // Checked; now write.
+    let mut out = Vec::with_capacity(a.records.len());
+    let mut prev = head;
+    let mut effects = encode_effects(&a.counters, &a.claims);
+    for r in &a.records {
+        let rec = Record::new(
+            prev.seq + 1,
+            r.kind,
+            r.body.clone(),
+            std::mem::take(&mut effects),
+            prev.hash,
+        );
+        conn.insert_record(&rec)?;
+        prev = Head {
+            seq: rec.seq,
+            hash: rec.hash,
+        };
+        out.push(rec);
+    }
+    for e in &events {
+        conn.insert_counter_event(e)?;
+    }
+    for c in &a.claims {
+        conn.insert_claim(&c.namespace, &c.key, first_seq)?;
+    }
+    Ok(out)
+}
+
+type Outcome = Result<Vec<Record>, Error>;
+
+/// Runs a batch as one transaction; `Err` only for a storage error (nothing committed).
+fn run_batch(conn: &mut dyn Conn, batch: &[&Append]) -> Result<Vec<Outcome>, Error> {
+    conn.begin()?;
+    let attempt = (|| {
+        let mut head = conn.head()?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for a in batch {
+            match apply_one(conn, head, a) {
+                Ok(recs) => {
+                    if let Some(last) = recs.last() {
+                        head = Head {
+                            seq: last.seq,
+                            hash: last.hash,
+                        };
+                    }
+                    outcomes.push(Ok(recs));
+                }
+                Err(e) if e.is_refusal() => outcomes.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        conn.commit()?;
+        Ok(outcomes)
+    })();
+    if attempt.is_err() {
+        conn.rollback();
+    }
+    attempt
+}
+
+/// Runs a batch, retrying it whole on conflicts; every append gets an outcome.
+pub(crate) fn commit_batch(conn: &mut dyn Conn, batch: &[&Append]) -> Vec<Outcome> {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match run_batch(conn, batch) {
+            Ok(outcomes) => return outcomes,
+            Err(e) if conn.retryable(&e) => {
+                if attempt >= MAX_ATTEMPTS {
+                    return vec![Err(Error::Contention { attempts: attempt }); batch.len()];
+                }
+                // Back off a little, more each time, with jitter from the clock's low bits,
+                // so that competing writers stop colliding.
+                let jitter = u64::from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos())
+                        % 1000,
+                );
+                let micros = u64::from(attempt.min(20)) * 200 + jitter;
+                thread::sleep(Duration::from_micros(micros));
+            }
+            Err(e) => return vec![Err(e); batch.len()],
+        }
+    }
+}
+
+struct Job {
+    appends: Vec<Append>,
+    reply: mpsc::SyncSender<Vec<Outcome>>,
+}
+
+/// The group-commit writer: one thread owns the write connection; callers hand it their
+/// appends and wait for their own outcomes. Whatever is queued while a transaction commits
+/// goes into the next one, so concurrent callers share one transaction and one sync.
+pub(crate) struct Writer {
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+impl Writer {
+    /// Starts the writer thread over `conn`.
+    pub(crate) fn start<C: Conn>(name: &str, mut conn: C) -> Result<Self, std::io::Error> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    let mut n = jobs[0].appends.len();
+                    while n < MAX_BATCH_APPENDS {
+                        match rx.try_recv() {
+                            Ok(j) => {
+                                n += j.appends.len();
+                                jobs.push(j);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let batch: Vec<&Append> = jobs.iter().flat_map(|j| j.appends.iter()).collect();
+                    let mut outcomes = commit_batch(&mut conn, &batch).into_iter();
+                    for j in &jobs {
+                        let mine: Vec<Outcome> = outcomes.by_ref().take(j.appends.len()).collect();
+                        // A caller that gave up waiting is no error of the ledger's.
+                        let _ = j.reply.send(mine);
+                    }
+                }
+            })?;
+        Ok(Self {
+            queue: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Validates, submits and waits: one outcome per append, in order.
+    pub(crate) fn submit(&self, appends: Vec<Append>) -> Vec<Outcome> {
+        let total = appends.len();
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(total);
+        let mut valid = Vec::with_capacity(total);
+        for a in appends {
+            match a.validate() {
+                Ok(()) => {
+                    outcomes.push(None);
+                    valid.push(a);
+                }
+                Err(e) => outcomes.push(Some(Err(Error::Invalid(e)))),
+            }
+        }
+        if !valid.is_empty() {
+            let answered = self.send(valid);
+            let mut answered = answered.into_iter();
+            for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
+                *slot = Some(answered.next().unwrap_or(Err(Error::WriterStopped)));
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Err(Error::WriterStopped)))
+            .collect()
+    }
+
+    fn send(&self, appends: Vec<Append>) -> Vec<Outcome> {
+        let n = appends.len();
+        let (reply, answer) = mpsc::sync_channel(1);
+        let sent = match self.queue.lock() {
+            Ok(q) => q
+                .as_ref()
+                .is_some_and(|q| q.send(Job { appends, reply }).is_ok()),
+            Err(_) => false,
+        };
+        if !sent {
+            return vec![Err(Error::WriterStopped); n];
+        }
+        answer
+            .recv()
+            .unwrap_or_else(|_| vec![Err(Error::WriterStopped); n])
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.take();
+        }
+        if let Ok(mut t) = self.thread.lock() {
+            if let Some(t) = t.take() {
+                // A panicked writer has already failed its callers; nothing more to report.
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// What a successful verification covered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The head of the verified chain.
+    pub head: Head,
+    /// Checkpoint records, each with a valid signature.
+    pub checkpoints: u64,
+    /// The seq of the last checkpoint; records after it are chained but not yet signed.
+    pub last_checkpoint: Option<u64>,
+    /// Counter events checked against the chain.
+    pub counter_events: u64,
+    /// Claims checked against the chain.
+    pub claims: u64,
+}
+
+/// What the chain says a product's counter is: the counter, how many events made it, and the
+/// last record that changed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Replayed {
+    pub(crate) counter: Counter,
+    pub(crate) events: u64,
+    pub(crate) last_seq: u64,
+}
+
+/// Walks the chain from record 1, stopping at the first bad record, and replays the counter
+/// operations and claims the records carry.
+pub(crate) struct ChainWalk<'v> {
+    verifier: &'v crate::Verifier<'v>,
+    prev: Head,
+    checkpoints: u64,
+    last_checkpoint: Option<u64>,
+    pub(crate) counters: HashMap<String, Replayed>,
+    pub(crate) claims: u64,
+}
+
+impl<'v> ChainWalk<'v> {
+    pub(crate) fn new(verifier: &'v crate::Verifier<'v>) -> Self {
+        Self {
+            verifier,
+            prev: Head::EMPTY,
+            checkpoints: 0,
+            last_checkpoint: None,
+            counters: HashMap::new(),
+            claims: 0,
+        }
+    }
+
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.prev.seq + 1
+    }
+
+    pub(crate) fn head(&self) -> Head {
+        self.prev
+    }
+
+    pub(crate) fn step(&mut self, r: &RawRecord) -> Result<(), Error> {
+        let expected = self.prev.seq + 1;
+        let bad = |problem| Error::Tampered {
+            seq: expected,
+            problem,
+        };
+        if r.seq != expected {
+            // Rows come back ordered by seq, so a higher one means `expected` is gone.
+            return Err(bad(Problem::Missing { next_found: r.seq }));
+        }
+        let recomputed = record_hash(&self.prev.hash, r.seq, r.kind, &r.body, &r.effects);
+        if r.hash[..] != recomputed[..] {
+            // Either this record changed, or it does not follow the previous one.
+            if r.prev_hash[..] != self.prev.hash[..] {
+                return Err(bad(Problem::BrokenLink));
+            }
+            return Err(bad(Problem::HashMismatch));
+        }
+        if r.prev_hash[..] != self.prev.hash[..] {
+            return Err(bad(Problem::BrokenLink));
+        }
+        let Some(kind) = Kind::from_code(r.kind) else {
+            return Err(bad(Problem::UnknownKind { code: r.kind }));
+        };
+        if kind == Kind::Checkpoint {
+            let cp = Checkpoint::decode(&r.body).map_err(bad)?;
+            if cp.head != self.prev {
+                return Err(bad(Problem::CheckpointMismatch));
+            }
+            if !(self.verifier)(&Checkpoint::message(&cp.head, cp.time), &cp.signature) {
+                return Err(bad(Problem::BadSignature));
+            }
+            self.checkpoints += 1;
+            self.last_checkpoint = Some(r.seq);
+        }
+        let (ops, claims) = decode_effects(&r.effects).map_err(bad)?;
+        for op in &ops {
+            let entry = self.counters.get(op.product()).copied();
+            let counter = op
+                .apply(entry.map(|e| e.counter))
+                .map_err(|_| bad(Problem::ImpossibleEffect))?;
+            self.counters.insert(
+                op.product().to_owned(),
+                Replayed {
+                    counter,
+                    events: entry.map_or(0, |e| e.events) + 1,
+                    last_seq: r.seq,
+                },
+            );
+        }
+        self.claims += u64::try_from(claims.len()).unwrap_or(u64::MAX);
+        self.prev = Head {
+            seq: r.seq,
+            hash: recomputed,
+        };
+        Ok(())
+    }
+
+    pub(crate) fn finish(self, counter_events: u64) -> Verified {
+        Verified {
+            head: self.prev,
+            checkpoints: self.checkpoints,
+            last_checkpoint: self.last_checkpoint,
+            counter_events,
+            claims: self.claims,
+        }
+    }
+}
+
+/// Checks the stream of stored counter events, ordered by (product, event): each follows from
+/// the one before and names an existing record; and each product's final state is what the
+/// chain says.
+pub(crate) struct CounterWalk<'c> {
+    chain: &'c HashMap<String, Replayed>,
+    head_seq: u64,
+    last: Option<(String, u64, Counter)>,
+    seen: std::collections::HashSet<String>,
+    pub(crate) count: u64,
+}
+
+impl<'c> CounterWalk<'c> {
+    pub(crate) fn new(chain: &'c HashMap<String, Replayed>, head_seq: u64) -> Self {
+        Self {
+            chain,
+            head_seq,
+            last: None,
+            seen: std::collections::HashSet::new(),
+            count: 0,
+        }
+    }
+
+    fn mismatch(&self, product: &str) -> Error {
+        Error::Tampered {
+            seq: self
+                .chain
+                .get(product)
+                .map_or(self.head_seq, |r| r.last_seq),
+            problem: Problem::StateMismatch {
+                what: format!("counter of product {product}"),
+            },
+        }
+    }
+
+    /// The last product is complete: its stored final state must be the chain's.
+    fn close_product(&self) -> Result<(), Error> {
+        if let Some((p, n, c)) = &self.last {
+            match self.chain.get(p) {
+                Some(r) if r.events == *n && r.counter == *c => {}
+                _ => return Err(self.mismatch(p)),
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn step(&mut self, e: &CounterEvent) -> Result<(), Error> {
+        let bad = || Error::Tampered {
+            seq: e.seq,
+            problem: Problem::CounterInconsistent {
+                product: e.product.clone(),
+                event: e.event,
+            },
+        };
+        if e.seq == 0 || e.seq > self.head_seq {
+            return Err(Error::Tampered {
+                seq: e.seq,
+                problem: Problem::DanglingReference,
+            });
+        }
+        let before = match &self.last {
+            Some((p, n, c)) if *p == e.product => {
+                if e.event != n + 1 {
+                    return Err(bad());
+                }
+                Some(*c)
+            }
+            _ => {
+                self.close_product()?;
+                if e.event != 1 {
+                    return Err(bad());
+                }
+                None
+            }
+        };
+        let product = e.product.clone();
+        let op = match e.op {
+            1 => CounterOp::Create {
+                product,
+                count: e.amount,
+            },
+            2 => CounterOp::TopUp {
+                product,
+                n: e.amount,
+            },
+            3 => CounterOp::Spend {
+                product,
+                n: e.amount,
+            },
+            4 => CounterOp::Credit {
+                product,
+                n: e.amount,
+            },
+            _ => return Err(bad()),
+        };
+        match op.apply(before) {
+            Ok(after) if after == e.after => {}
+            _ => return Err(bad()),
+        }
+        if e.event == 1 {
+            self.seen.insert(e.product.clone());
+        }
+        self.last = Some((e.product.clone(), e.event, e.after));
+        self.count += 1;
+        Ok(())
+    }
+
+    /// After the last event: the final product checks, and no product the chain knows is
+    /// missing from the stored counters.
+    pub(crate) fn finish(self) -> Result<u64, Error> {
+        self.close_product()?;
+        let mut missing: Vec<&String> = self
+            .chain
+            .keys()
+            .filter(|p| !self.seen.contains(*p))
+            .collect();
+        missing.sort();
+        if let Some(p) = missing.first() {
+            return Err(self.mismatch(p));
+        }
+        Ok(self.count)
+    }
+}

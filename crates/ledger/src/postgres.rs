@@ -1,0 +1,502 @@
+//! The shared backend: PostgreSQL, written by many stations and HSM processes at once.
+//!
+//! Every batch is one SERIALIZABLE transaction; a serialization failure (40001), a deadlock
+//! (40P01) or a unique violation from a concurrent writer (23505) rolls it back and the batch is
+//! retried whole. The chain head, counters and claims are plain rows read inside the
+//! transaction, so the database's conflict detection is what keeps seqs gapless, counts within
+//! bounds and claims unique across processes. The SQL is deliberately plain (no triggers, no
+//! PL/pgSQL, no advisory locks, no `FOR UPDATE SKIP LOCKED`), so CockroachDB-like distributed
+//! engines accept it too.
+
+use std::sync::Mutex;
+
+use postgres::error::SqlState;
+use postgres::{Client, NoTls, Statement};
+
+use crate::append::{Append, Counter};
+use crate::engine::{Conn, CounterEvent, CounterState, RawRecord, Writer};
+use crate::error::Error;
+use crate::record::{Head, Record};
+use crate::sqlite::{i64_of, raw_record, u64_of};
+use crate::Store;
+
+/// Connection parameters (re-exported from the `postgres` crate): parse one from a URL such
+/// as `postgresql://user@host:5432/dbname`.
+pub type PgConfig = postgres::Config;
+
+/// Schema migrations, applied in order; each version is recorded in `schema_version`.
+/// Append-only: a released migration never changes, a new one gets the next number.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE records (
+        seq BIGINT PRIMARY KEY,
+        kind INTEGER NOT NULL,
+        body BYTEA NOT NULL,
+        effects BYTEA NOT NULL,
+        prev_hash BYTEA NOT NULL,
+        hash BYTEA NOT NULL
+    );
+    CREATE TABLE counter_events (
+        product TEXT NOT NULL,
+        event BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        op BIGINT NOT NULL,
+        amount BIGINT NOT NULL,
+        total BIGINT NOT NULL,
+        issued BIGINT NOT NULL,
+        PRIMARY KEY (product, event)
+    );
+    CREATE TABLE claims (
+        namespace TEXT NOT NULL,
+        key BYTEA NOT NULL,
+        seq BIGINT NOT NULL,
+        PRIMARY KEY (namespace, key)
+    );",
+)];
+
+/// How often opening retries a migration that raced another process's.
+const MIGRATION_ATTEMPTS: u32 = 20;
+
+/// The PostgreSQL ledger. See the crate docs.
+pub struct PgStore {
+    writer: Writer,
+    reader: Mutex<Client>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+fn retryable(e: &Error) -> bool {
+    match e {
+        Error::Postgres { source, .. } => source.code().is_some_and(|c| {
+            *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::UNIQUE_VIOLATION
+        }),
+        _ => false,
+    }
+}
+
+fn migrate_once(client: &mut Client) -> Result<(), Error> {
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::Serializable)
+        .start()
+        .map_err(Error::postgres("starting the migration"))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version BIGINT PRIMARY KEY,
+            applied_at BIGINT NOT NULL
+        )",
+    )
+    .map_err(Error::postgres("creating schema_version"))?;
+    let current: i64 = tx
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+        .and_then(|r| r.try_get(0))
+        .map_err(Error::postgres("reading schema_version"))?;
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > latest {
+        return Err(Error::SchemaTooNew {
+            found: current,
+            supported: latest,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        tx.batch_execute(sql)
+            .map_err(Error::postgres("applying a migration"))?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at)
+             VALUES ($1, CAST(EXTRACT(EPOCH FROM now()) AS BIGINT))",
+            &[version],
+        )
+        .map_err(Error::postgres("recording a migration"))?;
+    }
+    tx.commit()
+        .map_err(Error::postgres("committing the migration"))
+}
+
+fn migrate(client: &mut Client) -> Result<(), Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match migrate_once(client) {
+            // Two processes creating the same tables at once: one wins, the other retries and
+            // then finds the version recorded.
+            Err(e) if attempt < MIGRATION_ATTEMPTS && is_migration_race(&e) => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_migration_race(e: &Error) -> bool {
+    retryable(e)
+        || matches!(e, Error::Postgres { source, .. } if source.code().is_some_and(|c|
+            *c == SqlState::DUPLICATE_TABLE || *c == SqlState::DUPLICATE_OBJECT))
+}
+
+impl PgStore {
+    /// Connects to the database named by `url` (for example
+    /// `postgresql://user@host:5432/ledger`) and migrates its schema.
+    ///
+    /// # Errors
+    ///
+    /// A storage error (unparsable URL, unreachable server, failed migration) or
+    /// [`Error::SchemaTooNew`].
+    pub fn connect(url: &str) -> Result<Self, Error> {
+        let config: PgConfig = url.parse().map_err(Error::postgres("parsing the URL"))?;
+        Self::with_config(&config)
+    }
+
+    /// Connects with explicit parameters and migrates the schema. The connection is not
+    /// encrypted: run it over a trusted network or a local socket.
+    ///
+    /// # Errors
+    ///
+    /// As [`PgStore::connect`].
+    pub fn with_config(config: &PgConfig) -> Result<Self, Error> {
+        let mut w = config
+            .connect(NoTls)
+            .map_err(Error::postgres("connecting"))?;
+        migrate(&mut w)?;
+        let reader = config
+            .connect(NoTls)
+            .map_err(Error::postgres("connecting"))?;
+        let conn = WriteConn::new(w)?;
+        let writer = Writer::start("ledger-pg-writer", conn).map_err(|_| Error::WriterStopped)?;
+        Ok(Self {
+            writer,
+            reader: Mutex::new(reader),
+        })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, Error>) -> Result<T, Error> {
+        let mut c = self.reader.lock().map_err(|_| Error::WriterStopped)?;
+        f(&mut c)
+    }
+}
+
+const HEAD_SQL: &str = "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1";
+const COUNTER_SQL: &str = "SELECT event, total, issued FROM counter_events
+    WHERE product = $1 ORDER BY event DESC LIMIT 1";
+const CLAIM_SQL: &str = "SELECT seq FROM claims WHERE namespace = $1 AND key = $2";
+
+fn head_of(row: Option<postgres::Row>) -> Result<Head, Error> {
+    let Some(row) = row else {
+        return Ok(Head::EMPTY);
+    };
+    let seq: i64 = row
+        .try_get(0)
+        .map_err(Error::postgres("reading the head"))?;
+    let hash: Vec<u8> = row
+        .try_get(1)
+        .map_err(Error::postgres("reading the head"))?;
+    Ok(Head {
+        seq: u64_of(seq, "seq")?,
+        hash: <[u8; 32]>::try_from(hash).map_err(|_| Error::Corrupt {
+            what: "hash length",
+        })?,
+    })
+}
+
+fn counter_of(row: &postgres::Row, at: usize) -> Result<Counter, Error> {
+    let total: i64 = row
+        .try_get(at)
+        .map_err(Error::postgres("reading a counter"))?;
+    let issued: i64 = row
+        .try_get(at + 1)
+        .map_err(Error::postgres("reading a counter"))?;
+    Ok(Counter {
+        total: u64_of(total, "counter total")?,
+        issued: u64_of(issued, "counter issued")?,
+    })
+}
+
+fn counter_state(row: Option<postgres::Row>) -> Result<Option<CounterState>, Error> {
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let event: i64 = row
+        .try_get(0)
+        .map_err(Error::postgres("reading a counter"))?;
+    Ok(Some((
+        u64_of(event, "counter event")?,
+        counter_of(&row, 1)?,
+    )))
+}
+
+fn claim_of(row: Option<postgres::Row>) -> Result<Option<u64>, Error> {
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let seq: i64 = row.try_get(0).map_err(Error::postgres("reading a claim"))?;
+    Ok(Some(u64_of(seq, "claim seq")?))
+}
+
+struct Statements {
+    head: Statement,
+    counter: Statement,
+    claim: Statement,
+    insert_record: Statement,
+    insert_counter: Statement,
+    insert_claim: Statement,
+}
+
+struct WriteConn {
+    client: Client,
+    st: Statements,
+}
+
+impl WriteConn {
+    fn new(mut client: Client) -> Result<Self, Error> {
+        let mut p = |sql: &str| client.prepare(sql).map_err(Error::postgres("preparing"));
+        let st = Statements {
+            head: p(HEAD_SQL)?,
+            counter: p(COUNTER_SQL)?,
+            claim: p(CLAIM_SQL)?,
+            insert_record: p(
+                "INSERT INTO records (seq, kind, body, effects, prev_hash, hash)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )?,
+            insert_counter: p(
+                "INSERT INTO counter_events (product, event, seq, op, amount, total, issued)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )?,
+            insert_claim: p("INSERT INTO claims (namespace, key, seq) VALUES ($1, $2, $3)")?,
+        };
+        Ok(Self { client, st })
+    }
+}
+
+impl Conn for WriteConn {
+    fn begin(&mut self) -> Result<(), Error> {
+        self.client
+            .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+            .map_err(Error::postgres("beginning a transaction"))
+    }
+
+    fn commit(&mut self) -> Result<(), Error> {
+        self.client
+            .batch_execute("COMMIT")
+            .map_err(Error::postgres("committing"))
+    }
+
+    fn rollback(&mut self) {
+        // Outside a transaction PostgreSQL only warns; a broken connection has no
+        // transaction left to roll back.
+        let _ = self.client.batch_execute("ROLLBACK");
+    }
+
+    fn head(&mut self) -> Result<Head, Error> {
+        let row = self
+            .client
+            .query_opt(&self.st.head, &[])
+            .map_err(Error::postgres("reading the head"))?;
+        head_of(row)
+    }
+
+    fn insert_record(&mut self, r: &Record) -> Result<(), Error> {
+        let seq = i64_of(r.seq)?;
+        let kind = i32::from(r.kind.code());
+        self.client
+            .execute(
+                &self.st.insert_record,
+                &[
+                    &seq,
+                    &kind,
+                    &r.body,
+                    &r.effects,
+                    &&r.prev_hash[..],
+                    &&r.hash[..],
+                ],
+            )
+            .map(|_| ())
+            .map_err(Error::postgres("inserting a record"))
+    }
+
+    fn counter(&mut self, product: &str) -> Result<Option<CounterState>, Error> {
+        let row = self
+            .client
+            .query_opt(&self.st.counter, &[&product])
+            .map_err(Error::postgres("reading a counter"))?;
+        counter_state(row)
+    }
+
+    fn insert_counter_event(&mut self, e: &CounterEvent) -> Result<(), Error> {
+        let event = i64_of(e.event)?;
+        let seq = i64_of(e.seq)?;
+        let amount = i64_of(e.amount)?;
+        let total = i64_of(e.after.total)?;
+        let issued = i64_of(e.after.issued)?;
+        self.client
+            .execute(
+                &self.st.insert_counter,
+                &[&e.product, &event, &seq, &e.op, &amount, &total, &issued],
+            )
+            .map(|_| ())
+            .map_err(Error::postgres("inserting a counter event"))
+    }
+
+    fn claimed(&mut self, namespace: &str, key: &[u8]) -> Result<Option<u64>, Error> {
+        let row = self
+            .client
+            .query_opt(&self.st.claim, &[&namespace, &key])
+            .map_err(Error::postgres("reading a claim"))?;
+        claim_of(row)
+    }
+
+    fn insert_claim(&mut self, namespace: &str, key: &[u8], seq: u64) -> Result<(), Error> {
+        let seq = i64_of(seq)?;
+        self.client
+            .execute(&self.st.insert_claim, &[&namespace, &key, &seq])
+            .map(|_| ())
+            .map_err(Error::postgres("inserting a claim"))
+    }
+
+    fn retryable(&self, e: &Error) -> bool {
+        retryable(e)
+    }
+}
+
+impl Store for PgStore {
+    fn append_all(&self, appends: Vec<Append>) -> Vec<Result<Vec<Record>, Error>> {
+        self.writer.submit(appends)
+    }
+
+    fn head(&self) -> Result<Head, Error> {
+        self.read(|c| {
+            let row = c
+                .query_opt(HEAD_SQL, &[])
+                .map_err(Error::postgres("reading the head"))?;
+            head_of(row)
+        })
+    }
+
+    fn read_raw(&self, from_seq: u64, limit: usize) -> Result<Vec<RawRecord>, Error> {
+        let from = i64::try_from(from_seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let rows = c
+                .query(
+                    "SELECT seq, CAST(kind AS BIGINT), body, effects, prev_hash, hash FROM records
+                     WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                    &[&from, &limit],
+                )
+                .map_err(Error::postgres("reading records"))?;
+            rows.iter()
+                .map(|r| {
+                    let t = (|| {
+                        Ok::<_, postgres::Error>((
+                            r.try_get(0)?,
+                            r.try_get(1)?,
+                            r.try_get(2)?,
+                            r.try_get(3)?,
+                            r.try_get(4)?,
+                            r.try_get(5)?,
+                        ))
+                    })()
+                    .map_err(Error::postgres("reading records"))?;
+                    raw_record(t)
+                })
+                .collect()
+        })
+    }
+
+    fn read_counter_events(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<CounterEvent>, Error> {
+        let (product, event) = after.unwrap_or(("", 0));
+        let event = i64_of(event)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let rows = c
+                .query(
+                    "SELECT product, event, seq, op, amount, total, issued FROM counter_events
+                     WHERE (product, event) > ($1, $2) ORDER BY product, event LIMIT $3",
+                    &[&product, &event, &limit],
+                )
+                .map_err(Error::postgres("reading counter events"))?;
+            rows.iter()
+                .map(|r| {
+                    let (product, event, seq, op, amount): (String, i64, i64, i64, i64) = (|| {
+                        Ok::<_, postgres::Error>((
+                            r.try_get(0)?,
+                            r.try_get(1)?,
+                            r.try_get(2)?,
+                            r.try_get(3)?,
+                            r.try_get(4)?,
+                        ))
+                    })(
+                    )
+                    .map_err(Error::postgres("reading counter events"))?;
+                    Ok(CounterEvent {
+                        product,
+                        event: u64_of(event, "counter event")?,
+                        seq: u64_of(seq, "counter seq")?,
+                        op,
+                        amount: u64_of(amount, "counter amount")?,
+                        after: counter_of(r, 5)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn counter(&self, product: &str) -> Result<Option<Counter>, Error> {
+        self.read(|c| {
+            let row = c
+                .query_opt(COUNTER_SQL, &[&product])
+                .map_err(Error::postgres("reading a counter"))?;
+            Ok(counter_state(row)?.map(|(_, c)| c))
+        })
+    }
+
+    fn counters(&self) -> Result<Vec<(String, Counter)>, Error> {
+        self.read(|c| {
+            let rows = c
+                .query(
+                    "SELECT c.product, c.total, c.issued FROM counter_events c
+                     WHERE c.event = (SELECT MAX(e.event) FROM counter_events e
+                                      WHERE e.product = c.product)
+                     ORDER BY c.product",
+                    &[],
+                )
+                .map_err(Error::postgres("reading counters"))?;
+            rows.iter()
+                .map(|r| {
+                    let p: String = r.try_get(0).map_err(Error::postgres("reading counters"))?;
+                    Ok((p, counter_of(r, 1)?))
+                })
+                .collect()
+        })
+    }
+
+    fn claimed(&self, namespace: &str, key: &[u8]) -> Result<Option<u64>, Error> {
+        self.read(|c| {
+            let row = c
+                .query_opt(CLAIM_SQL, &[&namespace, &key])
+                .map_err(Error::postgres("reading a claim"))?;
+            claim_of(row)
+        })
+    }
+
+    fn claim_stats(&self) -> Result<(u64, u64), Error> {
+        self.read(|c| {
+            let row = c
+                .query_one(
+                    "SELECT COUNT(*), CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM claims",
+                    &[],
+                )
+                .map_err(Error::postgres("counting claims"))?;
+            let n: i64 = row.try_get(0).map_err(Error::postgres("counting claims"))?;
+            let max: i64 = row.try_get(1).map_err(Error::postgres("counting claims"))?;
+            Ok((u64_of(n, "claim count")?, u64_of(max, "claim seq")?))
+        })
+    }
+}

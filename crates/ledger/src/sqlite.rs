@@ -1,0 +1,437 @@
+//! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL`, written by one
+//! group-commit thread (`BEGIN IMMEDIATE`, so other processes on the same file wait their
+//! turn), read through a separate connection.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::append::{Append, Counter};
+use crate::engine::{Conn, CounterEvent, CounterState, RawRecord, Writer};
+use crate::error::Error;
+use crate::record::{Head, Record};
+use crate::Store;
+
+/// Schema migrations, applied in order; each version is recorded in `schema_version`.
+/// Append-only: a released migration never changes, a new one gets the next number.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE records (
+        seq INTEGER PRIMARY KEY,
+        kind INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        effects BLOB NOT NULL,
+        prev_hash BLOB NOT NULL,
+        hash BLOB NOT NULL
+    );
+    CREATE TABLE counter_events (
+        product TEXT NOT NULL,
+        event INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        op INTEGER NOT NULL,
+        amount INTEGER NOT NULL,
+        total INTEGER NOT NULL,
+        issued INTEGER NOT NULL,
+        PRIMARY KEY (product, event)
+    ) WITHOUT ROWID;
+    CREATE TABLE claims (
+        namespace TEXT NOT NULL,
+        key BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (namespace, key)
+    ) WITHOUT ROWID;",
+)];
+
+/// How long a connection waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The SQLite ledger. See the crate docs.
+pub struct SqliteStore {
+    writer: Writer,
+    reader: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn connect(path: &Path) -> Result<Connection, Error> {
+    let conn = Connection::open(path).map_err(Error::sqlite("opening the database"))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(Error::sqlite("setting the busy timeout"))?;
+    // WAL: readers never block the writer. FULL: every commit is synced before it returns,
+    // so a record the caller was told about survives power loss, not only a process crash.
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(Error::sqlite("enabling WAL"))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(Error::sqlite("setting synchronous=FULL"))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), Error> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(Error::sqlite("starting the migration"))?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version INTEGER PRIMARY KEY,
+            applied_at INTEGER NOT NULL
+        )",
+    )
+    .map_err(Error::sqlite("creating schema_version"))?;
+    let current: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(Error::sqlite("reading schema_version"))?;
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > latest {
+        return Err(Error::SchemaTooNew {
+            found: current,
+            supported: latest,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        tx.execute_batch(sql)
+            .map_err(Error::sqlite("applying a migration"))?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?1, strftime('%s','now'))",
+            params![version],
+        )
+        .map_err(Error::sqlite("recording a migration"))?;
+    }
+    tx.commit()
+        .map_err(Error::sqlite("committing the migration"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the ledger in the SQLite file at `path` and migrates its
+    /// schema.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SchemaTooNew`] for a file from a newer build, or a storage error.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let mut w = connect(path)?;
+        migrate(&mut w)?;
+        let reader = connect(path)?;
+        let writer = Writer::start("ledger-sqlite-writer", WriteConn(w))
+            .map_err(|_| Error::WriterStopped)?;
+        Ok(Self {
+            writer,
+            reader: Mutex::new(reader),
+        })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
+        let conn = self.reader.lock().map_err(|_| Error::WriterStopped)?;
+        f(&conn)
+    }
+}
+
+pub(crate) fn u64_of(v: i64, what: &'static str) -> Result<u64, Error> {
+    u64::try_from(v).map_err(|_| Error::Corrupt { what })
+}
+
+pub(crate) fn i64_of(v: u64) -> Result<i64, Error> {
+    i64::try_from(v).map_err(|_| Error::Corrupt {
+        what: "value above 2^63",
+    })
+}
+
+/// A records row: seq, kind, body, effects, prev_hash, hash.
+pub(crate) type RawRow = (i64, i64, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
+
+fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+pub(crate) fn raw_record(
+    (seq, kind, body, effects, prev_hash, hash): RawRow,
+) -> Result<RawRecord, Error> {
+    Ok(RawRecord {
+        seq: u64_of(seq, "seq")?,
+        kind: u16::try_from(kind).map_err(|_| Error::Corrupt { what: "kind" })?,
+        body,
+        effects,
+        prev_hash,
+        hash,
+    })
+}
+
+fn head_of(row: Option<(i64, Vec<u8>)>) -> Result<Head, Error> {
+    match row {
+        None => Ok(Head::EMPTY),
+        Some((seq, hash)) => Ok(Head {
+            seq: u64_of(seq, "seq")?,
+            hash: <[u8; 32]>::try_from(hash).map_err(|_| Error::Corrupt {
+                what: "hash length",
+            })?,
+        }),
+    }
+}
+
+fn counter_of(total: i64, issued: i64) -> Result<Counter, Error> {
+    Ok(Counter {
+        total: u64_of(total, "counter total")?,
+        issued: u64_of(issued, "counter issued")?,
+    })
+}
+
+const HEAD_SQL: &str = "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1";
+const COUNTER_SQL: &str = "SELECT event, total, issued FROM counter_events
+    WHERE product = ?1 ORDER BY event DESC LIMIT 1";
+const CLAIM_SQL: &str = "SELECT seq FROM claims WHERE namespace = ?1 AND key = ?2";
+
+fn head(c: &Connection) -> Result<Head, Error> {
+    let row = c
+        .prepare_cached(HEAD_SQL)
+        .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(Error::sqlite("reading the head"))?;
+    head_of(row)
+}
+
+fn counter(c: &Connection, product: &str) -> Result<Option<CounterState>, Error> {
+    let row: Option<(i64, i64, i64)> = c
+        .prepare_cached(COUNTER_SQL)
+        .and_then(|mut s| {
+            s.query_row(params![product], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .map_err(Error::sqlite("reading a counter"))?;
+    row.map(|(e, t, i)| Ok((u64_of(e, "counter event")?, counter_of(t, i)?)))
+        .transpose()
+}
+
+fn claimed(c: &Connection, namespace: &str, key: &[u8]) -> Result<Option<u64>, Error> {
+    let row: Option<i64> = c
+        .prepare_cached(CLAIM_SQL)
+        .and_then(|mut s| {
+            s.query_row(params![namespace, key], |r| r.get(0))
+                .optional()
+        })
+        .map_err(Error::sqlite("reading a claim"))?;
+    row.map(|s| u64_of(s, "claim seq")).transpose()
+}
+
+struct WriteConn(Connection);
+
+impl Conn for WriteConn {
+    fn begin(&mut self) -> Result<(), Error> {
+        // IMMEDIATE takes the write lock now, so no other process can slip in between our
+        // read of the head and our insert.
+        self.0
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(Error::sqlite("beginning a transaction"))
+    }
+
+    fn commit(&mut self) -> Result<(), Error> {
+        self.0
+            .execute_batch("COMMIT")
+            .map_err(Error::sqlite("committing"))
+    }
+
+    fn rollback(&mut self) {
+        if !self.0.is_autocommit() {
+            // If the rollback fails too, the connection has already rolled back.
+            let _ = self.0.execute_batch("ROLLBACK");
+        }
+    }
+
+    fn head(&mut self) -> Result<Head, Error> {
+        head(&self.0)
+    }
+
+    fn insert_record(&mut self, r: &Record) -> Result<(), Error> {
+        let seq = i64_of(r.seq)?;
+        self.0
+            .prepare_cached(
+                "INSERT INTO records (seq, kind, body, effects, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    seq,
+                    r.kind.code(),
+                    r.body,
+                    r.effects,
+                    &r.prev_hash[..],
+                    &r.hash[..]
+                ])
+            })
+            .map(|_| ())
+            .map_err(Error::sqlite("inserting a record"))
+    }
+
+    fn counter(&mut self, product: &str) -> Result<Option<CounterState>, Error> {
+        counter(&self.0, product)
+    }
+
+    fn insert_counter_event(&mut self, e: &CounterEvent) -> Result<(), Error> {
+        let vals = [
+            i64_of(e.event)?,
+            i64_of(e.seq)?,
+            e.op,
+            i64_of(e.amount)?,
+            i64_of(e.after.total)?,
+            i64_of(e.after.issued)?,
+        ];
+        self.0
+            .prepare_cached(
+                "INSERT INTO counter_events (product, event, seq, op, amount, total, issued)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    e.product, vals[0], vals[1], vals[2], vals[3], vals[4], vals[5]
+                ])
+            })
+            .map(|_| ())
+            .map_err(Error::sqlite("inserting a counter event"))
+    }
+
+    fn claimed(&mut self, namespace: &str, key: &[u8]) -> Result<Option<u64>, Error> {
+        claimed(&self.0, namespace, key)
+    }
+
+    fn insert_claim(&mut self, namespace: &str, key: &[u8], seq: u64) -> Result<(), Error> {
+        let seq = i64_of(seq)?;
+        self.0
+            .prepare_cached("INSERT INTO claims (namespace, key, seq) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![namespace, key, seq]))
+            .map(|_| ())
+            .map_err(Error::sqlite("inserting a claim"))
+    }
+
+    fn retryable(&self, e: &Error) -> bool {
+        matches!(e, Error::Sqlite { source, .. }
+            if matches!(source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)))
+    }
+}
+
+impl Store for SqliteStore {
+    fn append_all(&self, appends: Vec<Append>) -> Vec<Result<Vec<Record>, Error>> {
+        self.writer.submit(appends)
+    }
+
+    fn head(&self) -> Result<Head, Error> {
+        self.read(head)
+    }
+
+    fn read_raw(&self, from_seq: u64, limit: usize) -> Result<Vec<RawRecord>, Error> {
+        let from = i64::try_from(from_seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT seq, kind, body, effects, prev_hash, hash FROM records
+                     WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![from, limit], raw_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(Error::sqlite("reading records"))?;
+            rows.into_iter().map(raw_record).collect()
+        })
+    }
+
+    fn read_counter_events(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<CounterEvent>, Error> {
+        let (product, event) = after.unwrap_or(("", 0));
+        let event = i64_of(event)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let rows: Vec<(String, i64, i64, i64, i64, i64, i64)> = c
+                .prepare_cached(
+                    "SELECT product, event, seq, op, amount, total, issued FROM counter_events
+                     WHERE (product, event) > (?1, ?2) ORDER BY product, event LIMIT ?3",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![product, event, limit], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(Error::sqlite("reading counter events"))?;
+            rows.into_iter()
+                .map(|(product, event, seq, op, amount, total, issued)| {
+                    Ok(CounterEvent {
+                        product,
+                        event: u64_of(event, "counter event")?,
+                        seq: u64_of(seq, "counter seq")?,
+                        op,
+                        amount: u64_of(amount, "counter amount")?,
+                        after: counter_of(total, issued)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn counter(&self, product: &str) -> Result<Option<Counter>, Error> {
+        self.read(|c| Ok(counter(c, product)?.map(|(_, c)| c)))
+    }
+
+    fn counters(&self) -> Result<Vec<(String, Counter)>, Error> {
+        self.read(|c| {
+            let rows: Vec<(String, i64, i64)> = c
+                .prepare_cached(
+                    "SELECT c.product, c.total, c.issued FROM counter_events c
+                     WHERE c.event = (SELECT MAX(e.event) FROM counter_events e
+                                      WHERE e.product = c.product)
+                     ORDER BY c.product",
+                )
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(Error::sqlite("reading counters"))?;
+            rows.into_iter()
+                .map(|(p, t, i)| Ok((p, counter_of(t, i)?)))
+                .collect()
+        })
+    }
+
+    fn claimed(&self, namespace: &str, key: &[u8]) -> Result<Option<u64>, Error> {
+        self.read(|c| claimed(c, namespace, key))
+    }
+
+    fn claim_stats(&self) -> Result<(u64, u64), Error> {
+        self.read(|c| {
+            let (n, max): (i64, i64) = c
+                .query_row(
+                    "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM claims",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(Error::sqlite("counting claims"))?;
+            Ok((u64_of(n, "claim count")?, u64_of(max, "claim seq")?))
+        })
+    }
+}
