@@ -9,6 +9,8 @@ apt_missing=()
 command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
 # SoftHSM2: the PKCS#11 token the trustfab-token-pkcs11 tests and bench create in temp dirs.
 command -v softhsm2-util >/dev/null 2>&1 || apt_missing+=(softhsm2)
+# PostgreSQL: the trustfab-ledger tests create a fresh database per test on 127.0.0.1:5432.
+command -v pg_isready >/dev/null 2>&1 || apt_missing+=(postgresql)
 if ((${#apt_missing[@]})); then
     echo "installing ${apt_missing[*]}"
     apt-get update -qq
@@ -19,6 +21,13 @@ fi
 if ! python3 -c 'import pkilint' >/dev/null 2>&1; then
     echo "installing pkilint"
     python3 -m pip install -q pkilint==0.13.3
+fi
+
+# Start the local PostgreSQL cluster if it is not accepting connections (the ledger tests fail,
+# never skip, without it; TRUSTFAB_TEST_PG points them elsewhere).
+if [[ -z "${TRUSTFAB_TEST_PG:-}" ]] && ! pg_isready -q -h 127.0.0.1; then
+    echo "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
 fi
 
 # --- checks, cheapest first ------------------------------------------------------------------
