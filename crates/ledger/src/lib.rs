@@ -110,12 +110,12 @@ pub trait Store: Send + Sync {
     /// A storage error, or [`Error::Corrupt`] for an impossible stored value.
     fn claimed(&self, namespace: &str, key: &[u8]) -> Result<Option<u64>, Error>;
 
-    /// How many claims are stored, and the highest seq they name (0 if none).
+    /// How many stored claims were made by records up to `up_to_seq`.
     ///
     /// # Errors
     ///
     /// A storage error, or [`Error::Corrupt`] for an impossible stored value.
-    fn claim_stats(&self) -> Result<(u64, u64), Error>;
+    fn claim_count(&self, up_to_seq: u64) -> Result<u64, Error>;
 
     /// Units a product has left.
     ///
@@ -185,8 +185,10 @@ pub trait Store: Send + Sync {
         })
     }
 
-    /// Walks the whole chain and every checkpoint (through `verifier`), then every counter
-    /// event, streaming.
+    /// Walks the whole chain and every checkpoint (through `verifier`), replaying the counter
+    /// operations and claims the records carry, then checks the stored counter events and
+    /// claims against that replay; streaming, and safe while other writers append (what they
+    /// add after the walk is left for the next verification).
     ///
     /// # Errors
     ///
@@ -219,8 +221,9 @@ pub trait Store: Send + Sync {
             }
         }
         let events = counters.finish()?;
-        let (claims, max_claim_seq) = self.claim_stats()?;
-        if claims != walk.claims || max_claim_seq > head.seq {
+        // Appends committed after the walk are beyond `head` and not counted.
+        let claims = self.claim_count(head.seq)?;
+        if claims != walk.claims {
             return Err(Error::Tampered {
                 seq: head.seq,
                 problem: Problem::StateMismatch {

@@ -61,6 +61,7 @@ const MIGRATION_ATTEMPTS: u32 = 20;
 pub struct PgStore {
     writer: Writer,
     reader: Mutex<Client>,
+    config: PgConfig,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -166,16 +167,24 @@ impl PgStore {
         let reader = config
             .connect(NoTls)
             .map_err(Error::postgres("connecting"))?;
-        let conn = WriteConn::new(w)?;
+        let conn = WriteConn::new(w, config.clone())?;
         let writer = Writer::start("ledger-pg-writer", conn).map_err(|_| Error::WriterStopped)?;
         Ok(Self {
             writer,
             reader: Mutex::new(reader),
+            config: config.clone(),
         })
     }
 
     fn read<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, Error>) -> Result<T, Error> {
         let mut c = self.reader.lock().map_err(|_| Error::WriterStopped)?;
+        if c.is_closed() {
+            // The server restarted or the network dropped: one new connection, then on.
+            *c = self
+                .config
+                .connect(NoTls)
+                .map_err(Error::postgres("reconnecting"))?;
+        }
         f(&mut c)
     }
 }
@@ -249,10 +258,18 @@ struct Statements {
 struct WriteConn {
     client: Client,
     st: Statements,
+    config: PgConfig,
 }
 
 impl WriteConn {
-    fn new(mut client: Client) -> Result<Self, Error> {
+    fn new(mut client: Client, config: PgConfig) -> Result<Self, Error> {
+        let st = Statements::prepare(&mut client)?;
+        Ok(Self { client, st, config })
+    }
+}
+
+impl Statements {
+    fn prepare(client: &mut Client) -> Result<Self, Error> {
         let mut p = |sql: &str| client.prepare(sql).map_err(Error::postgres("preparing"));
         let st = Statements {
             head: p(HEAD_SQL)?,
@@ -268,12 +285,21 @@ impl WriteConn {
             )?,
             insert_claim: p("INSERT INTO claims (namespace, key, seq) VALUES ($1, $2, $3)")?,
         };
-        Ok(Self { client, st })
+        Ok(st)
     }
 }
 
 impl Conn for WriteConn {
     fn begin(&mut self) -> Result<(), Error> {
+        if self.client.is_closed() {
+            // The server restarted or the network dropped: reconnect before the batch.
+            let mut client = self
+                .config
+                .connect(NoTls)
+                .map_err(Error::postgres("reconnecting"))?;
+            self.st = Statements::prepare(&mut client)?;
+            self.client = client;
+        }
         self.client
             .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
             .map_err(Error::postgres("beginning a transaction"))
@@ -486,17 +512,14 @@ impl Store for PgStore {
         })
     }
 
-    fn claim_stats(&self) -> Result<(u64, u64), Error> {
+    fn claim_count(&self, up_to_seq: u64) -> Result<u64, Error> {
+        let up_to = i64::try_from(up_to_seq).unwrap_or(i64::MAX);
         self.read(|c| {
-            let row = c
-                .query_one(
-                    "SELECT COUNT(*), CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM claims",
-                    &[],
-                )
+            let n: i64 = c
+                .query_one("SELECT COUNT(*) FROM claims WHERE seq <= $1", &[&up_to])
+                .and_then(|r| r.try_get(0))
                 .map_err(Error::postgres("counting claims"))?;
-            let n: i64 = row.try_get(0).map_err(Error::postgres("counting claims"))?;
-            let max: i64 = row.try_get(1).map_err(Error::postgres("counting claims"))?;
-            Ok((u64_of(n, "claim count")?, u64_of(max, "claim seq")?))
+            u64_of(n, "claim count")
         })
     }
 }

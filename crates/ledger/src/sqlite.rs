@@ -422,16 +422,17 @@ impl Store for SqliteStore {
         self.read(|c| claimed(c, namespace, key))
     }
 
-    fn claim_stats(&self) -> Result<(u64, u64), Error> {
+    fn claim_count(&self, up_to_seq: u64) -> Result<u64, Error> {
+        let up_to = i64::try_from(up_to_seq).unwrap_or(i64::MAX);
         self.read(|c| {
-            let (n, max): (i64, i64) = c
+            let n: i64 = c
                 .query_row(
-                    "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM claims",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    "SELECT COUNT(*) FROM claims WHERE seq <= ?1",
+                    params![up_to],
+                    |r| r.get(0),
                 )
                 .map_err(Error::sqlite("counting claims"))?;
-            Ok((u64_of(n, "claim count")?, u64_of(max, "claim seq")?))
+            u64_of(n, "claim count")
         })
     }
 }

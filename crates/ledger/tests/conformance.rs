@@ -58,6 +58,10 @@ macro_rules! store_suite {
                 c::checkpoint_under_concurrent_appends::<F>();
             }
             #[test]
+            fn verify_while_others_append() {
+                c::verify_while_others_append::<F>();
+            }
+            #[test]
             fn property_5_removed_record_detected() {
                 c::property_5_removed_record_detected::<F>();
             }
@@ -528,6 +532,30 @@ pub(crate) fn checkpoint_under_concurrent_appends<F: Fixture>() {
     let v = s.verify(&verifier).unwrap();
     assert_eq!(v.checkpoints, checkpoints);
     assert_eq!(v.head.seq, 200 + checkpoints);
+}
+
+pub(crate) fn verify_while_others_append<F: Fixture>() {
+    let f = F::new();
+    let s: Arc<dyn Store> = Arc::new(f.open().unwrap());
+    s.append(create(P, 1_000_000)).unwrap();
+    let writer = {
+        let other: Arc<dyn Store> = Arc::new(f.open().unwrap());
+        thread::spawn(move || {
+            for serial in 0..300 {
+                other.append(issue(P, serial)).unwrap();
+            }
+        })
+    };
+    let mut last = 0;
+    while !writer.is_finished() {
+        let v = s.verify(&verifier).unwrap();
+        assert!(v.head.seq >= last);
+        last = v.head.seq;
+    }
+    writer.join().unwrap();
+    let v = s.verify(&verifier).unwrap();
+    assert_eq!(v.head.seq, 301);
+    assert_eq!(v.claims, 300);
 }
 
 pub(crate) fn property_5_removed_record_detected<F: Fixture>() {
