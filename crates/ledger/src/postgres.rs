@@ -271,7 +271,7 @@ impl WriteConn {
 impl Statements {
     fn prepare(client: &mut Client) -> Result<Self, Error> {
         let mut p = |sql: &str| client.prepare(sql).map_err(Error::postgres("preparing"));
-        let st = Statements {
+        let st = Self {
             head: p(HEAD_SQL)?,
             counter: p(COUNTER_SQL)?,
             claim: p(CLAIM_SQL)?,
