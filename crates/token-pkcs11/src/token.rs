@@ -400,6 +400,36 @@ impl Pkcs11Token {
         }
     }
 
+    /// Asks the token to wrap `key` out under a fresh session AES key (C_WrapKey with
+    /// CKM_AES_KEY_WRAP_PAD): `Ok(len)` if the token would let the key leave, wrapped, otherwise
+    /// its refusal, `CKR_KEY_UNEXTRACTABLE` for a non-extractable key. The wrapping key is
+    /// sensitive and destroyed at once, so even a success reveals nothing but a length.
+    ///
+    /// # Errors
+    /// The refusal as [`Error::Pkcs11`], or [`Error::UnknownKey`].
+    pub fn wrap_out_len(&self, key: KeyHandle) -> Result<usize, Error> {
+        let k = self.known(key)?;
+        let s = self.session()?;
+        let wrapping = s
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &[
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Token(false),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Wrap(true),
+                ],
+            )
+            .map_err(p11)?;
+        let r = s
+            .wrap_key(&Mechanism::AesKeyWrapPad, wrapping, k.object)
+            .map(|v| v.len())
+            .map_err(p11);
+        let _ = s.destroy_object(wrapping);
+        r
+    }
+
     /// Imports inside the token; the session objects made on the way are destroyed on every path.
     fn unwrap_in(
         &self,

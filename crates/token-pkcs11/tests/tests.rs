@@ -177,6 +177,53 @@ mod pkcs11 {
         assert_eq!(t.public_key(k).unwrap().point(), oem.public_point());
     }
 
+    /// CKR_KEY_UNEXTRACTABLE (PKCS#11 2.40 §5.1).
+    const CKR_KEY_UNEXTRACTABLE: u64 = 0x6a;
+
+    /// Not even wrapped can a key leave: C_WrapKey is refused for every key trustfab makes, and
+    /// allowed for a key made extractable on purpose (so the probe can tell).
+    #[test]
+    fn no_key_can_be_wrapped_out() {
+        let hsm = fixture();
+        let t = hsm.open();
+        let kt = t
+            .generate(&KeySpec::new(
+                KeyLabel::new("kt").unwrap(),
+                Curve::P256,
+                KeyUsage::KeyTransport,
+            ))
+            .unwrap();
+        let oem = SoftKey::generate(trustfab_pki::Curve::P384).unwrap();
+        let wrapped = wrap_for(
+            &t.public_key(kt).unwrap(),
+            &oem.secret_pkcs8_der().unwrap(),
+            b"",
+        )
+        .unwrap();
+        let spec = KeySpec::new(KeyLabel::new("oem").unwrap(), Curve::P384, KeyUsage::Sign);
+        let imported = t.unwrap_key(kt, &wrapped, &spec).unwrap();
+        let generated = t
+            .generate(&KeySpec::new(
+                KeyLabel::new("gen").unwrap(),
+                Curve::P256,
+                KeyUsage::Sign,
+            ))
+            .unwrap();
+        for k in [kt, imported, generated] {
+            match t.wrap_out_len(k) {
+                Err(Error::Pkcs11 { function, rv, .. }) => {
+                    assert_eq!(function, "C_WrapKey");
+                    assert_eq!(rv, CKR_KEY_UNEXTRACTABLE);
+                }
+                other => panic!("C_WrapKey was not refused: {other:?}"),
+            }
+        }
+        let mut open = KeySpec::new(KeyLabel::new("open").unwrap(), Curve::P256, KeyUsage::Sign);
+        open.extractable = true;
+        let k = t.generate(&open).unwrap();
+        assert!(t.wrap_out_len(k).unwrap() > 0);
+    }
+
     #[test]
     fn two_sessions_sign_in_parallel() {
         let _hsm = fixture();

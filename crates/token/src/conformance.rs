@@ -180,6 +180,12 @@ pub fn no_private_key_export<B: Backend>(b: &B) {
             Err(e) => b.assert_sensitive_refusal(&e),
         }
     }
+    // The probe is real: a key made non-sensitive and extractable on purpose is revealed.
+    let mut open_spec = KeySpec::new(label("exportable"), Curve::P256, KeyUsage::Sign);
+    open_spec.sensitive = false;
+    open_spec.extractable = true;
+    let exportable = t.generate(&open_spec).unwrap();
+    assert!(b.probe_private_value(&t, exportable).unwrap() > 0);
     let scalar = scalar_of(&oem, Curve::P256);
     assert!(!contains(&b.at_rest(), &scalar), "scalar found at rest");
     let dbg = format!("{t:?}");
