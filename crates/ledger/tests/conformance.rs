@@ -475,10 +475,25 @@ pub(crate) fn invalid_appends_refused<F: Fixture>() {
         ))
         .unwrap_err();
     assert!(matches!(e, Error::Invalid(Invalid::Checkpoint)));
+    // An append that expects another head.
+    let mut a = job(9);
+    a.expect_head = Some(99);
+    let e = s.append(a).unwrap_err();
+    assert!(matches!(
+        e,
+        Error::HeadMoved {
+            expected: 99,
+            actual: 1
+        }
+    ));
+    assert_eq!(e.to_string(), "ledger head is 1, the append expected 99");
+    let mut a = job(9);
+    a.expect_head = Some(1);
+    s.append(a).unwrap();
     // A valid one in a batch with invalid ones: only it is written.
     let out = s.append_all(vec![Append::default(), job(1), Append::default()]);
     assert!(out[0].is_err() && out[1].is_ok() && out[2].is_err());
-    assert_eq!(s.head().unwrap().seq, 2);
+    assert_eq!(s.head().unwrap().seq, 3);
     s.verify(&verifier).unwrap();
 }
 
@@ -499,7 +514,12 @@ pub(crate) fn checkpoints_signed_and_checked<F: Fixture>() {
     assert_eq!(v.last_checkpoint, Some(10));
     // Another key's verifier: the first checkpoint fails.
     let other = |m: &[u8], sig: &[u8]| support::sign_with(b"another key", m) == sig;
-    assert_eq!(tampered(s.verify(&other)), (6, Problem::BadSignature));
+    let e = s.verify(&other).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "ledger record 6 is bad: checkpoint signature does not verify"
+    );
+    assert_eq!(tampered(Err(e)), (6, Problem::BadSignature));
     // A failing signer appends nothing.
     let failing = |_: &[u8]| -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
         Err("token removed".into())
@@ -561,8 +581,12 @@ pub(crate) fn verify_while_others_append<F: Fixture>() {
 pub(crate) fn property_5_removed_record_detected<F: Fixture>() {
     let (f, s) = filled::<F>(10);
     f.exec("DELETE FROM records WHERE seq = 5");
-    let (seq, problem) = tampered(s.verify(&verifier));
-    assert_eq!((seq, problem), (5, Problem::Missing { next_found: 6 }));
+    let e = s.verify(&verifier).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "ledger record 5 is bad: missing (the next stored record is 6)"
+    );
+    assert_eq!(tampered(Err(e)), (5, Problem::Missing { next_found: 6 }));
     // Removing and renumbering the rest breaks the link instead.
     let (f, s) = filled::<F>(10);
     f.exec(
@@ -699,9 +723,20 @@ pub(crate) fn tampered_counters_detected<F: Fixture>() {
          VALUES ('{P}', 3, 2, 2, 100, 105, 1)"
     ));
     assert_eq!(s.remaining(P).unwrap(), 104);
-    let (seq, problem) = tampered(s.verify(&verifier));
-    assert_eq!(seq, 2);
-    assert!(matches!(problem, Problem::StateMismatch { .. }));
+    let e = s.verify(&verifier).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "ledger record 2 is bad: stored state differs from the chain: counter of product {P}"
+        )
+    );
+    assert!(matches!(
+        e,
+        Error::Tampered {
+            seq: 2,
+            problem: Problem::StateMismatch { .. }
+        }
+    ));
     // And the forged count cannot be spent unnoticed: verify names the same record.
     drop(s);
 }
