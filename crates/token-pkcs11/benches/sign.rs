@@ -6,14 +6,16 @@
 // A bench fixture that fails is a failed run; criterion_group! makes an undocumented fn.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use trustfab_token::{Curve, KeyHandle, KeyLabel, KeySpec, KeyUsage, Token};
-use trustfab_token_pkcs11::{module_path, Pkcs11Config, Pkcs11Token};
+use trustfab_token_pkcs11::Pkcs11Token;
 use trustfab_token_soft::{Argon2Cost, SoftToken};
 use trustfab_types::Passphrase;
+
+#[path = "../tests/softhsm.rs"]
+mod softhsm;
 
 const MSG: &[u8] = b"a to-be-signed certificate body of a typical length, give or take";
 
@@ -42,46 +44,15 @@ fn parallel(t: &dyn Token, k: KeyHandle, threads: u64, iters: u64) -> Duration {
     start.elapsed()
 }
 
-fn softhsm(dir: &std::path::Path) -> Pkcs11Token {
-    let tokens = dir.join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    let ok = Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args(["--init-token", "--free", "--label", "bench"])
-        .args(["--so-pin", "12345678", "--pin", "1234"])
-        .output()
-        .expect("SoftHSM2 is required: softhsm2-util not found")
-        .status
-        .success();
-    assert!(ok, "softhsm2-util --init-token failed");
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    Pkcs11Token::open(&Pkcs11Config {
-        module: module_path().unwrap(),
-        token_label: "bench".into(),
-        pin: Passphrase::new("1234".into()).unwrap(),
-        sessions: 2,
-    })
-    .unwrap()
-}
-
 fn bench(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
+    let softhsm = softhsm::SoftHsm::new();
     let soft = SoftToken::create(
-        &dir.path().join("soft.sealed"),
+        &softhsm.dir.path().join("soft.sealed"),
         &Passphrase::new("bench passphrase".into()).unwrap(),
         Argon2Cost::new(8 * 1024, 1, 1).unwrap(),
     )
     .unwrap();
-    let hsm = softhsm(dir.path());
+    let hsm = Pkcs11Token::open(&softhsm.config(softhsm::PIN, 2)).unwrap();
     let mut g = c.benchmark_group("p256_sign");
     g.throughput(Throughput::Elements(1));
     for (name, t) in [("soft", &soft as &dyn Token), ("pkcs11_softhsm2", &hsm)] {

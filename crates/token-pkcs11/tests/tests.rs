@@ -10,76 +10,20 @@
 // Fixtures outside #[test] functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+mod softhsm;
 
-use tempfile::TempDir;
+use std::path::{Path, PathBuf};
+
+use softhsm::{SoftHsm, PIN};
 use trustfab_token::conformance::Backend;
 use trustfab_token::{Error, KeyHandle};
-use trustfab_token_pkcs11::{module_path, Pkcs11Config, Pkcs11Token};
-use trustfab_types::Passphrase;
+use trustfab_token_pkcs11::Pkcs11Token;
 
-const TOKEN_LABEL: &str = "trustfab-test";
-const PIN: &str = "1234";
-const SO_PIN: &str = "12345678";
 /// CKR_ATTRIBUTE_SENSITIVE (PKCS#11 2.40 §5.1).
 const CKR_ATTRIBUTE_SENSITIVE: u64 = 0x11;
 
-static MODULE_LOCK: Mutex<()> = Mutex::new(());
-
-struct SoftHsm {
-    dir: TempDir,
-    _guard: MutexGuard<'static, ()>,
-}
-
 fn fixture() -> SoftHsm {
-    let guard = MODULE_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-    let module = module_path().unwrap_or_else(|e| {
-        panic!("SoftHSM2 is required for these tests and was not found ({e}); scripts/test.sh installs it")
-    });
-    assert!(
-        module.is_file(),
-        "PKCS#11 module {} does not exist",
-        module.display()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args(["--init-token", "--free", "--label", TOKEN_LABEL])
-        .args(["--so-pin", SO_PIN, "--pin", PIN])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("SoftHSM2 is required for these tests: cannot run softhsm2-util ({e}); scripts/test.sh installs it")
-        });
-    assert!(
-        out.status.success(),
-        "softhsm2-util --init-token failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The module reads SOFTHSM2_CONF on every C_Initialize; the lock above keeps it ours.
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    SoftHsm { dir, _guard: guard }
-}
-
-fn config(pin: &str, sessions: usize) -> Pkcs11Config {
-    Pkcs11Config {
-        module: module_path().unwrap(),
-        token_label: TOKEN_LABEL.into(),
-        pin: Passphrase::new(pin.into()).unwrap(),
-        sessions,
-    }
+    SoftHsm::new()
 }
 
 fn read_all(dir: &Path, out: &mut Vec<u8>) {
@@ -97,17 +41,17 @@ impl Backend for SoftHsm {
     type Token = Pkcs11Token;
 
     fn open(&self) -> Pkcs11Token {
-        Pkcs11Token::open(&config(PIN, 2)).unwrap()
+        Pkcs11Token::open(&self.config(PIN, 2)).unwrap()
     }
 
     fn reopen(&self, token: Pkcs11Token) -> Pkcs11Token {
         drop(token);
-        Pkcs11Token::open(&config(PIN, 2)).unwrap()
+        Pkcs11Token::open(&self.config(PIN, 2)).unwrap()
     }
 
     fn reopen_with_wrong_credential(&self, token: Pkcs11Token) -> Result<Pkcs11Token, Error> {
         drop(token);
-        Pkcs11Token::open(&config("4321", 2))
+        Pkcs11Token::open(&self.config("4321", 2))
     }
 
     fn probe_private_value(&self, token: &Pkcs11Token, key: KeyHandle) -> Result<usize, Error> {
@@ -226,8 +170,8 @@ mod pkcs11 {
 
     #[test]
     fn two_sessions_sign_in_parallel() {
-        let _hsm = fixture();
-        let t = Pkcs11Token::open(&config(PIN, 2)).unwrap();
+        let hsm = fixture();
+        let t = Pkcs11Token::open(&hsm.config(PIN, 2)).unwrap();
         let k = t
             .generate(&KeySpec::new(
                 KeyLabel::new("par").unwrap(),
@@ -251,17 +195,17 @@ mod pkcs11 {
 
     #[test]
     fn an_absent_token_label_is_refused() {
-        let _hsm = fixture();
-        let mut c = config(PIN, 1);
+        let hsm = fixture();
+        let mut c = hsm.config(PIN, 1);
         c.token_label = "no-such-token".into();
         assert!(matches!(Pkcs11Token::open(&c), Err(Error::NoToken(_))));
         // The module was finalized again: a good open still works.
-        Pkcs11Token::open(&config(PIN, 1)).unwrap();
+        Pkcs11Token::open(&hsm.config(PIN, 1)).unwrap();
     }
 
     #[test]
     fn pin_does_not_print() {
-        let c = config(PIN, 1);
+        let c = fixture().config(PIN, 1);
         let s = format!("{c:?}");
         assert!(s.contains("elided") && !s.contains("\"1234\""), "{s}");
     }
