@@ -9,6 +9,8 @@ apt_missing=()
 command -v openssl >/dev/null 2>&1 || apt_missing+=(openssl)
 # SoftHSM2: the PKCS#11 token the trustfab-token-pkcs11 tests and bench create in temp dirs.
 command -v softhsm2-util >/dev/null 2>&1 || apt_missing+=(softhsm2)
+# OpenSC's pkcs11-tool: an independent PKCS#11 client the token tests check attributes with.
+command -v pkcs11-tool >/dev/null 2>&1 || apt_missing+=(opensc)
 # PostgreSQL: the trustfab-ledger tests create a fresh database per test on 127.0.0.1:5432.
 command -v pg_isready >/dev/null 2>&1 || apt_missing+=(postgresql)
 if ((${#apt_missing[@]})); then

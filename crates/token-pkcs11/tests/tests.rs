@@ -1,7 +1,8 @@
 //! The PKCS#11 token's integration tests, against SoftHSM2: one binary.
 //!
 //! - `conformance`: the shared Token suite (from trustfab-token).
-//! - `pkcs11`: what only this backend has (CKR codes, the session pool, token lookup).
+//! - `pkcs11`: what only this backend has (CKR codes, the session pool, token lookup, and
+//!   OpenSC's pkcs11-tool as an independent client reading attributes and signing).
 //!
 //! Every test makes its own SoftHSM2 token in its own temporary directory with its own
 //! SOFTHSM2_CONF. The module is process-global, so the tests take a lock and run one at a time.
@@ -166,6 +167,130 @@ mod pkcs11 {
         open.extractable = true;
         let k = t.generate(&open).unwrap();
         assert!(t.wrap_out_len(k).unwrap() > 0);
+    }
+
+    /// Runs OpenSC's pkcs11-tool, a PKCS#11 client independent of ours, on the test token.
+    fn pkcs11_tool(args: &[&str], stdin_file: Option<&Path>) -> String {
+        let module = trustfab_token_pkcs11::module_path().unwrap();
+        let mut cmd = std::process::Command::new("pkcs11-tool");
+        cmd.arg("--module")
+            .arg(module)
+            .args([
+                "--token-label",
+                softhsm::TOKEN_LABEL,
+                "--login",
+                "--pin",
+                PIN,
+            ])
+            .args(args);
+        if let Some(f) = stdin_file {
+            cmd.arg("--input-file").arg(f);
+        }
+        let out = cmd.output().unwrap_or_else(|e| {
+            panic!("pkcs11-tool (OpenSC) is required: {e}; scripts/test.sh installs it")
+        });
+        assert!(
+            out.status.success(),
+            "pkcs11-tool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The "Access:" and "Usage:" lines pkcs11-tool prints for the private key labelled `label`.
+    fn access_and_usage(listing: &str, label: &str) -> (Vec<String>, Vec<String>) {
+        let block = listing
+            .split("Private Key Object")
+            .find(|b| {
+                b.lines()
+                    .any(|l| l.trim() == format!("label:      {label}"))
+            })
+            .unwrap_or_else(|| panic!("no private key {label} in:\n{listing}"));
+        let field = |name: &str| -> Vec<String> {
+            block
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .map(|v| v.split(',').map(|x| x.trim().to_owned()).collect())
+                .unwrap_or_default()
+        };
+        (field("Access:"), field("Usage:"))
+    }
+
+    /// An independent PKCS#11 client sees what we claim: the unwrapped OEM key and the generated
+    /// keys are sensitive and not extractable, and each has only its one usage. It also signs
+    /// with the unwrapped key, and the signature verifies under the OEM's public key: the key
+    /// in the token is the OEM's key.
+    #[test]
+    fn pkcs11_tool_sees_the_attributes_and_signs_with_the_unwrapped_key() {
+        let hsm = fixture();
+        let t = hsm.open();
+        let kt = t
+            .generate(&KeySpec::new(
+                KeyLabel::new("hsm-kt").unwrap(),
+                Curve::P256,
+                KeyUsage::KeyTransport,
+            ))
+            .unwrap();
+        t.generate(&KeySpec::new(
+            KeyLabel::new("hsm-identity").unwrap(),
+            Curve::P256,
+            KeyUsage::Sign,
+        ))
+        .unwrap();
+        let oem = SoftKey::generate(trustfab_pki::Curve::P256).unwrap();
+        let wrapped = wrap_for(
+            &t.public_key(kt).unwrap(),
+            &oem.secret_pkcs8_der().unwrap(),
+            b"",
+        )
+        .unwrap();
+        let spec = KeySpec::new(KeyLabel::new("oem").unwrap(), Curve::P256, KeyUsage::Sign);
+        t.unwrap_key(kt, &wrapped, &spec).unwrap();
+        drop(t);
+
+        let listing = pkcs11_tool(&["--list-objects", "--type", "privkey"], None);
+        for (label, usage) in [
+            ("hsm-kt", "derive"),
+            ("hsm-identity", "sign"),
+            ("oem", "sign"),
+        ] {
+            let (access, usages) = access_and_usage(&listing, label);
+            assert!(
+                access.iter().any(|a| a == "sensitive"),
+                "{label}: {access:?}"
+            );
+            assert!(
+                !access.iter().any(|a| a == "extractable"),
+                "{label}: {access:?}"
+            );
+            assert_eq!(usages, vec![usage.to_owned()], "{label}");
+        }
+
+        let digest = Curve::P256.digest(b"signed by pkcs11-tool");
+        let input = hsm.dir.path().join("digest.bin");
+        std::fs::write(&input, digest.as_ref()).unwrap();
+        let sig_path = hsm.dir.path().join("sig.der");
+        pkcs11_tool(
+            &[
+                "--sign",
+                "--mechanism",
+                "ECDSA",
+                "--signature-format",
+                "openssl",
+                "--label",
+                "oem",
+                "--output-file",
+                sig_path.to_str().unwrap(),
+            ],
+            Some(&input),
+        );
+        let sig = std::fs::read(&sig_path).unwrap();
+        aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+            oem.public_point(),
+        )
+        .verify(b"signed by pkcs11-tool", &sig)
+        .unwrap();
     }
 
     #[test]
