@@ -59,7 +59,7 @@ pub(crate) const DEVICE_CA_CERT: &str = "device-ca.pem";
 pub(crate) const DEVICE_CA_KEY: &str = "device-ca.key";
 const STATE: &str = "ca.toml";
 
-fn random_serial() -> Result<Serial> {
+pub(crate) fn random_serial() -> Result<Serial> {
     let mut b = [0u8; 16];
     trustfab_types::Rng::fill(&OsRng, &mut b)?;
     b[0] &= 0x7f;
@@ -218,6 +218,14 @@ impl CaDir {
         let key = SoftKey::from_encrypted_pem(&pem_text, pass)
             .with_context(|| format!("opening {}", key_path.display()))?;
         Ok((self.cert(cert)?, key))
+    }
+
+    /// The root key, which signs provisioning packages.
+    pub(crate) fn root_key(&self, pass: &Passphrase) -> Result<SoftKey> {
+        let key_path = self.dir.join(ROOT_KEY);
+        let pem_text = files::read_text(&key_path, limits::KEY_FILE_BYTES)?;
+        SoftKey::from_encrypted_pem(&pem_text, pass)
+            .with_context(|| format!("opening {}", key_path.display()))
     }
 
     /// Records a revocation (idempotent per serial).

@@ -7,15 +7,16 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use trustfab_hsm::DeviceKey;
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
-use trustfab_pki::{
-    pem, Curve, DeviceRequest, Policy, PublicKey, Purpose, Reason, RenderInputs, Signer, SoftKey,
-    Template,
-};
+use trustfab_pki::{pem, Curve, Policy, PublicKey, Purpose, Reason, Signer, SoftKey};
 use trustfab_types::{Clock, DeviceUid, OemId, OsRng, Passphrase, ProductId, Rng, SystemClock};
 
 use crate::ca::{CaDir, InitSpec, Kind};
 use crate::files;
+use crate::hsm::{self, HsmDir};
+use crate::secrets::PassphraseArgs;
+use crate::vendor;
 
 #[derive(Args, Debug)]
 pub(crate) struct DemoArgs {
@@ -49,6 +50,9 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         dir.join("passphrase").display()
     );
 
+    let pass_args = PassphraseArgs {
+        passphrase_file: Some(dir.join("passphrase")),
+    };
     let vendor_dir = dir.join("vendor");
     CaDir::init(
         &vendor_dir,
@@ -67,6 +71,25 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         vendor_dir.display()
     );
 
+    let hsm_at = HsmDir {
+        dir: dir.join("hsm"),
+        pass: pass_args.clone(),
+    };
+    let request = hsm::init(&hsm::InitArgs::soft(hsm_at.clone(), "hsm-demo-01"))?;
+    let hsm_certs = dir.join("hsm-identity.pem");
+    vendor::certify_hsm(&vendor::CertifyArgs::new(
+        &vendor_dir,
+        &request,
+        &hsm_certs,
+        pass_args.clone(),
+    ))?;
+    hsm::install_identity(&hsm_at, &hsm_certs)?;
+    println!(
+        "2. HSM hsm-demo-01: keys made inside its token, request {}, certified by the vendor: {}",
+        request.display(),
+        hsm_certs.display()
+    );
+
     let oem_dir = dir.join("oem");
     let oem_id = OemId::new("acme")?;
     let mut oem = CaDir::init(
@@ -82,59 +105,101 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         &pass,
     )?;
     println!(
-        "2. OEM {oem_id}: root CA {0}/root.pem, device CA {0}/device-ca.pem",
+        "3. OEM {oem_id}: root CA {0}/root.pem, device CA {0}/device-ca.pem",
         oem_dir.display()
     );
 
     let template_path = dir.join("template.toml");
     files::write_new(&template_path, EXAMPLE_TEMPLATE.as_bytes(), false)?;
-    let template = Template::from_toml(EXAMPLE_TEMPLATE)?;
     println!(
-        "3. device certificate template (checked): {}",
+        "4. device certificate template (checked): {}",
         template_path.display()
     );
 
     let product = ProductId::new("thermostat-v2")?;
-    let (ca_cert, ca_key) = oem.signing(&pass)?;
-    let root = oem.root_der()?;
-    let intermediates = oem.intermediates()?;
+    let package = dir.join("thermostat-v2.package");
+    crate::oem::wrap(&crate::oem::WrapArgs {
+        dir: oem_dir.clone(),
+        hsm: hsm_certs,
+        vendor_root: vendor_dir.join("root.pem"),
+        template: template_path,
+        product,
+        count: u64::from(a.devices),
+        serial_range: None,
+        valid_days: 30,
+        out: package.clone(),
+        pass: pass_args,
+    })?;
+    println!(
+        "5. OEM wrapped the device CA key, template and count {} for that HSM only: {}",
+        a.devices,
+        package.display()
+    );
+
+    let hsm = hsm::open(&hsm_at)?;
+    let imported = hsm.import(&files::read_limited(
+        &package,
+        trustfab_package::PACKAGE_MAX,
+    )?)?;
+    println!(
+        "6. HSM imported it: product {} with count {} (signing key unwrapped inside the token; ledger record {})",
+        imported.product, imported.count, imported.seq
+    );
+    match hsm.import(&files::read_limited(
+        &package,
+        trustfab_package::PACKAGE_MAX,
+    )?) {
+        Err(e) => println!("   importing it again is refused: {e}"),
+        Ok(_) => anyhow::bail!("a second import of the same package was accepted"),
+    }
+
     let devices_dir = dir.join("devices");
     std::fs::create_dir_all(&devices_dir)?;
-    let issuer = oem.issuer(&ca_cert, &ca_key)?;
     let started = Instant::now();
-    let mut issued = Vec::new();
+    let mut requests = Vec::new();
     for i in 0..a.devices {
         // Each device makes its key pair inside; only the public key leaves it.
         let device_key = SoftKey::generate(Curve::P256)?;
-        let public = PublicKey::from_point(Curve::P256, device_key.public_point())?;
         let mut uid = [0u8; 9];
         uid[0] = 0x01;
         uid[5..].copy_from_slice(&i.to_be_bytes());
-        let uid = DeviceUid::new(&uid)?;
-        let serial = template.serial.random_serial(&OsRng)?;
-        let req = DeviceRequest {
-            inputs: RenderInputs {
-                oem: &oem_id,
-                product: &product,
-                uid: &uid,
-                serial: &serial,
-            },
-            public_key: &public,
-            now: SystemClock.now(),
-        };
-        let der = trustfab_pki::issue_device(&template, &req, &issuer)?;
-        let path = devices_dir.join(format!("{uid}.pem"));
-        files::write_new(&path, pem::cert_pem(&der).as_bytes(), false)?;
-        issued.push((uid, serial, der, path));
+        requests.push(DeviceKey {
+            uid: DeviceUid::new(&uid)?,
+            public_key: PublicKey::from_point(Curve::P256, device_key.public_point())?,
+        });
+    }
+    let mut issued = Vec::new();
+    for batch in requests.chunks(256) {
+        issued.extend(hsm.issue(&imported.product, batch)?);
     }
     let elapsed = started.elapsed();
+    for i in &issued {
+        files::write_new(
+            &devices_dir.join(format!("{}.pem", i.uid)),
+            pem::cert_pem(&i.cert).as_bytes(),
+            false,
+        )?;
+    }
     println!(
-        "4. {} device certificates issued from the template in {:.1} ms: {}/",
+        "7. the HSM issued {} device certificates from the template in {:.1} ms (count spent and recorded before signing): {}/",
         issued.len(),
         elapsed.as_secs_f64() * 1e3,
         devices_dir.display()
     );
+    let extra = DeviceKey {
+        uid: DeviceUid::new(&[0xff; 9])?,
+        public_key: requests
+            .first()
+            .map(|r| r.public_key.clone())
+            .context("no devices")?,
+    };
+    match hsm.issue(&imported.product, &[extra]) {
+        Err(e) => println!("   one more is refused: {e}"),
+        Ok(_) => anyhow::bail!("the HSM issued past the count"),
+    }
 
+    let root = oem.root_der()?;
+    let intermediates = oem.intermediates()?;
     let policy = Policy {
         root: &root,
         intermediates: &intermediates,
@@ -142,21 +207,23 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         now: SystemClock.now(),
         purpose: Purpose::ClientAuth,
     };
-    for (uid, _, der, _) in &issued {
-        trustfab_pki::validate(der, &policy).with_context(|| format!("device {uid}"))?;
+    for i in &issued {
+        trustfab_pki::validate(&i.cert, &policy).with_context(|| format!("device {}", i.uid))?;
     }
-    println!("5. every certificate validates to the OEM root (rustls-webpki)");
-    if let Some((_, _, _, path)) = issued.first() {
+    println!("8. every certificate validates to the OEM root (rustls-webpki)");
+    if let Some(i) = issued.first() {
         println!(
-            "   check one with openssl: openssl verify -CAfile {}/root.pem -untrusted {}/device-ca.pem {}",
+            "   check one with openssl: openssl verify -CAfile {0}/root.pem -untrusted {0}/device-ca.pem {1}/{2}.pem",
             oem_dir.display(),
-            oem_dir.display(),
-            path.display()
+            devices_dir.display(),
+            i.uid
         );
     }
 
-    if let Some((uid, serial, der, _)) = issued.last() {
-        oem.revoke(serial, Reason::KeyCompromise, SystemClock.now())?;
+    if let Some(last) = issued.last() {
+        let (ca_cert, ca_key) = oem.signing(&pass)?;
+        let issuer = oem.issuer(&ca_cert, &ca_key)?;
+        oem.revoke(&last.serial, Reason::KeyCompromise, SystemClock.now())?;
         let now = SystemClock.now();
         let crl = trustfab_pki::build_crl(
             &issuer,
@@ -174,9 +241,10 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             crls: &crls,
             ..policy
         };
-        let refused = trustfab_pki::validate(der, &with_crl);
+        let refused = trustfab_pki::validate(&last.cert, &with_crl);
         println!(
-            "6. device {uid} revoked (key-compromise); CRL {}; validation now says: {}",
+            "9. device {} revoked (key-compromise); CRL {}; validation now says: {}",
+            last.uid,
             crl_path.display(),
             match refused {
                 Err(e) => e.to_string(),
@@ -184,9 +252,15 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             }
         );
     }
+    for p in hsm.products()? {
+        println!(
+            "10. HSM products: {} ordered {}, issued {}, remaining {}",
+            p.product, p.ordered, p.issued, p.remaining
+        );
+    }
 
     println!("\nnot yet part of the demo (later steps of the system):");
-    println!("  HSM init + vendor certification, OEM wrap, HSM import, job of simulated devices,");
-    println!("  ledger and signed production report, mutual authentication, mastered firmware");
+    println!("  a provisioning job on simulated devices, the signed production report,");
+    println!("  mutual authentication, mastered firmware");
     Ok(())
 }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod ca;
 mod demo;
 mod files;
+mod hsm;
 mod oem;
 mod secrets;
 mod vendor;
@@ -32,9 +33,12 @@ enum Command {
     /// The provisioning-system vendor: its root CA certifies genuine HSMs.
     #[command(subcommand)]
     Vendor(vendor::VendorCommand),
-    /// The OEM: root CA, device CA, certificate template, test issuance, revocation.
+    /// The OEM: root CA, device CA, certificate template, test issuance, revocation, wrapping.
     #[command(subcommand)]
     Oem(oem::OemCommand),
+    /// The HSM at the programming center: identity, package import, products, issuance.
+    #[command(subcommand)]
+    Hsm(hsm::HsmCommand),
     /// Run the chain of trust end to end on the embedded defaults and say what each step made.
     Demo(demo::DemoArgs),
 }
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Vendor(c) => vendor::run(c),
         Command::Oem(c) => oem::run(c),
+        Command::Hsm(c) => hsm::run(c),
         Command::Demo(a) => demo::run(&a),
     };
     match result {

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use trustfab_package::{Contents, SerialRange};
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{
-    pem, Curve, DeviceRequest, Policy, PublicKey, Purpose, Reason, RenderInputs, Signer, SoftKey,
-    Template,
+    pem, Curve, DeviceRequest, HsmCertificates, HsmIdentity, Policy, PublicKey, Purpose, Reason,
+    RenderInputs, Signer, SoftKey, Template,
 };
 use trustfab_types::{
-    limits, Clock, DeviceUid, OemId, OsRng, ProductId, Serial, SystemClock, UnixTime,
+    limits, Clock, DeviceUid, OemId, OsRng, ProductId, Rng as _, Serial, SystemClock, UnixTime,
 };
 
 use crate::ca::{CaDir, InitSpec, Kind, DEVICE_CA_CERT, DEVICE_CA_KEY, ROOT_CERT, ROOT_KEY};
@@ -33,6 +34,110 @@ pub(crate) enum OemCommand {
     Crl(CrlArgs),
     /// Validate a device certificate against this OEM's root (and CRL, if given).
     Verify(VerifyArgs),
+    /// Wrap a provisioning package for ONE HSM: template, certificates, count and the
+    /// device-signing key, encrypted to that HSM's key-transport key and signed by the root.
+    Wrap(WrapArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct WrapArgs {
+    /// The OEM CA directory.
+    #[arg(long, default_value = "oem")]
+    pub(crate) dir: PathBuf,
+    /// The target HSM's certificates (from `vendor certify-hsm`, or `hsm identity`).
+    #[arg(long)]
+    pub(crate) hsm: PathBuf,
+    /// The pinned vendor root: the HSM's certificates must chain to it.
+    #[arg(long)]
+    pub(crate) vendor_root: PathBuf,
+    /// The device certificate template.
+    #[arg(long)]
+    pub(crate) template: PathBuf,
+    /// The product id.
+    #[arg(long)]
+    pub(crate) product: ProductId,
+    /// The production count: certificates the HSM may issue.
+    #[arg(long)]
+    pub(crate) count: u64,
+    /// Serial numbers to assign, as FIRST-LAST (decimal); default: the template's scheme.
+    #[arg(long)]
+    pub(crate) serial_range: Option<String>,
+    /// Days the package may be imported.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) valid_days: u32,
+    /// Where to write the package.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    #[command(flatten)]
+    pub(crate) pass: PassphraseArgs,
+}
+
+/// `oem wrap`, also used by the demo; returns what it made, in one line.
+pub(crate) fn wrap(a: &WrapArgs) -> Result<String> {
+    let ca = CaDir::open(&a.dir, Kind::Oem)?;
+    let oem_id = ca.state.oem_id.clone().context("ca.toml has no oem_id")?;
+    let now = SystemClock.now();
+    let vendor_root = pem::cert_from_pem_or_der(&files::read_limited(
+        &a.vendor_root,
+        limits::CERTIFICATE_BYTES,
+    )?)
+    .with_context(|| format!("reading {}", a.vendor_root.display()))?;
+    let certs = HsmCertificates::from_pem(&files::read_text(&a.hsm, 64 * 1024)?)
+        .with_context(|| format!("reading {}", a.hsm.display()))?;
+    let target = HsmIdentity::validate(&certs, &vendor_root, now).context(
+        "the HSM's certificates do not validate to the vendor root: refusing to wrap for it",
+    )?;
+    let template_text = files::read_text(&a.template, limits::TEMPLATE_BYTES)?;
+    Template::from_toml(&template_text)
+        .with_context(|| format!("template {}", a.template.display()))?;
+    let serial_range = match &a.serial_range {
+        Some(r) => {
+            let (f, l) = r.split_once('-').context("--serial-range is FIRST-LAST")?;
+            Some(SerialRange {
+                first: f.trim().parse().context("--serial-range FIRST")?,
+                last: l.trim().parse().context("--serial-range LAST")?,
+            })
+        }
+        None => None,
+    };
+    let pass = a.pass.get("the OEM CA keys", false)?;
+    let root_key = ca.root_key(&pass)?;
+    let (_, signing_key) = ca.signing(&pass)?;
+    let mut package_id = [0u8; 16];
+    OsRng.fill(&mut package_id)?;
+    let kt =
+        trustfab_token::PublicKey::from_point(trustfab_token::Curve::P256, target.kt_key.point())?;
+    let wrapped = trustfab_token::wrap_for(
+        &kt,
+        &signing_key.secret_pkcs8_der()?,
+        &trustfab_hsm::wrap_info(&package_id, &target.fingerprint),
+    )?;
+    let contents = Contents {
+        package_id,
+        target_hsm: target.fingerprint,
+        oem_id,
+        product_id: a.product.clone(),
+        count: a.count,
+        serial_range,
+        not_before: UnixTime(now.0.saturating_sub(300)),
+        not_after: UnixTime(now.0 + u64::from(a.valid_days.max(1)) * 86_400),
+        template: template_text,
+        root_cert: ca.root_der()?,
+        device_ca_cert: ca.intermediates()?.into_iter().next(),
+        wrapped_signing_key: wrapped.to_bytes(),
+    };
+    let bytes = trustfab_package::seal(&contents, &root_key)?;
+    files::write_new(&a.out, &bytes, false)?;
+    Ok(format!(
+        "package {} for HSM {} ({}): product {}, count {}, {} bytes, written to {}",
+        hex::encode(package_id),
+        target.hsm_id,
+        hex::encode(&target.fingerprint[..8]),
+        a.product,
+        a.count,
+        bytes.len(),
+        a.out.display()
+    ))
 }
 
 #[derive(Args, Debug)]
@@ -164,6 +269,10 @@ pub(crate) fn run(cmd: OemCommand) -> Result<()> {
         OemCommand::Revoke(a) => revoke(&a),
         OemCommand::Crl(a) => crl(&a),
         OemCommand::Verify(a) => verify(&a),
+        OemCommand::Wrap(a) => {
+            println!("{}", wrap(&a)?);
+            Ok(())
+        }
     }
 }
 

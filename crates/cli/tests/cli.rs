@@ -305,7 +305,12 @@ fn template_check_names_line_and_field() {
 fn demo_runs_end_to_end() {
     let t = tempfile::tempdir().unwrap();
     let out = ok(t.path(), &["demo", "--dir", "demo", "--devices", "5"]);
-    assert!(out.contains("5 device certificates issued"), "{out}");
+    assert!(
+        out.contains("the HSM issued 5 device certificates"),
+        "{out}"
+    );
+    assert!(out.contains("was already imported"), "{out}");
+    assert!(out.contains("has 0 certificates left"), "{out}");
     assert!(out.contains("CertRevoked"), "{out}");
     let devices: Vec<_> = std::fs::read_dir(t.path().join("demo/devices"))
         .unwrap()
@@ -317,7 +322,163 @@ fn demo_runs_end_to_end() {
 fn help_explains_the_roles() {
     let t = tempfile::tempdir().unwrap();
     let out = ok(t.path(), &["--help"]);
-    for word in ["vendor", "oem", "demo", "TRUSTFAB_PASSPHRASE"] {
+    for word in ["vendor", "oem", "hsm", "demo", "TRUSTFAB_PASSPHRASE"] {
         assert!(out.contains(word), "{word} missing from --help:\n{out}");
     }
+}
+
+/// The paper's whole OEM → programming center path through the command line: vendor, HSM
+/// init and certification, OEM wrap for that HSM only, import, issuance within the count.
+fn hsm_flow(d: &Path, backend: &str, pass: &str) {
+    let run = |args: &[&str]| -> Output {
+        Command::new(env!("CARGO_BIN_EXE_trustfab"))
+            .current_dir(d)
+            .args(args)
+            .env("TRUSTFAB_PASSPHRASE", pass)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run trustfab")
+    };
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "trustfab {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let fails = |args: &[&str]| {
+        let out = run(args);
+        assert!(!out.status.success(), "trustfab {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    ok(&["vendor", "init"]);
+    let mut init = vec!["hsm", "init", "--hsm-id", "hsm-7", "--backend", backend];
+    if backend == "pkcs11" {
+        init.extend(["--token-label", trustfab_test_support::softhsm::TOKEN_LABEL]);
+    }
+    ok(&init);
+    ok(&[
+        "vendor",
+        "certify-hsm",
+        "--request",
+        "hsm/request.pem",
+        "--out",
+        "hsm.pem",
+    ]);
+    ok(&["hsm", "install-identity", "hsm.pem"]);
+    assert!(ok(&["hsm", "identity"]).contains("fingerprint"));
+    ok(&["oem", "init", "--oem-id", "acme", "--device-ca"]);
+    ok(&["oem", "template", "new", "--out", "t.toml"]);
+
+    // A rogue vendor's root: the wrapping tool refuses to wrap for an HSM it does not vouch for.
+    let rogue = tempfile::tempdir().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_trustfab"))
+        .current_dir(rogue.path())
+        .args(["vendor", "init"])
+        .env("TRUSTFAB_PASSPHRASE", pass)
+        .output()
+        .unwrap();
+    let rogue_root = rogue.path().join("vendor/root.pem");
+    let wrap = |root: &str, out: &str| {
+        vec![
+            "oem".to_owned(),
+            "wrap".into(),
+            "--hsm".into(),
+            "hsm.pem".into(),
+            "--vendor-root".into(),
+            root.to_owned(),
+            "--template".into(),
+            "t.toml".into(),
+            "--product".into(),
+            "thermo".into(),
+            "--count".into(),
+            "3".into(),
+            "--out".into(),
+            out.to_owned(),
+        ]
+    };
+    let refused = wrap(rogue_root.to_str().unwrap(), "bad.pkg");
+    let e = fails(&refused.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(e.contains("do not validate to the vendor root"), "{e}");
+
+    let good = wrap("vendor/root.pem", "p.pkg");
+    ok(&good.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok(&["hsm", "import", "p.pkg"]).contains("created product acme/thermo"));
+    assert!(fails(&["hsm", "import", "p.pkg"]).contains("already imported"));
+    assert!(ok(&["hsm", "products"]).contains("acme/thermo"));
+
+    sh(
+        d,
+        "openssl",
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "dev.key",
+        ],
+    );
+    sh(
+        d,
+        "openssl",
+        &["pkey", "-in", "dev.key", "-pubout", "-out", "dev.pub"],
+    );
+    for (i, uid) in ["01", "02", "03"].iter().enumerate() {
+        let out = format!("d{i}.pem");
+        ok(&[
+            "hsm",
+            "issue",
+            "--product",
+            "acme/thermo",
+            "--uid",
+            uid,
+            "--public-key",
+            "dev.pub",
+            "--out",
+            &out,
+        ]);
+        let v = openssl::verify(
+            &d.join("oem/root.pem"),
+            Some(&d.join("oem/device-ca.pem")),
+            None,
+            &[],
+            &d.join(&out),
+        );
+        assert!(v.ok, "{}", v.output);
+    }
+    let e = fails(&[
+        "hsm",
+        "issue",
+        "--product",
+        "acme/thermo",
+        "--uid",
+        "04",
+        "--public-key",
+        "dev.pub",
+        "--out",
+        "d4.pem",
+    ]);
+    assert!(e.contains("0 certificates left"), "{e}");
+    let products = ok(&["hsm", "products"]);
+    assert!(products.contains("3          3          0"), "{products}");
+}
+
+#[test]
+fn hsm_flow_on_the_soft_token() {
+    let t = tempfile::tempdir().unwrap();
+    hsm_flow(t.path(), "soft", PASS);
+}
+
+#[test]
+fn hsm_flow_on_softhsm2_through_pkcs11() {
+    let t = tempfile::tempdir().unwrap();
+    let softhsm = trustfab_test_support::softhsm::SoftHsm2::new(t.path());
+    // The child processes find the token through the same configuration.
+    assert!(softhsm.conf().exists());
+    hsm_flow(t.path(), "pkcs11", trustfab_test_support::softhsm::PIN);
 }
