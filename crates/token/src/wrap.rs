@@ -390,6 +390,84 @@ mod tests {
         assert!(matches!(open(&k, &p, &changed), Err(Error::Unwrap)));
     }
 
+    /// Wycheproof's AES-KWP vectors (RFC 5649) with 256-bit KEKs, the size this format uses,
+    /// through the same unwrap the soft token runs, and the wrap direction through aws-lc-rs.
+    #[test]
+    fn wycheproof_aes_kwp_256() {
+        use wycheproof::keywrap::{TestName, TestSet};
+        use wycheproof::TestResult;
+        let set = TestSet::load(TestName::AesKeyWrapWithPadding).unwrap();
+        let mut ran = 0;
+        for group in set.test_groups.iter().filter(|g| g.key_size == 256) {
+            for t in &group.tests {
+                let kek: [u8; 32] = t.key.as_slice().try_into().unwrap();
+                let got = unwrap_pkcs8(&kek, &t.ct);
+                match t.result {
+                    TestResult::Invalid => assert!(got.is_err(), "tc {} unwrapped", t.tc_id),
+                    TestResult::Valid => {
+                        let got = got.unwrap_or_else(|e| panic!("tc {}: {e}", t.tc_id));
+                        assert_eq!(got.secret_pkcs8_der(), t.pt.as_slice(), "tc {}", t.tc_id);
+                        let aes = AesKek::new(&KW_AES_256, &kek).unwrap();
+                        let mut out = vec![0u8; t.pt.len() + 16];
+                        let ct = aes.wrap_with_padding(&t.pt, &mut out).unwrap();
+                        assert_eq!(&*ct, t.ct.as_slice(), "tc {} wrap", t.tc_id);
+                    }
+                    TestResult::Acceptable => {}
+                }
+                ran += 1;
+            }
+        }
+        assert!(ran > 50, "only {ran} vectors ran");
+    }
+
+    /// Wycheproof's P-256 ECDH vectors with uncompressed points: points the vectors call invalid
+    /// (off the curve, wrong curve) never get past the wrapped-key decoder; for valid ones the
+    /// agreement the soft token runs gives the published shared secret.
+    #[test]
+    fn wycheproof_ecdh_p256_ephemeral_points() {
+        use wycheproof::ecdh::{TestName, TestSet};
+        use wycheproof::TestResult;
+        let (_, p) = kt();
+        let blob = wrap_for(&p, &oem_key(Curve::P256), b"").unwrap().to_bytes();
+        let set = TestSet::load(TestName::EcdhSecp256r1Ecpoint).unwrap();
+        let (mut valid, mut invalid) = (0, 0);
+        for group in &set.test_groups {
+            for t in group.tests.iter().filter(|t| t.public_key.len() == 65) {
+                let mut v = blob.clone();
+                v[7..72].copy_from_slice(&t.public_key);
+                let decoded = WrappedKey::from_bytes(&v);
+                match t.result {
+                    TestResult::Invalid => {
+                        assert!(decoded.is_err(), "tc {} accepted", t.tc_id);
+                        invalid += 1;
+                    }
+                    TestResult::Valid | TestResult::Acceptable => {
+                        let w = decoded.unwrap_or_else(|e| panic!("tc {}: {e}", t.tc_id));
+                        let d = t.private_key.as_slice();
+                        let d = &d[d.len().saturating_sub(32)..];
+                        let mut scalar = [0u8; 32];
+                        scalar[32 - d.len()..].copy_from_slice(d);
+                        let k =
+                            agreement::PrivateKey::from_private_key(&ECDH_P256, &scalar).unwrap();
+                        let z = agreement::agree(
+                            &k,
+                            UnparsedPublicKey::new(&ECDH_P256, w.ephemeral_point()),
+                            (),
+                            |z| Ok(z.to_vec()),
+                        )
+                        .unwrap();
+                        assert_eq!(z, t.shared_secret.as_slice(), "tc {}", t.tc_id);
+                        valid += 1;
+                    }
+                }
+            }
+        }
+        assert!(
+            valid > 10 && invalid > 0,
+            "valid {valid}, invalid {invalid}"
+        );
+    }
+
     #[test]
     fn decoder_refuses_bad_blobs() {
         let (_, p) = kt();
