@@ -197,8 +197,9 @@ mod pkcs11 {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// The "Access:" and "Usage:" lines pkcs11-tool prints for the private key labelled `label`.
-    fn access_and_usage(listing: &str, label: &str) -> (Vec<String>, Vec<String>) {
+    /// The "Access:", "Usage:" and "ID:" fields pkcs11-tool prints for the private key labelled
+    /// `label`.
+    fn access_usage_id(listing: &str, label: &str) -> (Vec<String>, Vec<String>, String) {
         let block = listing
             .split("Private Key Object")
             .find(|b| {
@@ -213,7 +214,8 @@ mod pkcs11 {
                 .map(|v| v.split(',').map(|x| x.trim().to_owned()).collect())
                 .unwrap_or_default()
         };
-        (field("Access:"), field("Usage:"))
+        let id = field("ID:").concat();
+        (field("Access:"), field("Usage:"), id)
     }
 
     /// An independent PKCS#11 client sees what we claim: the unwrapped OEM key and the generated
@@ -254,7 +256,7 @@ mod pkcs11 {
             ("hsm-identity", "sign"),
             ("oem", "sign"),
         ] {
-            let (access, usages) = access_and_usage(&listing, label);
+            let (access, usages, _) = access_usage_id(&listing, label);
             assert!(
                 access.iter().any(|a| a == "sensitive"),
                 "{label}: {access:?}"
@@ -266,19 +268,23 @@ mod pkcs11 {
             assert_eq!(usages, vec![usage.to_owned()], "{label}");
         }
 
+        // pkcs11-tool picks the signing key by CKA_ID: it does not filter --sign by label.
+        let (_, _, oem_id) = access_usage_id(&listing, "oem");
+        assert_eq!(oem_id.len(), 32, "{oem_id}");
         let digest = Curve::P256.digest(b"signed by pkcs11-tool");
         let input = hsm.dir.path().join("digest.bin");
         std::fs::write(&input, digest.as_ref()).unwrap();
-        let sig_path = hsm.dir.path().join("sig.der");
+        let sig_path = hsm.dir.path().join("sig.raw");
+        // Raw r || s, verified by aws-lc-rs as such: no conversion of ours is involved.
         pkcs11_tool(
             &[
                 "--sign",
                 "--mechanism",
                 "ECDSA",
                 "--signature-format",
-                "openssl",
-                "--label",
-                "oem",
+                "rs",
+                "--id",
+                &oem_id,
                 "--output-file",
                 sig_path.to_str().unwrap(),
             ],
@@ -286,7 +292,7 @@ mod pkcs11 {
         );
         let sig = std::fs::read(&sig_path).unwrap();
         aws_lc_rs::signature::UnparsedPublicKey::new(
-            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
             oem.public_point(),
         )
         .verify(b"signed by pkcs11-tool", &sig)
