@@ -146,3 +146,17 @@ proptest::proptest! {
         let _ = cbor::decode(&bytes);
     }
 }
+
+/// The fuzz seeds (`fuzz/seeds/package`) decode and verify: the demo's package is a valid one.
+#[test]
+fn fuzz_seeds_open() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/package");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        let p = open(&bytes).unwrap();
+        assert_eq!(p.contents().oem_id.as_str(), "acme");
+        n += 1;
+    }
+    assert!(n > 0, "no seeds in {}", dir.display());
+}

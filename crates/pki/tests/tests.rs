@@ -645,3 +645,14 @@ mod hsm_identity {
         assert!(e.to_string().contains("binding does not verify"), "{e}");
     }
 }
+
+/// The HSM request and identity seeds (`fuzz/seeds/hsm_request`) parse and verify.
+#[test]
+fn hsm_request_seeds_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/hsm_request");
+    let request = std::fs::read_to_string(dir.join("request.pem")).unwrap();
+    let req = trustfab_pki::HsmRequest::from_pem(&request).unwrap();
+    assert_eq!(req.hsm_id, "hsm-demo-01");
+    let identity = std::fs::read_to_string(dir.join("identity.pem")).unwrap();
+    trustfab_pki::HsmCertificates::from_pem(&identity).unwrap();
+}

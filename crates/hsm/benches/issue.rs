@@ -1,0 +1,198 @@
+//! Issuance per second through the HSM, with durable ledger records (SQLite, full sync, one
+//! transaction per batch), beside the raw P-256 sign rate of the same token backend in the same
+//! run: the soft token, and SoftHSM2 through PKCS#11 with 1 and 2 sessions.
+//!
+//! `cargo bench -p trustfab-hsm --bench issue`
+
+// Benchmark set-up unwraps: a failure there is a broken benchmark.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use trustfab_hsm::{wrap_info, DeviceKey, Hsm};
+use trustfab_ledger::SqliteStore;
+use trustfab_package::Contents;
+use trustfab_pki::template::EXAMPLE_TEMPLATE;
+use trustfab_pki::{
+    certify_hsm, intermediate_ca, self_signed_ca, CaRole, CaSpec, Curve, HsmIdentity, Issuer,
+    PublicKey, Signer, SoftKey,
+};
+use trustfab_test_support::softhsm::{self, SoftHsm2};
+use trustfab_token::{KeyLabel, KeySpec, KeyUsage, Token};
+use trustfab_token_pkcs11::{Pkcs11Config, Pkcs11Token};
+use trustfab_token_soft::{Argon2Cost, SoftToken};
+use trustfab_types::{
+    Clock, DeviceUid, OemId, Passphrase, ProductId, Serial, SystemClock, UnixTime,
+};
+
+const BATCH: usize = 256;
+
+fn ca(role: CaRole, key: &SoftKey, issuer: Option<&Issuer<'_>>, now: UnixTime) -> Vec<u8> {
+    let spec = CaSpec {
+        role,
+        common_name: format!("{role:?}"),
+        organization: "Bench".into(),
+        serial: Serial::from_u64(3).unwrap(),
+        not_before: UnixTime(now.0 - 86_400),
+        days: 3650,
+    };
+    match issuer {
+        None => self_signed_ca(&spec, key).unwrap(),
+        Some(i) => {
+            let pk = PublicKey::from_point(key.curve(), key.public_point()).unwrap();
+            intermediate_ca(&spec, &pk, i).unwrap()
+        }
+    }
+}
+
+/// A whole site on `token`: vendor, HSM identity, OEM, a package of 100 million, imported.
+fn site(dir: &Path, token: Arc<dyn Token>) -> Hsm {
+    let now = SystemClock.now();
+    let vendor_key = SoftKey::generate(Curve::P256).unwrap();
+    let vendor_root = ca(CaRole::VendorRoot, &vendor_key, None, now);
+    let req = Hsm::init(&*token, "bench-hsm").unwrap();
+    let vi = Issuer::new(&vendor_root, &vendor_key).unwrap();
+    let (s1, s2) = (Serial::from_u64(1).unwrap(), Serial::from_u64(2).unwrap());
+    let certs = certify_hsm(&req, &vi, (&s1, &s2), UnixTime(now.0 - 60), 365).unwrap();
+    let identity = HsmIdentity::validate(&certs, &vendor_root, now).unwrap();
+    let root_key = SoftKey::generate(Curve::P256).unwrap();
+    let root = ca(CaRole::OemRoot, &root_key, None, now);
+    let ca_key = SoftKey::generate(Curve::P256).unwrap();
+    let ri = Issuer::new(&root, &root_key).unwrap();
+    let device_ca = ca(CaRole::DeviceCa, &ca_key, Some(&ri), now);
+    let package_id = [5; 16];
+    let kt =
+        trustfab_token::PublicKey::from_point(trustfab_token::Curve::P256, identity.kt_key.point())
+            .unwrap();
+    let wrapped = trustfab_token::wrap_for(
+        &kt,
+        &ca_key.secret_pkcs8_der().unwrap(),
+        &wrap_info(&package_id, &identity.fingerprint),
+    )
+    .unwrap();
+    let contents = Contents {
+        package_id,
+        target_hsm: identity.fingerprint,
+        oem_id: OemId::new("acme").unwrap(),
+        product_id: ProductId::new("bench").unwrap(),
+        count: 100_000_000,
+        serial_range: None,
+        not_before: UnixTime(now.0 - 60),
+        not_after: UnixTime(now.0 + 86_400),
+        template: EXAMPLE_TEMPLATE.into(),
+        root_cert: root,
+        device_ca_cert: Some(device_ca),
+        wrapped_signing_key: wrapped.to_bytes(),
+    };
+    let package = trustfab_package::seal(&contents, &root_key).unwrap();
+    let ledger = Arc::new(SqliteStore::open(&dir.join("ledger.sqlite")).unwrap());
+    let hsm = Hsm::open(
+        token,
+        ledger,
+        Arc::new(SystemClock),
+        "bench-hsm",
+        Some(&certs),
+    )
+    .unwrap();
+    hsm.import(&package).unwrap();
+    hsm
+}
+
+/// `threads` callers at once, each with its share of a batch of `BATCH`.
+fn batches(c: &mut Criterion, name: &str, token: Arc<dyn Token>, dir: &Path, threads: usize) {
+    let hsm = site(dir, Arc::clone(&token));
+    let device = SoftKey::generate(Curve::P256).unwrap();
+    let public_key = PublicKey::from_point(Curve::P256, device.public_point()).unwrap();
+    let next = AtomicU64::new(1);
+    let raw_key = token
+        .generate(&KeySpec::new(
+            KeyLabel::new("bench-raw").unwrap(),
+            trustfab_token::Curve::P256,
+            KeyUsage::Sign,
+        ))
+        .unwrap();
+    let tbs_sized = vec![0x5a_u8; 450];
+
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function(BenchmarkId::new("raw sign (limit)", BATCH), |b| {
+        b.iter(|| {
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|| {
+                        for _ in 0..BATCH / threads {
+                            token.sign(raw_key, &tbs_sized).unwrap();
+                        }
+                    });
+                }
+            })
+        })
+    });
+    g.bench_function(BenchmarkId::new("issue, durable records", BATCH), |b| {
+        b.iter(|| {
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|| {
+                        let batch: Vec<DeviceKey> = (0..BATCH / threads)
+                            .map(|_| DeviceKey {
+                                uid: DeviceUid::new(
+                                    &next.fetch_add(1, Ordering::Relaxed).to_be_bytes(),
+                                )
+                                .unwrap(),
+                                public_key: public_key.clone(),
+                            })
+                            .collect();
+                        hsm.issue("acme/bench", &batch).unwrap();
+                    });
+                }
+            })
+        })
+    });
+    g.finish();
+}
+
+fn soft(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let pass = Passphrase::new("bench".into()).unwrap();
+    let token = SoftToken::create(
+        &dir.path().join("token"),
+        &pass,
+        Argon2Cost::new(8 * 1024, 1, 1).unwrap(),
+    )
+    .unwrap();
+    batches(c, "soft-1-thread", Arc::new(token), dir.path(), 1);
+}
+
+fn pkcs11(c: &mut Criterion) {
+    for sessions in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let _softhsm = SoftHsm2::new(dir.path());
+        let config = Pkcs11Config {
+            module: trustfab_token_pkcs11::module_path().unwrap(),
+            token_label: softhsm::TOKEN_LABEL.into(),
+            pin: Passphrase::new(softhsm::PIN.into()).unwrap(),
+            sessions,
+        };
+        let token = Pkcs11Token::open(&config).unwrap();
+        batches(
+            c,
+            &format!("pkcs11-{sessions}-session"),
+            Arc::new(token),
+            dir.path(),
+            sessions,
+        );
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(4));
+    targets = soft, pkcs11
+}
+criterion_main!(benches);
