@@ -20,7 +20,7 @@ use crate::record::{record_hash, Checkpoint, Head, Kind, Record};
 pub(crate) const MAX_BATCH_APPENDS: usize = 2048;
 
 /// How often a conflicting batch is retried before its callers get [`Error::Contention`].
-pub(crate) const MAX_ATTEMPTS: u32 = 200;
+pub(crate) const MAX_ATTEMPTS: u32 = 1000;
 
 /// The latest counter event of a product: its number and the counter after it.
 pub(crate) type CounterState = (u64, Counter);

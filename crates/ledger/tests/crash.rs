@@ -126,7 +126,11 @@ fn property_4_sqlite_append_survives_sigkill() {
             thread::spawn(move || {
                 for l in BufReader::new(stdout).lines() {
                     match l {
-                        Ok(l) if l.starts_with("committed ") => lines.lock().unwrap().push(l),
+                        // libtest may print "test … " before the child's first line.
+                        Ok(l) if l.contains("committed ") => {
+                            let at = l.find("committed ").unwrap();
+                            lines.lock().unwrap().push(l[at..].to_owned());
+                        }
                         Ok(_) => {}
                         Err(_) => break,
                     }

@@ -106,6 +106,20 @@ pub(crate) struct Pg {
     name: String,
 }
 
+impl Pg {
+    /// The database's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Opens a store on the database `name` of the test server (for child processes).
+    pub(crate) fn open_named(name: &str) -> PgStore {
+        let mut config: PgConfig = pg_admin_url().parse().unwrap();
+        config.dbname(name);
+        PgStore::with_config(&config).unwrap()
+    }
+}
+
 impl Fixture for Pg {
     type S = PgStore;
 

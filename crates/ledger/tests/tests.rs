@@ -3,7 +3,8 @@
 //! - `support`: fixtures (a temporary SQLite file, a fresh PostgreSQL database per test), raw
 //!   SQL for tampering, the test checkpoint signer;
 //! - `conformance`: one body per behaviour, instantiated for every backend by `store_suite!`;
-//! - `crash`: SQLite processes killed with SIGKILL mid-append, then reopened and checked.
+//! - `crash`: SQLite processes killed with SIGKILL mid-append, then reopened and checked;
+//! - `processes`: several processes on one PostgreSQL ledger, and SIGKILL among them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -12,6 +13,8 @@ mod support;
 mod conformance;
 
 mod crash;
+
+mod processes;
 
 store_suite!(sqlite, crate::support::Sqlite);
 store_suite!(postgres, crate::support::Pg);
