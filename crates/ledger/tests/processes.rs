@@ -96,9 +96,12 @@ fn create_product(f: &Pg, count: u64) {
         .unwrap();
 }
 
+/// Appends a child reported as committed: (seq, body).
+type Reported = Vec<(u64, Vec<u8>)>;
+
 struct Station {
     child: Child,
-    lines: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+    lines: Arc<Mutex<Reported>>,
     reader: thread::JoinHandle<()>,
 }
 
@@ -142,7 +145,7 @@ fn spawn_station(f: &Pg) -> Station {
     }
 }
 
-fn finish(st: Station) -> Vec<(u64, Vec<u8>)> {
+fn finish(st: Station) -> Reported {
     st.reader.join().unwrap();
     Arc::try_unwrap(st.lines).unwrap().into_inner().unwrap()
 }
