@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod ca;
 mod demo;
+mod device;
 mod files;
 mod hsm;
 mod oem;
@@ -39,6 +40,9 @@ enum Command {
     /// The HSM at the programming center: identity, package import, products, issuance.
     #[command(subcommand)]
     Hsm(hsm::HsmCommand),
+    /// Simulated devices (secure element, secure MCU) in files: make one, show one.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
     /// Run the chain of trust end to end on the embedded defaults and say what each step made.
     Demo(demo::DemoArgs),
 }
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Command::Vendor(c) => vendor::run(c),
         Command::Oem(c) => oem::run(c),
         Command::Hsm(c) => hsm::run(c),
+        Command::Device(c) => device::run(c),
         Command::Demo(a) => demo::run(&a),
     };
     match result {

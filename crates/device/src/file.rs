@@ -91,7 +91,7 @@ pub enum FileError {
         source: io::Error,
     },
     /// The content is refused.
-    #[error("{path}: {source}")]
+    #[error("{path} is refused")]
     Decode {
         /// The file.
         path: PathBuf,

@@ -144,17 +144,17 @@ impl SiliconVendor {
         if index >= MAX_UIDS {
             return Err(VendorError::UidsExhausted(MAX_UIDS));
         }
-        let permuted = feistel(&self.uid_key, 48, index);
-        let bytes = permuted.to_be_bytes();
         let mut uid = Vec::with_capacity(12);
         match kind {
             DeviceKind::SecureElement => {
                 // ATECC608 data sheet, "Serial Number": SN[0:1] = 01 23, SN[8] = EE.
+                let bytes = feistel(&self.uid_key, 48, index).to_be_bytes();
                 uid.extend_from_slice(&[0x01, 0x23]);
                 uid.extend_from_slice(&bytes[2..]);
                 uid.push(0xEE);
             }
             DeviceKind::SecureMcu => {
+                let bytes = feistel(&self.uid_key, 64, index).to_be_bytes();
                 uid.extend_from_slice(&self.lot);
                 uid.extend_from_slice(&bytes);
             }

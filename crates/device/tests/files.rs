@@ -192,3 +192,25 @@ proptest! {
         let _ = file::decode(&reseal(img));
     }
 }
+
+#[test]
+fn fuzz_seeds_replay() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/device_file");
+    let mut devices = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        // The fuzz target's entry points, on every seed and every truncation of it.
+        for n in 0..=bytes.len() {
+            let _ = file::decode(&bytes[..n]);
+            let _ = file::decode_vendor(&bytes[..n]);
+        }
+        if bytes.starts_with(file::DEVICE_MAGIC) {
+            file::decode(&bytes).unwrap();
+            devices += 1;
+        } else {
+            file::decode_vendor(&bytes).unwrap();
+        }
+    }
+    assert_eq!(devices, 2);
+}
