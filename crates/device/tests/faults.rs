@@ -237,3 +237,70 @@ fn every_fault_kind_fires_and_the_part_stays_consistent() {
         );
     }
 }
+
+/// A station's provisioning sequence with retries, driven through `dyn Device` as a station
+/// drives any part: each step is retried after a fault until the part answers; a lock that
+/// already happened counts as done.
+fn provision_with_retries(d: &mut dyn Device, certs: &[Vec<u8>; 3]) -> usize {
+    let mut faults = 0;
+    loop {
+        match d.generate_key(0) {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(e.refusal().is_none(), "{e}");
+                faults += 1;
+            }
+        }
+    }
+    for (slot, cert) in [10u8, 11, 12].into_iter().zip(certs) {
+        while let Err(e) = d.write_slot(slot, cert) {
+            assert!(e.refusal().is_none(), "{e}");
+            faults += 1;
+        }
+    }
+    loop {
+        match d.lock(Zone::Data) {
+            Ok(()) => break,
+            Err(e) if e.refusal() == Some(Refusal::AlreadyLocked) => break,
+            Err(e) => {
+                assert!(e.refusal().is_none(), "{e}");
+                faults += 1;
+            }
+        }
+    }
+    faults
+}
+
+#[test]
+fn provisioning_survives_a_power_loss_at_every_step() {
+    let certs = [vec![0xC1; 500], vec![0xC2; 400], vec![0xC3; 300]];
+    // A clean run counts the operations.
+    let (mut v, d) = part(DeviceKind::SecureElement);
+    let mut clean = Socket::with_device(d, 0);
+    assert_eq!(provision_with_retries(&mut clean, &certs), 0);
+    let n = clean.operations();
+    assert_eq!(n, 5);
+    for i in 1..=n {
+        for seed in 0..4 {
+            let d = v
+                .manufacture(DeviceKind::SecureElement, crate::NOW)
+                .unwrap();
+            let mut s =
+                Socket::with_device(d, seed).fault(Fault::PowerLoss, Trigger::AtOperation(i));
+            assert_eq!(provision_with_retries(&mut s, &certs), 1, "step {i}");
+            // Whatever the cut hit, the part ends fully provisioned and consistent.
+            let mut d = copy(s.device().unwrap());
+            assert!(d.lock_state().unwrap().data);
+            for (slot, cert) in [10u8, 11, 12].into_iter().zip(&certs) {
+                assert_eq!(&d.read_slot(slot).unwrap(), cert);
+            }
+            let pk = d.public_key(0).unwrap();
+            let sig = d.sign_challenge(0, b"verify").unwrap();
+            assert!(verifies(pk.point(), b"verify", &sig));
+            assert_eq!(
+                d.read_slot(0).unwrap_err().refusal(),
+                Some(Refusal::NotReadable)
+            );
+        }
+    }
+}

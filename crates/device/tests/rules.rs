@@ -280,3 +280,32 @@ fn debug_output_never_shows_key_material() {
     // No run of 16 bytes of the file image (which holds the keys) appears in the debug text.
     assert!(!text.contains(&hex::encode(&der[40..56])));
 }
+
+#[test]
+fn a_counter_at_its_limit_refuses_to_count() {
+    use trustfab_device::{file, sim::COUNTER_LIMIT};
+    let (_, d) = part(DeviceKind::SecureElement);
+    let mut img = file::encode(&d).unwrap().to_vec();
+    // Header: magic 8, version 2, kind 1, uid length + uid, then the attestation key and
+    // certificate (u16 length each), the two lock bytes and the counter count.
+    let mut at = 11;
+    at += 1 + usize::from(img[at]);
+    for _ in 0..2 {
+        at += 2 + usize::from(u16::from_be_bytes([img[at], img[at + 1]]));
+    }
+    at += 3;
+    img[at..at + 4].copy_from_slice(&(COUNTER_LIMIT - 1).to_be_bytes());
+    let body = img.len() - 32;
+    let sum = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &img[..body]);
+    img[body..].copy_from_slice(sum.as_ref());
+    let mut d = file::decode(&img).unwrap();
+    assert_eq!(d.counter_read(0).unwrap(), COUNTER_LIMIT - 1);
+    assert_eq!(d.counter_increment(0).unwrap(), COUNTER_LIMIT);
+    assert_eq!(refusal(d.counter_increment(0)), Refusal::CounterLimit);
+    assert_eq!(d.counter_read(0).unwrap(), COUNTER_LIMIT);
+    // Past the limit is not a valid file.
+    img[at..at + 4].copy_from_slice(&(COUNTER_LIMIT + 1).to_be_bytes());
+    let sum = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &img[..body]);
+    img[body..].copy_from_slice(sum.as_ref());
+    assert!(file::decode(&img).is_err());
+}
