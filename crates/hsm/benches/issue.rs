@@ -163,7 +163,16 @@ fn soft(c: &mut Criterion) {
         Argon2Cost::new(8 * 1024, 1, 1).unwrap(),
     )
     .unwrap();
-    batches(c, "soft-1-thread", Arc::new(token), dir.path(), 1);
+    let token: Arc<dyn Token> = Arc::new(token);
+    batches(c, "soft-1-thread", Arc::clone(&token), dir.path(), 1);
+    let dir2 = tempfile::tempdir().unwrap();
+    let token2 = SoftToken::create(
+        &dir2.path().join("token"),
+        &pass,
+        Argon2Cost::new(8 * 1024, 1, 1).unwrap(),
+    )
+    .unwrap();
+    batches(c, "soft-2-threads", Arc::new(token2), dir2.path(), 2);
 }
 
 fn pkcs11(c: &mut Criterion) {

@@ -541,91 +541,129 @@ impl Hsm {
         }
         let p = self.product(product)?;
         let mut seen = HashSet::new();
-        let mut fresh = Vec::with_capacity(devices.len());
-        let mut out: Vec<Option<Issued>> = vec![None; devices.len()];
-        for (i, d) in devices.iter().enumerate() {
-            if !seen.insert(d.uid.clone()) {
+        for d in devices {
+            if !seen.insert(&d.uid) {
                 return Err(IssueError::DuplicateInBatch {
                     uid: d.uid.to_hex(),
                 });
             }
+        }
+        let signer = TokenSigner::new(&*self.token, p.signing_key)?;
+        let issuer = Issuer::new(&p.issuer_cert, &signer).map_err(IssueError::Sign)?;
+        let all: Vec<usize> = (0..devices.len()).collect();
+        let mut out: Vec<Option<Issued>> = vec![None; devices.len()];
+        // Fast path: every device is new. The UID claims in the append enforce that; only when
+        // one is refused are the devices looked up one by one (a device put back in a socket).
+        match self.issue_fresh(&p, &issuer, devices, &all, &mut out) {
+            Err(IssueError::Ledger(trustfab_ledger::Error::Duplicate { namespace, .. }))
+                if namespace == CLAIM_UID => {}
+            other => {
+                other?;
+                return Ok(out.into_iter().flatten().collect());
+            }
+        }
+        let mut fresh = Vec::with_capacity(devices.len());
+        for (i, d) in devices.iter().enumerate() {
             let claim = uid_claim(&p.key, &d.uid);
-            if let Some(seq) = self
+            match self
                 .ledger
                 .claimed(CLAIM_UID, &claim)
                 .map_err(IssueError::Ledger)?
             {
-                let rec = self.issuance_near(seq, &p.key, &d.uid)?;
-                if rec.spki != d.public_key.to_spki_der() {
-                    return Err(IssueError::BadRequest {
-                        uid: d.uid.to_hex(),
-                        reason: "already issued for another public key".into(),
-                    });
+                Some(seq) => {
+                    let rec = self.issuance_near(seq, &p.key, &d.uid)?;
+                    if rec.spki != d.public_key.to_spki_der() {
+                        return Err(IssueError::BadRequest {
+                            uid: d.uid.to_hex(),
+                            reason: "already issued for another public key".into(),
+                        });
+                    }
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = Some(sign_record(&p, &issuer, &rec, true)?);
+                    }
                 }
-                out[i] = Some(self.sign(&p, &rec, true)?);
-            } else {
-                fresh.push(i);
+                None => fresh.push(i),
             }
         }
         if !fresh.is_empty() {
-            let now = self.clock.now();
-            let _guard = matches!(p.serials, SerialScheme::Sequential { .. }).then(|| {
-                self.serial_alloc
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-            });
-            let serials = self.allocate_serials(&p, fresh.len())?;
-            let mut recs = Vec::with_capacity(fresh.len());
-            let mut append = Append::default().with_counter(CounterOp::Spend {
-                product: p.key.clone(),
-                n: u64::try_from(fresh.len()).unwrap_or(u64::MAX),
-            });
-            for (&i, serial) in fresh.iter().zip(serials) {
-                let d = &devices[i];
-                let rec = IssuanceRecord {
-                    product: p.key.clone(),
-                    uid: d.uid.clone(),
-                    serial,
-                    spki: d.public_key.to_spki_der(),
-                    not_before: now,
-                };
-                // Render now, so a template that cannot hold this device fails before any count
-                // is spent.
-                p.template
-                    .render(&RenderInputs {
-                        oem: &p.oem,
-                        product: &p.product,
-                        uid: &rec.uid,
-                        serial: &rec.serial,
-                    })
-                    .map_err(|source| IssueError::Render {
-                        uid: rec.uid.to_hex(),
-                        source,
-                    })?;
-                append = append
-                    .with_record(Kind::CertificateIssued, rec.encode())
-                    .with_claim(CLAIM_UID, uid_claim(&p.key, &rec.uid))
-                    .with_claim(CLAIM_SERIAL, serial_claim(&p.issuer_cert, &rec.serial));
-                recs.push((i, rec));
-            }
-            self.ledger.append(append).map_err(|e| match e {
-                trustfab_ledger::Error::Exhausted {
-                    product,
-                    remaining,
-                    asked,
-                } => IssueError::CountExhausted {
-                    product,
-                    remaining,
-                    asked,
-                },
-                other => IssueError::Ledger(other),
-            })?;
-            drop(_guard);
-            for (i, rec) in recs {
-                out[i] = Some(self.sign(&p, &rec, false)?);
-            }
+            self.issue_fresh(&p, &issuer, devices, &fresh, &mut out)?;
         }
         Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Spends, records and claims the `which` devices in one append, then signs them into `out`.
+    fn issue_fresh(
+        &self,
+        p: &Product,
+        issuer: &Issuer<'_>,
+        devices: &[DeviceKey],
+        which: &[usize],
+        out: &mut [Option<Issued>],
+    ) -> Result<(), IssueError> {
+        let now = self.clock.now();
+        let guard = matches!(p.serials, SerialScheme::Sequential { .. }).then(|| {
+            self.serial_alloc
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        });
+        let serials = self.allocate_serials(p, which.len())?;
+        let mut recs = Vec::with_capacity(which.len());
+        let mut append = Append::default().with_counter(CounterOp::Spend {
+            product: p.key.clone(),
+            n: u64::try_from(which.len()).unwrap_or(u64::MAX),
+        });
+        for (&i, serial) in which.iter().zip(serials) {
+            let Some(d) = devices.get(i) else { continue };
+            let rec = IssuanceRecord {
+                product: p.key.clone(),
+                uid: d.uid.clone(),
+                serial,
+                spki: d.public_key.to_spki_der(),
+                not_before: now,
+            };
+            // Render now, so a template that cannot hold this device fails before any count
+            // is spent.
+            p.template
+                .render(&RenderInputs {
+                    oem: &p.oem,
+                    product: &p.product,
+                    uid: &rec.uid,
+                    serial: &rec.serial,
+                })
+                .map_err(|source| IssueError::Render {
+                    uid: rec.uid.to_hex(),
+                    source,
+                })?;
+            append = append
+                .with_record(Kind::CertificateIssued, rec.encode())
+                .with_claim(CLAIM_UID, uid_claim(&p.key, &rec.uid));
+            if matches!(p.serials, SerialScheme::Sequential { .. }) {
+                // Sequential serials are claimed: two processes must never assign the same one.
+                // Random serials carry at least 64 bits from the token's generator; their
+                // uniqueness is checked where it matters, by the OEM over the whole report.
+                append = append.with_claim(CLAIM_SERIAL, serial_claim(&p.issuer_cert, &rec.serial));
+            }
+            recs.push((i, rec));
+        }
+        self.ledger.append(append).map_err(|e| match e {
+            trustfab_ledger::Error::Exhausted {
+                product,
+                remaining,
+                asked,
+            } => IssueError::CountExhausted {
+                product,
+                remaining,
+                asked,
+            },
+            other => IssueError::Ledger(other),
+        })?;
+        drop(guard);
+        for (i, rec) in recs {
+            if let Some(slot) = out.get_mut(i) {
+                *slot = Some(sign_record(p, issuer, &rec, false)?);
+            }
+        }
+        Ok(())
     }
 
     fn allocate_serials(&self, p: &Product, n: usize) -> Result<Vec<Serial>, IssueError> {
@@ -708,39 +746,12 @@ impl Hsm {
         {
             Some(seq) => {
                 let rec = self.issuance_near(seq, &p.key, uid)?;
-                Ok(Some(self.sign(&p, &rec, true)?))
+                let signer = TokenSigner::new(&*self.token, p.signing_key)?;
+                let issuer = Issuer::new(&p.issuer_cert, &signer).map_err(IssueError::Sign)?;
+                Ok(Some(sign_record(&p, &issuer, &rec, true)?))
             }
             None => Ok(None),
         }
-    }
-
-    fn sign(
-        &self,
-        p: &Product,
-        rec: &IssuanceRecord,
-        reissued: bool,
-    ) -> Result<Issued, IssueError> {
-        let signer = TokenSigner::new(&*self.token, p.signing_key)?;
-        let issuer = Issuer::new(&p.issuer_cert, &signer).map_err(IssueError::Sign)?;
-        let public_key = PublicKey::from_spki_der(&rec.spki).map_err(IssueError::Sign)?;
-        let req = DeviceRequest {
-            inputs: RenderInputs {
-                oem: &p.oem,
-                product: &p.product,
-                uid: &rec.uid,
-                serial: &rec.serial,
-            },
-            public_key: &public_key,
-            now: rec.not_before,
-        };
-        let cert =
-            trustfab_pki::issue_device(&p.template, &req, &issuer).map_err(IssueError::Sign)?;
-        Ok(Issued {
-            uid: rec.uid.clone(),
-            serial: rec.serial.clone(),
-            cert,
-            reissued,
-        })
     }
 
     /// Every product with its counts.
@@ -760,6 +771,33 @@ impl Hsm {
             })
             .collect())
     }
+}
+
+/// Builds and signs the certificate an issuance record determines.
+fn sign_record(
+    p: &Product,
+    issuer: &Issuer<'_>,
+    rec: &IssuanceRecord,
+    reissued: bool,
+) -> Result<Issued, IssueError> {
+    let public_key = PublicKey::from_spki_der(&rec.spki).map_err(IssueError::Sign)?;
+    let req = DeviceRequest {
+        inputs: RenderInputs {
+            oem: &p.oem,
+            product: &p.product,
+            uid: &rec.uid,
+            serial: &rec.serial,
+        },
+        public_key: &public_key,
+        now: rec.not_before,
+    };
+    let cert = trustfab_pki::issue_device(&p.template, &req, issuer).map_err(IssueError::Sign)?;
+    Ok(Issued {
+        uid: rec.uid.clone(),
+        serial: rec.serial.clone(),
+        cert,
+        reissued,
+    })
 }
 
 /// What the key wrap of a package binds: its id and the target HSM.
