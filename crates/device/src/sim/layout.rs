@@ -4,7 +4,7 @@
 use crate::device::{DeviceKind, ReadPolicy, SlotConfig, SlotId, SlotKind, WritePolicy};
 use crate::error::{Refusal, Status};
 
-/// Monotonic counters per part (ATECC608: Counter[0] and Counter[1]).
+/// Monotonic counters per part (ATECC608: `Counter[0]` and `Counter[1]`).
 pub const COUNTERS: usize = 2;
 
 /// Largest counter value (ATECC608: 2,097,151).
