@@ -19,6 +19,9 @@ pub enum FleetError {
     /// Two parts report the same UID.
     #[error("device uid {0} is already in the fleet")]
     DuplicateUid(DeviceUid),
+    /// The part put back was not taken out of this fleet.
+    #[error("device uid {0} was not taken out of this fleet")]
+    NotTakenOut(DeviceUid),
 }
 
 /// Parts in memory, by UID.
@@ -105,7 +108,7 @@ impl Fleet {
     /// Puts a part taken out back.
     ///
     /// # Errors
-    /// When the part is not one of this fleet's or is already back.
+    /// When the part is not one of this fleet's, or it is already back.
     pub fn put_back(&mut self, device: SimDevice) -> Result<(), FleetError> {
         let uid = device.uid_label().clone();
         match self.index.get(&uid).and_then(|i| self.devices.get_mut(*i)) {
@@ -113,7 +116,7 @@ impl Fleet {
                 *place = Some(device);
                 Ok(())
             }
-            _ => Err(FleetError::DuplicateUid(uid)),
+            _ => Err(FleetError::NotTakenOut(uid)),
         }
     }
 }
