@@ -204,6 +204,8 @@ fn property_4_pg_stations_killed_at_random() {
         }
         assert!(!reported.is_empty(), "round {round}: nothing committed");
         total += reported.len();
+        // The server finishes (commits or rolls back) what the killed clients had in flight.
+        f.wait_for_no_sessions();
         let s = f.open().unwrap();
         let v = s
             .verify(&verifier)

@@ -112,6 +112,30 @@ impl Pg {
         &self.name
     }
 
+    /// Waits until no other session is connected to the database: a killed client's last
+    /// COMMIT may still be running in the server after the client is gone.
+    pub(crate) fn wait_for_no_sessions(&self) {
+        let mut c = self.admin.connect(NoTls).unwrap();
+        let start = std::time::Instant::now();
+        loop {
+            let n: i64 = c
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1",
+                    &[&self.name],
+                )
+                .unwrap()
+                .get(0);
+            if n == 0 {
+                return;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "sessions of killed clients still open"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// Opens a store on the database `name` of the test server (for child processes).
     pub(crate) fn open_named(name: &str) -> PgStore {
         let mut config: PgConfig = pg_admin_url().parse().unwrap();
