@@ -1,0 +1,1213 @@
+//! Creating, running and closing a job.
+//!
+//! Ordering against the HSM and the ledger, which is what makes a crash at any point safe:
+//!
+//! 1. `create_job`: one append — `JobCreated`, the job claim, and a spend of the job's quantity
+//!    from the product (the reservation).
+//! 2. Before each issuance batch: one append — `CreditBack` (release) naming the batch's UIDs and
+//!    crediting to the product only what the HSM is about to spend beyond the job's earlier,
+//!    unused releases. Then the HSM spends, records and signs (its own single append).
+//! 3. After each device: `DeviceProgrammed` + `DeviceLocked` with a unique (product, UID) claim,
+//!    or `DeviceFailed` with the step and the reason.
+//! 4. `close_job`: `JobClosed`, and a credit of the reservation never released.
+//!
+//! A run rebuilds the job's state from the ledger alone (released UIDs, issued UIDs, good UIDs),
+//! so the station keeps nothing of its own that a crash could lose.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
+use trustfab_device::{Device, Error as DeviceError, SlotKind, Zone};
+use trustfab_hsm::{DeviceKey, Hsm, IssuanceRecord, IssueError, Issued};
+use trustfab_ledger::{Append, CounterOp, Kind, Store};
+use trustfab_pki::{validate, Policy, PublicKey, Purpose, Signer};
+use trustfab_types::{DeviceUid, UnixTime};
+
+use crate::error::{CreateError, RunError};
+use crate::job::{serde_bytes_vec::Bytes, JobPackage, JobSpec, LockPolicy};
+use crate::records::{
+    self, CreditBack, CreditReason, DeviceFailed, DeviceGood, JobClosed, JobCreated, CLAIM_GOOD,
+    CLAIM_JOB, CLAIM_JOB_CLOSED,
+};
+use crate::supply::Supply;
+
+/// The per-device steps, numbered as in DESIGN.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Step {
+    /// 1: read the device UID.
+    ReadUid = 1,
+    /// 2: generate the identity key pair inside the device (attested when required).
+    KeyGen = 2,
+    /// 3: the HSM issues the certificate.
+    Issue = 3,
+    /// 4: write the device certificate (and the device CA).
+    WriteCert = 4,
+    /// 5: write the root CA certificate.
+    WriteRoot = 5,
+    /// 6: lock.
+    Lock = 6,
+    /// 7: verify: read back, chain to the root, challenge-response.
+    Verify = 7,
+}
+
+impl Step {
+    /// The step's name in records and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ReadUid => "read-uid",
+            Self::KeyGen => "keygen",
+            Self::Issue => "issue",
+            Self::WriteCert => "write-cert",
+            Self::WriteRoot => "write-root",
+            Self::Lock => "lock",
+            Self::Verify => "verify",
+        }
+    }
+
+    fn number(self) -> u8 {
+        self as u8
+    }
+}
+
+/// What [`create_job`] made.
+#[derive(Debug)]
+pub struct CreatedJob {
+    /// The signed package.
+    pub package: JobPackage,
+    /// The ledger record of `JobCreated`.
+    pub seq: u64,
+}
+
+/// Creates a job: checks the spec, signs it with the HSM identity key, and reserves its
+/// quantity from the product in one ledger append.
+///
+/// # Errors
+/// [`CreateError::UnknownProduct`], [`CreateError::OverRemaining`], [`CreateError::Exists`],
+/// a package error, or a token or ledger error. Nothing is reserved then.
+pub fn create_job(hsm: &Hsm, spec: JobSpec) -> Result<CreatedJob, CreateError> {
+    let ledger = hsm.ledger();
+    let product = spec.product.clone();
+    let remaining = match ledger.counter(&product).map_err(CreateError::Ledger)? {
+        Some(c) => c.remaining(),
+        None => return Err(CreateError::UnknownProduct { product }),
+    };
+    if spec.quantity > remaining {
+        return Err(CreateError::OverRemaining {
+            product,
+            remaining,
+            asked: spec.quantity,
+        });
+    }
+    if let Some(seq) = ledger
+        .claimed(CLAIM_JOB, spec.job_id.as_bytes())
+        .map_err(CreateError::Ledger)?
+    {
+        return Err(CreateError::Exists {
+            job: spec.job_id,
+            seq,
+        });
+    }
+    let signer = hsm.identity_signer().map_err(CreateError::Token)?;
+    let package = JobPackage::seal(spec, &signer)?;
+    let s = package.spec();
+    let body = JobCreated {
+        job: s.job_id.clone(),
+        product: s.product.clone(),
+        quantity: s.quantity,
+        package_sha256: Bytes(package.digest().to_vec()),
+        time: s.created_at,
+    };
+    let append = Append::record(Kind::JobCreated, records::encode(&body))
+        .with_counter(CounterOp::Spend {
+            product: s.product.clone(),
+            n: s.quantity,
+        })
+        .with_claim(CLAIM_JOB, s.job_id.as_bytes().to_vec());
+    let recs = ledger.append(append).map_err(|e| match e {
+        trustfab_ledger::Error::Exhausted {
+            product,
+            remaining,
+            asked,
+        } => CreateError::OverRemaining {
+            product,
+            remaining,
+            asked,
+        },
+        trustfab_ledger::Error::Duplicate { first_seq, .. } => CreateError::Exists {
+            job: s.job_id.clone(),
+            seq: first_seq,
+        },
+        other => CreateError::Ledger(other),
+    })?;
+    Ok(CreatedJob {
+        seq: recs.first().map_or(0, |r| r.seq),
+        package,
+    })
+}
+
+/// Opens a job package against the HSM that signed it.
+///
+/// # Errors
+/// A [`crate::JobError`] when the package is refused, or a token error.
+pub fn open_job(hsm: &Hsm, bytes: &[u8]) -> Result<JobPackage, CreateError> {
+    let signer = hsm.identity_signer().map_err(CreateError::Token)?;
+    Ok(JobPackage::open(bytes, signer.public_point())?)
+}
+
+/// A job's state, rebuilt from the ledger.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobState {
+    /// The `JobCreated` record.
+    pub created_seq: u64,
+    /// The `JobClosed` record, once closed.
+    pub closed_seq: Option<u64>,
+    /// Units released to the product for issuance.
+    pub released: u64,
+    /// UIDs named by releases.
+    pub released_uids: HashSet<Vec<u8>>,
+    /// UIDs of the job with a certificate.
+    pub issued: HashSet<Vec<u8>>,
+    /// UIDs of the job that ended good.
+    pub good: HashSet<Vec<u8>>,
+    /// `DeviceFailed` records of the job.
+    pub failures: u64,
+}
+
+impl JobState {
+    /// Reads the job's records from the ledger.
+    ///
+    /// # Errors
+    /// [`RunError::UnknownJob`], [`RunError::OtherPackage`], [`RunError::BadRecord`], or a
+    /// ledger error.
+    pub fn load(ledger: &dyn Store, job: &JobPackage) -> Result<Self, RunError> {
+        let spec = job.spec();
+        let id = spec.job_id.as_str();
+        let created_seq = ledger
+            .claimed(CLAIM_JOB, id.as_bytes())?
+            .ok_or_else(|| RunError::UnknownJob { job: id.into() })?;
+        let closed_seq = ledger.claimed(CLAIM_JOB_CLOSED, id.as_bytes())?;
+        let mut st = Self {
+            created_seq,
+            closed_seq,
+            ..Self::default()
+        };
+        let bad = |seq| RunError::BadRecord {
+            job: id.into(),
+            seq,
+        };
+        for r in ledger.records(created_seq) {
+            let r = r?;
+            match r.kind {
+                Kind::JobCreated if r.seq == created_seq => {
+                    let b: JobCreated = records::decode(&r.body).ok_or_else(|| bad(r.seq))?;
+                    if b.job != id || b.package_sha256.0 != job.digest() {
+                        return Err(RunError::OtherPackage { job: id.into() });
+                    }
+                }
+                Kind::CreditBack => {
+                    let Some(b) = records::decode::<CreditBack>(&r.body) else {
+                        continue;
+                    };
+                    if b.job == id && b.reason == CreditReason::Release {
+                        st.released += b.n;
+                        st.released_uids.extend(b.uids.into_iter().map(|u| u.0));
+                    }
+                }
+                Kind::CertificateIssued => {
+                    if let Some(rec) = IssuanceRecord::decode(&r.body) {
+                        if rec.product == spec.product
+                            && st.released_uids.contains(rec.uid.as_bytes())
+                        {
+                            st.issued.insert(rec.uid.as_bytes().to_vec());
+                        }
+                    }
+                }
+                Kind::DeviceLocked => {
+                    if let Some(b) = records::decode::<DeviceGood>(&r.body) {
+                        if b.job == id {
+                            st.good.insert(b.uid.0);
+                        }
+                    }
+                }
+                Kind::DeviceFailed => {
+                    if let Some(b) = records::decode::<DeviceFailed>(&r.body) {
+                        if b.job == id {
+                            st.failures += 1;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(st)
+    }
+}
+
+/// Closes a job: records `JobClosed` and credits back the reservation never released, so that
+/// the product's issued count is exactly its certificates.
+///
+/// # Errors
+/// [`RunError::Closed`] when it is closed already, or a load or ledger error.
+pub fn close_job(hsm: &Hsm, job: &JobPackage, now: UnixTime) -> Result<JobClosed, RunError> {
+    let ledger = hsm.ledger();
+    let spec = job.spec();
+    let st = JobState::load(&**ledger, job)?;
+    if let Some(seq) = st.closed_seq {
+        return Err(RunError::Closed {
+            job: spec.job_id.clone(),
+            seq,
+        });
+    }
+    let credited = spec.quantity.saturating_sub(st.released);
+    let issued = len64(&st.issued);
+    let good = len64(&st.good);
+    let body = JobClosed {
+        job: spec.job_id.clone(),
+        product: spec.product.clone(),
+        quantity: spec.quantity,
+        issued,
+        good,
+        failed_after_issue: issued.saturating_sub(good),
+        credited,
+        time: now.0,
+    };
+    let mut append = Append::record(Kind::JobClosed, records::encode(&body))
+        .with_claim(CLAIM_JOB_CLOSED, spec.job_id.as_bytes().to_vec());
+    if credited > 0 {
+        append = append
+            .with_record(
+                Kind::CreditBack,
+                records::encode(&CreditBack {
+                    job: spec.job_id.clone(),
+                    product: spec.product.clone(),
+                    n: credited,
+                    reason: CreditReason::Close,
+                    uids: Vec::new(),
+                }),
+            )
+            .with_counter(CounterOp::Credit {
+                product: spec.product.clone(),
+                n: credited,
+            });
+    }
+    ledger.append(append).map_err(|e| match e {
+        trustfab_ledger::Error::Duplicate { first_seq, .. } => RunError::Closed {
+            job: spec.job_id.clone(),
+            seq: first_seq,
+        },
+        other => RunError::Ledger(other),
+    })?;
+    Ok(body)
+}
+
+fn len64<T>(s: &HashSet<T>) -> u64 {
+    u64::try_from(s.len()).unwrap_or(u64::MAX)
+}
+
+/// A progress snapshot, given to the callback of [`RunOptions::progress`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Devices of the job that are good (earlier runs included).
+    pub good: u64,
+    /// Device attempts that failed in this run.
+    pub failed: u64,
+    /// Certificates the job has (earlier runs included).
+    pub issued: u64,
+    /// The job's quantity.
+    pub quantity: u64,
+    /// Devices that went through a socket in this run.
+    pub handled: u64,
+}
+
+/// Called with a progress snapshot after every device.
+pub type ProgressFn = dyn Fn(&Progress) + Send + Sync;
+
+/// How to run a job.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Sockets driven in parallel (threads).
+    pub sockets: usize,
+    /// Most devices per HSM issuance call.
+    pub batch: usize,
+    /// Attempts per device before a transient fault is final.
+    pub max_attempts: u32,
+    /// Set to stop: no new device is started; devices in the sockets finish.
+    pub stop: Arc<AtomicBool>,
+    /// Called after every device.
+    pub progress: Option<Arc<ProgressFn>>,
+    /// Time for chain validation.
+    pub now: UnixTime,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("sockets", &self.sockets)
+            .field("batch", &self.batch)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunOptions {
+    /// `sockets` sockets, batches of 64, 3 attempts.
+    pub fn new(sockets: usize, now: UnixTime) -> Self {
+        Self {
+            sockets: sockets.max(1),
+            batch: 64,
+            max_attempts: 3,
+            stop: Arc::new(AtomicBool::new(false)),
+            progress: None,
+            now,
+        }
+    }
+}
+
+/// One device's final failure in a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The UID (hex), when it was read.
+    pub uid: Option<String>,
+    /// The step.
+    pub step: Step,
+    /// Why.
+    pub reason: String,
+    /// The certificate serial (hex), when the certificate had been issued.
+    pub serial: Option<String>,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    /// The job id.
+    pub job: String,
+    /// The product key.
+    pub product: String,
+    /// The job's quantity.
+    pub quantity: u64,
+    /// Certificates the job has, earlier runs included.
+    pub issued: u64,
+    /// Good devices, earlier runs included.
+    pub good: u64,
+    /// Devices with a certificate that are not good.
+    pub failed_after_issue: u64,
+    /// Devices made good in this run.
+    pub good_this_run: u64,
+    /// Devices that resumed from an earlier attempt's certificate in this run.
+    pub resumed: u64,
+    /// Devices whose last attempt in this run failed, with the reason.
+    pub failures: Vec<Failure>,
+    /// Failed attempts in this run (retried ones included).
+    pub failed_attempts: u64,
+    /// Devices found good already.
+    pub already_good: u64,
+    /// Devices not needed (the job had its quantity), left untouched.
+    pub not_needed: u64,
+    /// Whether the run was stopped before the supply was used up.
+    pub stopped: bool,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Per-device latency in this run, microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+}
+
+impl Summary {
+    /// Devices made good per second in this run.
+    pub fn devices_per_sec(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            u64_f64(self.good_this_run) / s
+        } else {
+            0.0
+        }
+    }
+
+    /// The `q`-quantile (0..=1) of the per-device latency.
+    pub fn latency_quantile(&self, q: f64) -> Duration {
+        if self.latencies_us.is_empty() {
+            return Duration::ZERO;
+        }
+        let last = self.latencies_us.len() - 1;
+        let i = (u64_f64(u64::try_from(last).unwrap_or(0)) * q.clamp(0.0, 1.0)).round();
+        // `i` is in 0..=last by construction.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let i = (i as usize).min(last);
+        Duration::from_micros(u64::from(self.latencies_us.get(i).copied().unwrap_or(0)))
+    }
+
+    /// Whether the job has its quantity of good devices.
+    pub fn complete(&self) -> bool {
+        self.good >= self.quantity
+    }
+}
+
+#[allow(clippy::cast_precision_loss)] // counts far below 2^53
+fn u64_f64(n: u64) -> f64 {
+    n as f64
+}
+
+enum Outcome {
+    Good(DeviceGood),
+    Failed {
+        uid: Option<DeviceUid>,
+        step: Step,
+        reason: String,
+        serial: Option<Vec<u8>>,
+        transient: bool,
+    },
+    AlreadyGood,
+    NotNeeded,
+    /// The run was stopped before the device started: it goes back untouched.
+    Stopped,
+}
+
+struct IssueRequest {
+    key: DeviceKey,
+    reply: Sender<Result<Issued, String>>,
+}
+
+#[derive(Default)]
+struct Permits {
+    available: u64,
+    in_flight: u64,
+}
+
+struct Shared<'a> {
+    hsm: &'a Hsm,
+    spec: &'a JobSpec,
+    opts: &'a RunOptions,
+    root: Vec<u8>,
+    device_ca: Option<Vec<u8>>,
+    good: Mutex<HashSet<Vec<u8>>>,
+    permits: Mutex<Permits>,
+    permits_cv: Condvar,
+    attempts: Mutex<HashMap<Vec<u8>, u32>>,
+    issued: AtomicU64,
+    good_count: AtomicU64,
+    failed_attempts: AtomicU64,
+    handled: AtomicU64,
+    fatal: Mutex<Option<RunError>>,
+}
+
+fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared<'_> {
+    fn progress(&self) -> Progress {
+        Progress {
+            good: self.good_count.load(Ordering::Relaxed),
+            failed: self.failed_attempts.load(Ordering::Relaxed),
+            issued: self.issued.load(Ordering::Relaxed),
+            quantity: self.spec.quantity,
+            handled: self.handled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes a unit of the job's quantity for a fresh device; `false` when the job needs no more.
+    fn acquire(&self) -> bool {
+        let mut p = guard(&self.permits);
+        loop {
+            if p.available > 0 {
+                p.available -= 1;
+                p.in_flight += 1;
+                return true;
+            }
+            if p.in_flight == 0 || self.opts.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            p = self
+                .permits_cv
+                .wait_timeout(p, Duration::from_millis(50))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Ends a fresh device's hold: `spent` when its certificate was issued.
+    fn release(&self, spent: bool) {
+        let mut p = guard(&self.permits);
+        p.in_flight = p.in_flight.saturating_sub(1);
+        if !spent {
+            p.available += 1;
+        }
+        drop(p);
+        self.permits_cv.notify_all();
+    }
+
+    fn fail(&self, e: RunError) {
+        guard(&self.fatal).get_or_insert(e);
+        self.opts.stop.store(true, Ordering::Relaxed);
+        self.permits_cv.notify_all();
+    }
+}
+
+/// Runs a job on the parts of `supply`, `opts.sockets` at a time, until the job has its
+/// quantity, the supply is used up, or `opts.stop` is set. Resumes where any earlier run
+/// stopped.
+///
+/// # Errors
+/// [`RunError::WrongHsm`], [`RunError::Closed`], a load error, or a ledger or supply error
+/// that stopped the run. Device failures are not errors: they are in the [`Summary`].
+pub fn run<S: Supply>(
+    hsm: &Hsm,
+    job: &JobPackage,
+    supply: &S,
+    opts: &RunOptions,
+) -> Result<Summary, RunError> {
+    let spec = job.spec();
+    if spec.hsm_id != hsm.hsm_id() {
+        return Err(RunError::WrongHsm {
+            job: spec.job_id.clone(),
+            expected: spec.hsm_id.clone(),
+            actual: hsm.hsm_id().into(),
+        });
+    }
+    let ledger = hsm.ledger();
+    let st = JobState::load(&**ledger, job)?;
+    if let Some(seq) = st.closed_seq {
+        return Err(RunError::Closed {
+            job: spec.job_id.clone(),
+            seq,
+        });
+    }
+    let (root, device_ca) = hsm.chain(&spec.product)?;
+    let issued_start = len64(&st.issued);
+    let shared = Shared {
+        hsm,
+        spec,
+        opts,
+        root,
+        device_ca,
+        permits: Mutex::new(Permits {
+            available: spec.quantity.saturating_sub(issued_start),
+            in_flight: 0,
+        }),
+        permits_cv: Condvar::new(),
+        attempts: Mutex::new(HashMap::new()),
+        issued: AtomicU64::new(issued_start),
+        good_count: AtomicU64::new(len64(&st.good)),
+        failed_attempts: AtomicU64::new(0),
+        handled: AtomicU64::new(0),
+        fatal: Mutex::new(None),
+        good: Mutex::new(st.good.clone()),
+    };
+    let started = Instant::now();
+    let (issue_tx, issue_rx) = mpsc::channel::<IssueRequest>();
+    let (record_tx, record_rx) = mpsc::channel::<Append>();
+    let results = Mutex::new(RunTally::default());
+
+    thread::scope(|scope| {
+        let sh = &shared;
+        let batcher = scope.spawn(move || issuer_loop(sh, &issue_rx, st.released, issued_start));
+        let recorder = scope.spawn(move || recorder_loop(sh, &record_rx));
+        let mut sockets = Vec::new();
+        for _ in 0..opts.sockets {
+            let issue_tx = issue_tx.clone();
+            let record_tx = record_tx.clone();
+            let results = &results;
+            sockets.push(scope.spawn(move || {
+                socket_loop(sh, supply, &issue_tx, &record_tx, results);
+            }));
+        }
+        drop(issue_tx);
+        drop(record_tx);
+        for s in sockets {
+            if s.join().is_err() {
+                sh.fail(RunError::Supply("a socket thread panicked".into()));
+            }
+        }
+        if batcher.join().is_err() || recorder.join().is_err() {
+            sh.fail(RunError::Supply(
+                "the issuer or recorder thread panicked".into(),
+            ));
+        }
+    });
+
+    if let Some(e) = guard(&shared.fatal).take() {
+        return Err(e);
+    }
+    let tally = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let mut latencies = tally.latencies_us;
+    latencies.sort_unstable();
+    let issued = shared.issued.load(Ordering::Relaxed);
+    let good = shared.good_count.load(Ordering::Relaxed);
+    let failures: Vec<Failure> = tally.last_failure.into_values().collect();
+    Ok(Summary {
+        job: spec.job_id.clone(),
+        product: spec.product.clone(),
+        quantity: spec.quantity,
+        issued,
+        good,
+        failed_after_issue: issued.saturating_sub(good),
+        good_this_run: tally.good,
+        resumed: tally.resumed,
+        failed_attempts: shared.failed_attempts.load(Ordering::Relaxed),
+        failures,
+        already_good: tally.already_good,
+        not_needed: tally.not_needed,
+        stopped: opts.stop.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+        latencies_us: latencies,
+    })
+}
+
+#[derive(Default)]
+struct RunTally {
+    good: u64,
+    resumed: u64,
+    already_good: u64,
+    not_needed: u64,
+    last_failure: HashMap<Vec<u8>, Failure>,
+    latencies_us: Vec<u32>,
+}
+
+/// The HSM's feeder: collects requests from the sockets into batches, releases the job's
+/// reservation for them, and issues. It is the only caller of the HSM, so the HSM always has
+/// the next batch waiting while it signs.
+fn issuer_loop(sh: &Shared<'_>, rx: &Receiver<IssueRequest>, mut released: u64, mut issued: u64) {
+    let spec = sh.spec;
+    let ledger = sh.hsm.ledger();
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < sh.opts.batch.clamp(1, trustfab_hsm::BATCH_MAX) {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+        let need = (issued + n).saturating_sub(released);
+        let release = Append::record(
+            Kind::CreditBack,
+            records::encode(&CreditBack {
+                job: spec.job_id.clone(),
+                product: spec.product.clone(),
+                n: need,
+                reason: CreditReason::Release,
+                uids: batch
+                    .iter()
+                    .map(|r| Bytes(r.key.uid.as_bytes().to_vec()))
+                    .collect(),
+            }),
+        );
+        let release = if need > 0 {
+            release.with_counter(CounterOp::Credit {
+                product: spec.product.clone(),
+                n: need,
+            })
+        } else {
+            release
+        };
+        if let Err(e) = ledger.append(release) {
+            let msg = format!("recording the release: {e}");
+            for r in batch {
+                let _ = r.reply.send(Err(msg.clone()));
+            }
+            sh.fail(RunError::Ledger(e));
+            continue;
+        }
+        released += need;
+        let keys: Vec<DeviceKey> = batch.iter().map(|r| r.key.clone()).collect();
+        match sh.hsm.issue(&spec.product, &keys) {
+            Ok(out) => {
+                let mut by_uid: HashMap<DeviceUid, Issued> =
+                    out.into_iter().map(|i| (i.uid.clone(), i)).collect();
+                for r in batch {
+                    match by_uid.remove(&r.key.uid) {
+                        Some(i) => {
+                            if !i.reissued {
+                                issued += 1;
+                                sh.issued.fetch_add(1, Ordering::Relaxed);
+                            }
+                            let _ = r.reply.send(Ok(i));
+                        }
+                        None => {
+                            let _ = r.reply.send(Err("the HSM returned no certificate".into()));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if matches!(e, IssueError::Sign(_)) {
+                    // The count was spent and recorded: the devices resume on their next
+                    // attempt from the recorded certificate.
+                    issued += n;
+                    sh.issued.fetch_add(n, Ordering::Relaxed);
+                }
+                for r in batch {
+                    let _ = r.reply.send(Err(msg.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Appends device outcomes, many per transaction (group commit).
+fn recorder_loop(sh: &Shared<'_>, rx: &Receiver<Append>) {
+    let ledger = sh.hsm.ledger();
+    while let Ok(first) = rx.recv() {
+        let mut v = vec![first];
+        while v.len() < 512 {
+            match rx.try_recv() {
+                Ok(a) => v.push(a),
+                Err(_) => break,
+            }
+        }
+        for r in ledger.append_all(v) {
+            match r {
+                Ok(_) | Err(trustfab_ledger::Error::Duplicate { .. }) => {}
+                Err(e) => sh.fail(RunError::Ledger(e)),
+            }
+        }
+    }
+}
+
+fn socket_loop<S: Supply>(
+    sh: &Shared<'_>,
+    supply: &S,
+    issue_tx: &Sender<IssueRequest>,
+    record_tx: &Sender<Append>,
+    tally: &Mutex<RunTally>,
+) {
+    while !sh.opts.stop.load(Ordering::Relaxed) {
+        let mut part = match supply.take() {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => {
+                sh.fail(e);
+                break;
+            }
+        };
+        let t0 = Instant::now();
+        let outcome = provision(sh, &mut part, issue_tx);
+        let spec = sh.spec;
+        let mut again = false;
+        let mut t = guard(tally);
+        match outcome {
+            Outcome::Good(g) => {
+                t.good += 1;
+                if g.resumed {
+                    t.resumed += 1;
+                }
+                t.last_failure.remove(&g.uid.0);
+                t.latencies_us
+                    .push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
+                let claim = records::good_claim(&spec.product, &g.uid.0);
+                guard(&sh.good).insert(g.uid.0.clone());
+                sh.good_count.fetch_add(1, Ordering::Relaxed);
+                let body = records::encode(&g);
+                let _ = record_tx.send(
+                    Append::record(Kind::DeviceProgrammed, body.clone())
+                        .with_record(Kind::DeviceLocked, body)
+                        .with_claim(CLAIM_GOOD, claim),
+                );
+            }
+            Outcome::Failed {
+                uid,
+                step,
+                reason,
+                serial,
+                transient,
+            } => {
+                sh.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                let key = uid.as_ref().map(|u| u.as_bytes().to_vec());
+                if transient {
+                    if let Some(k) = &key {
+                        let mut a = guard(&sh.attempts);
+                        let n = a.entry(k.clone()).or_insert(0);
+                        *n += 1;
+                        again = *n < sh.opts.max_attempts;
+                    } else {
+                        again = true;
+                    }
+                }
+                let body = DeviceFailed {
+                    job: spec.job_id.clone(),
+                    uid: key.clone().map(Bytes),
+                    step: step.number(),
+                    step_name: step.name().into(),
+                    reason: reason.clone(),
+                    serial: serial.clone().map(Bytes),
+                    retry: again,
+                };
+                let _ = record_tx.send(Append::record(Kind::DeviceFailed, records::encode(&body)));
+                if let Some(k) = key {
+                    t.last_failure.insert(
+                        k,
+                        Failure {
+                            uid: uid.map(|u| u.to_hex()),
+                            step,
+                            reason,
+                            serial: serial.map(|s| hex(&s)),
+                        },
+                    );
+                } else if !again {
+                    let k = format!("unread-{}", t.last_failure.len()).into_bytes();
+                    t.last_failure.insert(
+                        k,
+                        Failure {
+                            uid: None,
+                            step,
+                            reason,
+                            serial: None,
+                        },
+                    );
+                }
+            }
+            Outcome::AlreadyGood => t.already_good += 1,
+            Outcome::NotNeeded => t.not_needed += 1,
+            Outcome::Stopped => again = true,
+        }
+        drop(t);
+        sh.handled.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = supply.put_back(part, again) {
+            sh.fail(e);
+            break;
+        }
+        if let Some(p) = &sh.opts.progress {
+            p(&sh.progress());
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn transient(e: &DeviceError) -> bool {
+    matches!(
+        e,
+        DeviceError::NoContact
+            | DeviceError::WriteFailed { .. }
+            | DeviceError::PowerLoss { .. }
+            | DeviceError::Timeout { .. }
+    )
+}
+
+/// Steps 1 to 7 on one device; resumes at the step an earlier attempt reached.
+fn provision<D: Device>(sh: &Shared<'_>, dev: &mut D, issue_tx: &Sender<IssueRequest>) -> Outcome {
+    let spec = sh.spec;
+    let fail =
+        |uid: Option<&DeviceUid>, step, e: &DeviceError, serial: Option<&[u8]>| Outcome::Failed {
+            uid: uid.cloned(),
+            step,
+            reason: e.to_string(),
+            serial: serial.map(<[u8]>::to_vec),
+            transient: transient(e),
+        };
+    let refuse = |uid: &DeviceUid, step, reason: String, serial: Option<&[u8]>| Outcome::Failed {
+        uid: Some(uid.clone()),
+        step,
+        reason,
+        serial: serial.map(<[u8]>::to_vec),
+        transient: false,
+    };
+
+    // 1: UID.
+    let uid = match dev.uid() {
+        Ok(u) => u,
+        Err(e) => return fail(None, Step::ReadUid, &e, None),
+    };
+    if guard(&sh.good).contains(uid.as_bytes()) {
+        return Outcome::AlreadyGood;
+    }
+    let want_kind: trustfab_device::DeviceKind = spec.device_kind.into();
+    if dev.kind() != want_kind {
+        return refuse(
+            &uid,
+            Step::ReadUid,
+            format!("the part is a {}, the job is for {want_kind}", dev.kind()),
+            None,
+        );
+    }
+    let recorded = match sh.hsm.certificate_for(&spec.product, &uid) {
+        Ok(r) => r,
+        Err(e) => return refuse(&uid, Step::Issue, format!("HSM: {e}"), None),
+    };
+    let recorded_serial = recorded.as_ref().map(|i| i.serial.as_be_bytes().to_vec());
+    let locks = match dev.lock_state() {
+        Ok(l) => l,
+        Err(e) => return fail(Some(&uid), Step::KeyGen, &e, recorded_serial.as_deref()),
+    };
+
+    // 2 and 3: key and certificate, or the ones an earlier attempt made.
+    let (issued, resumed) = if let Some(issued) = recorded {
+        let serial = issued.serial.as_be_bytes().to_vec();
+        let Some(cert_key) = cert_public_key(&issued.cert) else {
+            return refuse(
+                &uid,
+                Step::Issue,
+                "the recorded certificate does not parse".into(),
+                Some(&serial),
+            );
+        };
+        match dev.public_key(spec.slots.key) {
+            Ok(k) if k == cert_key => {}
+            Ok(_) => {
+                return refuse(
+                    &uid,
+                    Step::KeyGen,
+                    "the device key is not the key of its issued certificate".into(),
+                    Some(&serial),
+                )
+            }
+            Err(e) => return fail(Some(&uid), Step::KeyGen, &e, Some(&serial)),
+        }
+        (issued, true)
+    } else {
+        if locks.data {
+            return refuse(
+                &uid,
+                Step::KeyGen,
+                "the device is locked and has no certificate".into(),
+                None,
+            );
+        }
+        if !sh.acquire() {
+            if sh.opts.stop.load(Ordering::Relaxed) {
+                return Outcome::Stopped;
+            }
+            return Outcome::NotNeeded;
+        }
+        match keygen_and_issue(sh, dev, &uid, issue_tx) {
+            Ok(i) => {
+                sh.release(!i.reissued);
+                (i, false)
+            }
+            Err(o) => {
+                sh.release(false);
+                return o;
+            }
+        }
+    };
+    let serial = issued.serial.as_be_bytes().to_vec();
+    let serial = Some(serial.as_slice());
+
+    // 4 and 5: write the certificates (a locked device had them written before).
+    let mut writes = vec![(Step::WriteCert, spec.slots.device_cert, issued.cert.clone())];
+    if let (Some(slot), Some(ca)) = (spec.slots.device_ca, &sh.device_ca) {
+        writes.push((Step::WriteCert, slot, ca.clone()));
+    }
+    writes.push((Step::WriteRoot, spec.slots.root, sh.root.clone()));
+    if !locks.data {
+        for (step, slot, der) in &writes {
+            if let Err(e) = dev.write_slot(*slot, der) {
+                return fail(Some(&uid), *step, &e, serial);
+            }
+        }
+    }
+
+    // 6: lock.
+    if !locks.data {
+        if spec.lock == LockPolicy::SlotsAndData {
+            let slots = match dev.slots() {
+                Ok(s) => s,
+                Err(e) => return fail(Some(&uid), Step::Lock, &e, serial),
+            };
+            let mut ours: Vec<u8> = writes.iter().map(|w| w.1).collect();
+            ours.push(spec.slots.key);
+            for s in slots {
+                if ours.contains(&s.id) && s.config.lockable && !s.locked {
+                    if let Err(e) = dev.lock(Zone::Slot(s.id)) {
+                        return fail(Some(&uid), Step::Lock, &e, serial);
+                    }
+                }
+            }
+        }
+        if let Err(e) = dev.lock(Zone::Data) {
+            return fail(Some(&uid), Step::Lock, &e, serial);
+        }
+    }
+
+    // 7: verify.
+    let cert = match verify(sh, dev, &uid, &issued, &writes, serial) {
+        Ok(c) => c,
+        Err(o) => return o,
+    };
+    Outcome::Good(DeviceGood {
+        job: spec.job_id.clone(),
+        uid: Bytes(uid.as_bytes().to_vec()),
+        serial: Bytes(issued.serial.as_be_bytes().to_vec()),
+        cert_sha256: Bytes(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &cert)
+                .as_ref()
+                .to_vec(),
+        ),
+        resumed,
+    })
+}
+
+fn keygen_and_issue<D: Device>(
+    sh: &Shared<'_>,
+    dev: &mut D,
+    uid: &DeviceUid,
+    issue_tx: &Sender<IssueRequest>,
+) -> Result<Issued, Outcome> {
+    let spec = sh.spec;
+    let fail = |step, e: &DeviceError| Outcome::Failed {
+        uid: Some(uid.clone()),
+        step,
+        reason: e.to_string(),
+        serial: None,
+        transient: transient(e),
+    };
+    let refuse = |step, reason: String| Outcome::Failed {
+        uid: Some(uid.clone()),
+        step,
+        reason,
+        serial: None,
+        transient: false,
+    };
+    let public_key = match &spec.attestation_root {
+        Some(vendor_root) => {
+            let mut nonce = [0u8; 32];
+            aws_lc_rs::rand::fill(&mut nonce)
+                .map_err(|_| refuse(Step::KeyGen, "the random generator failed".into()))?;
+            let att = dev
+                .generate_key_attested(spec.slots.key, &nonce)
+                .map_err(|e| fail(Step::KeyGen, &e))?;
+            let cert = dev
+                .attestation_certificate()
+                .map_err(|e| fail(Step::KeyGen, &e))?;
+            if &att.uid != uid {
+                return Err(refuse(
+                    Step::KeyGen,
+                    format!("attestation is from device {}", att.uid),
+                ));
+            }
+            att.verify(&cert, &vendor_root.0, &nonce, sh.opts.now)
+                .map_err(|e| refuse(Step::KeyGen, format!("key attestation refused: {e}")))?;
+            att.public_key
+        }
+        None => dev
+            .generate_key(spec.slots.key)
+            .map_err(|e| fail(Step::KeyGen, &e))?,
+    };
+    let (tx, rx) = mpsc::channel();
+    issue_tx
+        .send(IssueRequest {
+            key: DeviceKey {
+                uid: uid.clone(),
+                public_key,
+            },
+            reply: tx,
+        })
+        .map_err(|_| refuse(Step::Issue, "the HSM feeder stopped".into()))?;
+    match rx.recv() {
+        Ok(Ok(i)) => Ok(i),
+        Ok(Err(reason)) => Err(refuse(Step::Issue, reason)),
+        Err(_) => Err(refuse(Step::Issue, "the HSM feeder stopped".into())),
+    }
+}
+
+fn cert_public_key(der: &[u8]) -> Option<PublicKey> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    PublicKey::from_spki_der(c.public_key().raw).ok()
+}
+
+fn verify<D: Device>(
+    sh: &Shared<'_>,
+    dev: &mut D,
+    uid: &DeviceUid,
+    issued: &Issued,
+    writes: &[(Step, u8, Vec<u8>)],
+    serial: Option<&[u8]>,
+) -> Result<Vec<u8>, Outcome> {
+    let spec = sh.spec;
+    let fail = |e: &DeviceError| Outcome::Failed {
+        uid: Some(uid.clone()),
+        step: Step::Verify,
+        reason: e.to_string(),
+        serial: serial.map(<[u8]>::to_vec),
+        transient: transient(e),
+    };
+    let refuse = |reason: String| Outcome::Failed {
+        uid: Some(uid.clone()),
+        step: Step::Verify,
+        reason,
+        serial: serial.map(<[u8]>::to_vec),
+        transient: false,
+    };
+    let locks = dev.lock_state().map_err(|e| fail(&e))?;
+    if !locks.data {
+        return Err(refuse("the device reports its data zone unlocked".into()));
+    }
+    let mut cert = issued.cert.clone();
+    for (_, slot, der) in writes {
+        let back = dev.read_slot(*slot).map_err(|e| fail(&e))?;
+        if &back == der {
+            continue;
+        }
+        // A certificate written in an earlier attempt and rebuilt now has the same TBS (the HSM
+        // records everything it is built from) but another ECDSA signature.
+        if *slot == spec.slots.device_cert && same_tbs(&back, der) {
+            cert = back;
+            continue;
+        }
+        return Err(refuse(format!("slot {slot} reads back different content")));
+    }
+    let slots = dev.slots().map_err(|e| fail(&e))?;
+    let key_slot = slots.iter().find(|s| s.id == spec.slots.key);
+    if !key_slot.is_some_and(|s| s.config.kind == SlotKind::PrivateKey && s.filled) {
+        return Err(refuse(format!(
+            "slot {} holds no private key",
+            spec.slots.key
+        )));
+    }
+    let intermediates: Vec<Vec<u8>> = sh.device_ca.iter().cloned().collect();
+    validate(
+        &cert,
+        &Policy {
+            root: &sh.root,
+            intermediates: &intermediates,
+            crls: &[],
+            now: sh.opts.now,
+            purpose: Purpose::ClientAuth,
+        },
+    )
+    .map_err(|e| {
+        refuse(format!(
+            "the certificate does not validate to the OEM root: {e}"
+        ))
+    })?;
+    let cert_key = cert_public_key(&cert)
+        .ok_or_else(|| refuse("the certificate's key does not parse".into()))?;
+    let mut challenge = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut challenge)
+        .map_err(|_| refuse("the random generator failed".into()))?;
+    let sig = dev
+        .sign_challenge(spec.slots.key, &challenge)
+        .map_err(|e| fail(&e))?;
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, cert_key.point())
+        .verify(&challenge, &sig)
+        .map_err(|_| {
+            refuse("the challenge answer does not verify under the certificate key".into())
+        })?;
+    Ok(cert)
+}
+
+fn same_tbs(a: &[u8], b: &[u8]) -> bool {
+    match (
+        x509_parser::parse_x509_certificate(a),
+        x509_parser::parse_x509_certificate(b),
+    ) {
+        (Ok((_, x)), Ok((_, y))) => x.tbs_certificate.as_ref() == y.tbs_certificate.as_ref(),
+        _ => false,
+    }
+}
+
+/// The uncompressed point of the HSM identity key: what a job package's signature is checked
+/// against.
+///
+/// # Errors
+/// A token error.
+pub fn identity_point(hsm: &Hsm) -> Result<Vec<u8>, trustfab_token::Error> {
+    Ok(hsm.identity_signer()?.public_point().to_vec())
+}

@@ -1,0 +1,246 @@
+//! The station on a real HSM (soft token), a real SQLite ledger and simulated parts. Where tests go:
+//! - `jobs`: creating and closing jobs (reservation, refusals, credit-back)
+//! - `end_to_end`: a job of 1,000 devices, certificates checked with `openssl verify`
+//! - `faults`: sockets with injected faults; every device accounted for
+//! - `resume`: devices put back after a failure, runs stopped and resumed
+//! - `kill`: the station process SIGKILLed at random moments and resumed
+
+// Fixtures unwrap: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use trustfab_device::{DeviceKind, Fleet, SiliconVendor};
+use trustfab_hsm::{wrap_info, Hsm, IssuanceRecord};
+use trustfab_ledger::{Kind, SqliteStore, Store};
+use trustfab_package::Contents;
+use trustfab_pki::template::EXAMPLE_TEMPLATE;
+use trustfab_pki::{
+    certify_hsm, intermediate_ca, self_signed_ca, CaRole, CaSpec, Curve, HsmCertificates,
+    HsmIdentity, Issuer, PublicKey, Signer, SoftKey,
+};
+use trustfab_station::records::{DeviceFailed, DeviceGood};
+use trustfab_station::{
+    close_job, create_job, run, Faults, FleetSupply, JobPackage, JobSpec, LockPolicy, PartKind,
+    RunOptions, SlotMap, Summary,
+};
+use trustfab_token_soft::{Argon2Cost, SoftToken};
+use trustfab_types::{FixedClock, OemId, Passphrase, ProductId, Serial, UnixTime};
+
+mod end_to_end;
+mod faults;
+mod jobs;
+mod kill;
+mod resume;
+
+const NOW: UnixTime = UnixTime(1_790_000_000);
+const PRODUCT: &str = "acme/thermo";
+const HSM_ID: &str = "hsm-1";
+
+fn pass() -> Passphrase {
+    Passphrase::new("station test passphrase".into()).unwrap()
+}
+
+fn ca(role: CaRole, name: &str, key: &SoftKey, issuer: Option<&Issuer<'_>>) -> Vec<u8> {
+    let spec = CaSpec {
+        role,
+        common_name: name.into(),
+        organization: name.into(),
+        serial: Serial::from_u64(7).unwrap(),
+        not_before: UnixTime(NOW.0 - 86_400),
+        days: 3650,
+    };
+    match issuer {
+        None => self_signed_ca(&spec, key).unwrap(),
+        Some(i) => {
+            let pk = PublicKey::from_point(key.curve(), key.public_point()).unwrap();
+            intermediate_ca(&spec, &pk, i).unwrap()
+        }
+    }
+}
+
+/// A programming center with one product of `count` imported: HSM on a soft token and a SQLite
+/// ledger in `dir`. The HSM certificates are saved to `dir/hsm.pem` for reopening.
+struct Site {
+    hsm: Hsm,
+    root: Vec<u8>,
+    device_ca: Vec<u8>,
+}
+
+fn open_site(dir: &Path) -> Hsm {
+    let certs =
+        HsmCertificates::from_pem(&std::fs::read_to_string(dir.join("hsm.pem")).unwrap()).unwrap();
+    let token = SoftToken::open(&dir.join("token"), &pass()).unwrap();
+    let ledger = Arc::new(SqliteStore::open(&dir.join("ledger.sqlite")).unwrap());
+    Hsm::open(
+        Arc::new(token),
+        ledger,
+        Arc::new(FixedClock::new(NOW)),
+        HSM_ID,
+        Some(&certs),
+    )
+    .unwrap()
+}
+
+fn site(dir: &Path, count: u64) -> Site {
+    // The vendor of the provisioning system certifies the HSM.
+    let vendor_key = SoftKey::generate(Curve::P256).unwrap();
+    let vendor_root = ca(CaRole::VendorRoot, "Vendor", &vendor_key, None);
+    let token = SoftToken::create(
+        &dir.join("token"),
+        &pass(),
+        Argon2Cost::new(8 * 1024, 1, 1).unwrap(),
+    )
+    .unwrap();
+    let req = Hsm::init(&token, HSM_ID).unwrap();
+    drop(token);
+    let issuer = Issuer::new(&vendor_root, &vendor_key).unwrap();
+    let (s1, s2) = (
+        Serial::from_u64(100).unwrap(),
+        Serial::from_u64(101).unwrap(),
+    );
+    let certs = certify_hsm(&req, &issuer, (&s1, &s2), UnixTime(NOW.0 - 3600), 365).unwrap();
+    std::fs::write(dir.join("hsm.pem"), certs.to_pem()).unwrap();
+    let hsm = open_site(dir);
+
+    // The OEM: root, device CA, and the package for this HSM.
+    let root_key = SoftKey::generate(Curve::P256).unwrap();
+    let root = ca(CaRole::OemRoot, "Acme root", &root_key, None);
+    let ca_key = SoftKey::generate(Curve::P256).unwrap();
+    let root_issuer = Issuer::new(&root, &root_key).unwrap();
+    let device_ca = ca(
+        CaRole::DeviceCa,
+        "Acme device CA",
+        &ca_key,
+        Some(&root_issuer),
+    );
+    let identity = HsmIdentity::validate(&certs, &vendor_root, NOW).unwrap();
+    let package_id = [9u8; 16];
+    let kt =
+        trustfab_token::PublicKey::from_point(trustfab_token::Curve::P256, identity.kt_key.point())
+            .unwrap();
+    let wrapped = trustfab_token::wrap_for(
+        &kt,
+        &ca_key.secret_pkcs8_der().unwrap(),
+        &wrap_info(&package_id, &identity.fingerprint),
+    )
+    .unwrap();
+    let (oem, product) = PRODUCT.split_once('/').unwrap();
+    let contents = Contents {
+        package_id,
+        target_hsm: identity.fingerprint,
+        oem_id: OemId::new(oem).unwrap(),
+        product_id: ProductId::new(product).unwrap(),
+        count,
+        serial_range: None,
+        not_before: UnixTime(NOW.0 - 60),
+        not_after: UnixTime(NOW.0 + 7 * 86_400),
+        template: EXAMPLE_TEMPLATE.into(),
+        root_cert: root.clone(),
+        device_ca_cert: Some(device_ca.clone()),
+        wrapped_signing_key: wrapped.to_bytes(),
+    };
+    let package = trustfab_package::seal(&contents, &root_key).unwrap();
+    hsm.import(&package).unwrap();
+    Site {
+        hsm,
+        root,
+        device_ca,
+    }
+}
+
+fn spec(job: &str, quantity: u64) -> JobSpec {
+    JobSpec {
+        job_id: job.into(),
+        hsm_id: HSM_ID.into(),
+        product: PRODUCT.into(),
+        quantity,
+        device_kind: PartKind::SecureElement,
+        slots: SlotMap::default(),
+        attestation_root: None,
+        lock: LockPolicy::Data,
+        created_at: NOW.0,
+    }
+}
+
+fn vendor() -> SiliconVendor {
+    SiliconVendor::new(NOW, &trustfab_types::OsRng).unwrap()
+}
+
+fn fleet(vendor: &mut SiliconVendor, n: usize) -> Fleet {
+    Fleet::manufacture(vendor, DeviceKind::SecureElement, n, NOW).unwrap()
+}
+
+fn options(sockets: usize) -> RunOptions {
+    RunOptions::new(sockets, NOW)
+}
+
+/// What the ledger says about a job, read independently of the station's own loader.
+#[derive(Debug, Default)]
+struct Audit {
+    /// Certificates issued for the product, by UID.
+    issued: HashMap<Vec<u8>, Vec<u8>>,
+    /// Good devices of the job.
+    good: HashSet<Vec<u8>>,
+    /// Good records (with duplicates).
+    good_records: u64,
+    /// Final failures (no retry) of the job, by UID.
+    failed: HashMap<Vec<u8>, DeviceFailed>,
+}
+
+fn audit(ledger: &dyn Store, job: &str) -> Audit {
+    ledger.verify(&|_, _| false).unwrap();
+    let mut a = Audit::default();
+    for r in ledger.records(1) {
+        let r = r.unwrap();
+        match r.kind {
+            Kind::CertificateIssued => {
+                let rec = IssuanceRecord::decode(&r.body).unwrap();
+                let old = a.issued.insert(
+                    rec.uid.as_bytes().to_vec(),
+                    rec.serial.as_be_bytes().to_vec(),
+                );
+                assert!(old.is_none(), "a UID was issued twice");
+            }
+            Kind::DeviceLocked => {
+                let g: DeviceGood = ciborium::from_reader(r.body.as_slice()).unwrap();
+                if g.job == job {
+                    a.good_records += 1;
+                    a.good.insert(g.uid.0);
+                }
+            }
+            Kind::DeviceFailed => {
+                let f: DeviceFailed = ciborium::from_reader(r.body.as_slice()).unwrap();
+                if f.job == job {
+                    if let Some(u) = &f.uid {
+                        a.failed.insert(u.0.clone(), f);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    a
+}
+
+fn create(site: &Site, job: &str, quantity: u64) -> JobPackage {
+    create_job(&site.hsm, spec(job, quantity)).unwrap().package
+}
+
+fn run_fleet(
+    site: &Site,
+    job: &JobPackage,
+    fleet: Fleet,
+    faults: Faults,
+    sockets: usize,
+) -> (Summary, Fleet) {
+    let supply = FleetSupply::new(fleet, faults);
+    let s = run(&site.hsm, job, &supply, &options(sockets)).unwrap();
+    (s, supply.into_fleet())
+}
+
+fn close(site: &Site, job: &JobPackage) -> trustfab_station::records::JobClosed {
+    close_job(&site.hsm, job, NOW).unwrap()
+}
