@@ -2,6 +2,7 @@
 
 mod error;
 mod records;
+pub mod report;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -139,6 +140,7 @@ pub struct Hsm {
     identity: KeyHandle,
     kt: KeyHandle,
     fingerprint: Option<[u8; 32]>,
+    certs: Option<HsmCertificates>,
     products: RwLock<HashMap<String, Arc<Product>>>,
     /// Serializes sequential serial allocation within this process; claims make it safe across
     /// processes.
@@ -217,6 +219,7 @@ impl Hsm {
             identity,
             kt,
             fingerprint,
+            certs: certs.cloned(),
             products: RwLock::new(HashMap::new()),
             serial_alloc: Mutex::new(()),
         })
@@ -752,6 +755,113 @@ impl Hsm {
             }
             None => Ok(None),
         }
+    }
+
+    /// Appends a checkpoint signed by the identity key over the ledger's current head.
+    ///
+    /// # Errors
+    /// A token or ledger error.
+    pub fn checkpoint(&self) -> Result<trustfab_ledger::Record, IssueError> {
+        let signer = TokenSigner::new(&*self.token, self.identity)?;
+        let sign = |m: &[u8]| -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+            Ok(trustfab_pki::Signer::sign_der(&signer, m)?)
+        };
+        self.ledger
+            .checkpoint(self.clock.now(), &sign)
+            .map_err(IssueError::Ledger)
+    }
+
+    /// Verifies the whole ledger: the hash chain, every checkpoint under this HSM's identity key,
+    /// and the counters and claims against the chain.
+    ///
+    /// # Errors
+    /// [`trustfab_ledger::Error::Tampered`] naming the first bad record, or a token or storage
+    /// error.
+    pub fn verify_ledger(&self) -> Result<trustfab_ledger::Verified, IssueError> {
+        let key = to_pki(&self.token.public_key(self.identity)?).map_err(IssueError::Sign)?;
+        let verify = |m: &[u8], sig: &[u8]| {
+            aws_lc_rs::signature::UnparsedPublicKey::new(key.curve().verify_alg(), key.point())
+                .verify(m, sig)
+                .is_ok()
+        };
+        self.ledger.verify(&verify).map_err(IssueError::Ledger)
+    }
+
+    /// Writes the production report of `product` to `out` (`docs/report.md`): a checkpoint is
+    /// appended first, the whole ledger is verified under this HSM's key, then every record up to
+    /// that checkpoint is streamed, the product's own in full with their certificates.
+    ///
+    /// # Errors
+    /// [`IssueError::UnknownProduct`], a ledger that does not verify, or an I/O error.
+    pub fn report<W: std::io::Write>(
+        &self,
+        product: &str,
+        out: W,
+    ) -> Result<report::Totals, IssueError> {
+        let p = self.product(product)?;
+        let certs = self.certs.as_ref().ok_or_else(|| IssueError::BadRequest {
+            uid: "-".into(),
+            reason: "no identity certificates installed: a report names its HSM".into(),
+        })?;
+        let checkpoint = self.checkpoint()?;
+        self.verify_ledger()?;
+        let signer = TokenSigner::new(&*self.token, p.signing_key)?;
+        let issuer = Issuer::new(&p.issuer_cert, &signer).map_err(IssueError::Sign)?;
+        let io = |e: report::ReportError| IssueError::BadRequest {
+            uid: "-".into(),
+            reason: e.to_string(),
+        };
+        let mut w = report::ItemWriter::new(out);
+        w.item(&report::header(&p.key, certs, &p.def, self.clock.now()))
+            .map_err(io)?;
+        let mut jobs = HashMap::new();
+        let mut totals = report::Totals::default();
+        let mut head_hash = trustfab_ledger::GENESIS_HASH;
+        for r in self.ledger.records(1) {
+            let r = r.map_err(IssueError::Ledger)?;
+            if r.seq > checkpoint.seq {
+                break;
+            }
+            let own = r.kind == Kind::Checkpoint
+                || report::product_of(&r, &mut jobs).as_deref() == Some(p.key.as_str());
+            let item = if own {
+                totals
+                    .apply(&r.effects, &p.key)
+                    .map_err(|reason| IssueError::BadRequest {
+                        uid: "-".into(),
+                        reason,
+                    })?;
+                let cert = match r.kind {
+                    Kind::CertificateIssued => {
+                        let rec = IssuanceRecord::decode(&r.body).ok_or_else(|| {
+                            IssueError::MissingRecord {
+                                uid: "-".into(),
+                                seq: r.seq,
+                            }
+                        })?;
+                        Some(sign_record(&p, &issuer, &rec, true)?.cert)
+                    }
+                    _ => None,
+                };
+                report::own_item(&r, cert)
+            } else {
+                report::foreign_item(&r)
+            };
+            w.item(&item).map_err(io)?;
+            head_hash = r.hash;
+        }
+        let message = report::signed_message(&w.digest(), checkpoint.seq, &head_hash, &totals);
+        let id_signer = TokenSigner::new(&*self.token, self.identity)?;
+        let signature =
+            trustfab_pki::Signer::sign_der(&id_signer, &message).map_err(IssueError::Sign)?;
+        w.finish(&report::trailer(
+            checkpoint.seq,
+            &head_hash,
+            &totals,
+            signature,
+        ))
+        .map_err(io)?;
+        Ok(totals)
     }
 
     /// Every product with its counts.

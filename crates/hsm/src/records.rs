@@ -155,3 +155,23 @@ impl IssuanceRecord {
         })
     }
 }
+
+/// The product key of a `PackageImported` / `ProductToppedUp` body.
+pub(crate) fn imported_product(body: &[u8]) -> Option<String> {
+    text(&map_of(body)?, 2)
+}
+
+/// The package id of a `PackageImported` body.
+pub(crate) fn imported_package_id(body: &[u8]) -> Option<[u8; 16]> {
+    bytes(&map_of(body)?, 0)?.try_into().ok()
+}
+
+/// A text field of a body written as a CBOR map with text keys (the station's records).
+pub(crate) fn text_field(body: &[u8], name: &str) -> Option<String> {
+    let v: Value = ciborium::from_reader(body).ok()?;
+    let Value::Map(m) = v else { return None };
+    m.into_iter().find_map(|(k, v)| match (k, v) {
+        (Value::Text(k), Value::Text(v)) if k == name => Some(v),
+        _ => None,
+    })
+}

@@ -421,3 +421,243 @@ mod crash {
         );
     }
 }
+
+/// The production report (DESIGN.md property 5): streamed, HSM-signed, verified by the OEM
+/// against its orders; a record removed, changed, reordered or inserted in the export is named.
+mod report {
+    use super::*;
+    use ciborium::Value;
+    use trustfab_hsm::report::{verify_report, ReportError, ReportSummary};
+
+    struct Made {
+        report: Vec<u8>,
+        orders: Vec<Contents>,
+        vendor_root: Vec<u8>,
+    }
+
+    fn make(dir: &Path) -> Made {
+        let vendor = Vendor::new();
+        let s = site(dir, "hsm-1", &vendor, Backend::Soft);
+        let acme = Oem::new("acme");
+        let globex = Oem::new("globex");
+        let p1 = acme.wrap(&vendor, &s.certs, "thermo", 30, 1);
+        let p2 = globex.wrap(&vendor, &s.certs, "valve", 10, 2);
+        s.hsm.import(&p1).unwrap();
+        s.hsm.import(&p2).unwrap();
+        // Interleave the two OEMs' production so the chain mixes their records.
+        for i in 0..4u32 {
+            s.hsm
+                .issue(
+                    "acme/thermo",
+                    &(i * 5..i * 5 + 5).map(device).collect::<Vec<_>>(),
+                )
+                .unwrap();
+            s.hsm.issue("globex/valve", &[device(1000 + i)]).unwrap();
+        }
+        let mut report = Vec::new();
+        s.hsm.report("acme/thermo", &mut report).unwrap();
+        let order = trustfab_package::open(&p1).unwrap().into_contents();
+        Made {
+            report,
+            orders: vec![order],
+            vendor_root: vendor.root,
+        }
+    }
+
+    fn verify(m: &Made, report: &[u8]) -> Result<ReportSummary, ReportError> {
+        verify_report(report, &m.vendor_root, &m.orders, NOW)
+    }
+
+    fn items(report: &[u8]) -> Vec<Value> {
+        let mut r = report;
+        let mut out = Vec::new();
+        while !r.is_empty() {
+            out.push(ciborium::from_reader(&mut r).unwrap());
+        }
+        out
+    }
+
+    fn join(items: &[Value]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in items {
+            ciborium::into_writer(v, &mut out).unwrap();
+        }
+        out
+    }
+
+    fn field(v: &Value, k: u64) -> Option<&Value> {
+        v.as_map()?
+            .iter()
+            .find(|(key, _)| key.as_integer() == Some(k.into()))
+            .map(|(_, v)| v)
+    }
+
+    fn seq_of(v: &Value) -> u64 {
+        u64::try_from(field(v, 0).unwrap().as_integer().unwrap()).unwrap()
+    }
+
+    /// A record item (not the header, not the trailer): its field 4 is the previous hash.
+    fn is_record(v: &Value) -> bool {
+        field(v, 4).is_some_and(Value::is_bytes)
+    }
+
+    fn is_own_issuance(v: &Value) -> bool {
+        is_record(v) && field(v, 6).is_some()
+    }
+
+    fn is_foreign(v: &Value) -> bool {
+        is_record(v) && field(v, 2).is_none()
+    }
+
+    #[test]
+    fn a_clean_report_verifies_and_reveals_no_other_oem() {
+        let t = tempfile::tempdir().unwrap();
+        let m = make(t.path());
+        let s = verify(&m, &m.report).unwrap();
+        assert_eq!(s.certificates, 20);
+        assert_eq!(s.packages, 1);
+        assert_eq!(
+            (s.totals.ordered, s.totals.issued, s.totals.remaining),
+            (30, 20, 10)
+        );
+        assert_eq!(s.reserved, 0);
+        assert!(
+            s.records > s.own_records,
+            "globex's records are in the chain, as hashes only"
+        );
+        // Nothing of globex's in the report: its product key appears nowhere.
+        let text = String::from_utf8_lossy(&m.report);
+        assert!(
+            !text.contains("globex"),
+            "another OEM's data leaked into the report"
+        );
+    }
+
+    #[test]
+    fn a_changed_record_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        let m = make(t.path());
+        let mut v = items(&m.report);
+        let i = v.iter().position(is_own_issuance).unwrap();
+        let seq = seq_of(&v[i]);
+        if let Value::Map(entries) = &mut v[i] {
+            for (k, val) in entries.iter_mut() {
+                if k.as_integer() == Some(2.into()) {
+                    if let Value::Bytes(b) = val {
+                        let n = b.len();
+                        b[n - 1] ^= 1;
+                    }
+                }
+            }
+        }
+        match verify(&m, &join(&v)) {
+            Err(ReportError::Record { seq: s, what }) => {
+                assert_eq!(s, seq);
+                assert!(what.contains("changed"), "{what}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_removed_record_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        let m = make(t.path());
+        let mut v = items(&m.report);
+        let i = v.iter().position(is_own_issuance).unwrap();
+        let seq = seq_of(&v[i]);
+        v.remove(i);
+        match verify(&m, &join(&v)) {
+            Err(ReportError::Record { seq: s, .. }) => assert_eq!(s, seq),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reordered_records_are_named() {
+        let t = tempfile::tempdir().unwrap();
+        let m = make(t.path());
+        let mut v = items(&m.report);
+        let i = v.iter().position(is_own_issuance).unwrap();
+        let seq = seq_of(&v[i]);
+        v.swap(i, i + 1);
+        match verify(&m, &join(&v)) {
+            Err(ReportError::Record { seq: s, .. }) => assert_eq!(s, seq),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_inserted_record_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        let m = make(t.path());
+        let mut v = items(&m.report);
+        let i = v.iter().position(is_own_issuance).unwrap();
+        let seq = seq_of(&v[i]);
+        let copy = v[i].clone();
+        v.insert(i + 1, copy);
+        match verify(&m, &join(&v)) {
+            Err(ReportError::Record { seq: s, .. }) => assert_eq!(s, seq + 1),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_changed_link_or_trailer_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let m = make(t.path());
+        // A foreign record's hash replaced: the next record no longer commits to it.
+        let mut v = items(&m.report);
+        let i = v.iter().position(is_foreign).unwrap();
+        let seq = seq_of(&v[i]);
+        if let Value::Map(entries) = &mut v[i] {
+            for (k, val) in entries.iter_mut() {
+                if k.as_integer() == Some(5.into()) {
+                    *val = Value::Bytes(vec![7; 32]);
+                }
+            }
+        }
+        match verify(&m, &join(&v)) {
+            Err(ReportError::Record { seq: s, .. }) => assert_eq!(s, seq + 1),
+            other => panic!("{other:?}"),
+        }
+        // The trailer's totals raised: the HSM's signature no longer covers them.
+        let mut v = items(&m.report);
+        let last = v.len() - 1;
+        if let Value::Map(entries) = &mut v[last] {
+            for (k, val) in entries.iter_mut() {
+                if k.as_integer() == Some(2.into()) {
+                    *val = Value::Integer(31.into());
+                }
+            }
+        }
+        assert!(matches!(verify(&m, &join(&v)), Err(ReportError::Signature)));
+        // Cut after the last record: no signed trailer.
+        let v = items(&m.report);
+        let e = verify(&m, &join(&v[..v.len() - 1])).unwrap_err();
+        assert!(e.to_string().contains("without its signed trailer"), "{e}");
+    }
+
+    #[test]
+    fn another_order_or_vendor_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let m = make(t.path());
+        let mut other = m.orders.clone();
+        other[0].package_id = [0xee; 16];
+        assert!(matches!(
+            verify_report(&m.report[..], &m.vendor_root, &other, NOW),
+            Err(ReportError::Order(_))
+        ));
+        let rogue = Vendor::new();
+        assert!(matches!(
+            verify_report(&m.report[..], &rogue.root, &m.orders, NOW),
+            Err(ReportError::Identity(_))
+        ));
+        let mut small = m.orders.clone();
+        small[0].count = 19;
+        assert!(matches!(
+            verify_report(&m.report[..], &m.vendor_root, &small, NOW),
+            Err(ReportError::Totals(_))
+        ));
+    }
+}
