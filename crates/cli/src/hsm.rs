@@ -59,6 +59,22 @@ pub(crate) enum HsmCommand {
     },
     /// Issue one device certificate through the HSM (spends one unit of count).
     Issue(IssueArgs),
+    /// Export the signed production report of a product (docs/report.md), streaming.
+    Report {
+        #[command(flatten)]
+        at: HsmDir,
+        /// The product, as `oem/product`.
+        #[arg(long)]
+        product: String,
+        /// Where to write the report.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Append a checkpoint signed by the HSM identity over the ledger's head.
+    Checkpoint {
+        #[command(flatten)]
+        at: HsmDir,
+    },
 }
 
 /// Where the HSM lives and how to unlock it.
@@ -341,6 +357,39 @@ pub(crate) fn run(cmd: HsmCommand) -> Result<()> {
             }
             Ok(())
         }
+        HsmCommand::Report { at, product, out } => {
+            let hsm = open(&at)?;
+            if out.exists() {
+                bail!("{} exists already; refusing to overwrite it", out.display());
+            }
+            let tmp = out.with_extension("partial");
+            let file = std::fs::File::create(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let totals = hsm.report(&product, std::io::BufWriter::new(file));
+            let totals = match totals {
+                Ok(t) => t,
+                Err(e) => {
+                    std::fs::remove_file(&tmp).ok();
+                    return Err(e).context("writing the report");
+                }
+            };
+            std::fs::rename(&tmp, &out)?;
+            println!(
+                "report for {product}: ordered {}, issued {}, remaining {}; signed by HSM {}; written to {}",
+                totals.ordered,
+                totals.issued,
+                totals.remaining,
+                hsm.hsm_id(),
+                out.display()
+            );
+            Ok(())
+        }
+        HsmCommand::Checkpoint { at } => {
+            let hsm = open(&at)?;
+            let r = hsm.checkpoint()?;
+            println!("checkpoint at ledger record {}", r.seq);
+            Ok(())
+        }
         HsmCommand::Issue(a) => {
             let hsm = open(&a.at)?;
             let public_key =
@@ -363,6 +412,34 @@ pub(crate) fn run(cmd: HsmCommand) -> Result<()> {
                 i.uid,
                 i.serial,
                 a.out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum LedgerCommand {
+    /// Walk the whole chain and every checkpoint (under the HSM identity key) and check the
+    /// counters and claims against it; names the first bad record.
+    Verify {
+        #[command(flatten)]
+        at: HsmDir,
+    },
+}
+
+pub(crate) fn run_ledger(cmd: LedgerCommand) -> Result<()> {
+    match cmd {
+        LedgerCommand::Verify { at } => {
+            let hsm = open(&at)?;
+            let v = hsm.verify_ledger().context("the ledger does not verify")?;
+            println!(
+                "ledger verified: {} records, {} signed checkpoints (last at record {}), {} counter events, {} claims",
+                v.head.seq,
+                v.checkpoints,
+                v.last_checkpoint.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                v.counter_events,
+                v.claims
             );
             Ok(())
         }

@@ -43,6 +43,9 @@ enum Command {
     /// Simulated devices (secure element, secure MCU) in files: make one, show one.
     #[command(subcommand)]
     Device(device::DeviceCommand),
+    /// The ledger: verify its hash chain, checkpoints, counters and claims.
+    #[command(subcommand)]
+    Ledger(hsm::LedgerCommand),
     /// Run the chain of trust end to end on the embedded defaults and say what each step made.
     Demo(demo::DemoArgs),
 }
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Vendor(c) => vendor::run(c),
         Command::Oem(c) => oem::run(c),
         Command::Hsm(c) => hsm::run(c),
+        Command::Ledger(c) => hsm::run_ledger(c),
         Command::Device(c) => device::run(c),
         Command::Demo(a) => demo::run(&a),
     };

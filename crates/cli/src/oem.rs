@@ -37,6 +37,17 @@ pub(crate) enum OemCommand {
     /// Wrap a provisioning package for ONE HSM: template, certificates, count and the
     /// device-signing key, encrypted to that HSM's key-transport key and signed by the root.
     Wrap(WrapArgs),
+    /// Verify an HSM's production report against the packages you wrapped (your orders).
+    VerifyReport {
+        /// The report (`trustfab hsm report`).
+        report: PathBuf,
+        /// A package wrapped for this product (repeat for top-ups).
+        #[arg(long = "order", required = true)]
+        orders: Vec<PathBuf>,
+        /// The pinned vendor root: the HSM's identity must chain to it.
+        #[arg(long)]
+        vendor_root: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -269,6 +280,11 @@ pub(crate) fn run(cmd: OemCommand) -> Result<()> {
         OemCommand::Revoke(a) => revoke(&a),
         OemCommand::Crl(a) => crl(&a),
         OemCommand::Verify(a) => verify(&a),
+        OemCommand::VerifyReport {
+            report,
+            orders,
+            vendor_root,
+        } => verify_report(&report, &orders, &vendor_root),
         OemCommand::Wrap(a) => {
             println!("{}", wrap(&a)?);
             Ok(())
@@ -478,6 +494,52 @@ fn verify(a: &VerifyArgs) -> Result<()> {
         a.cert.display(),
         ca.state.oem_id.as_ref().map_or("?", OemId::as_str),
         if crls.is_empty() { "" } else { ", not revoked" }
+    );
+    Ok(())
+}
+
+fn verify_report(report: &Path, orders: &[PathBuf], vendor_root: &Path) -> Result<()> {
+    let root = pem::cert_from_pem_or_der(&files::read_limited(
+        vendor_root,
+        limits::CERTIFICATE_BYTES,
+    )?)
+    .with_context(|| format!("reading {}", vendor_root.display()))?;
+    let mut contents = Vec::with_capacity(orders.len());
+    for o in orders {
+        let bytes = files::read_limited(o, trustfab_package::PACKAGE_MAX)
+            .with_context(|| format!("reading {}", o.display()))?;
+        let verified =
+            trustfab_package::open(&bytes).with_context(|| format!("order {}", o.display()))?;
+        contents.push(verified.into_contents());
+    }
+    let file =
+        std::fs::File::open(report).with_context(|| format!("opening {}", report.display()))?;
+    let s = trustfab_hsm::report::verify_report(
+        std::io::BufReader::new(file),
+        &root,
+        &contents,
+        SystemClock.now(),
+    )
+    .with_context(|| format!("report {} is refused", report.display()))?;
+    println!("report {} verified", report.display());
+    println!("  HSM            {}", s.hsm_id);
+    println!("  product        {}", s.product);
+    println!(
+        "  ledger records {} walked, {} of this product",
+        s.records, s.own_records
+    );
+    println!(
+        "  packages       {} imported, all among the {} order(s)",
+        s.packages,
+        orders.len()
+    );
+    println!(
+        "  certificates   {} issued and valid, no serial or device twice",
+        s.certificates
+    );
+    println!(
+        "  counts         ordered {} (orders total {}), issued {}, remaining {}, reserved by open jobs {}",
+        s.totals.ordered, s.ordered_by_oem, s.totals.issued, s.totals.remaining, s.reserved
     );
     Ok(())
 }

@@ -312,6 +312,10 @@ fn demo_runs_end_to_end() {
     assert!(out.contains("was already imported"), "{out}");
     assert!(out.contains("has 0 certificates left"), "{out}");
     assert!(out.contains("CertRevoked"), "{out}");
+    assert!(
+        out.contains("the OEM verified it: 5 certificates valid"),
+        "{out}"
+    );
     let devices: Vec<_> = std::fs::read_dir(t.path().join("demo/devices"))
         .unwrap()
         .collect();
@@ -466,6 +470,37 @@ fn hsm_flow(d: &Path, backend: &str, pass: &str) {
     assert!(e.contains("0 certificates left"), "{e}");
     let products = ok(&["hsm", "products"]);
     assert!(products.contains("3          3          0"), "{products}");
+
+    assert!(ok(&["ledger", "verify"]).contains("ledger verified"));
+    ok(&[
+        "hsm",
+        "report",
+        "--product",
+        "acme/thermo",
+        "--out",
+        "r.report",
+    ]);
+    let v = ok(&[
+        "oem",
+        "verify-report",
+        "r.report",
+        "--order",
+        "p.pkg",
+        "--vendor-root",
+        "vendor/root.pem",
+    ]);
+    assert!(v.contains("3 issued and valid"), "{v}");
+    // A report checked against a rogue vendor's root is refused.
+    let e = fails(&[
+        "oem",
+        "verify-report",
+        "r.report",
+        "--order",
+        "p.pkg",
+        "--vendor-root",
+        rogue_root.to_str().unwrap(),
+    ]);
+    assert!(e.contains("does not validate to the vendor root"), "{e}");
 }
 
 #[test]
