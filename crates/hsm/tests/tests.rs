@@ -661,3 +661,24 @@ mod report {
         ));
     }
 }
+
+/// The report fuzz seeds (`fuzz/seeds/report`): the demo's report verifies against its order,
+/// at a time inside its certificates' validity, and every truncation of it is refused cleanly.
+#[test]
+fn report_fuzz_seeds_verify() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/report");
+    let report = std::fs::read(dir.join("demo.report")).unwrap();
+    let order = trustfab_package::open(&std::fs::read(dir.join("demo.order")).unwrap()).unwrap();
+    let root = trustfab_pki::pem::decode_one(
+        &std::fs::read_to_string(dir.join("vendor-root.pem")).unwrap(),
+        "CERTIFICATE",
+    )
+    .unwrap();
+    let orders = [order.into_contents()];
+    let at = UnixTime(orders[0].not_before.0 + 3600);
+    let s = trustfab_hsm::report::verify_report(&report[..], &root, &orders, at).unwrap();
+    assert_eq!(s.certificates, 3);
+    for cut in (0..report.len()).step_by(97) {
+        assert!(trustfab_hsm::report::verify_report(&report[..cut], &root, &orders, at).is_err());
+    }
+}
