@@ -112,6 +112,10 @@ pub(crate) struct InitArgs {
     /// PKCS#11 token label.
     #[arg(long, default_value = "trustfab")]
     token_label: String,
+    /// A PostgreSQL ledger shared by many stations and HSM processes
+    /// (`postgresql://user@host:5432/db`); default: `ledger.sqlite` in the HSM directory.
+    #[arg(long)]
+    ledger_url: Option<String>,
 }
 
 impl InitArgs {
@@ -123,6 +127,7 @@ impl InitArgs {
             backend: Backend::Soft,
             pkcs11_module: None,
             token_label: "trustfab".into(),
+            ledger_url: None,
         }
     }
 }
@@ -155,6 +160,8 @@ struct Settings {
     pkcs11_module: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     token_label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ledger_url: Option<String>,
 }
 
 fn pkcs11_config(s: &Settings, pin: Passphrase) -> Result<Pkcs11Config> {
@@ -186,6 +193,19 @@ fn read_settings(dir: &Path) -> Result<Settings> {
     Ok(s)
 }
 
+/// The HSM's ledger: PostgreSQL when the settings name one, else the SQLite file.
+fn open_ledger(dir: &Path, s: &Settings) -> Result<Arc<dyn trustfab_ledger::Store>> {
+    Ok(match &s.ledger_url {
+        Some(url) => Arc::new(
+            trustfab_ledger::PgStore::connect(url).context("connecting to the PostgreSQL ledger")?,
+        ),
+        None => Arc::new(
+            SqliteStore::open(&dir.join(LEDGER_FILE))
+                .with_context(|| format!("opening the ledger in {}", dir.display()))?,
+        ),
+    })
+}
+
 fn open_token(dir: &Path, s: &Settings, pass: Passphrase) -> Result<Arc<dyn Token>> {
     Ok(match s.backend {
         Backend::Soft => Arc::new(
@@ -201,10 +221,7 @@ fn open_token(dir: &Path, s: &Settings, pass: Passphrase) -> Result<Arc<dyn Toke
 pub(crate) fn open(at: &HsmDir) -> Result<Hsm> {
     let s = read_settings(&at.dir)?;
     let token = open_token(&at.dir, &s, at.pass.get("the HSM token", false)?)?;
-    let ledger = Arc::new(
-        SqliteStore::open(&at.dir.join(LEDGER_FILE))
-            .with_context(|| format!("opening the ledger in {}", at.dir.display()))?,
-    );
+    let ledger = open_ledger(&at.dir, &s)?;
     let identity_path = at.dir.join(IDENTITY_FILE);
     let certs = if identity_path.exists() {
         Some(HsmCertificates::from_pem(&files::read_text(
@@ -236,6 +253,7 @@ pub(crate) fn init(a: &InitArgs) -> Result<PathBuf> {
         backend: a.backend,
         pkcs11_module: a.pkcs11_module.clone(),
         token_label: (a.backend == Backend::Pkcs11).then(|| a.token_label.clone()),
+        ledger_url: a.ledger_url.clone(),
     };
     let pass = a.at.pass.get("the HSM token", a.backend == Backend::Soft)?;
     let token: Box<dyn Token> = match a.backend {
@@ -264,7 +282,7 @@ pub(crate) fn install_identity(at: &HsmDir, certs_path: &Path) -> Result<()> {
         .with_context(|| format!("reading {}", certs_path.display()))?;
     let s = read_settings(&at.dir)?;
     let token = open_token(&at.dir, &s, at.pass.get("the HSM token", false)?)?;
-    let ledger = Arc::new(SqliteStore::open(&at.dir.join(LEDGER_FILE))?);
+    let ledger = open_ledger(&at.dir, &s)?;
     // Opening with the certificates checks they certify this token's keys.
     Hsm::open(
         token,

@@ -17,6 +17,7 @@ use trustfab_pki::{
     certify_hsm, intermediate_ca, self_signed_ca, validate, CaRole, CaSpec, Curve, HsmCertificates,
     HsmIdentity, Issuer, Policy, PublicKey, Purpose, Signer, SoftKey,
 };
+use trustfab_test_support::pg::FreshDatabase;
 use trustfab_test_support::softhsm::{self, SoftHsm2};
 use trustfab_token::Token;
 use trustfab_token_pkcs11::{Pkcs11Config, Pkcs11Token};
@@ -107,6 +108,14 @@ fn open_token(dir: &Path, backend: Backend, create: bool) -> (Arc<dyn Token>, Op
     }
 }
 
+/// The site's ledger: PostgreSQL when `dir/ledger-url` names a database, else a SQLite file.
+fn open_ledger(dir: &Path) -> Arc<dyn trustfab_ledger::Store> {
+    match std::fs::read_to_string(dir.join("ledger-url")) {
+        Ok(url) => Arc::new(trustfab_ledger::PgStore::connect(url.trim()).unwrap()),
+        Err(_) => Arc::new(SqliteStore::open(&dir.join("ledger.sqlite")).unwrap()),
+    }
+}
+
 fn site(dir: &Path, id: &str, vendor: &Vendor, backend: Backend) -> Site {
     let (token, guard) = open_token(dir, backend, true);
     let req = Hsm::init(&*token, id).unwrap();
@@ -123,7 +132,7 @@ fn site(dir: &Path, id: &str, vendor: &Vendor, backend: Backend) -> Site {
 
 fn reopen(dir: &Path, id: &str, certs: &HsmCertificates, backend: Backend) -> Site {
     let (token, guard) = open_token(dir, backend, false);
-    let ledger = Arc::new(SqliteStore::open(&dir.join("ledger.sqlite")).unwrap());
+    let ledger = open_ledger(dir);
     let clock = Arc::new(FixedClock::new(NOW));
     let hsm = Hsm::open(token, ledger, clock.clone(), id, Some(certs)).unwrap();
     Site {
@@ -251,7 +260,7 @@ mod crash {
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
-    use trustfab_ledger::{Kind, Store};
+    use trustfab_ledger::Kind;
     use trustfab_types::Rng;
 
     const CHILD_ENV: &str = "TRUSTFAB_HSM_CRASH_CHILD";
@@ -278,8 +287,11 @@ mod crash {
         let s = reopen(dir, "hsm-1", &certs, Backend::Soft);
         s.clock.set(NOW);
         let mut out = std::io::stdout().lock();
+        // Shrinks to what is left once a batch no longer fits.
+        let mut cap = u64::MAX;
+        let fixed: Option<u64> = std::env::var("TRUSTFAB_HSM_CHILD_BATCH").ok().and_then(|b| b.parse().ok());
         loop {
-            let n = 1 + random_below(4);
+            let n = fixed.unwrap_or_else(|| 1 + random_below(4)).min(cap);
             let batch: Vec<DeviceKey> = (0..n)
                 .map(|_| {
                     let mut uid = [0u8; 16];
@@ -297,7 +309,9 @@ mod crash {
                     }
                     out.flush().unwrap();
                 }
-                Err(IssueError::CountExhausted { .. }) if n > 1 => continue,
+                Err(IssueError::CountExhausted { remaining, .. }) if remaining > 0 => {
+                    cap = remaining;
+                }
                 Err(IssueError::CountExhausted { .. }) => {
                     writeln!(out, "DONE").unwrap();
                     out.flush().unwrap();
@@ -309,7 +323,15 @@ mod crash {
     }
 
     fn run_child(dir: &Path, kill_after: Option<Duration>) -> Vec<String> {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        run_child_with(dir, kill_after, None)
+    }
+
+    fn run_child_with(dir: &Path, kill_after: Option<Duration>, batch: Option<u64>) -> Vec<String> {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        if let Some(b) = batch {
+            cmd.env("TRUSTFAB_HSM_CHILD_BATCH", b.to_string());
+        }
+        let mut child = cmd
             .args([
                 "crash::child",
                 "--exact",
@@ -353,10 +375,14 @@ mod crash {
     }
 
     fn check(dir: &Path, returned: &[String]) -> u64 {
-        let ledger = SqliteStore::open(&dir.join("ledger.sqlite")).unwrap();
+        check_count(dir, returned, COUNT)
+    }
+
+    fn check_count(dir: &Path, returned: &[String], count: u64) -> u64 {
+        let ledger = open_ledger(dir);
         ledger.verify(&|_, _| false).unwrap();
         let counter = ledger.counter("acme/thermo").unwrap().unwrap();
-        assert!(counter.issued <= COUNT, "over the count: {counter:?}");
+        assert!(counter.issued <= count, "over the count: {counter:?}");
         let mut recorded = std::collections::HashSet::new();
         for r in ledger.records(1) {
             let r = r.unwrap();
@@ -382,9 +408,7 @@ mod crash {
         counter.issued
     }
 
-    #[test]
-    fn sigkill_at_random_moments_loses_nothing() {
-        let t = tempfile::tempdir().unwrap();
+    fn sigkill_loop(t: &tempfile::TempDir) {
         let vendor = Vendor::new();
         let s = site(t.path(), "hsm-1", &vendor, Backend::Soft);
         std::fs::write(t.path().join("hsm.pem"), s.certs.to_pem()).unwrap();
@@ -419,6 +443,56 @@ mod crash {
             kills >= 50,
             "only {kills} kills before the count ran out: raise COUNT"
         );
+    }
+
+    /// Four processes, one soft token file, one PostgreSQL ledger, one product of 10,000:
+    /// exactly 10,000 issued, every one in the report, and the report verifies.
+    #[test]
+    fn four_processes_on_one_postgres_ledger_issue_exactly_the_count() {
+        let db = FreshDatabase::new();
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("ledger-url"), db.url()).unwrap();
+        let vendor = Vendor::new();
+        let s = site(t.path(), "hsm-1", &vendor, Backend::Soft);
+        std::fs::write(t.path().join("hsm.pem"), s.certs.to_pem()).unwrap();
+        let oem = Oem::new("acme");
+        let package = oem.wrap(&vendor, &s.certs, "thermo", 10_000, 1);
+        s.hsm.import(&package).unwrap();
+        let dir = t.path().to_owned();
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                let dir = dir.clone();
+                std::thread::spawn(move || run_child_with(&dir, None, Some(40)))
+            })
+            .collect();
+        let mut returned = Vec::new();
+        for c in children {
+            let lines = c.join().unwrap();
+            assert!(lines.iter().any(|l| l.ends_with("DONE")), "{lines:?}");
+            returned.extend(serials(&lines));
+        }
+        assert_eq!(returned.len(), 10_000, "certificates returned by the four processes");
+        assert_eq!(check_count(&dir, &returned, 10_000), 10_000);
+        let mut report = Vec::new();
+        s.hsm.report("acme/thermo", &mut report).unwrap();
+        let order = trustfab_package::open(&package).unwrap().into_contents();
+        let summary = trustfab_hsm::report::verify_report(&report[..], &vendor.root, &[order], NOW).unwrap();
+        assert_eq!(summary.certificates, 10_000);
+    }
+
+    #[test]
+    fn sigkill_at_random_moments_loses_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        sigkill_loop(&t);
+    }
+
+    /// The same on a PostgreSQL ledger (DESIGN.md: the count stays exact on every backend).
+    #[test]
+    fn sigkill_at_random_moments_loses_nothing_on_postgres() {
+        let db = FreshDatabase::new();
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("ledger-url"), db.url()).unwrap();
+        sigkill_loop(&t);
     }
 }
 

@@ -213,3 +213,64 @@ pub mod softhsm {
         }
     }
 }
+
+/// A fresh PostgreSQL database for one test, on the server named by `TRUSTFAB_TEST_PG` (default
+/// the local server), dropped when the fixture is. An unreachable server fails the test.
+pub mod pg {
+    use postgres::{Client, NoTls};
+
+    /// The administrative connection URL.
+    pub fn admin_url() -> String {
+        std::env::var("TRUSTFAB_TEST_PG")
+            .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/postgres".to_owned())
+    }
+
+    /// A database with a random name.
+    pub struct FreshDatabase {
+        name: String,
+        url: String,
+    }
+
+    impl FreshDatabase {
+        /// Creates it.
+        pub fn new() -> Self {
+            let admin = admin_url();
+            let mut c = Client::connect(&admin, NoTls).unwrap_or_else(|e| {
+                panic!("PostgreSQL at {admin} is needed by this test (TRUSTFAB_TEST_PG): {e}")
+            });
+            let mut random = [0u8; 8];
+            getrandom::fill(&mut random).expect("random name");
+            let name = format!(
+                "trustfab_test_{}",
+                random.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
+            c.batch_execute(&format!("CREATE DATABASE {name}"))
+                .expect("create database");
+            let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b).to_owned();
+            Self {
+                url: format!("{base}/{name}"),
+                name,
+            }
+        }
+
+        /// Its connection URL.
+        pub fn url(&self) -> &str {
+            &self.url
+        }
+    }
+
+    impl Default for FreshDatabase {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Drop for FreshDatabase {
+        fn drop(&mut self) {
+            if let Ok(mut c) = Client::connect(&admin_url(), NoTls) {
+                c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                    .ok();
+            }
+        }
+    }
+}
