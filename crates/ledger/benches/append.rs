@@ -113,10 +113,12 @@ fn bench_postgres(c: &mut Criterion) {
     let admin: PgConfig = url.parse().unwrap();
     let name = format!("trustfab_bench_{}", std::process::id());
     let mut admin_client = admin.connect(NoTls).expect("PostgreSQL for the bench");
+    // Two calls: DROP/CREATE DATABASE cannot share an implicit transaction.
     admin_client
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-        ))
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .unwrap();
+    admin_client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
         .unwrap();
     let mut config = admin;
     config.dbname(&name);

@@ -1,10 +1,11 @@
 //! The backend-independent core: the transaction that applies a batch of appends through a
 //! [`Conn`], the group-commit writer thread that feeds it, and chain verification.
 //!
-//! A batch runs as one transaction. Each append is first *checked* with reads only (expected
-//! head, claims, counters), and only then *written*; so a refused append has written nothing
-//! and the batch goes on without it, while a storage error aborts (and, when the backend says
-//! the error is a conflict, retries) the whole batch.
+//! A batch runs as one transaction: read the head and every claim the batch makes, check each
+//! append in memory (reading a product's counter the first time it appears), then insert the
+//! rows of the accepted appends in bulk and commit. A refused append has written nothing and
+//! the batch goes on without it; a storage error aborts (and, when the backend says the error
+//! is a conflict with another writer, retries) the whole batch.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -88,7 +89,19 @@ impl RawRecord {
     }
 }
 
-/// One connection's view of the schema, inside a transaction the engine opens.
+/// A claim key: (namespace, key).
+pub(crate) type ClaimKey = (String, Vec<u8>);
+
+/// One stored claim row: namespace, key, seq of the first record of its append.
+pub(crate) struct ClaimRow<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) key: &'a [u8],
+    pub(crate) seq: u64,
+}
+
+/// One connection's view of the schema, inside a transaction the engine opens. The engine
+/// reads what it needs once per batch and writes everything in bulk at its end, so a batch
+/// costs a fixed number of round trips however many appends it carries.
 pub(crate) trait Conn: Send + 'static {
     /// Opens a write transaction.
     fn begin(&mut self) -> Result<(), Error>;
@@ -98,23 +111,38 @@ pub(crate) trait Conn: Send + 'static {
     fn rollback(&mut self);
     /// The chain head.
     fn head(&mut self) -> Result<Head, Error>;
-    /// Inserts one record.
-    fn insert_record(&mut self, r: &Record) -> Result<(), Error>;
     /// The latest counter event of a product.
     fn counter(&mut self, product: &str) -> Result<Option<CounterState>, Error>;
-    /// Inserts a counter event.
-    fn insert_counter_event(&mut self, e: &CounterEvent) -> Result<(), Error>;
-    /// The seq that claimed `(namespace, key)`, if any.
-    fn claimed(&mut self, namespace: &str, key: &[u8]) -> Result<Option<u64>, Error>;
-    /// Inserts a claim.
-    fn insert_claim(&mut self, namespace: &str, key: &[u8], seq: u64) -> Result<(), Error>;
+    /// Which of these claims exist, with the seq that made each.
+    fn claims(&mut self, keys: &[(&str, &[u8])]) -> Result<HashMap<ClaimKey, u64>, Error>;
+    /// Inserts the batch's rows.
+    fn insert(
+        &mut self,
+        records: &[Record],
+        events: &[CounterEvent],
+        claims: &[ClaimRow<'_>],
+    ) -> Result<(), Error>;
     /// Whether a storage error is a conflict with another writer worth retrying.
     fn retryable(&self, e: &Error) -> bool;
 }
 
-/// Checks one append against the state inside the open transaction, then writes it.
-/// Refusals happen before the first write.
-fn apply_one(conn: &mut dyn Conn, head: Head, a: &Append) -> Result<Vec<Record>, Error> {
+/// What the batch has read or decided so far: counters and claims as they stand after the
+/// accepted appends.
+struct BatchState {
+    head: Head,
+    counters: HashMap<String, Option<CounterState>>,
+    claims: HashMap<ClaimKey, u64>,
+}
+
+/// Checks one append against the batch state (reading counters it has not seen yet), and
+/// returns its records and counter events without touching the state: a refused append
+/// changes nothing.
+fn check_one(
+    conn: &mut dyn Conn,
+    st: &mut BatchState,
+    a: &Append,
+) -> Result<(Vec<Record>, Vec<CounterEvent>), Error> {
+    let head = st.head;
     if let Some(expected) = a.expect_head {
         if expected != head.seq {
             return Err(Error::HeadMoved {
@@ -140,7 +168,9 @@ fn apply_one(conn: &mut dyn Conn, head: Head, a: &Append) -> Result<Vec<Record>,
         h.seq += 1;
     }
     for c in &a.claims {
-        if let Some(first_seq) = conn.claimed(&c.namespace, &c.key)? {
+        // Claims were read for the whole batch up front; the map also holds the claims of the
+        // appends accepted earlier in this batch.
+        if let Some(&first_seq) = st.claims.get(&(c.namespace.clone(), c.key.clone())) {
             return Err(Error::Duplicate {
                 namespace: c.namespace.clone(),
                 key: c.key.clone(),
@@ -148,17 +178,24 @@ fn apply_one(conn: &mut dyn Conn, head: Head, a: &Append) -> Result<Vec<Record>,
             });
         }
     }
-    let mut counters: HashMap<&str, Option<CounterState>> = HashMap::new();
+    let mut local: HashMap<&str, Option<CounterState>> = HashMap::new();
     let mut events = Vec::with_capacity(a.counters.len());
     for op in &a.counters {
         let product = op.product();
-        let state = match counters.get(product) {
+        let state = match local.get(product) {
             Some(s) => *s,
-            None => conn.counter(product)?,
+            None => match st.counters.get(product) {
+                Some(s) => *s,
+                None => {
+                    let s = conn.counter(product)?;
+                    st.counters.insert(product.to_owned(), s);
+                    s
+                }
+            },
         };
         let after = op.apply(state.map(|(_, c)| c))?;
         let event = state.map_or(1, |(e, _)| e + 1);
-        counters.insert(product, Some((event, after)));
+        local.insert(product, Some((event, after)));
         events.push(CounterEvent {
             product: product.to_owned(),
             event,
@@ -168,7 +205,6 @@ fn apply_one(conn: &mut dyn Conn, head: Head, a: &Append) -> Result<Vec<Record>,
             after,
         });
     }
-    // Checked; now write.
     let mut out = Vec::with_capacity(a.records.len());
     let mut prev = head;
     let mut effects = encode_effects(&a.counters, &a.claims);
@@ -180,20 +216,22 @@ fn apply_one(conn: &mut dyn Conn, head: Head, a: &Append) -> Result<Vec<Record>,
             std::mem::take(&mut effects),
             prev.hash,
         );
-        conn.insert_record(&rec)?;
         prev = Head {
             seq: rec.seq,
             hash: rec.hash,
         };
         out.push(rec);
     }
-    for e in &events {
-        conn.insert_counter_event(e)?;
+    // Accepted: fold it into the batch state.
+    st.head = prev;
+    for (product, s) in local {
+        st.counters.insert(product.to_owned(), s);
     }
     for c in &a.claims {
-        conn.insert_claim(&c.namespace, &c.key, first_seq)?;
+        st.claims
+            .insert((c.namespace.clone(), c.key.clone()), first_seq);
     }
-    Ok(out)
+    Ok((out, events))
 }
 
 type Outcome = Result<Vec<Record>, Error>;
@@ -202,22 +240,45 @@ type Outcome = Result<Vec<Record>, Error>;
 fn run_batch(conn: &mut dyn Conn, batch: &[&Append]) -> Result<Vec<Outcome>, Error> {
     conn.begin()?;
     let attempt = (|| {
-        let mut head = conn.head()?;
+        let head = conn.head()?;
+        let keys: Vec<(&str, &[u8])> = batch
+            .iter()
+            .flat_map(|a| a.claims.iter())
+            .map(|c| (c.namespace.as_str(), c.key.as_slice()))
+            .collect();
+        let claims = if keys.is_empty() {
+            HashMap::new()
+        } else {
+            conn.claims(&keys)?
+        };
+        let mut st = BatchState {
+            head,
+            counters: HashMap::new(),
+            claims,
+        };
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut records = Vec::new();
+        let mut events = Vec::new();
+        let mut claim_rows = Vec::new();
         for a in batch {
-            match apply_one(conn, head, a) {
-                Ok(recs) => {
-                    if let Some(last) = recs.last() {
-                        head = Head {
-                            seq: last.seq,
-                            hash: last.hash,
-                        };
-                    }
+            match check_one(conn, &mut st, a) {
+                Ok((recs, evs)) => {
+                    let first_seq = recs.first().map_or(0, |r| r.seq);
+                    claim_rows.extend(a.claims.iter().map(|c| ClaimRow {
+                        namespace: &c.namespace,
+                        key: &c.key,
+                        seq: first_seq,
+                    }));
+                    records.extend(recs.iter().cloned());
+                    events.extend(evs);
                     outcomes.push(Ok(recs));
                 }
                 Err(e) if e.is_refusal() => outcomes.push(Err(e)),
                 Err(e) => return Err(e),
             }
+        }
+        if !records.is_empty() {
+            conn.insert(&records, &events, &claim_rows)?;
         }
         conn.commit()?;
         Ok(outcomes)

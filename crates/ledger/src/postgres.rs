@@ -8,13 +8,15 @@
 //! PL/pgSQL, no advisory locks, no `FOR UPDATE SKIP LOCKED`), so CockroachDB-like distributed
 //! engines accept it too.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use postgres::error::SqlState;
+use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
 
 use crate::append::{Append, Counter};
-use crate::engine::{Conn, CounterEvent, CounterState, RawRecord, Writer};
+use crate::engine::{ClaimKey, ClaimRow, Conn, CounterEvent, CounterState, RawRecord, Writer};
 use crate::error::Error;
 use crate::record::{Head, Record};
 use crate::sqlite::{i64_of, raw_record, u64_of};
@@ -249,11 +251,65 @@ fn claim_of(row: Option<postgres::Row>) -> Result<Option<u64>, Error> {
 struct Statements {
     head: Statement,
     counter: Statement,
-    claim: Statement,
-    insert_record: Statement,
-    insert_counter: Statement,
-    insert_claim: Statement,
+    /// Multi-row statements by (table, rows): batch sizes repeat, so each shape is prepared
+    /// once per connection.
+    bulk: HashMap<(Bulk, usize), Statement>,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Bulk {
+    Records,
+    Events,
+    Claims,
+    ClaimLookup,
+}
+
+impl Bulk {
+    fn sql(self, rows: usize) -> String {
+        let (head, cols, tail) = match self {
+            Self::Records => (
+                "INSERT INTO records (seq, kind, body, effects, prev_hash, hash) VALUES ",
+                6,
+                "",
+            ),
+            Self::Events => (
+                "INSERT INTO counter_events (product, event, seq, op, amount, total, issued) \
+                 VALUES ",
+                7,
+                "",
+            ),
+            Self::Claims => ("INSERT INTO claims (namespace, key, seq) VALUES ", 3, ""),
+            Self::ClaimLookup => (
+                "SELECT namespace, key, seq FROM claims WHERE (namespace, key) IN (",
+                2,
+                ")",
+            ),
+        };
+        let mut sql = String::from(head);
+        let mut n = 0;
+        for r in 0..rows {
+            if r > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            for c in 0..cols {
+                if c > 0 {
+                    sql.push(',');
+                }
+                n += 1;
+                sql.push_str(&format!("${n}"));
+            }
+            sql.push(')');
+        }
+        sql.push_str(tail);
+        sql
+    }
+}
+
+/// Rows per multi-row statement (well under PostgreSQL's 65,535 parameters).
+const BULK_ROWS: usize = 500;
+
+type Param<'a> = Box<dyn ToSql + Sync + 'a>;
 
 struct WriteConn {
     client: Client,
@@ -266,26 +322,51 @@ impl WriteConn {
         let st = Statements::prepare(&mut client)?;
         Ok(Self { client, st, config })
     }
+
+    fn bulk_statement(&mut self, kind: Bulk, rows: usize) -> Result<Statement, Error> {
+        if let Some(st) = self.st.bulk.get(&(kind, rows)) {
+            return Ok(st.clone());
+        }
+        let st = self
+            .client
+            .prepare(&kind.sql(rows))
+            .map_err(Error::postgres("preparing"))?;
+        self.st.bulk.insert((kind, rows), st.clone());
+        Ok(st)
+    }
+
+    /// Runs `kind` over `rows` in chunks of [`BULK_ROWS`], returning the rows it reads.
+    fn bulk(
+        &mut self,
+        kind: Bulk,
+        rows: Vec<Vec<Param<'_>>>,
+        op: &'static str,
+    ) -> Result<Vec<postgres::Row>, Error> {
+        let mut out = Vec::new();
+        for chunk in rows.chunks(BULK_ROWS) {
+            let st = self.bulk_statement(kind, chunk.len())?;
+            let params: Vec<&(dyn ToSql + Sync)> = chunk
+                .iter()
+                .flat_map(|r| r.iter().map(|p| &**p as &(dyn ToSql + Sync)))
+                .collect();
+            out.extend(
+                self.client
+                    .query(&st, &params)
+                    .map_err(Error::postgres(op))?,
+            );
+        }
+        Ok(out)
+    }
 }
 
 impl Statements {
     fn prepare(client: &mut Client) -> Result<Self, Error> {
         let mut p = |sql: &str| client.prepare(sql).map_err(Error::postgres("preparing"));
-        let st = Self {
+        Ok(Self {
             head: p(HEAD_SQL)?,
             counter: p(COUNTER_SQL)?,
-            claim: p(CLAIM_SQL)?,
-            insert_record: p(
-                "INSERT INTO records (seq, kind, body, effects, prev_hash, hash)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )?,
-            insert_counter: p(
-                "INSERT INTO counter_events (product, event, seq, op, amount, total, issued)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )?,
-            insert_claim: p("INSERT INTO claims (namespace, key, seq) VALUES ($1, $2, $3)")?,
-        };
-        Ok(st)
+            bulk: HashMap::new(),
+        })
     }
 }
 
@@ -325,25 +406,6 @@ impl Conn for WriteConn {
         head_of(row)
     }
 
-    fn insert_record(&mut self, r: &Record) -> Result<(), Error> {
-        let seq = i64_of(r.seq)?;
-        let kind = i32::from(r.kind.code());
-        self.client
-            .execute(
-                &self.st.insert_record,
-                &[
-                    &seq,
-                    &kind,
-                    &r.body,
-                    &r.effects,
-                    &&r.prev_hash[..],
-                    &&r.hash[..],
-                ],
-            )
-            .map(|_| ())
-            .map_err(Error::postgres("inserting a record"))
-    }
-
     fn counter(&mut self, product: &str) -> Result<Option<CounterState>, Error> {
         let row = self
             .client
@@ -352,35 +414,63 @@ impl Conn for WriteConn {
         counter_state(row)
     }
 
-    fn insert_counter_event(&mut self, e: &CounterEvent) -> Result<(), Error> {
-        let event = i64_of(e.event)?;
-        let seq = i64_of(e.seq)?;
-        let amount = i64_of(e.amount)?;
-        let total = i64_of(e.after.total)?;
-        let issued = i64_of(e.after.issued)?;
-        self.client
-            .execute(
-                &self.st.insert_counter,
-                &[&e.product, &event, &seq, &e.op, &amount, &total, &issued],
-            )
-            .map(|_| ())
-            .map_err(Error::postgres("inserting a counter event"))
+    fn claims(&mut self, keys: &[(&str, &[u8])]) -> Result<HashMap<ClaimKey, u64>, Error> {
+        let rows: Vec<Vec<Param<'_>>> = keys
+            .iter()
+            .map(|(n, k)| vec![Box::new(*n) as Param<'_>, Box::new(*k)])
+            .collect();
+        let found = self.bulk(Bulk::ClaimLookup, rows, "reading claims")?;
+        let mut out = HashMap::with_capacity(found.len());
+        for r in found {
+            let (namespace, key, seq): (String, Vec<u8>, i64) =
+                (|| Ok::<_, postgres::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))()
+                    .map_err(Error::postgres("reading claims"))?;
+            out.insert((namespace, key), u64_of(seq, "claim seq")?);
+        }
+        Ok(out)
     }
 
-    fn claimed(&mut self, namespace: &str, key: &[u8]) -> Result<Option<u64>, Error> {
-        let row = self
-            .client
-            .query_opt(&self.st.claim, &[&namespace, &key])
-            .map_err(Error::postgres("reading a claim"))?;
-        claim_of(row)
-    }
-
-    fn insert_claim(&mut self, namespace: &str, key: &[u8], seq: u64) -> Result<(), Error> {
-        let seq = i64_of(seq)?;
-        self.client
-            .execute(&self.st.insert_claim, &[&namespace, &key, &seq])
-            .map(|_| ())
-            .map_err(Error::postgres("inserting a claim"))
+    fn insert(
+        &mut self,
+        records: &[Record],
+        events: &[CounterEvent],
+        claims: &[ClaimRow<'_>],
+    ) -> Result<(), Error> {
+        let mut rows: Vec<Vec<Param<'_>>> = Vec::with_capacity(records.len());
+        for r in records {
+            rows.push(vec![
+                Box::new(i64_of(r.seq)?),
+                Box::new(i32::from(r.kind.code())),
+                Box::new(&r.body[..]),
+                Box::new(&r.effects[..]),
+                Box::new(&r.prev_hash[..]),
+                Box::new(&r.hash[..]),
+            ]);
+        }
+        self.bulk(Bulk::Records, rows, "inserting records")?;
+        let mut rows: Vec<Vec<Param<'_>>> = Vec::with_capacity(events.len());
+        for e in events {
+            rows.push(vec![
+                Box::new(e.product.as_str()),
+                Box::new(i64_of(e.event)?),
+                Box::new(i64_of(e.seq)?),
+                Box::new(e.op),
+                Box::new(i64_of(e.amount)?),
+                Box::new(i64_of(e.after.total)?),
+                Box::new(i64_of(e.after.issued)?),
+            ]);
+        }
+        self.bulk(Bulk::Events, rows, "inserting counter events")?;
+        let mut rows: Vec<Vec<Param<'_>>> = Vec::with_capacity(claims.len());
+        for c in claims {
+            rows.push(vec![
+                Box::new(c.namespace),
+                Box::new(c.key),
+                Box::new(i64_of(c.seq)?),
+            ]);
+        }
+        self.bulk(Bulk::Claims, rows, "inserting claims")?;
+        Ok(())
     }
 
     fn retryable(&self, e: &Error) -> bool {

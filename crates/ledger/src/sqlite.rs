@@ -2,6 +2,7 @@
 //! group-commit thread (`BEGIN IMMEDIATE`, so other processes on the same file wait their
 //! turn), read through a separate connection.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::append::{Append, Counter};
-use crate::engine::{Conn, CounterEvent, CounterState, RawRecord, Writer};
+use crate::engine::{ClaimKey, ClaimRow, Conn, CounterEvent, CounterState, RawRecord, Writer};
 use crate::error::Error;
 use crate::record::{Head, Record};
 use crate::Store;
@@ -255,65 +256,71 @@ impl Conn for WriteConn {
         head(&self.0)
     }
 
-    fn insert_record(&mut self, r: &Record) -> Result<(), Error> {
-        let seq = i64_of(r.seq)?;
-        self.0
-            .prepare_cached(
-                "INSERT INTO records (seq, kind, body, effects, prev_hash, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    seq,
-                    r.kind.code(),
-                    r.body,
-                    r.effects,
-                    &r.prev_hash[..],
-                    &r.hash[..]
-                ])
-            })
-            .map(|_| ())
-            .map_err(Error::sqlite("inserting a record"))
-    }
-
     fn counter(&mut self, product: &str) -> Result<Option<CounterState>, Error> {
         counter(&self.0, product)
     }
 
-    fn insert_counter_event(&mut self, e: &CounterEvent) -> Result<(), Error> {
-        let vals = [
-            i64_of(e.event)?,
-            i64_of(e.seq)?,
-            e.op,
-            i64_of(e.amount)?,
-            i64_of(e.after.total)?,
-            i64_of(e.after.issued)?,
-        ];
-        self.0
+    fn claims(&mut self, keys: &[(&str, &[u8])]) -> Result<HashMap<ClaimKey, u64>, Error> {
+        // In-process: one cached statement per key costs no round trip.
+        let mut found = HashMap::new();
+        for (namespace, key) in keys {
+            if let Some(seq) = claimed(&self.0, namespace, key)? {
+                found.insert(((*namespace).to_owned(), key.to_vec()), seq);
+            }
+        }
+        Ok(found)
+    }
+
+    fn insert(
+        &mut self,
+        records: &[Record],
+        events: &[CounterEvent],
+        claims: &[ClaimRow<'_>],
+    ) -> Result<(), Error> {
+        let c = &self.0;
+        let mut st = c
+            .prepare_cached(
+                "INSERT INTO records (seq, kind, body, effects, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(Error::sqlite("inserting a record"))?;
+        for r in records {
+            st.execute(params![
+                i64_of(r.seq)?,
+                r.kind.code(),
+                r.body,
+                r.effects,
+                &r.prev_hash[..],
+                &r.hash[..]
+            ])
+            .map_err(Error::sqlite("inserting a record"))?;
+        }
+        let mut st = c
             .prepare_cached(
                 "INSERT INTO counter_events (product, event, seq, op, amount, total, issued)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
-            .and_then(|mut s| {
-                s.execute(params![
-                    e.product, vals[0], vals[1], vals[2], vals[3], vals[4], vals[5]
-                ])
-            })
-            .map(|_| ())
-            .map_err(Error::sqlite("inserting a counter event"))
-    }
-
-    fn claimed(&mut self, namespace: &str, key: &[u8]) -> Result<Option<u64>, Error> {
-        claimed(&self.0, namespace, key)
-    }
-
-    fn insert_claim(&mut self, namespace: &str, key: &[u8], seq: u64) -> Result<(), Error> {
-        let seq = i64_of(seq)?;
-        self.0
+            .map_err(Error::sqlite("inserting a counter event"))?;
+        for e in events {
+            st.execute(params![
+                e.product,
+                i64_of(e.event)?,
+                i64_of(e.seq)?,
+                e.op,
+                i64_of(e.amount)?,
+                i64_of(e.after.total)?,
+                i64_of(e.after.issued)?
+            ])
+            .map_err(Error::sqlite("inserting a counter event"))?;
+        }
+        let mut st = c
             .prepare_cached("INSERT INTO claims (namespace, key, seq) VALUES (?1, ?2, ?3)")
-            .and_then(|mut s| s.execute(params![namespace, key, seq]))
-            .map(|_| ())
-            .map_err(Error::sqlite("inserting a claim"))
+            .map_err(Error::sqlite("inserting a claim"))?;
+        for cl in claims {
+            st.execute(params![cl.namespace, cl.key, i64_of(cl.seq)?])
+                .map_err(Error::sqlite("inserting a claim"))?;
+        }
+        Ok(())
     }
 
     fn retryable(&self, e: &Error) -> bool {
