@@ -100,6 +100,215 @@ pub mod openssl {
     }
 }
 
+/// Drives `openssl s_server` and `openssl s_client` for mutual TLS interop tests. Every wait has
+/// a timeout: `s_server` may not close cleanly, and a hung peer must fail the test, not stall it.
+pub mod openssl_tls {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::mpsc;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use super::Outcome;
+
+    /// How long any openssl process may take.
+    pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+    /// A free port on 127.0.0.1 (bound, then released for the tool to take).
+    pub fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    }
+
+    fn spawn_reader(
+        mut from: impl Read + Send + 'static,
+        into: Arc<Mutex<String>>,
+        ready: Option<mpsc::Sender<()>>,
+    ) {
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(&mut from);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.starts_with("ACCEPT") {
+                    if let Some(tx) = &ready {
+                        let _ = tx.send(());
+                    }
+                }
+                into.lock().expect("output lock").push_str(&line);
+                line.clear();
+            }
+        });
+    }
+
+    /// A running `openssl s_server` that requires a client certificate
+    /// (`-Verify 1 -verify_return_error`) and answers one connection (`-naccept 1 -www`).
+    pub struct SServer {
+        child: Child,
+        port: u16,
+        output: Arc<Mutex<String>>,
+    }
+
+    impl SServer {
+        /// Starts it on a free port with `cert` (and the CAs in `chain`) and `key` as its
+        /// identity, and `ca` as the only root for client certificates; returns once it accepts
+        /// connections.
+        pub fn start(cert: &Path, chain: &Path, key: &Path, ca: &Path) -> Self {
+            let port = free_port();
+            let mut child = Command::new("openssl")
+                .arg("s_server")
+                .arg("-accept")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("-cert")
+                .arg(cert)
+                .arg("-cert_chain")
+                .arg(chain)
+                .arg("-key")
+                .arg(key)
+                .arg("-CAfile")
+                .arg(ca)
+                .args([
+                    "-Verify",
+                    "1",
+                    "-verify_return_error",
+                    "-naccept",
+                    "1",
+                    "-www",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run openssl s_server: {e}; install openssl (scripts/test.sh does)"
+                    )
+                });
+            let output = Arc::new(Mutex::new(String::new()));
+            let (tx, rx) = mpsc::channel();
+            spawn_reader(
+                child.stdout.take().expect("stdout"),
+                Arc::clone(&output),
+                Some(tx),
+            );
+            spawn_reader(
+                child.stderr.take().expect("stderr"),
+                Arc::clone(&output),
+                None,
+            );
+            if rx.recv_timeout(TIMEOUT).is_err() {
+                let _ = child.kill();
+                panic!(
+                    "openssl s_server did not start: {}",
+                    output.lock().expect("output lock")
+                );
+            }
+            Self {
+                child,
+                port,
+                output,
+            }
+        }
+
+        /// The port it listens on.
+        pub fn port(&self) -> u16 {
+            self.port
+        }
+
+        /// Waits (bounded) for it to exit after its one connection, then returns what it printed.
+        pub fn finish(mut self) -> String {
+            let deadline = Instant::now() + TIMEOUT;
+            while Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            // Let the reader threads drain what is left.
+            std::thread::sleep(Duration::from_millis(100));
+            let out = self.output.lock().expect("output lock").clone();
+            out
+        }
+    }
+
+    impl Drop for SServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// `openssl s_client -connect 127.0.0.1:port -CAfile ca -cert cert -cert_chain chain -key
+    /// key -verify_return_error -ign_eof`, with `input` on its standard input; killed after
+    /// [`TIMEOUT`].
+    pub fn s_client(
+        port: u16,
+        ca: &Path,
+        cert: &Path,
+        chain: &Path,
+        key: &Path,
+        input: &[u8],
+    ) -> Outcome {
+        let mut child = Command::new("openssl")
+            .arg("s_client")
+            .arg("-connect")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-CAfile")
+            .arg(ca)
+            .arg("-cert")
+            .arg(cert)
+            .arg("-cert_chain")
+            .arg(chain)
+            .arg("-key")
+            .arg(key)
+            .args(["-verify_return_error", "-ign_eof"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run openssl s_client: {e}; install openssl (scripts/test.sh does)")
+            });
+        let output = Arc::new(Mutex::new(String::new()));
+        spawn_reader(
+            child.stdout.take().expect("stdout"),
+            Arc::clone(&output),
+            None,
+        );
+        spawn_reader(
+            child.stderr.take().expect("stderr"),
+            Arc::clone(&output),
+            None,
+        );
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(input);
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        let status = loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                break Some(s);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let text = output.lock().expect("output lock").clone();
+        Outcome {
+            ok: status.is_some_and(|s| s.success()),
+            output: text,
+        }
+    }
+}
+
 /// Drives pkilint's generic RFC 5280 linter.
 pub mod pkilint {
     use super::{run, Command, Path};
@@ -242,11 +451,17 @@ pub mod pg {
             getrandom::fill(&mut random).expect("random name");
             let name = format!(
                 "trustfab_test_{}",
-                random.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                random
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
             );
             c.batch_execute(&format!("CREATE DATABASE {name}"))
                 .expect("create database");
-            let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b).to_owned();
+            let base = admin
+                .rsplit_once('/')
+                .map_or(admin.as_str(), |(b, _)| b)
+                .to_owned();
             Self {
                 url: format!("{base}/{name}"),
                 name,
@@ -268,8 +483,11 @@ pub mod pg {
     impl Drop for FreshDatabase {
         fn drop(&mut self) {
             if let Ok(mut c) = Client::connect(&admin_url(), NoTls) {
-                c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                    .ok();
+                c.batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .ok();
             }
         }
     }

@@ -1,0 +1,191 @@
+//! Fixtures: OEMs with a root and a device CA, devices provisioned directly through the device
+//! interface (key generated inside, certificate issued from a template, device certificate,
+//! device CA and root written to write-protected slots, data zone locked), CRLs.
+
+use trustfab_auth::{Identity, Slots, Trust};
+use trustfab_device::{Device, DeviceKind, SiliconVendor, SimDevice, Zone};
+use trustfab_pki::template::EXAMPLE_TEMPLATE;
+use trustfab_pki::{
+    build_crl, intermediate_ca, issue_device, self_signed_ca, CaRole, CaSpec, Curve, DeviceRequest,
+    Issuer, PublicKey, Reason, RenderInputs, Revoked, Signer, SoftKey, Template,
+};
+use trustfab_types::{DeviceUid, OemId, OsRng, ProductId, Serial, UnixTime};
+
+pub(crate) const NOW: UnixTime = UnixTime(1_790_000_000); // 2026-09-21
+pub(crate) const DAY: u64 = 86_400;
+
+/// The example template: no expiry, EKU clientAuth and the device EKU 1.3.6.1.4.1.55555.1.1.
+pub(crate) fn template() -> Template {
+    Template::from_toml(EXAMPLE_TEMPLATE).unwrap()
+}
+
+/// The example template with a validity of one day.
+pub(crate) fn one_day_template() -> Template {
+    Template::from_toml(&EXAMPLE_TEMPLATE.replace("no_expiry = true", "days = 1")).unwrap()
+}
+
+/// The example template whose certificates are good for TLS servers as well (a device that
+/// serves TLS), still with the device EKU.
+pub(crate) fn server_capable_template() -> Template {
+    Template::from_toml(&EXAMPLE_TEMPLATE.replace(
+        r#"extended_key_usage = ["client_auth","#,
+        r#"extended_key_usage = ["client_auth", "server_auth","#,
+    ))
+    .unwrap()
+}
+
+/// The device EKU of the example template.
+pub(crate) const DEVICE_EKU: &[u64] = &[1, 3, 6, 1, 4, 1, 55555, 1, 1];
+
+pub(crate) struct Oem {
+    pub(crate) id: OemId,
+    pub(crate) root: Vec<u8>,
+    pub(crate) ca_key: SoftKey,
+    pub(crate) ca: Vec<u8>,
+}
+
+fn spec(role: CaRole, name: &str, cn: &str, serial: u64) -> CaSpec {
+    CaSpec {
+        role,
+        common_name: cn.into(),
+        organization: name.into(),
+        serial: Serial::from_u64(serial).unwrap(),
+        not_before: UnixTime(NOW.0 - DAY),
+        days: 3650,
+    }
+}
+
+impl Oem {
+    pub(crate) fn new(name: &str) -> Self {
+        let root_key = SoftKey::generate(Curve::P256).unwrap();
+        let root = self_signed_ca(
+            &spec(CaRole::OemRoot, name, &format!("{name} Root CA"), 1),
+            &root_key,
+        )
+        .unwrap();
+        let ca_key = SoftKey::generate(Curve::P256).unwrap();
+        let pk = PublicKey::from_point(Curve::P256, ca_key.public_point()).unwrap();
+        let ca = intermediate_ca(
+            &spec(CaRole::DeviceCa, name, &format!("{name} Device CA"), 2),
+            &pk,
+            &Issuer::new(&root, &root_key).unwrap(),
+        )
+        .unwrap();
+        Self {
+            id: OemId::new(name).unwrap(),
+            root,
+            ca_key,
+            ca,
+        }
+    }
+
+    pub(crate) fn issuer(&self) -> Issuer<'_> {
+        Issuer::new(&self.ca, &self.ca_key).unwrap()
+    }
+
+    /// A device certificate for `public_key` from `template`.
+    pub(crate) fn issue(
+        &self,
+        template: &Template,
+        uid: &DeviceUid,
+        serial: u64,
+        public_key: &PublicKey,
+    ) -> Vec<u8> {
+        let product = ProductId::new("thermostat").unwrap();
+        let serial = Serial::from_u64(serial).unwrap();
+        let req = DeviceRequest {
+            inputs: RenderInputs {
+                oem: &self.id,
+                product: &product,
+                uid,
+                serial: &serial,
+            },
+            public_key,
+            now: NOW,
+        };
+        issue_device(template, &req, &self.issuer()).unwrap()
+    }
+
+    /// A CRL from the device CA revoking `serials`, current from [`NOW`] for a year (TLS tests
+    /// validate at the real time).
+    pub(crate) fn crl(&self, serials: &[u64]) -> Vec<u8> {
+        let revoked: Vec<Revoked> = serials
+            .iter()
+            .map(|s| Revoked {
+                serial: Serial::from_u64(*s).unwrap(),
+                at: NOW,
+                reason: Reason::KeyCompromise,
+            })
+            .collect();
+        build_crl(
+            &self.issuer(),
+            &revoked,
+            1,
+            UnixTime(NOW.0 - DAY),
+            UnixTime(NOW.0 + 365 * DAY),
+        )
+        .unwrap()
+    }
+
+    /// Provisions a fresh part: key generated inside slot 0, certificate from `template` with
+    /// `serial`, certificates into slots 10–12, data zone locked. When `cert_override` is given,
+    /// that certificate is written instead of the one for the part's key (a station's mistake or
+    /// a cloned certificate).
+    pub(crate) fn provision_with(
+        &self,
+        vendor: &mut SiliconVendor,
+        template: &Template,
+        serial: u64,
+        cert_override: Option<&[u8]>,
+    ) -> SimDevice {
+        let mut d = vendor.manufacture(DeviceKind::SecureElement, NOW).unwrap();
+        let pk = d.generate_key(Slots::PROVISIONED.key).unwrap();
+        let uid = d.uid().unwrap();
+        let cert = self.issue(template, &uid, serial, &pk);
+        d.write_slot(
+            Slots::PROVISIONED.certificate,
+            cert_override.unwrap_or(&cert),
+        )
+        .unwrap();
+        d.write_slot(Slots::PROVISIONED.device_ca, &self.ca)
+            .unwrap();
+        d.write_slot(Slots::PROVISIONED.root, &self.root).unwrap();
+        d.lock(Zone::Data).unwrap();
+        d
+    }
+
+    /// Provisions a part with this OEM's certificate but `root` as its trust anchor.
+    pub(crate) fn provision_trusting(
+        &self,
+        vendor: &mut SiliconVendor,
+        serial: u64,
+        root: &[u8],
+    ) -> SimDevice {
+        let mut d = vendor.manufacture(DeviceKind::SecureElement, NOW).unwrap();
+        let pk = d.generate_key(Slots::PROVISIONED.key).unwrap();
+        let uid = d.uid().unwrap();
+        let cert = self.issue(&template(), &uid, serial, &pk);
+        d.write_slot(Slots::PROVISIONED.certificate, &cert).unwrap();
+        d.write_slot(Slots::PROVISIONED.device_ca, &self.ca)
+            .unwrap();
+        d.write_slot(Slots::PROVISIONED.root, root).unwrap();
+        d.lock(Zone::Data).unwrap();
+        d
+    }
+
+    pub(crate) fn provision(&self, vendor: &mut SiliconVendor, serial: u64) -> SimDevice {
+        self.provision_with(vendor, &template(), serial, None)
+    }
+
+    pub(crate) fn identity(&self, vendor: &mut SiliconVendor, serial: u64) -> Identity<SimDevice> {
+        Identity::load(self.provision(vendor, serial), Slots::PROVISIONED).unwrap()
+    }
+}
+
+pub(crate) fn vendor() -> SiliconVendor {
+    SiliconVendor::new(UnixTime(NOW.0 - DAY), &OsRng).unwrap()
+}
+
+pub(crate) fn trust(now: UnixTime) -> Trust<'static> {
+    Trust { crls: &[], now }
+}

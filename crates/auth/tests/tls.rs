@@ -1,0 +1,304 @@
+//! Mutual TLS with device-held keys: rustls with a `SigningKey` that asks the device to sign,
+//! against the real openssl s_server / s_client and against a rustls OEM server, over real
+//! sockets on 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use trustfab_auth::tls::{self, OemClientVerifier, TlsIdentity};
+use trustfab_auth::{Identity, Slots};
+use trustfab_device::SimDevice;
+use trustfab_pki::{pem, Curve, PublicKey, Signer, SoftKey, Template};
+use trustfab_test_support::openssl_tls::{s_client, SServer};
+use trustfab_test_support::Scratch;
+use trustfab_types::DeviceUid;
+
+use crate::support::{server_capable_template, vendor, Oem, DEVICE_EKU};
+
+const SERVER_NAME: &str = "update.acme.example";
+
+const SERVER_TEMPLATE: &str = r#"version = 1
+[subject]
+organization = "Acme IoT"
+common_name = "update.acme.example"
+[subject_alt_name]
+dns = ["update.acme.example"]
+[validity]
+days = 3650
+[extensions]
+key_usage = ["digital_signature"]
+extended_key_usage = ["server_auth", "client_auth"]
+basic_constraints = { ca = false }
+[serial]
+scheme = "random"
+bits = 64
+"#;
+
+/// The OEM update server's identity: an ordinary key pair, certified by the OEM's CA.
+struct ServerIdentity {
+    chain: Vec<Vec<u8>>,
+    key: SoftKey,
+}
+
+impl ServerIdentity {
+    fn new(oem: &Oem) -> Self {
+        let key = SoftKey::generate(Curve::P256).unwrap();
+        let pk = PublicKey::from_point(Curve::P256, key.public_point()).unwrap();
+        let template = Template::from_toml(SERVER_TEMPLATE).unwrap();
+        let uid = DeviceUid::new(b"update-1").unwrap();
+        let cert = oem.issue(&template, &uid, 77, &pk);
+        Self {
+            chain: vec![cert, oem.ca.clone()],
+            key,
+        }
+    }
+
+    fn rustls_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.chain
+            .iter()
+            .map(|c| CertificateDer::from(c.clone()))
+            .collect()
+    }
+
+    fn rustls_key(&self) -> PrivateKeyDer<'static> {
+        let der = self.key.secret_pkcs8_der().unwrap();
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.secret_pkcs8_der().to_vec()))
+    }
+
+    /// Writes `name.pem` (certificate), `name-chain.pem` (device CA) and `name.key` (PKCS#8)
+    /// for openssl.
+    fn write(&self, s: &Scratch, name: &str) -> [PathBuf; 3] {
+        let der = self.key.secret_pkcs8_der().unwrap();
+        [
+            s.write(&format!("{name}.pem"), pem::cert_pem(&self.chain[0])),
+            s.write(&format!("{name}-chain.pem"), pem::cert_pem(&self.chain[1])),
+            s.write(
+                &format!("{name}.key"),
+                pem::encode("PRIVATE KEY", der.secret_pkcs8_der()),
+            ),
+        ]
+    }
+}
+
+fn tls_identity(d: SimDevice) -> TlsIdentity<SimDevice> {
+    TlsIdentity::new(Identity::load(d, Slots::PROVISIONED).unwrap()).unwrap()
+}
+
+/// A device client: connects, sends `request`, returns what came back or the first error.
+fn device_get(id: &TlsIdentity<SimDevice>, port: u16, request: &[u8]) -> Result<String, String> {
+    let config = Arc::new(id.client_config().unwrap());
+    let name = ServerName::try_from(SERVER_NAME).unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(request).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out) {
+        Ok(_) => Ok(String::from_utf8_lossy(&out).into_owned()),
+        // s_server -www may close without close_notify once it has answered.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[test]
+fn openssl_s_server_accepts_a_device_client_and_refuses_another_oems() {
+    let acme = Oem::new("acme");
+    let globex = Oem::new("globex");
+    let mut v = vendor();
+    let s = Scratch::new();
+    let root = s.write("root.pem", pem::cert_pem(&acme.root));
+    let [srv_cert, srv_chain, srv_key] = ServerIdentity::new(&acme).write(&s, "server");
+
+    let device = tls_identity(acme.provision(&mut v, 1));
+    let server = SServer::start(&srv_cert, &srv_chain, &srv_key, &root);
+    let page = device_get(&device, server.port(), b"GET / HTTP/1.0\r\n\r\n");
+    let log = server.finish();
+    let page = page.unwrap_or_else(|e| panic!("device client refused: {e}\n{log}"));
+    assert!(page.starts_with("HTTP/1.0 200 ok"), "{page}\n{log}");
+    assert!(!log.contains("error"), "{log}");
+
+    // A globex device (which, wrongly, trusts acme's root, so that it goes on) is refused by
+    // openssl: its chain does not lead to acme's root.
+    let intruder = tls_identity(globex.provision_trusting(&mut v, 2, &acme.root));
+    let server = SServer::start(&srv_cert, &srv_chain, &srv_key, &root);
+    let result = device_get(&intruder, server.port(), b"GET / HTTP/1.0\r\n\r\n");
+    let log = server.finish();
+    match result {
+        Ok(page) => assert!(
+            !page.contains("200 ok"),
+            "openssl served an intruder: {page}"
+        ),
+        Err(e) => assert!(!e.is_empty()),
+    }
+    assert!(
+        log.contains("unable to get local issuer certificate") || log.contains("verify error"),
+        "{log}"
+    );
+}
+
+/// A device TLS server for one connection: reads what the client sends, answers with the
+/// subject of the client certificate, closes. Returns that subject or the error.
+fn device_server(
+    id: TlsIdentity<SimDevice>,
+    verifier: Arc<OemClientVerifier>,
+) -> (u16, std::thread::JoinHandle<Result<String, String>>) {
+    let config = Arc::new(id.server_config(verifier).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let mut buf = [0u8; 64];
+        let n = tls.read(&mut buf).map_err(|e| e.to_string())?;
+        let peer = tls
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| {
+                x509_parser::parse_x509_certificate(c)
+                    .ok()
+                    .map(|(_, x)| x.subject().to_string())
+            })
+            .ok_or("no client certificate")?;
+        tls.write_all(
+            format!(
+                "hello {peer}, you said {:?}\n",
+                String::from_utf8_lossy(&buf[..n])
+            )
+            .as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+        tls.conn.send_close_notify();
+        tls.flush().map_err(|e| e.to_string())?;
+        Ok(peer)
+    });
+    (port, handle)
+}
+
+#[test]
+fn openssl_s_client_accepts_a_device_server_signing_inside_the_device() {
+    let acme = Oem::new("acme");
+    let globex = Oem::new("globex");
+    let mut v = vendor();
+    let s = Scratch::new();
+    let root = s.write("root.pem", pem::cert_pem(&acme.root));
+    let [srv_cert, srv_chain, srv_key] = ServerIdentity::new(&acme).write(&s, "server");
+
+    let device = acme.provision_with(&mut v, &server_capable_template(), 5, None);
+    let id = tls_identity(device);
+    let verifier = Arc::new(OemClientVerifier::new(id.root(), vec![], None).unwrap());
+    let (port, server) = device_server(id, verifier);
+    let out = s_client(port, &root, &srv_cert, &srv_chain, &srv_key, b"ping\n");
+    let peer = server.join().unwrap();
+    assert!(
+        out.output.contains("Verify return code: 0 (ok)"),
+        "{}",
+        out.output
+    );
+    assert!(out.output.contains("hello "), "{}", out.output);
+    assert_eq!(peer.unwrap(), "O=Acme IoT, CN=update.acme.example");
+
+    // The device server refuses a client certificate from another OEM.
+    let [other_cert, other_chain, other_key] = ServerIdentity::new(&globex).write(&s, "other");
+    let device = acme.provision_with(&mut v, &server_capable_template(), 6, None);
+    let id = tls_identity(device);
+    let verifier = Arc::new(OemClientVerifier::new(id.root(), vec![], None).unwrap());
+    let (port, server) = device_server(id, verifier);
+    let out = s_client(
+        port,
+        &root,
+        &other_cert,
+        &other_chain,
+        &other_key,
+        b"ping\n",
+    );
+    let err = server.join().unwrap().unwrap_err();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(!out.output.contains("hello "), "{}", out.output);
+}
+
+/// The OEM update server in rustls for one connection; returns the client's subject or error.
+fn oem_server(
+    server: &ServerIdentity,
+    verifier: OemClientVerifier,
+) -> (u16, std::thread::JoinHandle<Result<String, String>>) {
+    let config = Arc::new(
+        tls::server_config(
+            server.rustls_chain(),
+            server.rustls_key(),
+            Arc::new(verifier),
+        )
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let mut buf = [0u8; 64];
+        tls.read(&mut buf).map_err(|e| format!("{e:?}"))?;
+        let peer = tls
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| {
+                x509_parser::parse_x509_certificate(c)
+                    .ok()
+                    .map(|(_, x)| x.subject().to_string())
+            })
+            .ok_or("no client certificate")?;
+        tls.write_all(b"ok\n").map_err(|e| e.to_string())?;
+        tls.conn.send_close_notify();
+        tls.flush().map_err(|e| e.to_string())?;
+        Ok(peer)
+    });
+    (port, handle)
+}
+
+#[test]
+fn the_oem_server_requires_the_device_eku_and_honours_the_crl() {
+    let acme = Oem::new("acme");
+    let mut v = vendor();
+    let srv = ServerIdentity::new(&acme);
+    let eku = || OemClientVerifier::new(&acme.root, vec![], Some(DEVICE_EKU)).unwrap();
+
+    let device = tls_identity(acme.provision(&mut v, 10));
+    let (port, server) = oem_server(&srv, eku());
+    assert_eq!(device_get(&device, port, b"hi").unwrap(), "ok\n");
+    assert!(server.join().unwrap().unwrap().contains("thermostat"));
+
+    // A certificate of the same OEM without the device EKU (clientAuth only) is refused.
+    let no_eku = Template::from_toml(
+        &trustfab_pki::template::EXAMPLE_TEMPLATE.replace(r#", "1.3.6.1.4.1.55555.1.1""#, ""),
+    )
+    .unwrap();
+    let plain = tls_identity(acme.provision_with(&mut v, &no_eku, 11, None));
+    let (port, server) = oem_server(&srv, eku());
+    assert!(device_get(&plain, port, b"hi").is_err());
+    let err = server.join().unwrap().unwrap_err();
+    assert!(err.contains("InvalidPurpose"), "{err}");
+
+    // A revoked device is refused under the OEM's CRL.
+    let revoked = tls_identity(acme.provision(&mut v, 12));
+    let verifier =
+        OemClientVerifier::new(&acme.root, vec![acme.crl(&[12])], Some(DEVICE_EKU)).unwrap();
+    let (port, server) = oem_server(&srv, verifier);
+    assert!(device_get(&revoked, port, b"hi").is_err());
+    let err = server.join().unwrap().unwrap_err();
+    assert!(err.contains("Revoked"), "{err}");
+}
