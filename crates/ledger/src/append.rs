@@ -514,6 +514,49 @@ mod tests {
         assert_eq!(decode_effects(&bad_op), Err(Problem::MalformedEffects));
     }
 
+    fn op_strategy() -> impl proptest::strategy::Strategy<Value = CounterOp> {
+        use proptest::prelude::*;
+        ("[a-z/]{1,20}", 1u64..=MAX_COUNT, 0u8..4).prop_map(|(product, n, code)| match code {
+            0 => CounterOp::Create { product, count: n },
+            1 => CounterOp::TopUp { product, n },
+            2 => CounterOp::Spend { product, n },
+            _ => CounterOp::Credit { product, n },
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn effects_round_trip(
+            ops in proptest::collection::vec(op_strategy(), 0..8),
+            claims in proptest::collection::vec(
+                ("[a-z]{1,32}", proptest::collection::vec(proptest::num::u8::ANY, 1..256)),
+                0..8,
+            ),
+        ) {
+            let claims: Vec<Claim> = claims
+                .into_iter()
+                .map(|(n, k)| Claim { namespace: n, key: k })
+                .collect();
+            let b = encode_effects(&ops, &claims);
+            proptest::prop_assert_eq!(decode_effects(&b).unwrap(), (ops, claims));
+        }
+
+        #[test]
+        fn effects_decoder_never_panics(b in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            if let Ok((ops, claims)) = decode_effects(&b) {
+                // Whatever parses is canonical: it encodes back to the same bytes.
+                proptest::prop_assert_eq!(encode_effects(&ops, &claims), b);
+            }
+        }
+
+        #[test]
+        fn checkpoint_decoder_never_panics(b in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            if let Ok(cp) = crate::Checkpoint::decode(&b) {
+                proptest::prop_assert_eq!(cp.encode().unwrap(), b);
+            }
+        }
+    }
+
     #[test]
     fn validation_refuses_each_rule() {
         let ok = Append::record(Kind::JobCreated, b"j".to_vec());

@@ -430,6 +430,10 @@ pub(crate) fn counter_operations_and_refusals<F: Fixture>() {
         }))
         .unwrap_err();
     assert!(matches!(e, Error::CountOverflow { .. }));
+    assert_eq!(
+        e.to_string(),
+        format!("product {P} count would exceed 9223372036854775807")
+    );
     let all = s.counters().unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].0, P);
