@@ -197,7 +197,8 @@ fn read_settings(dir: &Path) -> Result<Settings> {
 fn open_ledger(dir: &Path, s: &Settings) -> Result<Arc<dyn trustfab_ledger::Store>> {
     Ok(match &s.ledger_url {
         Some(url) => Arc::new(
-            trustfab_ledger::PgStore::connect(url).context("connecting to the PostgreSQL ledger")?,
+            trustfab_ledger::PgStore::connect(url)
+                .context("connecting to the PostgreSQL ledger")?,
         ),
         None => Arc::new(
             SqliteStore::open(&dir.join(LEDGER_FILE))

@@ -289,7 +289,9 @@ mod crash {
         let mut out = std::io::stdout().lock();
         // Shrinks to what is left once a batch no longer fits.
         let mut cap = u64::MAX;
-        let fixed: Option<u64> = std::env::var("TRUSTFAB_HSM_CHILD_BATCH").ok().and_then(|b| b.parse().ok());
+        let fixed: Option<u64> = std::env::var("TRUSTFAB_HSM_CHILD_BATCH")
+            .ok()
+            .and_then(|b| b.parse().ok());
         loop {
             let n = fixed.unwrap_or_else(|| 1 + random_below(4)).min(cap);
             let batch: Vec<DeviceKey> = (0..n)
@@ -471,12 +473,17 @@ mod crash {
             assert!(lines.iter().any(|l| l.ends_with("DONE")), "{lines:?}");
             returned.extend(serials(&lines));
         }
-        assert_eq!(returned.len(), 10_000, "certificates returned by the four processes");
+        assert_eq!(
+            returned.len(),
+            10_000,
+            "certificates returned by the four processes"
+        );
         assert_eq!(check_count(&dir, &returned, 10_000), 10_000);
         let mut report = Vec::new();
         s.hsm.report("acme/thermo", &mut report).unwrap();
         let order = trustfab_package::open(&package).unwrap().into_contents();
-        let summary = trustfab_hsm::report::verify_report(&report[..], &vendor.root, &[order], NOW).unwrap();
+        let summary =
+            trustfab_hsm::report::verify_report(&report[..], &vendor.root, &[order], NOW).unwrap();
         assert_eq!(summary.certificates, 10_000);
     }
 
