@@ -18,6 +18,9 @@ pub(crate) enum DeviceCommand {
     New(NewArgs),
     /// Print a simulated part: UID, slots, lock state, public keys and certificates (PEM).
     Show(ShowArgs),
+    /// Mutual authentication: auth, listen, connect, tls-connect (`docs/auth.md`).
+    #[command(flatten)]
+    Auth(crate::auth::DeviceAuthCommand),
 }
 
 #[derive(Args, Debug)]
@@ -46,6 +49,7 @@ pub(crate) fn run(cmd: DeviceCommand) -> Result<()> {
     match cmd {
         DeviceCommand::New(a) => new(&a),
         DeviceCommand::Show(a) => show(&a),
+        DeviceCommand::Auth(c) => crate::auth::run_device(c),
     }
 }
 

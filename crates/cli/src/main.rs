@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod auth;
 mod ca;
 mod demo;
 mod device;
@@ -46,6 +47,9 @@ enum Command {
     /// The ledger: verify its hash chain, checkpoints, counters and claims.
     #[command(subcommand)]
     Ledger(hsm::LedgerCommand),
+    /// The OEM's update server: mutual TLS with devices chained to the OEM root.
+    #[command(subcommand)]
+    Server(auth::ServerCommand),
     /// Run the chain of trust end to end on the embedded defaults and say what each step made.
     Demo(demo::DemoArgs),
 }
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Command::Hsm(c) => hsm::run(c),
         Command::Ledger(c) => hsm::run_ledger(c),
         Command::Device(c) => device::run(c),
+        Command::Server(c) => auth::run_server(c),
         Command::Demo(a) => demo::run(&a),
     };
     match result {
