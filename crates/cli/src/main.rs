@@ -5,12 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod auth;
 mod ca;
 mod demo;
 mod device;
 mod files;
 mod hsm;
+mod job;
 mod oem;
 mod secrets;
 mod vendor;
@@ -47,9 +47,11 @@ enum Command {
     /// The ledger: verify its hash chain, checkpoints, counters and claims.
     #[command(subcommand)]
     Ledger(hsm::LedgerCommand),
-    /// The OEM's update server: mutual TLS with devices chained to the OEM root.
+    /// Provisioning jobs at the station: create, run (resumable), close, status.
     #[command(subcommand)]
-    Server(auth::ServerCommand),
+    Job(job::JobCommand),
+    /// Provision N simulated devices through the full flow and compare with the crypto limit.
+    Bench(job::BenchArgs),
     /// Run the chain of trust end to end on the embedded defaults and say what each step made.
     Demo(demo::DemoArgs),
 }
@@ -62,7 +64,8 @@ fn main() -> ExitCode {
         Command::Hsm(c) => hsm::run(c),
         Command::Ledger(c) => hsm::run_ledger(c),
         Command::Device(c) => device::run(c),
-        Command::Server(c) => auth::run_server(c),
+        Command::Job(c) => job::run(c),
+        Command::Bench(a) => job::bench(&a),
         Command::Demo(a) => demo::run(&a),
     };
     match result {

@@ -26,7 +26,7 @@ use trustfab_device::{Device, Error as DeviceError, SlotKind, Zone};
 use trustfab_hsm::{DeviceKey, Hsm, IssuanceRecord, IssueError, Issued};
 use trustfab_ledger::{Append, CounterOp, Kind, Store};
 use trustfab_pki::{validate, Policy, PublicKey, Purpose, Signer};
-use trustfab_types::{DeviceUid, UnixTime};
+use trustfab_types::{Clock, DeviceUid, UnixTime};
 
 use crate::error::{CreateError, RunError};
 use crate::job::{serde_bytes_vec::Bytes, JobPackage, JobSpec, LockPolicy};
@@ -340,8 +340,8 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Called after every device.
     pub progress: Option<Arc<ProgressFn>>,
-    /// Time for chain validation.
-    pub now: UnixTime,
+    /// The time for chain and attestation validation (the HSM's clock, normally).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -356,14 +356,14 @@ impl std::fmt::Debug for RunOptions {
 
 impl RunOptions {
     /// `sockets` sockets, batches of 64, 3 attempts.
-    pub fn new(sockets: usize, now: UnixTime) -> Self {
+    pub fn new(sockets: usize, clock: Arc<dyn Clock>) -> Self {
         Self {
             sockets: sockets.max(1),
             batch: 64,
             max_attempts: 3,
             stop: Arc::new(AtomicBool::new(false)),
             progress: None,
-            now,
+            clock,
         }
     }
 }
@@ -1082,7 +1082,7 @@ fn keygen_and_issue<D: Device>(
                     format!("attestation is from device {}", att.uid),
                 ));
             }
-            att.verify(&cert, &vendor_root.0, &nonce, sh.opts.now)
+            att.verify(&cert, &vendor_root.0, &nonce, sh.opts.clock.now())
                 .map_err(|e| refuse(Step::KeyGen, format!("key attestation refused: {e}")))?;
             att.public_key
         }
@@ -1168,7 +1168,7 @@ fn verify<D: Device>(
             root: &sh.root,
             intermediates: &intermediates,
             crls: &[],
-            now: sh.opts.now,
+            now: sh.opts.clock.now(),
             purpose: Purpose::ClientAuth,
         },
     )

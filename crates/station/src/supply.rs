@@ -176,6 +176,21 @@ impl MadeSupply {
     }
 }
 
+impl MadeSupply {
+    /// The vendors back (their part counters moved on), after the run.
+    pub fn into_vendors(self) -> Vec<SiliconVendor> {
+        self.vendors
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
+            .collect()
+    }
+
+    /// Parts made so far.
+    pub fn made(&self) -> u64 {
+        self.made.load(Ordering::Relaxed).min(self.total)
+    }
+}
+
 impl Supply for MadeSupply {
     type Part = Socket;
 

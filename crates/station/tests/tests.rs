@@ -174,7 +174,7 @@ fn fleet(vendor: &mut SiliconVendor, n: usize) -> Fleet {
 }
 
 fn options(sockets: usize) -> RunOptions {
-    RunOptions::new(sockets, NOW)
+    RunOptions::new(sockets, Arc::new(FixedClock::new(NOW)))
 }
 
 /// What the ledger says about a job, read independently of the station's own loader.

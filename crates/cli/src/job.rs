@@ -1,0 +1,791 @@
+//! `trustfab job` (create, run, close, status) and `trustfab bench`: the station at the
+//! programming center, over the HSM directory of `trustfab hsm`. The job package format and the
+//! ledger records are in `docs/job.md`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use trustfab_device::{file, DeviceKind, SiliconVendor};
+use trustfab_hsm::{wrap_info, Hsm};
+use trustfab_ledger::SqliteStore;
+use trustfab_pki::template::EXAMPLE_TEMPLATE;
+use trustfab_pki::{
+    certify_hsm, intermediate_ca, issue_device, self_signed_ca, validate, CaRole, CaSpec, Curve,
+    DeviceRequest, HsmIdentity, Issuer, Policy, PublicKey, Purpose, RenderInputs, Signer, SoftKey,
+    Template,
+};
+use trustfab_station::{
+    close_job, create_job, open_job, run as run_job, Faults, FileSupply, JobPackage, JobSpec,
+    JobState, LockPolicy, MadeSupply, PartKind, Progress, RunOptions, SlotMap, Summary,
+};
+use trustfab_token_soft::{Argon2Cost, SoftToken};
+use trustfab_types::{
+    Clock as _, DeviceUid, OemId, Passphrase, ProductId, Serial, SystemClock, UnixTime,
+};
+
+use crate::files;
+use crate::hsm::{self, HsmDir};
+
+/// The largest job package read from a file.
+const JOB_FILE_MAX: usize = trustfab_station::job::MAX_PACKAGE_BYTES;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum JobCommand {
+    /// Create a job package: reserves the quantity from the product, signed by the HSM.
+    Create(CreateArgs),
+    /// Run a job on the station's sockets; resumes where an earlier run stopped.
+    Run(RunArgs),
+    /// Close a job: the quantity never used goes back to the product.
+    Close(JobRef),
+    /// What the ledger says about a job.
+    Status(JobRef),
+    /// Create a job, run it on simulated parts and close it, in one step.
+    Quick(QuickArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct QuickArgs {
+    #[command(flatten)]
+    at: HsmDir,
+    /// The product, as `oem/product`.
+    #[arg(long)]
+    product: String,
+    /// How many devices.
+    #[arg(long)]
+    devices: u64,
+    /// Where to write the job package.
+    #[arg(long, default_value = ".")]
+    out_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum KindArg {
+    /// A secure element.
+    Se,
+    /// A secure MCU.
+    Mcu,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LockArg {
+    /// Lock the data zone.
+    Data,
+    /// Lock each of the job's lockable slots, then the data zone.
+    SlotsAndData,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CreateArgs {
+    #[command(flatten)]
+    at: HsmDir,
+    /// The product, as `oem/product`.
+    #[arg(long)]
+    product: String,
+    /// How many certificates the job may have issued.
+    #[arg(long)]
+    quantity: u64,
+    /// The job id (default: `job-` and the creation time).
+    #[arg(long)]
+    job_id: Option<String>,
+    /// The kind of part.
+    #[arg(long, value_enum, default_value = "se")]
+    kind: KindArg,
+    /// Require a factory key attestation that validates to this silicon vendor root (PEM).
+    #[arg(long, value_name = "PEM")]
+    attestation_root: Option<PathBuf>,
+    /// How devices are locked.
+    #[arg(long, value_enum, default_value = "data")]
+    lock: LockArg,
+    /// Where to write the job package.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RunArgs {
+    /// The job package.
+    job: PathBuf,
+    #[command(flatten)]
+    at: HsmDir,
+    /// Sockets driven in parallel.
+    #[arg(long, default_value_t = 8)]
+    sockets: usize,
+    /// Most devices per HSM issuance call.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// A directory of device files (`*.dev`); each part is saved after every command.
+    #[arg(long, value_name = "DIR", conflicts_with = "simulate")]
+    parts: Option<PathBuf>,
+    /// Simulated parts made on demand (default: the job's quantity), dropped once provisioned.
+    #[arg(long, value_name = "N")]
+    simulate: Option<u64>,
+    /// The simulated silicon vendor for --simulate (needed when the job requires attestation).
+    #[arg(long, value_name = "FILE")]
+    vendor: Option<PathBuf>,
+    /// Probability of a socket fault per command (no contact, write error, power loss).
+    #[arg(long, default_value_t = 0.0)]
+    fault_rate: f64,
+    /// Close the job when it has its quantity.
+    #[arg(long)]
+    close: bool,
+    /// Print a JSON summary instead of the progress bar and text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct JobRef {
+    /// The job package.
+    job: PathBuf,
+    #[command(flatten)]
+    at: HsmDir,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct BenchArgs {
+    /// Devices to provision.
+    #[arg(long, default_value_t = 100_000)]
+    devices: u64,
+    /// Sockets (default: 4 per core).
+    #[arg(long)]
+    sockets: Option<usize>,
+    /// Most devices per HSM issuance call.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Where the HSM token and the ledger go (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Devices per core for the limit measurement (default: a tenth of --devices, at most 20,000).
+    #[arg(long)]
+    limit_devices: Option<u64>,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(cmd: JobCommand) -> Result<()> {
+    match cmd {
+        JobCommand::Create(a) => create(&a),
+        JobCommand::Quick(a) => {
+            let hsm = hsm::open(&a.at)?;
+            demo_job(&hsm, &a.out_dir, &a.product, a.devices).map(|_| ())
+        }
+        JobCommand::Run(a) => run_cmd(&a),
+        JobCommand::Close(a) => {
+            let hsm = hsm::open(&a.at)?;
+            let job = read_job(&hsm, &a.job)?;
+            let c = close_job(&hsm, &job, SystemClock.now())?;
+            println!(
+                "closed job {}: {} issued, {} good, {} failed after issue, {} credited back to {}",
+                c.job, c.issued, c.good, c.failed_after_issue, c.credited, c.product
+            );
+            Ok(())
+        }
+        JobCommand::Status(a) => {
+            let hsm = hsm::open(&a.at)?;
+            let job = read_job(&hsm, &a.job)?;
+            let st = JobState::load(&**hsm.ledger(), &job)?;
+            let s = job.spec();
+            println!(
+                "job {} for {} (quantity {})",
+                s.job_id, s.product, s.quantity
+            );
+            println!("  created   ledger record {}", st.created_seq);
+            println!("  released  {}", st.released);
+            println!("  issued    {}", st.issued.len());
+            println!("  good      {}", st.good.len());
+            println!("  failures  {} recorded attempts", st.failures);
+            match st.closed_seq {
+                Some(seq) => println!("  closed    ledger record {seq}"),
+                None => println!("  open"),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read_job(hsm: &Hsm, path: &Path) -> Result<JobPackage> {
+    let bytes = files::read_limited(path, JOB_FILE_MAX)
+        .with_context(|| format!("reading job package {}", path.display()))?;
+    open_job(hsm, &bytes).with_context(|| format!("opening job package {}", path.display()))
+}
+
+fn create(a: &CreateArgs) -> Result<()> {
+    let hsm = hsm::open(&a.at)?;
+    let now = SystemClock.now();
+    let attestation_root = match &a.attestation_root {
+        Some(p) => {
+            let text = files::read_text(p, 64 * 1024)?;
+            Some(trustfab_station::job::serde_bytes_vec::Bytes(
+                trustfab_pki::pem::decode_one(&text, "CERTIFICATE")
+                    .with_context(|| format!("reading {}", p.display()))?,
+            ))
+        }
+        None => None,
+    };
+    let spec = JobSpec {
+        job_id: a.job_id.clone().unwrap_or_else(|| format!("job-{}", now.0)),
+        hsm_id: hsm.hsm_id().to_owned(),
+        product: a.product.clone(),
+        quantity: a.quantity,
+        device_kind: match a.kind {
+            KindArg::Se => PartKind::SecureElement,
+            KindArg::Mcu => PartKind::SecureMcu,
+        },
+        slots: SlotMap::default(),
+        attestation_root,
+        lock: match a.lock {
+            LockArg::Data => LockPolicy::Data,
+            LockArg::SlotsAndData => LockPolicy::SlotsAndData,
+        },
+        created_at: now.0,
+    };
+    if a.out.exists() {
+        bail!("{} exists; not overwriting it", a.out.display());
+    }
+    let created = create_job(&hsm, spec)?;
+    files::write_atomic(&a.out, created.package.as_bytes(), false)
+        .with_context(|| format!("writing job package {}", a.out.display()))?;
+    let s = created.package.spec();
+    println!(
+        "job {} for {}: {} devices reserved (ledger record {}), package {}",
+        s.job_id,
+        s.product,
+        s.quantity,
+        created.seq,
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// The Ctrl-C flag, set up once per process.
+fn stop_flag() -> Arc<AtomicBool> {
+    static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    STOP.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = Arc::clone(&flag);
+        // Without a handler Ctrl-C ends the process, which a resume also handles.
+        let _ = ctrlc::set_handler(move || f.store(true, Ordering::Relaxed));
+        flag
+    })
+    .clone()
+}
+
+fn progress_bar(quantity: u64, done: u64) -> ProgressBar {
+    let pb = ProgressBar::new(quantity);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:40}] {pos}/{len} good  {per_sec}  ETA {eta}  {msg}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_position(done);
+    pb
+}
+
+fn options(sockets: usize, batch: usize, show: Option<ProgressBar>) -> RunOptions {
+    let mut o = RunOptions::new(sockets, Arc::new(SystemClock));
+    o.batch = batch;
+    o.stop = stop_flag();
+    o.stop.store(false, Ordering::Relaxed);
+    if let Some(pb) = show {
+        let last = AtomicU64::new(0);
+        o.progress = Some(Arc::new(move |p: &Progress| {
+            pb.set_position(p.good);
+            // The message is text: refresh it every 64 devices.
+            let h = p.handled;
+            if h.saturating_sub(last.load(Ordering::Relaxed)) >= 64 {
+                last.store(h, Ordering::Relaxed);
+                pb.set_message(format!("{} failed attempts, {} issued", p.failed, p.issued));
+            }
+        }));
+    }
+    o
+}
+
+fn run_cmd(a: &RunArgs) -> Result<()> {
+    let hsm = hsm::open(&a.at)?;
+    let job = read_job(&hsm, &a.job)?;
+    let spec = job.spec().clone();
+    let st = JobState::load(&**hsm.ledger(), &job)?;
+    let pb = (!a.json).then(|| progress_bar(spec.quantity, st.good.len() as u64));
+    let opts = options(a.sockets, a.batch, pb.clone());
+    let faults = if a.fault_rate > 0.0 {
+        Faults::line(a.fault_rate, SystemClock.now().0)
+    } else {
+        Faults::none()
+    };
+    let summary = if let Some(dir) = &a.parts {
+        let supply = FileSupply::open(dir, faults)?;
+        run_job(&hsm, &job, &supply, &opts)?
+    } else {
+        let n = a.simulate.unwrap_or(spec.quantity);
+        let kind = DeviceKind::from(spec.device_kind);
+        let now = SystemClock.now();
+        let vendors = match &a.vendor {
+            Some(p) => vec![file::load_vendor(p)
+                .with_context(|| format!("reading silicon vendor {}", p.display()))?],
+            None => (0..a.sockets.max(1))
+                .map(|_| SiliconVendor::new(now, &trustfab_types::OsRng))
+                .collect::<Result<_, _>>()?,
+        };
+        let supply = MadeSupply::new(vendors, kind, n, now, faults);
+        let s = run_job(&hsm, &job, &supply, &opts)?;
+        if let Some(p) = &a.vendor {
+            if let Some(v) = supply.into_vendors().first() {
+                file::save_vendor(v, p)
+                    .with_context(|| format!("saving silicon vendor {}", p.display()))?;
+            }
+        }
+        s
+    };
+    if let Some(pb) = &pb {
+        pb.finish_and_clear();
+    }
+    let closed = if a.close && summary.complete() {
+        Some(close_job(&hsm, &job, SystemClock.now())?)
+    } else {
+        None
+    };
+    if a.json {
+        let v = summary_json(&summary, closed.as_ref().map(|c| c.credited));
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_summary(&summary);
+        if let Some(c) = closed {
+            println!("  closed: {} credited back to {}", c.credited, c.product);
+        }
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn summary_json(s: &Summary, credited: Option<u64>) -> serde_json::Value {
+    serde_json::json!({
+        "job": s.job,
+        "product": s.product,
+        "quantity": s.quantity,
+        "issued": s.issued,
+        "good": s.good,
+        "failed_after_issue": s.failed_after_issue,
+        "good_this_run": s.good_this_run,
+        "resumed": s.resumed,
+        "already_good": s.already_good,
+        "not_needed": s.not_needed,
+        "failed_attempts": s.failed_attempts,
+        "failures": s.failures.iter().map(|f| serde_json::json!({
+            "uid": f.uid, "step": f.step as u8, "step_name": f.step.name(),
+            "reason": f.reason, "serial": f.serial,
+        })).collect::<Vec<_>>(),
+        "complete": s.complete(),
+        "stopped": s.stopped,
+        "closed": credited.is_some(),
+        "credited": credited,
+        "elapsed_s": s.elapsed.as_secs_f64(),
+        "devices_per_s": s.devices_per_sec(),
+        "latency_p50_ms": ms(s.latency_quantile(0.5)),
+        "latency_p99_ms": ms(s.latency_quantile(0.99)),
+    })
+}
+
+fn print_summary(s: &Summary) {
+    println!(
+        "job {} for {}: {} of {} good, {} certificates issued, {} failed after issue",
+        s.job, s.product, s.good, s.quantity, s.issued, s.failed_after_issue
+    );
+    println!(
+        "  this run: {} good ({} resumed), {} failed attempts, {} already good, {} not needed, {:.1} s, {:.0} devices/s, p50 {:.2} ms, p99 {:.2} ms",
+        s.good_this_run,
+        s.resumed,
+        s.failed_attempts,
+        s.already_good,
+        s.not_needed,
+        s.elapsed.as_secs_f64(),
+        s.devices_per_sec(),
+        ms(s.latency_quantile(0.5)),
+        ms(s.latency_quantile(0.99)),
+    );
+    for f in s.failures.iter().take(20) {
+        println!(
+            "  failed {} at step {} ({}): {}{}",
+            f.uid.as_deref().unwrap_or("(uid unread)"),
+            f.step as u8,
+            f.step.name(),
+            f.reason,
+            f.serial
+                .as_ref()
+                .map(|s| format!(" [certificate {s}]"))
+                .unwrap_or_default()
+        );
+    }
+    if s.failures.len() > 20 {
+        println!("  … and {} more failures", s.failures.len() - 20);
+    }
+    if s.stopped {
+        println!("  stopped: run `trustfab job run` again to resume");
+    }
+}
+
+/// For the demo: creates a job of `devices` for `product` on `hsm`, runs it on simulated parts
+/// made on demand, closes it, prints what it made, and returns the summary. The job package is
+/// written to `dir/job-<id>.bin`.
+pub(crate) fn demo_job(hsm: &Hsm, dir: &Path, product: &str, devices: u64) -> Result<Summary> {
+    let now = SystemClock.now();
+    let spec = JobSpec {
+        job_id: format!("demo-{}", now.0),
+        hsm_id: hsm.hsm_id().to_owned(),
+        product: product.to_owned(),
+        quantity: devices,
+        device_kind: PartKind::SecureElement,
+        slots: SlotMap::default(),
+        attestation_root: None,
+        lock: LockPolicy::Data,
+        created_at: now.0,
+    };
+    let created = create_job(hsm, spec)?;
+    let path = dir.join(format!("job-{}.bin", created.package.spec().job_id));
+    files::write_atomic(&path, created.package.as_bytes(), false)
+        .with_context(|| format!("writing job package {}", path.display()))?;
+    println!(
+        "job {}: {devices} devices of {product} reserved, package {}",
+        created.package.spec().job_id,
+        path.display()
+    );
+    let sockets = 8;
+    let vendors = (0..sockets)
+        .map(|_| SiliconVendor::new(now, &trustfab_types::OsRng))
+        .collect::<Result<_, _>>()?;
+    let supply = MadeSupply::new(
+        vendors,
+        DeviceKind::SecureElement,
+        devices,
+        now,
+        Faults::none(),
+    );
+    let pb = progress_bar(devices, 0);
+    let s = run_job(
+        hsm,
+        &created.package,
+        &supply,
+        &options(sockets, 64, Some(pb.clone())),
+    )?;
+    pb.finish_and_clear();
+    print_summary(&s);
+    let c = close_job(hsm, &created.package, SystemClock.now())?;
+    println!(
+        "  closed: {} credited back; every device has its key inside, its certificate and the root in write-protected slots, locked and verified",
+        c.credited
+    );
+    Ok(s)
+}
+
+/// Peak resident set size of this process, in bytes (Linux `VmHWM`).
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+const BENCH_PRODUCT: &str = "acme/bench";
+
+/// A whole programming center in `dir`: vendor CA, HSM on the soft token, OEM root and device
+/// CA, a package of `count` for this HSM, imported.
+fn bench_site(dir: &Path, count: u64) -> Result<Hsm> {
+    let now = SystemClock.now();
+    let ca = |role, name: &str, key: &SoftKey, issuer: Option<&Issuer<'_>>| -> Result<Vec<u8>> {
+        let spec = CaSpec {
+            role,
+            common_name: name.into(),
+            organization: name.into(),
+            serial: Serial::from_u64(1)?,
+            not_before: UnixTime(now.0 - 3600),
+            days: 3650,
+        };
+        Ok(match issuer {
+            None => self_signed_ca(&spec, key)?,
+            Some(i) => intermediate_ca(
+                &spec,
+                &PublicKey::from_point(key.curve(), key.public_point())?,
+                i,
+            )?,
+        })
+    };
+    let vendor_key = SoftKey::generate(Curve::P256)?;
+    let vendor_root = ca(CaRole::VendorRoot, "Bench vendor", &vendor_key, None)?;
+    let mut secret = [0u8; 24];
+    aws_lc_rs::rand::fill(&mut secret).map_err(|_| anyhow::anyhow!("random generator failed"))?;
+    let pass = || Passphrase::new(hex::encode(secret)).map_err(anyhow::Error::msg);
+    let token_path = dir.join("token");
+    let token = SoftToken::create(&token_path, &pass()?, Argon2Cost::new(8 * 1024, 1, 1)?)?;
+    let req = Hsm::init(&token, "bench-hsm")?;
+    drop(token);
+    let vendor_issuer = Issuer::new(&vendor_root, &vendor_key)?;
+    let certs = certify_hsm(
+        &req,
+        &vendor_issuer,
+        (&Serial::from_u64(2)?, &Serial::from_u64(3)?),
+        UnixTime(now.0 - 3600),
+        365,
+    )?;
+    let ledger = Arc::new(SqliteStore::open(&dir.join("ledger.sqlite"))?);
+    let hsm = Hsm::open(
+        Arc::new(SoftToken::open(&token_path, &pass()?)?),
+        ledger,
+        Arc::new(SystemClock),
+        "bench-hsm",
+        Some(&certs),
+    )?;
+    let root_key = SoftKey::generate(Curve::P256)?;
+    let root = ca(CaRole::OemRoot, "Bench OEM root", &root_key, None)?;
+    let ca_key = SoftKey::generate(Curve::P256)?;
+    let device_ca = ca(
+        CaRole::DeviceCa,
+        "Bench device CA",
+        &ca_key,
+        Some(&Issuer::new(&root, &root_key)?),
+    )?;
+    let identity = HsmIdentity::validate(&certs, &vendor_root, now)?;
+    let mut package_id = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut package_id)
+        .map_err(|_| anyhow::anyhow!("random generator failed"))?;
+    let kt = trustfab_token::PublicKey::from_point(
+        trustfab_token::Curve::P256,
+        identity.kt_key.point(),
+    )?;
+    let wrapped = trustfab_token::wrap_for(
+        &kt,
+        &ca_key.secret_pkcs8_der()?,
+        &wrap_info(&package_id, &identity.fingerprint),
+    )?;
+    let (oem, product) = BENCH_PRODUCT.split_once('/').unwrap_or(("acme", "bench"));
+    let contents = trustfab_package::Contents {
+        package_id,
+        target_hsm: identity.fingerprint,
+        oem_id: OemId::new(oem)?,
+        product_id: ProductId::new(product)?,
+        count,
+        serial_range: None,
+        not_before: UnixTime(now.0 - 60),
+        not_after: UnixTime(now.0 + 86_400),
+        template: EXAMPLE_TEMPLATE.into(),
+        root_cert: root,
+        device_ca_cert: Some(device_ca),
+        wrapped_signing_key: wrapped.to_bytes(),
+    };
+    hsm.import(&trustfab_package::seal(&contents, &root_key)?)?;
+    Ok(hsm)
+}
+
+/// The limit: per device the same cryptography as the flow — the part's attestation key and
+/// its vendor certificate (making the part), the device key, the device certificate built from
+/// the template and signed, the chain validated (two signatures), a challenge signed and
+/// verified — back to back on `threads` threads, no I/O. Returns devices per second.
+fn crypto_limit(threads: usize, per_thread: u64) -> Result<f64> {
+    let now = SystemClock.now();
+    let template = Template::from_toml(EXAMPLE_TEMPLATE)?;
+    let root_key = SoftKey::generate(Curve::P256)?;
+    let spec = |name: &str, role| CaSpec {
+        role,
+        common_name: name.into(),
+        organization: name.into(),
+        serial: Serial::from_u64(1).unwrap_or_else(|_| unreachable!("1 is a valid serial")),
+        not_before: UnixTime(now.0 - 3600),
+        days: 3650,
+    };
+    let root = self_signed_ca(&spec("Limit root", CaRole::OemRoot), &root_key)?;
+    let ca_key = SoftKey::generate(Curve::P256)?;
+    let ca = intermediate_ca(
+        &spec("Limit CA", CaRole::DeviceCa),
+        &PublicKey::from_point(Curve::P256, ca_key.public_point())?,
+        &Issuer::new(&root, &root_key)?,
+    )?;
+    let oem = OemId::new("acme")?;
+    let product = ProductId::new("bench")?;
+    let start = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let mut hs = Vec::new();
+        for t in 0..threads {
+            let (template, root, ca, ca_key, oem, product) =
+                (&template, &root, &ca, &ca_key, &oem, &product);
+            hs.push(scope.spawn(move || -> Result<()> {
+                let issuer = Issuer::new(ca, ca_key)?;
+                let intermediates = vec![ca.clone()];
+                for i in 0..per_thread {
+                    let uid = DeviceUid::new(
+                        &[(t as u64 * per_thread + i).to_be_bytes(), [0; 8]].concat(),
+                    )?;
+                    let serial = Serial::from_u64(i + 1)?;
+                    let certify = |key: &SoftKey| -> Result<Vec<u8>> {
+                        let pk = PublicKey::from_point(Curve::P256, key.public_point())?;
+                        Ok(issue_device(
+                            template,
+                            &DeviceRequest {
+                                inputs: RenderInputs {
+                                    oem,
+                                    product,
+                                    uid: &uid,
+                                    serial: &serial,
+                                },
+                                public_key: &pk,
+                                now,
+                            },
+                            &issuer,
+                        )?)
+                    };
+                    // Making the part: its attestation key and certificate.
+                    let attestation = SoftKey::generate(Curve::P256)?;
+                    certify(&attestation)?;
+                    // Steps 2, 3 and 7.
+                    let device = SoftKey::generate(Curve::P256)?;
+                    let cert = certify(&device)?;
+                    validate(
+                        &cert,
+                        &Policy {
+                            root,
+                            intermediates: &intermediates,
+                            crls: &[],
+                            now,
+                            purpose: Purpose::ClientAuth,
+                        },
+                    )?;
+                    let challenge = [7u8; 32];
+                    let sig = device.sign_der(&challenge)?;
+                    aws_lc_rs::signature::UnparsedPublicKey::new(
+                        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+                        device.public_point(),
+                    )
+                    .verify(&challenge, &sig)
+                    .map_err(|_| anyhow::anyhow!("challenge signature does not verify"))?;
+                }
+                Ok(())
+            }));
+        }
+        for h in hs {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a limit thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let total = per_thread * threads as u64;
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let sockets = a.sockets.unwrap_or(cores * 4);
+    let tmp;
+    let dir = match &a.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::tempdir().context("creating a temporary directory")?;
+            tmp.path().to_owned()
+        }
+    };
+    let hsm = bench_site(&dir, a.devices).context("setting up the bench site")?;
+    let now = SystemClock.now();
+    let job = create_job(
+        &hsm,
+        JobSpec {
+            job_id: format!("bench-{}", now.0),
+            hsm_id: hsm.hsm_id().to_owned(),
+            product: BENCH_PRODUCT.into(),
+            quantity: a.devices,
+            device_kind: PartKind::SecureElement,
+            slots: SlotMap::default(),
+            attestation_root: None,
+            lock: LockPolicy::Data,
+            created_at: now.0,
+        },
+    )?
+    .package;
+    let vendors = (0..sockets)
+        .map(|_| SiliconVendor::new(now, &trustfab_types::OsRng))
+        .collect::<Result<_, _>>()?;
+    let supply = MadeSupply::new(
+        vendors,
+        DeviceKind::SecureElement,
+        a.devices,
+        now,
+        Faults::none(),
+    );
+    let pb = (!a.json).then(|| progress_bar(a.devices, 0));
+    let s = run_job(&hsm, &job, &supply, &options(sockets, a.batch, pb.clone()))?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let rss = peak_rss();
+    if !s.complete() {
+        bail!(
+            "the bench job ended with {} of {} good ({} failures; first: {})",
+            s.good,
+            s.quantity,
+            s.failures.len(),
+            s.failures
+                .first()
+                .map(|f| format!("step {} {}: {}", f.step as u8, f.step.name(), f.reason))
+                .unwrap_or_default()
+        );
+    }
+    let per_thread = a
+        .limit_devices
+        .unwrap_or_else(|| (a.devices / 10).clamp(100, 20_000))
+        .div_ceil(cores as u64);
+    let limit = crypto_limit(cores, per_thread)?;
+    let rate = s.devices_per_sec();
+    let rss_mb = rss.map(|b| b as f64 / 1_048_576.0);
+    if a.json {
+        let v = serde_json::json!({
+            "devices": a.devices, "sockets": sockets, "batch": a.batch, "cores": cores,
+            "ledger": "sqlite (WAL, synchronous=FULL)", "hsm": "soft",
+            "devices_per_s": rate, "p50_ms": ms(s.latency_quantile(0.5)),
+            "p99_ms": ms(s.latency_quantile(0.99)), "peak_rss_mb": rss_mb,
+            "limit_devices_per_s": limit, "ratio": rate / limit,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "trustfab bench: {} devices, {sockets} sockets, batch {}, {cores} cores, soft-token HSM, SQLite ledger (WAL, synchronous=FULL)",
+        a.devices, a.batch
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>11} {:>9} {:>9} {:>13}",
+        "", "devices/s", "p50 ms", "p99 ms", "peak RSS MB"
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>11.0} {:>9.2} {:>9.2} {:>13}",
+        "station, full flow",
+        rate,
+        ms(s.latency_quantile(0.5)),
+        ms(s.latency_quantile(0.99)),
+        rss_mb.map_or("-".into(), |m| format!("{m:.0}"))
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>11.0} {:>9} {:>9} {:>13}",
+        "limit, same crypto, no I/O", limit, "-", "-", "-"
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>10.0}%",
+        "station / limit",
+        100.0 * rate / limit
+    )?;
+    Ok(())
+}
