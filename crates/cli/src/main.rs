@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod auth;
 mod ca;
 mod demo;
 mod device;
@@ -47,6 +48,9 @@ enum Command {
     /// The ledger: verify its hash chain, checkpoints, counters and claims.
     #[command(subcommand)]
     Ledger(hsm::LedgerCommand),
+    /// The OEM's update server: mutual TLS with devices chained to the OEM root.
+    #[command(subcommand)]
+    Server(auth::ServerCommand),
     /// Provisioning jobs at the station: create, run (resumable), close, status.
     #[command(subcommand)]
     Job(job::JobCommand),
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Hsm(c) => hsm::run(c),
         Command::Ledger(c) => hsm::run_ledger(c),
         Command::Device(c) => device::run(c),
+        Command::Server(c) => auth::run_server(c),
         Command::Job(c) => job::run(c),
         Command::Bench(a) => job::bench(&a),
         Command::Demo(a) => demo::run(&a),
