@@ -25,6 +25,12 @@ if ! python3 -c 'import pkilint' >/dev/null 2>&1; then
     python3 -m pip install -q pkilint==0.13.3
 fi
 
+# MCUboot's imgtool: the firmware interop tests sign and verify images with it both ways.
+if ! command -v imgtool >/dev/null 2>&1; then
+    echo "installing imgtool"
+    python3 -m pip install -q imgtool==2.5.0
+fi
+
 # Start the local PostgreSQL cluster if it is not accepting connections (the ledger tests fail,
 # never skip, without it; TRUSTFAB_TEST_PG points them elsewhere).
 if [[ -z "${TRUSTFAB_TEST_PG:-}" ]] && ! pg_isready -q -h 127.0.0.1; then

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use crate::device::SlotId;
+use crate::sim::{BootSlot, ImageRefusal};
 
 /// The status code a device answers a refused command with, in the part's own code space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -66,8 +67,10 @@ pub enum Refusal {
     Rollback,
     /// The command is not supported by this part.
     Unsupported,
-    /// Secure boot refused the image.
+    /// Secure boot refused the image, or there is none.
     BootRefused,
+    /// An update swap is in progress: the next boot finishes it first.
+    SwapInProgress,
 }
 
 impl fmt::Display for Refusal {
@@ -91,6 +94,7 @@ impl fmt::Display for Refusal {
             Self::Rollback => "counter cannot go backwards",
             Self::Unsupported => "not supported by this part",
             Self::BootRefused => "secure boot refused the image",
+            Self::SwapInProgress => "an update swap is in progress",
         })
     }
 }
@@ -189,6 +193,14 @@ pub enum Error {
         refusal: Refusal,
         /// The part's status code.
         status: Status,
+    },
+    /// Secure boot refused the image in a boot slot.
+    #[error("boot: {slot} image refused: {reason}")]
+    ImageRefused {
+        /// The slot.
+        slot: BootSlot,
+        /// Why.
+        reason: ImageRefusal,
     },
     /// The device's cryptographic engine failed.
     #[error("{op}: cryptographic engine failed")]

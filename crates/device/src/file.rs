@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::device::{DeviceKind, ReadPolicy, SlotConfig, SlotKind, WritePolicy};
 use crate::limits::{BOOT_SLOT_BYTES, DEVICE_FILE_BYTES, SLOT_BYTES};
-use crate::sim::mcu::McuState;
+use crate::sim::mcu::{McuState, SwapKind, SwapProgress, UpdateRequest};
 use crate::sim::{Content, Lifecycle, SimDevice, Slot, SlotKey, State, COUNTERS};
 use crate::vendor::SiliconVendor;
 
@@ -22,8 +22,9 @@ use crate::vendor::SiliconVendor;
 pub const DEVICE_MAGIC: &[u8; 8] = b"TFDEVICE";
 /// The magic at the start of a silicon vendor file.
 pub const VENDOR_MAGIC: &[u8; 8] = b"TFVENDOR";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes; it reads every version from 1 up to it. Version 2
+/// adds the secure MCU's update state (scratch area, trailers, swap status).
+pub const FORMAT_VERSION: u16 = 2;
 /// Most slots a device file may declare.
 const MAX_SLOTS: usize = 32;
 /// Most bytes of a PKCS#8 P-256 key.
@@ -250,13 +251,30 @@ pub fn encode(device: &SimDevice) -> Result<Zeroizing<Vec<u8>>, FileError> {
             None => w.u8(0),
         }
         w.u32(m.security_counter);
-        for img in [&m.primary, &m.secondary] {
+        for img in [&m.primary, &m.secondary, &m.scratch] {
             match img {
                 Some(i) => {
                     w.u8(1);
                     w.var32(i);
                 }
                 None => w.u8(0),
+            }
+        }
+        w.u8(match m.pending {
+            None => 0,
+            Some(UpdateRequest::Test) => 1,
+            Some(UpdateRequest::Permanent) => 2,
+        });
+        w.bool(m.unconfirmed);
+        match m.swap {
+            None => w.u8(0),
+            Some(p) => {
+                w.u8(match p.kind {
+                    SwapKind::Test => 1,
+                    SwapKind::Permanent => 2,
+                    SwapKind::Revert => 3,
+                });
+                w.u8(p.step);
             }
         }
     }
@@ -319,12 +337,12 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Checks size, magic, version and checksum; returns the body after the header.
+/// Checks size, magic, version and checksum; returns the body after the header and the version.
 fn open<'a>(
     bytes: &'a [u8],
     magic: &[u8; 8],
     what: &'static str,
-) -> Result<Reader<'a>, DecodeError> {
+) -> Result<(Reader<'a>, u16), DecodeError> {
     if bytes.len() > DEVICE_FILE_BYTES {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
@@ -339,7 +357,7 @@ fn open<'a>(
         return Err(DecodeError::BadMagic { expected: what });
     }
     let version = r.u16("version")?;
-    if version != FORMAT_VERSION {
+    if version == 0 || version > FORMAT_VERSION {
         return Err(DecodeError::UnsupportedVersion {
             found: version,
             supported: FORMAT_VERSION,
@@ -358,7 +376,7 @@ fn open<'a>(
     r.buf = content
         .get(10..)
         .ok_or(DecodeError::Truncated { field: "header" })?;
-    Ok(r)
+    Ok((r, version))
 }
 
 fn decode_key(der: &[u8], field: &'static str) -> Result<SlotKey, DecodeError> {
@@ -371,7 +389,7 @@ fn decode_key(der: &[u8], field: &'static str) -> Result<SlotKey, DecodeError> {
 /// # Errors
 /// A [`DecodeError`] naming the first field refused.
 pub fn decode(bytes: &[u8]) -> Result<SimDevice, DecodeError> {
-    let mut r = open(bytes, DEVICE_MAGIC, "device")?;
+    let (mut r, version) = open(bytes, DEVICE_MAGIC, "device")?;
     let kind = match r.u8("kind")? {
         1 => DeviceKind::SecureElement,
         2 => DeviceKind::SecureMcu,
@@ -522,13 +540,49 @@ pub fn decode(bytes: &[u8]) -> Result<SimDevice, DecodeError> {
                 }
             }
             let [primary, secondary] = images;
-            Some(McuState {
+            let mut mcu = McuState {
                 lifecycle,
                 rot_hash,
                 security_counter,
                 primary,
                 secondary,
-            })
+                ..McuState::default()
+            };
+            if version >= 2 {
+                if r.bool("scratch area")? {
+                    mcu.scratch = Some(Arc::from(r.var32(BOOT_SLOT_BYTES, "scratch area")?));
+                }
+                mcu.pending = match r.u8("update request")? {
+                    0 => None,
+                    1 => Some(UpdateRequest::Test),
+                    2 => Some(UpdateRequest::Permanent),
+                    _ => {
+                        return Err(DecodeError::Invalid {
+                            field: "update request",
+                        })
+                    }
+                };
+                mcu.unconfirmed = r.bool("image confirmation")?;
+                let kind = match r.u8("swap status")? {
+                    0 => None,
+                    1 => Some(SwapKind::Test),
+                    2 => Some(SwapKind::Permanent),
+                    3 => Some(SwapKind::Revert),
+                    _ => {
+                        return Err(DecodeError::Invalid {
+                            field: "swap status",
+                        })
+                    }
+                };
+                if let Some(kind) = kind {
+                    let step = r.u8("swap step")?;
+                    if !(1..=2).contains(&step) {
+                        return Err(DecodeError::Invalid { field: "swap step" });
+                    }
+                    mcu.swap = Some(SwapProgress { kind, step });
+                }
+            }
+            Some(mcu)
         }
     };
     if !r.buf.is_empty() {
@@ -573,7 +627,7 @@ pub fn encode_vendor(vendor: &SiliconVendor) -> Result<Zeroizing<Vec<u8>>, FileE
 /// A [`DecodeError`] wrapped in [`FileError::Decode`], or the vendor refusing its parts.
 pub fn decode_vendor(bytes: &[u8]) -> Result<SiliconVendor, FileError> {
     let inner = |bytes: &[u8]| -> Result<_, DecodeError> {
-        let mut r = open(bytes, VENDOR_MAGIC, "silicon vendor")?;
+        let (mut r, _) = open(bytes, VENDOR_MAGIC, "silicon vendor")?;
         let key = SecretKeyDer::new(r.var16(MAX_KEY_BYTES, "vendor key")?.to_vec());
         let root = r
             .var16(type_limits::CERTIFICATE_BYTES, "vendor root")?

@@ -26,6 +26,7 @@ pub mod limits {
     pub const SLOT_BYTES: u16 = 4096;
     /// Largest firmware image in one boot slot of a secure MCU, in bytes.
     pub const BOOT_SLOT_BYTES: usize = 128 * 1024;
-    /// Largest device file, in bytes: two full boot slots and 32 full slots fit.
-    pub const DEVICE_FILE_BYTES: usize = 512 * 1024;
+    /// Largest device file, in bytes: two full boot slots, a full scratch area and 32 full
+    /// slots fit.
+    pub const DEVICE_FILE_BYTES: usize = 640 * 1024;
 }

@@ -23,6 +23,14 @@ pub enum Fault {
     WriteError,
     /// Power fails during the command, before or after its commit point.
     PowerLoss,
+    /// Power fails at the `write`th write (0-based) of the command, before or after its commit
+    /// point: for commands that write several times, such as a boot that swaps an update.
+    PowerLossAtWrite {
+        /// Which write.
+        write: u32,
+        /// After its commit point (the write is done) or before (it is not).
+        after_commit: bool,
+    },
     /// The part answers after `delay`; with a socket timeout shorter than that, the station sees
     /// [`Error::Timeout`] although the part executed the command.
     Slow {
@@ -185,6 +193,7 @@ impl Socket {
         self.ops += 1;
         let fault = self.pick_fault(writes);
         let mut power_step = None;
+        let mut at_write = None;
         let mut slow = None;
         match fault {
             Some(Fault::NoContact) => {
@@ -204,6 +213,13 @@ impl Socket {
                 let point = u32::try_from(self.rng.next() >> 32).unwrap_or(0);
                 power_step = Some(point);
             }
+            Some(Fault::PowerLossAtWrite {
+                write,
+                after_commit,
+            }) => {
+                self.counts.power_loss += 1;
+                at_write = Some((write, after_commit));
+            }
             Some(Fault::Slow { delay }) => {
                 self.counts.slow += 1;
                 slow = Some(delay);
@@ -214,10 +230,17 @@ impl Socket {
         if let Some(step) = power_step {
             device.arm_power_cut(step);
         }
+        if let Some((write, after_commit)) = at_write {
+            device.arm_power_cut_at_write(write, after_commit);
+        }
         let mut result = f(device);
         if power_step.is_some() && device.disarm_power_cut() {
             // The command never reached a point where the part programs or answers.
             result = Err(Error::PowerLoss { op });
+        }
+        if at_write.is_some() {
+            // The command made fewer writes than the one the cut waited for: it ran whole.
+            device.disarm_power_cut();
         }
         if let Some(delay) = slow {
             match self.timeout {

@@ -96,12 +96,12 @@ fn bad_files_are_refused_with_the_reason() {
         DecodeError::BadMagic { expected: "device" }
     );
     let mut v2 = good.clone();
-    v2[9] = 2;
+    v2[9] = 3;
     assert_eq!(
         file::decode(&v2).unwrap_err(),
         DecodeError::UnsupportedVersion {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         }
     );
     let mut flipped = good.clone();

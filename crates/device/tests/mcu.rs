@@ -1,33 +1,12 @@
-//! The secure MCU: fuses, lifecycle, flash boot slots, the security counter and the boot hook.
+//! The secure MCU: fuses, lifecycle, flash boot slots, the security counter and boot.
 
-use trustfab_device::sim::{BootOutcome, BootSlot, BootVerifier, Lifecycle};
+use trustfab_device::sim::{BootOutcome, BootSlot, Lifecycle};
 use trustfab_device::{Device, DeviceKind, Error, Refusal, Status, Zone};
+use trustfab_firmware::{key_hash, master, MasterOptions, Version};
+use trustfab_pki::{Curve, PublicKey, Signer, SoftKey};
+use trustfab_types::OsRng;
 
 use crate::{part, refusal};
-
-/// A boot verifier for tests: an image is `b"IMG"`, a 4-byte counter, then the SHA-256 of the
-/// root-of-trust key it claims; it verifies when that hash is the fused one.
-struct TestVerifier;
-
-impl BootVerifier for TestVerifier {
-    fn verify(
-        &self,
-        image: &[u8],
-        rot_hash: &[u8; 32],
-    ) -> Result<u32, Box<dyn std::error::Error + Send + Sync>> {
-        if image.len() != 39 || &image[..3] != b"IMG" || &image[7..] != rot_hash {
-            return Err("image not signed by the root of trust".into());
-        }
-        Ok(u32::from_be_bytes(image[3..7].try_into()?))
-    }
-}
-
-fn image(counter: u32, rot: &[u8; 32]) -> Vec<u8> {
-    let mut v = b"IMG".to_vec();
-    v.extend_from_slice(&counter.to_be_bytes());
-    v.extend_from_slice(rot);
-    v
-}
 
 #[test]
 fn lifecycle_moves_forward_only() {
@@ -71,36 +50,49 @@ fn security_counter_never_goes_down() {
 }
 
 #[test]
-fn boot_hook_verifies_the_image_and_enforces_the_counter() {
+fn boot_verifies_the_image_and_enforces_the_counter() {
     let (_, mut d) = part(DeviceKind::SecureMcu);
     // No image.
-    assert_eq!(refusal(d.boot(&TestVerifier)), Refusal::BootRefused);
-    let rot = [9u8; 32];
-    d.write_boot_slot(BootSlot::Primary, &image(3, &rot))
-        .unwrap();
+    assert_eq!(refusal(d.boot()), Refusal::BootRefused);
+    let key = SoftKey::generate(Curve::P256).unwrap();
+    let public = PublicKey::from_point(Curve::P256, key.public_point()).unwrap();
+    let image = |counter: u32| {
+        let opts = MasterOptions::new(Version::default(), counter);
+        master(b"firmware", &opts, &key, &OsRng).unwrap()
+    };
+    d.write_boot_slot(BootSlot::Primary, &image(3)).unwrap();
     // No root of trust yet: a development part boots unverified.
-    assert_eq!(d.boot(&TestVerifier).unwrap(), BootOutcome::Unverified);
-    d.program_rot_hash(&rot).unwrap();
-    assert_eq!(
-        d.boot(&TestVerifier).unwrap(),
-        BootOutcome::Verified { counter: 3 }
-    );
+    assert_eq!(d.boot().unwrap(), BootOutcome::Unverified);
+    d.program_rot_hash(&key_hash(&public)).unwrap();
+    assert!(matches!(
+        d.boot().unwrap(),
+        BootOutcome::Verified { counter: 3, .. }
+    ));
     assert_eq!(d.security_counter().unwrap(), 3);
     // An image for another root of trust.
-    d.write_boot_slot(BootSlot::Primary, &image(4, &[8; 32]))
-        .unwrap();
-    assert_eq!(refusal(d.boot(&TestVerifier)), Refusal::BootRefused);
+    let other = SoftKey::generate(Curve::P256).unwrap();
+    let theirs = master(
+        b"firmware",
+        &MasterOptions::new(Version::default(), 4),
+        &other,
+        &OsRng,
+    )
+    .unwrap();
+    d.write_boot_slot(BootSlot::Primary, &theirs).unwrap();
+    assert!(matches!(
+        d.boot(),
+        Err(Error::ImageRefused {
+            slot: BootSlot::Primary,
+            ..
+        })
+    ));
     // An older image.
-    d.write_boot_slot(BootSlot::Primary, &image(2, &rot))
-        .unwrap();
-    assert_eq!(refusal(d.boot(&TestVerifier)), Refusal::Rollback);
+    d.write_boot_slot(BootSlot::Primary, &image(2)).unwrap();
+    assert_eq!(refusal(d.boot()), Refusal::Rollback);
     // The update candidate sits in the secondary slot until it is installed.
-    d.write_boot_slot(BootSlot::Secondary, &image(7, &rot))
-        .unwrap();
-    assert_eq!(
-        d.read_boot_slot(BootSlot::Secondary).unwrap(),
-        image(7, &rot)
-    );
+    let update = image(7);
+    d.write_boot_slot(BootSlot::Secondary, &update).unwrap();
+    assert_eq!(d.read_boot_slot(BootSlot::Secondary).unwrap(), update);
     let too_big = vec![0u8; trustfab_device::limits::BOOT_SLOT_BYTES + 1];
     assert_eq!(
         refusal(d.write_boot_slot(BootSlot::Primary, &too_big)),
@@ -125,6 +117,6 @@ fn a_secure_element_refuses_mcu_commands() {
         refusal(d.write_boot_slot(BootSlot::Primary, b"x")),
         Refusal::Unsupported
     );
-    assert_eq!(refusal(d.boot(&TestVerifier)), Refusal::Unsupported);
+    assert_eq!(refusal(d.boot()), Refusal::Unsupported);
     assert_eq!(d.kind(), DeviceKind::SecureElement);
 }

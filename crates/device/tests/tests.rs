@@ -3,7 +3,8 @@
 //! - `rules`: every rule a part enforces (key slots, write protection, locks, signatures,
 //!   status codes, counters);
 //! - `attestation`: factory attestation to the silicon vendor root;
-//! - `mcu`: fuses, lifecycle, flash, security counter, the boot hook;
+//! - `mcu`: fuses, lifecycle, flash, security counter;
+//! - `boot`: secure boot of MCUboot images and the update swap (power loss at every write);
 //! - `faults`: every socket fault and the part's consistency after it;
 //! - `files`: the device file: round trip, atomic writes, refusals of bad input;
 //! - `fleet`: UID uniqueness and the in-memory fleet;
@@ -13,6 +14,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod attestation;
+mod boot;
 mod faults;
 mod files;
 mod fleet;

@@ -59,6 +59,8 @@ fn run(mut cmd: Command, hint: &str) -> Outcome {
     }
 }
 
+pub mod imgtool;
+
 /// Drives the `openssl` command line.
 pub mod openssl {
     use super::{run, Command, Outcome, Path};

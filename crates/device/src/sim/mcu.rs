@@ -1,11 +1,10 @@
 //! What a secure MCU has beyond a secure element's identity services: one-time-programmable
-//! fuses (the root-of-trust public key hash and the lifecycle state), flash with two boot slots,
-//! and a monotonic security counter. Secure boot itself is a [`BootVerifier`] the firmware code
-//! supplies; the MCU calls it and enforces the counter.
+//! fuses (the root-of-trust public key hash and the lifecycle state), flash with two boot slots
+//! and a scratch area, and a monotonic security counter. Secure boot and the update swap are in
+//! [`super::boot`].
 
 use std::sync::Arc;
 
-use crate::device::DeviceKind;
 use crate::error::{Error, Op, Refusal};
 use crate::limits::BOOT_SLOT_BYTES;
 use crate::sim::SimDevice;
@@ -32,6 +31,42 @@ pub enum BootSlot {
     Secondary,
 }
 
+/// What the secondary slot's trailer asks the next boot to do with the image there (MCUboot
+/// `boot_set_pending(permanent)`, design.md "Swap").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UpdateRequest {
+    /// Swap it in for one boot; revert at the next boot unless the image confirms itself
+    /// (`BOOT_SWAP_TYPE_TEST`).
+    Test,
+    /// Swap it in for good (`BOOT_SWAP_TYPE_PERM`).
+    Permanent,
+}
+
+/// A swap under way, as the swap status area records it: which swap, and the last step done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SwapProgress {
+    pub(crate) kind: SwapKind,
+    /// 1: the incoming image is in the scratch area; 2: the outgoing one is in the secondary.
+    pub(crate) step: u8,
+}
+
+/// The kind of a swap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum SwapKind {
+    Test,
+    Permanent,
+    Revert,
+}
+
+impl std::fmt::Display for BootSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Primary => "primary",
+            Self::Secondary => "secondary",
+        })
+    }
+}
+
 /// The MCU's fuses and flash.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct McuState {
@@ -40,32 +75,65 @@ pub(crate) struct McuState {
     pub(crate) security_counter: u32,
     pub(crate) primary: Option<Arc<[u8]>>,
     pub(crate) secondary: Option<Arc<[u8]>>,
-}
-
-/// Secure boot's image check, supplied by the firmware code: verify `image` under the root of
-/// trust whose public key hashes to `rot_hash`, and return the image's security counter.
-pub trait BootVerifier {
-    /// Checks the image.
-    ///
-    /// # Errors
-    /// Any refusal; the MCU then does not boot the image.
-    fn verify(
-        &self,
-        image: &[u8],
-        rot_hash: &[u8; 32],
-    ) -> Result<u32, Box<dyn std::error::Error + Send + Sync>>;
+    /// The scratch area a swap moves the incoming image through.
+    pub(crate) scratch: Option<Arc<[u8]>>,
+    /// The secondary slot's trailer.
+    pub(crate) pending: Option<UpdateRequest>,
+    /// The swap status area.
+    pub(crate) swap: Option<SwapProgress>,
+    /// The primary slot's trailer after a test swap: copied, not yet confirmed (`image_ok`
+    /// unset). The next boot reverts unless [`SimDevice::confirm_image`] is called first.
+    pub(crate) unconfirmed: bool,
 }
 
 /// What a boot did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BootOutcome {
-    /// The primary image was verified and booted; the security counter is now `counter`.
+    /// The primary image was verified and booted.
     Verified {
-        /// The security counter after boot.
+        /// The part's security counter after boot.
         counter: u32,
+        /// The SHA-256 of the booted image (its `IMAGE_TLV_SHA256`).
+        image_hash: [u8; 32],
+        /// What happened to an update or an unconfirmed image first.
+        swap: SwapOutcome,
     },
     /// No root of trust is programmed (development part): the image booted unverified.
     Unverified,
+}
+
+/// What a boot did before booting the primary image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SwapOutcome {
+    /// Nothing pending.
+    None,
+    /// The update in the secondary slot was installed; `test` when it must still confirm
+    /// itself.
+    Installed {
+        /// Installed for one boot only, until confirmed.
+        test: bool,
+    },
+    /// The unconfirmed image was swapped back for the previous one.
+    Reverted,
+    /// The update was refused and erased; the previous image boots.
+    Refused(ImageRefusal),
+}
+
+/// Why secure boot refused an image.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageRefusal {
+    /// The image does not verify (layout, key, hash, signature, decryption, no counter).
+    #[error(transparent)]
+    Image(#[from] trustfab_firmware::VerifyError),
+    /// The image's security counter is below the part's.
+    #[error("image security counter {image} is below the device's {device}")]
+    Rollback {
+        /// The image's counter.
+        image: u32,
+        /// The part's counter.
+        device: u32,
+    },
 }
 
 impl SimDevice {
@@ -141,10 +209,17 @@ impl SimDevice {
             if image.len() > BOOT_SLOT_BYTES {
                 return Err(Refusal::TooLong);
             }
+            if m.swap.is_some() {
+                return Err(Refusal::SwapInProgress);
+            }
             let content = Some(Arc::from(image));
             match slot {
                 BootSlot::Primary => m.primary = content,
-                BootSlot::Secondary => m.secondary = content,
+                BootSlot::Secondary => {
+                    // Programming the slot rewrites its trailer: nothing is pending any more.
+                    m.secondary = content;
+                    m.pending = None;
+                }
             }
             Ok(())
         })
@@ -163,36 +238,5 @@ impl SimDevice {
             };
             Ok(img.as_deref().map(<[u8]>::to_vec).unwrap_or_default())
         })
-    }
-
-    /// Boots the primary image. With a root of trust programmed, `verifier` must accept the image
-    /// and its security counter must not be below the part's; the part's counter then moves up to
-    /// the image's (MCUboot downgrade prevention with a hardware counter). Without one, the image
-    /// boots unverified, as a development part does; a locked part always has one.
-    ///
-    /// # Errors
-    /// Refused when there is no image, the verifier refuses it, or it is older than the counter.
-    pub fn boot(&mut self, verifier: &dyn BootVerifier) -> Result<BootOutcome, Error> {
-        if self.kind != DeviceKind::SecureMcu {
-            return Err(self.refuse(Op::Boot, None, Refusal::Unsupported));
-        }
-        let (image, rot, current) = self.query(Op::Boot, None, |d| {
-            let m = d.mcu()?;
-            let image = m.primary.clone().ok_or(Refusal::BootRefused)?;
-            Ok((image, m.rot_hash, m.security_counter))
-        })?;
-        let Some(rot) = rot else {
-            return Ok(BootOutcome::Unverified);
-        };
-        let counter = verifier
-            .verify(&image, &rot)
-            .map_err(|_| self.refuse(Op::Boot, None, Refusal::BootRefused))?;
-        if counter < current {
-            return Err(self.refuse(Op::Boot, None, Refusal::Rollback));
-        }
-        if counter > current {
-            self.advance_security_counter(counter)?;
-        }
-        Ok(BootOutcome::Verified { counter })
     }
 }

@@ -7,6 +7,7 @@
 //! point leaves the old state, after it the new one, never a mix (`docs/devices.md`,
 //! "Anti-tearing").
 
+mod boot;
 mod layout;
 pub mod mcu;
 
@@ -27,7 +28,7 @@ use crate::error::{Error, Op, Refusal, Status};
 use crate::vendor::{generate_pair, public_of};
 
 pub use layout::{default_layout, COUNTERS, COUNTER_LIMIT};
-pub use mcu::{BootOutcome, BootSlot, BootVerifier, Lifecycle};
+pub use mcu::{BootOutcome, BootSlot, ImageRefusal, Lifecycle, SwapOutcome, UpdateRequest};
 
 use mcu::McuState;
 
@@ -115,6 +116,15 @@ pub(crate) struct State {
     pub(crate) mcu: Option<McuState>,
 }
 
+/// A power cut armed for the next command: `point`'s low bit set cuts just after a commit point,
+/// clear just before it; with `writes_before` set, the first that many writes of the command
+/// complete and reads pass, and power fails at the next write.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PowerCut {
+    pub(crate) point: u32,
+    pub(crate) writes_before: Option<u32>,
+}
+
 /// A simulated secure element or secure MCU.
 ///
 /// It enforces every rule of `docs/devices.md` itself: the caller can only ask, as a station asks
@@ -126,8 +136,8 @@ pub struct SimDevice {
     attestation_key: Arc<SlotKey>,
     attestation_cert: Vec<u8>,
     state: State,
-    /// Armed by a socket: the programming step at which power fails during the next command.
-    power_cut: Option<u32>,
+    /// Armed by a socket: where power fails during the next command.
+    power_cut: Option<PowerCut>,
 }
 
 impl fmt::Debug for SimDevice {
@@ -214,7 +224,20 @@ impl SimDevice {
     /// Arms a power cut for the next command. With the low bit of `point` set, power fails just
     /// after the commit point; otherwise before it, while the shadow copy is being programmed.
     pub(crate) fn arm_power_cut(&mut self, point: u32) {
-        self.power_cut = Some(point);
+        self.power_cut = Some(PowerCut {
+            point,
+            writes_before: None,
+        });
+    }
+
+    /// Arms a power cut at the `write`th write (0-based) of the next command, just before or
+    /// just after its commit point: a command that writes several times (a boot that swaps an
+    /// update) can be cut at each of them.
+    pub(crate) fn arm_power_cut_at_write(&mut self, write: u32, after_commit: bool) {
+        self.power_cut = Some(PowerCut {
+            point: u32::from(after_commit),
+            writes_before: Some(write),
+        });
     }
 
     /// Disarms a power cut the last command did not reach; says whether one was armed.
@@ -269,7 +292,8 @@ impl SimDevice {
         slot: Option<SlotId>,
         f: impl FnOnce(&Self) -> Result<T, Refusal>,
     ) -> Result<T, Error> {
-        if self.power_cut.take().is_some() {
+        if self.power_cut.is_some_and(|c| c.writes_before.is_none()) {
+            self.power_cut = None;
             return Err(Error::PowerLoss { op });
         }
         f(self).map_err(|r| self.refuse(op, slot, r))
@@ -283,7 +307,16 @@ impl SimDevice {
         slot: Option<SlotId>,
         f: impl FnOnce(&mut State, DeviceKind) -> Result<T, Refusal>,
     ) -> Result<T, Error> {
-        let cut = self.power_cut.take();
+        let cut = match &mut self.power_cut {
+            Some(PowerCut {
+                writes_before: Some(n),
+                ..
+            }) if *n > 0 => {
+                *n -= 1;
+                None
+            }
+            _ => self.power_cut.take().map(|c| c.point),
+        };
         let mut shadow = self.state.clone();
         let out = match f(&mut shadow, self.kind) {
             Ok(out) => out,
