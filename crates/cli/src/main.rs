@@ -10,6 +10,7 @@ mod ca;
 mod demo;
 mod device;
 mod files;
+mod fw;
 mod hsm;
 mod job;
 mod oem;
@@ -56,6 +57,9 @@ enum Command {
     Job(job::JobCommand),
     /// Provision N simulated devices through the full flow and compare with the crypto limit.
     Bench(job::BenchArgs),
+    /// Firmware in MCUboot's image format: keygen, master, inspect, verify, decrypt.
+    #[command(subcommand)]
+    Fw(fw::FwCommand),
     /// Run the chain of trust end to end on the embedded defaults and say what each step made.
     Demo(demo::DemoArgs),
 }
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Command::Server(c) => auth::run_server(c),
         Command::Job(c) => job::run(c),
         Command::Bench(a) => job::bench(&a),
+        Command::Fw(c) => fw::run(c),
         Command::Demo(a) => demo::run(&a),
     };
     match result {
