@@ -11,7 +11,7 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use trustfab_auth::tls::{self, OemClientVerifier, TlsIdentity};
 use trustfab_auth::{Identity, Slots};
-use trustfab_device::SimDevice;
+use trustfab_device::{Device, Fault, SimDevice, Socket, Trigger};
 use trustfab_pki::{pem, Curve, PublicKey, Signer, SoftKey, Template};
 use trustfab_test_support::openssl_tls::{s_client, SServer};
 use trustfab_test_support::Scratch;
@@ -89,7 +89,11 @@ fn tls_identity(d: SimDevice) -> TlsIdentity<SimDevice> {
 }
 
 /// A device client: connects, sends `request`, returns what came back or the first error.
-fn device_get(id: &TlsIdentity<SimDevice>, port: u16, request: &[u8]) -> Result<String, String> {
+fn device_get<D: Device + 'static>(
+    id: &TlsIdentity<D>,
+    port: u16,
+    request: &[u8],
+) -> Result<String, String> {
     let config = Arc::new(id.client_config().unwrap());
     let name = ServerName::try_from(SERVER_NAME).unwrap();
     let conn = rustls::ClientConnection::new(config, name).unwrap();
@@ -301,4 +305,35 @@ fn the_oem_server_requires_the_device_eku_and_honours_the_crl() {
     assert!(device_get(&revoked, port, b"hi").is_err());
     let err = server.join().unwrap().unwrap_err();
     assert!(err.contains("Revoked"), "{err}");
+}
+
+#[test]
+fn the_tls_handshake_is_signed_inside_the_device() {
+    let acme = Oem::new("acme");
+    let mut v = vendor();
+    let srv = ServerIdentity::new(&acme);
+    let verifier = || OemClientVerifier::new(&acme.root, vec![], Some(DEVICE_EKU)).unwrap();
+
+    // Through a programmer's socket, every command is counted: one handshake, one signature.
+    let socket = Socket::with_device(acme.provision(&mut v, 20), 1);
+    let id = TlsIdentity::new(Identity::load(socket, Slots::PROVISIONED).unwrap()).unwrap();
+    let ops = || id.device().lock().unwrap().operations();
+    let before = ops();
+    let (port, server) = oem_server(&srv, verifier());
+    assert_eq!(device_get(&id, port, b"hi").unwrap(), "ok\n");
+    server.join().unwrap().unwrap();
+    assert_eq!(
+        ops() - before,
+        1,
+        "the handshake must be signed by the device, once"
+    );
+
+    // The same part losing contact at that command: no signature, no handshake.
+    let socket = Socket::with_device(acme.provision(&mut v, 21), 1)
+        .fault(Fault::NoContact, Trigger::AtOperation(before + 1));
+    let id = TlsIdentity::new(Identity::load(socket, Slots::PROVISIONED).unwrap()).unwrap();
+    let (port, server) = oem_server(&srv, verifier());
+    let err = device_get(&id, port, b"hi").unwrap_err();
+    assert!(err.contains("no contact"), "{err}");
+    assert!(server.join().unwrap().is_err());
 }
