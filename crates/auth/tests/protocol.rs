@@ -40,6 +40,20 @@ fn property_7_two_devices_of_one_oem_authenticate_both_ways() {
 }
 
 #[test]
+fn a_secure_element_and_a_secure_mcu_authenticate_both_ways() {
+    let oem = Oem::new("acme");
+    let mut v = vendor();
+    let mut se = oem.identity(&mut v, 1);
+    let mut mcu = Identity::load(oem.provision_mcu(&mut v, 2), Slots::PROVISIONED).unwrap();
+    let (s1, s2) = mutual(&mut se, &trust(NOW), &mut mcu, &trust(NOW)).unwrap();
+    assert_eq!(&s1.peer, mcu.subject());
+    assert!(s1.key.ct_eq(&s2.key));
+    let (s1, s2) = mutual(&mut mcu, &trust(NOW), &mut se, &trust(NOW)).unwrap();
+    assert_eq!(&s1.peer, se.subject());
+    assert_eq!(s1.transcript, s2.transcript);
+}
+
+#[test]
 fn a_device_of_another_oem_is_refused_by_both_sides() {
     let acme = Oem::new("acme");
     let globex = Oem::new("globex");

@@ -173,6 +173,23 @@ impl Oem {
         d
     }
 
+    /// Provisions a secure MCU: lifecycle open → provisioned, key generated inside, certificates
+    /// written, root-of-trust hash programmed, lifecycle → locked.
+    pub(crate) fn provision_mcu(&self, vendor: &mut SiliconVendor, serial: u64) -> SimDevice {
+        let mut d = vendor.manufacture(DeviceKind::SecureMcu, NOW).unwrap();
+        d.lock(Zone::Config).unwrap();
+        let pk = d.generate_key(Slots::PROVISIONED.key).unwrap();
+        let uid = d.uid().unwrap();
+        let cert = self.issue(&template(), &uid, serial, &pk);
+        d.write_slot(Slots::PROVISIONED.certificate, &cert).unwrap();
+        d.write_slot(Slots::PROVISIONED.device_ca, &self.ca)
+            .unwrap();
+        d.write_slot(Slots::PROVISIONED.root, &self.root).unwrap();
+        d.program_rot_hash(&[7; 32]).unwrap();
+        d.lock(Zone::Data).unwrap();
+        d
+    }
+
     pub(crate) fn provision(&self, vendor: &mut SiliconVendor, serial: u64) -> SimDevice {
         self.provision_with(vendor, &template(), serial, None)
     }
