@@ -3,13 +3,16 @@
 //! later parts of the system add are named at the end.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use std::sync::Arc;
+
+use trustfab_device::{Device as _, DeviceKind, SiliconVendor};
 use trustfab_hsm::DeviceKey;
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
-use trustfab_pki::{pem, Curve, Policy, PublicKey, Purpose, Reason, Signer, SoftKey};
+use trustfab_pki::{pem, Curve, PublicKey, Reason, Signer, SoftKey};
+use trustfab_station::{Faults, FileSupply, JobSpec, LockPolicy, PartKind, RunOptions, SlotMap};
 use trustfab_types::{Clock, DeviceUid, OemId, OsRng, Passphrase, ProductId, Rng, SystemClock};
 
 use crate::ca::{CaDir, InitSpec, Kind};
@@ -23,8 +26,8 @@ pub(crate) struct DemoArgs {
     /// Working directory (default: a new temporary directory, kept afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// How many device certificates to issue.
-    #[arg(long, default_value_t = 10)]
+    /// How many simulated devices the provisioning job makes.
+    #[arg(long, default_value_t = 10_000)]
     devices: u32,
 }
 
@@ -119,12 +122,12 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     let product = ProductId::new("thermostat-v2")?;
     let package = dir.join("thermostat-v2.package");
     crate::oem::wrap(&crate::oem::WrapArgs {
-        dir: oem_dir.clone(),
+        dir: oem_dir,
         hsm: hsm_certs,
         vendor_root: vendor_dir.join("root.pem"),
         template: template_path,
         product,
-        count: u64::from(a.devices),
+        count: u64::from(a.devices) + 2,
         serial_range: None,
         valid_days: 30,
         out: package.clone(),
@@ -132,7 +135,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     })?;
     println!(
         "5. OEM wrapped the device CA key, template and count {} for that HSM only: {}",
-        a.devices,
+        u64::from(a.devices) + 2,
         package.display()
     );
 
@@ -153,115 +156,103 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         Ok(_) => anyhow::bail!("a second import of the same package was accepted"),
     }
 
-    let devices_dir = dir.join("devices");
-    std::fs::create_dir_all(&devices_dir)?;
-    let started = Instant::now();
-    let mut requests = Vec::new();
-    for i in 0..a.devices {
-        // Each device makes its key pair inside; only the public key leaves it.
-        let device_key = SoftKey::generate(Curve::P256)?;
-        let mut uid = [0u8; 9];
-        uid[0] = 0x01;
-        uid[5..].copy_from_slice(&i.to_be_bytes());
-        requests.push(DeviceKey {
-            uid: DeviceUid::new(&uid)?,
-            public_key: PublicKey::from_point(Curve::P256, device_key.public_point())?,
-        });
-    }
-    let mut issued = Vec::new();
-    for batch in requests.chunks(256) {
-        issued.extend(hsm.issue(&imported.product, batch)?);
-    }
-    let elapsed = started.elapsed();
-    for i in &issued {
-        files::write_new(
-            &devices_dir.join(format!("{}.pem", i.uid)),
-            pem::cert_pem(&i.cert).as_bytes(),
-            false,
-        )?;
-    }
+    let product_key = imported.product;
+    let summary = crate::job::demo_job(&hsm, &dir, &product_key, u64::from(a.devices))?;
     println!(
-        "7. the HSM issued {} device certificates from the template in {:.1} ms (count spent and recorded before signing): {}/",
-        issued.len(),
-        elapsed.as_secs_f64() * 1e3,
-        devices_dir.display()
+        "7. the station provisioned {} devices ({} failed after issue): key made inside, certificate from the HSM, root in write-protected storage, locked, verified",
+        summary.good, summary.failed_after_issue
+    );
+
+    // Two more parts as files, provisioned by a job of 2, then authenticating each other.
+    let parts = dir.join("parts");
+    std::fs::create_dir_all(&parts)?;
+    let mut silicon = SiliconVendor::new(SystemClock.now(), &OsRng)?;
+    let mut uids = Vec::new();
+    for name in ["device-1.dev", "device-2.dev"] {
+        let mut part = silicon.manufacture(DeviceKind::SecureElement, SystemClock.now())?;
+        uids.push(part.uid()?);
+        trustfab_device::file::save(&part, &parts.join(name))?;
+    }
+    let now = SystemClock.now();
+    let spec = JobSpec {
+        job_id: format!("demo-files-{}", now.0),
+        hsm_id: hsm.hsm_id().to_owned(),
+        product: product_key.clone(),
+        quantity: 2,
+        device_kind: PartKind::SecureElement,
+        slots: SlotMap::default(),
+        attestation_root: None,
+        lock: LockPolicy::Data,
+        created_at: now.0,
+    };
+    let job = trustfab_station::create_job(&hsm, spec)?;
+    let opts = RunOptions::new(2, Arc::new(SystemClock));
+    let s2 = trustfab_station::run(
+        &hsm,
+        &job.package,
+        &FileSupply::open(&parts, Faults::none())?,
+        &opts,
+    )?;
+    trustfab_station::close_job(&hsm, &job.package, SystemClock.now())?;
+    println!(
+        "8. a job of 2 provisioned device files ({} good): {}/device-1.dev, device-2.dev",
+        s2.good,
+        parts.display()
     );
     let extra = DeviceKey {
         uid: DeviceUid::new(&[0xff; 9])?,
-        public_key: requests
-            .first()
-            .map(|r| r.public_key.clone())
-            .context("no devices")?,
+        public_key: PublicKey::from_point(
+            Curve::P256,
+            SoftKey::generate(Curve::P256)?.public_point(),
+        )?,
     };
-    match hsm.issue(&imported.product, &[extra]) {
-        Err(e) => println!("   one more is refused: {e}"),
+    match hsm.issue(&product_key, &[extra]) {
+        Err(e) => println!("   one more certificate is refused: {e}"),
         Ok(_) => anyhow::bail!("the HSM issued past the count"),
     }
 
-    let root = oem.root_der()?;
-    let intermediates = oem.intermediates()?;
-    let policy = Policy {
-        root: &root,
-        intermediates: &intermediates,
-        crls: &[],
-        now: SystemClock.now(),
-        purpose: Purpose::ClientAuth,
-    };
-    for i in &issued {
-        trustfab_pki::validate(&i.cert, &policy).with_context(|| format!("device {}", i.uid))?;
-    }
-    println!("8. every certificate validates to the OEM root (rustls-webpki)");
-    if let Some(i) = issued.first() {
-        println!(
-            "   check one with openssl: openssl verify -CAfile {0}/root.pem -untrusted {0}/device-ca.pem {1}/{2}.pem",
-            oem_dir.display(),
-            devices_dir.display(),
-            i.uid
-        );
+    let (dev1, dev2) = (parts.join("device-1.dev"), parts.join("device-2.dev"));
+    println!("9. mutual authentication, each device checking the other against the root in its own storage:");
+    crate::auth::demo_auth(&dev1, &dev2, &[])?;
+
+    // Revoke device 2: with the OEM's CRL, device 1 refuses it.
+    let uid2 = uids.get(1).context("no second device")?;
+    let cert2 = hsm
+        .certificate_for(&product_key, uid2)?
+        .context("device 2 has no certificate")?;
+    let (ca_cert, ca_key) = oem.signing(&pass)?;
+    let issuer = oem.issuer(&ca_cert, &ca_key)?;
+    oem.revoke(&cert2.serial, Reason::KeyCompromise, SystemClock.now())?;
+    let now = SystemClock.now();
+    let crl = trustfab_pki::build_crl(
+        &issuer,
+        &oem.revoked()?,
+        1,
+        now,
+        trustfab_types::UnixTime(now.0 + 30 * 86_400),
+    )?;
+    let crl_path = dir.join("crl.pem");
+    files::write_new(&crl_path, pem::encode("X509 CRL", &crl).as_bytes(), false)?;
+    oem.state.crl_number = 1;
+    oem.save()?;
+    match crate::auth::demo_auth(&dev1, &dev2, &[crl]) {
+        Err(e) => println!(
+            "10. device 2 revoked (key-compromise, CRL {}); authentication now refused: {e:#}",
+            crl_path.display()
+        ),
+        Ok(()) => anyhow::bail!("a revoked device was authenticated"),
     }
 
-    if let Some(last) = issued.last() {
-        let (ca_cert, ca_key) = oem.signing(&pass)?;
-        let issuer = oem.issuer(&ca_cert, &ca_key)?;
-        oem.revoke(&last.serial, Reason::KeyCompromise, SystemClock.now())?;
-        let now = SystemClock.now();
-        let crl = trustfab_pki::build_crl(
-            &issuer,
-            &oem.revoked()?,
-            1,
-            now,
-            trustfab_types::UnixTime(now.0 + 30 * 86_400),
-        )?;
-        let crl_path = dir.join("crl.pem");
-        files::write_new(&crl_path, pem::encode("X509 CRL", &crl).as_bytes(), false)?;
-        oem.state.crl_number = 1;
-        oem.save()?;
-        let crls = [crl];
-        let with_crl = Policy {
-            crls: &crls,
-            ..policy
-        };
-        let refused = trustfab_pki::validate(&last.cert, &with_crl);
-        println!(
-            "9. device {} revoked (key-compromise); CRL {}; validation now says: {}",
-            last.uid,
-            crl_path.display(),
-            match refused {
-                Err(e) => e.to_string(),
-                Ok(()) => "accepted (unexpected)".into(),
-            }
-        );
-    }
     for p in hsm.products()? {
         println!(
-            "10. HSM products: {} ordered {}, issued {}, remaining {}",
+            "11. HSM products: {} ordered {}, issued {}, remaining {}",
             p.product, p.ordered, p.issued, p.remaining
         );
     }
 
     let v = hsm.verify_ledger()?;
     println!(
-        "11. ledger verified under the HSM identity: {} records, hash chain, counters and claims",
+        "12. ledger verified under the HSM identity: {} records, hash chain, counters and claims",
         v.head.seq
     );
     let report_path = dir.join("thermostat-v2.report");
@@ -284,14 +275,14 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         SystemClock.now(),
     )?;
     println!(
-        "12. production report signed by the HSM ({} issued of {}): {}; the OEM verified it: {} certificates valid, none twice, within the order",
+        "13. production report signed by the HSM ({} issued of {}): {}; the OEM verified it: {} certificates valid, none twice, within the order",
         totals.issued,
         totals.ordered,
         report_path.display(),
         summary.certificates
     );
 
-    println!("\nnot yet part of the demo (later steps of the system):");
-    println!("  a provisioning job on simulated devices, mutual authentication, mastered firmware");
+    println!("14. mastered firmware, secure boot and a field update on a secure MCU:");
+    crate::fw::demo_firmware(&dir, &pass)?;
     Ok(())
 }

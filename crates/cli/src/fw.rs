@@ -346,10 +346,6 @@ fn decrypt_cmd(a: &DecryptArgs) -> Result<()> {
 /// an image encrypted for the family, and a simulated secure MCU (root-of-trust hash fused,
 /// family key in its secret slot) installs it as an update and boots it; then a changed image,
 /// an older one and another family's one are each refused. Prints what happened.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "called by `trustfab demo` once demo.rs calls it")
-)]
 pub(crate) fn demo_firmware(dir: &Path, pass: &Passphrase) -> Result<()> {
     let (sign_path, _, sign_pub) = write_keypair(&dir.join("firmware-signing"), pass)?;
     let (family_path, _, family_pub) = write_keypair(&dir.join("family"), pass)?;
