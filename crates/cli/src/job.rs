@@ -152,7 +152,7 @@ pub(crate) struct BenchArgs {
     /// Devices to provision.
     #[arg(long, default_value_t = 100_000)]
     devices: u64,
-    /// Sockets (default: 4 per core).
+    /// Sockets (default: 32 per core; a socket waits for the HSM's batch, so many keep it busy).
     #[arg(long)]
     sockets: Option<usize>,
     /// Most devices per HSM issuance call.
@@ -681,7 +681,7 @@ fn crypto_limit(threads: usize, per_thread: u64) -> Result<f64> {
 
 pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let sockets = a.sockets.unwrap_or(cores * 4);
+    let sockets = a.sockets.unwrap_or(cores * 32);
     let tmp;
     let dir = match &a.dir {
         Some(d) => {
