@@ -141,6 +141,7 @@ pub struct MadeSupply {
     now: UnixTime,
     total: u64,
     made: AtomicU64,
+    retried: AtomicU64,
     retries: Mutex<VecDeque<SimDevice>>,
     faults: Faults,
 }
@@ -170,6 +171,7 @@ impl MadeSupply {
             now,
             total,
             made: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
             retries: Mutex::new(VecDeque::new()),
             faults,
         }
@@ -196,8 +198,9 @@ impl Supply for MadeSupply {
 
     fn take(&self) -> Result<Option<Socket>, RunError> {
         if let Some(d) = lock(&self.retries).pop_front() {
-            let n = self.made.load(Ordering::Relaxed);
-            return Ok(Some(self.faults.socket(d, n)));
+            // A fresh seed per insertion: a part put back meets other faults.
+            let n = self.retried.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(self.faults.socket(d, self.total.wrapping_add(n))));
         }
         let n = self.made.fetch_add(1, Ordering::Relaxed);
         if n >= self.total || self.vendors.is_empty() {

@@ -64,3 +64,27 @@ fn with_5_percent_socket_faults_every_device_is_accounted_for() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[test]
+fn parts_made_on_demand_meet_new_faults_when_put_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = site(dir.path(), 100);
+    let job = create(&s, "job-made", 100);
+    let vendors = vec![vendor(), vendor()];
+    let supply = trustfab_station::MadeSupply::new(
+        vendors,
+        DeviceKind::SecureElement,
+        100,
+        NOW,
+        Faults::line(0.05, 7),
+    );
+    let sum = run(&s.hsm, &job, &supply, &options(4)).unwrap();
+    // Every part ends good or with its last failure; retries are bounded per part.
+    assert_eq!(sum.good + sum.failures.len() as u64, 100, "{sum:?}");
+    assert!(
+        sum.failed_attempts < 100 * 3 + 50,
+        "{} attempts failed",
+        sum.failed_attempts
+    );
+    assert_eq!(sum.issued, sum.good + sum.failed_after_issue);
+}
