@@ -77,7 +77,9 @@ fn bench(c: &mut Criterion) {
     let family_pub = PublicKey::from_point(Curve::P256, &family.public_point().unwrap()).unwrap();
     let keys: [&dyn DecryptionKey; 1] = [&family];
     let mut g = c.benchmark_group("firmware");
-    g.sample_size(10);
+    g.sample_size(10)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3));
     for size in SIZES {
         let payload: Vec<u8> = (0..size).map(|i| u8::try_from(i % 251).unwrap()).collect();
         imgtool_once(size, &payload);

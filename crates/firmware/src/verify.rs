@@ -150,13 +150,9 @@ pub fn verify(
     let hash = ctx.finish();
     verify_slices_are_equal(hash.as_ref(), expected).map_err(|_| VerifyError::HashMismatch)?;
 
-    // ECDSA over SHA-256 of the same message: verify the digest we computed.
-    let mut message = Vec::with_capacity(head.len() + body.len() + tail.len());
-    message.extend_from_slice(head);
-    message.extend_from_slice(body);
-    message.extend_from_slice(tail);
+    // ECDSA over SHA-256 of the same message: verify the digest just computed and checked.
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key.point())
-        .verify(&message, signature)
+        .verify_digest(&hash, signature)
         .map_err(|_| VerifyError::Signature)?;
 
     let mut out = [0u8; 32];
