@@ -1,7 +1,7 @@
 //! What a secure MCU has beyond a secure element's identity services: one-time-programmable
 //! fuses (the root-of-trust public key hash and the lifecycle state), flash with two boot slots
 //! and a scratch area, and a monotonic security counter. Secure boot and the update swap are in
-//! [`super::boot`].
+//! [`SimDevice::boot`](crate::SimDevice::boot).
 
 use std::sync::Arc;
 
