@@ -10,6 +10,6 @@ pub use error::{CreateError, JobError, RunError};
 pub use job::{JobPackage, JobSpec, LockPolicy, PartKind, SlotMap};
 pub use station::{
     close_job, create_job, identity_point, open_job, run, CreatedJob, Failure, JobState, Progress,
-    ProgressFn, RunOptions, Step, Summary,
+    ProgressFn, RunOptions, Step, Summary, ISSUERS,
 };
 pub use supply::{Faults, FilePart, FileSupply, FleetSupply, MadeSupply, Supply};

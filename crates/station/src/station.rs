@@ -4,7 +4,7 @@
 //!
 //! 1. `create_job`: one append — `JobCreated`, the job claim, and a spend of the job's quantity
 //!    from the product (the reservation).
-//! 2. Before each issuance batch: one append — `CreditBack` (release) naming the batch's UIDs and
+//! 2. Before each issuance batch ([`ISSUERS`] batches in flight): one append — `CreditBack` (release) naming the batch's UIDs and
 //!    crediting to the product only what the HSM is about to spend beyond the job's earlier,
 //!    unused releases. Then the HSM spends, records and signs (its own single append).
 //! 3. After each device: `DeviceProgrammed` + `DeviceLocked` with a unique (product, UID) claim,
@@ -602,9 +602,17 @@ pub fn run<S: Supply>(
     let (record_tx, record_rx) = mpsc::channel::<Append>();
     let results = Mutex::new(RunTally::default());
 
+    let issue_rx = Mutex::new(issue_rx);
+    let accounts = Mutex::new(Accounts {
+        released: st.released,
+        committed: issued_start,
+    });
     thread::scope(|scope| {
         let sh = &shared;
-        let batcher = scope.spawn(move || issuer_loop(sh, &issue_rx, st.released, issued_start));
+        let (issue_rx, accounts) = (&issue_rx, &accounts);
+        let issuers: Vec<_> = (0..ISSUERS)
+            .map(|_| scope.spawn(move || issuer_loop(sh, issue_rx, accounts)))
+            .collect();
         let recorder = scope.spawn(move || recorder_loop(sh, &record_rx));
         let mut sockets = Vec::new();
         for _ in 0..opts.sockets {
@@ -622,7 +630,8 @@ pub fn run<S: Supply>(
                 sh.fail(RunError::Supply("a socket thread panicked".into()));
             }
         }
-        if batcher.join().is_err() || recorder.join().is_err() {
+        let issuers_ok = issuers.into_iter().all(|h| h.join().is_ok());
+        if !issuers_ok || recorder.join().is_err() {
             sh.fail(RunError::Supply(
                 "the issuer or recorder thread panicked".into(),
             ));
@@ -667,22 +676,47 @@ struct RunTally {
     latencies_us: Vec<u32>,
 }
 
-/// The HSM's feeder: collects requests from the sockets into batches, releases the job's
-/// reservation for them, and issues. It is the only caller of the HSM, so the HSM always has
-/// the next batch waiting while it signs.
-fn issuer_loop(sh: &Shared<'_>, rx: &Receiver<IssueRequest>, mut released: u64, mut issued: u64) {
+/// How many batches are in flight at once: while the HSM signs one, the next one's release and
+/// issuance records are being made durable (they share fsyncs through the ledger's group commit).
+pub const ISSUERS: usize = 3;
+
+/// The job's reservation accounting shared by the issuers.
+struct Accounts {
+    /// Units released to the product (durable or being appended).
+    released: u64,
+    /// Certificates issued plus devices in batches not yet answered.
+    committed: u64,
+}
+
+/// One of the HSM's feeders: collects requests from the sockets into a batch, releases the
+/// job's reservation for it, and issues. A batch is released only for devices that hold a unit
+/// of the job's quantity, so `committed` never passes the quantity and neither does `released`.
+fn issuer_loop(sh: &Shared<'_>, rx: &Mutex<Receiver<IssueRequest>>, acc: &Mutex<Accounts>) {
     let spec = sh.spec;
     let ledger = sh.hsm.ledger();
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < sh.opts.batch.clamp(1, trustfab_hsm::BATCH_MAX) {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+    loop {
+        let batch = {
+            let rx = guard(rx);
+            let Ok(first) = rx.recv() else {
+                break;
+            };
+            let mut batch = vec![first];
+            while batch.len() < sh.opts.batch.clamp(1, trustfab_hsm::BATCH_MAX) {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
             }
-        }
+            batch
+        };
         let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-        let need = (issued + n).saturating_sub(released);
+        let need = {
+            let mut a = guard(acc);
+            let need = (a.committed + n).saturating_sub(a.released);
+            a.released += need;
+            a.committed += n;
+            need
+        };
         let release = Append::record(
             Kind::CreditBack,
             records::encode(&CreditBack {
@@ -705,6 +739,11 @@ fn issuer_loop(sh: &Shared<'_>, rx: &Receiver<IssueRequest>, mut released: u64, 
             release
         };
         if let Err(e) = ledger.append(release) {
+            {
+                let mut a = guard(acc);
+                a.released -= need;
+                a.committed -= n;
+            }
             let msg = format!("recording the release: {e}");
             for r in batch {
                 let _ = r.reply.send(Err(msg.clone()));
@@ -712,25 +751,21 @@ fn issuer_loop(sh: &Shared<'_>, rx: &Receiver<IssueRequest>, mut released: u64, 
             sh.fail(RunError::Ledger(e));
             continue;
         }
-        released += need;
         let keys: Vec<DeviceKey> = batch.iter().map(|r| r.key.clone()).collect();
         match sh.hsm.issue(&spec.product, &keys) {
             Ok(out) => {
+                let fresh =
+                    u64::try_from(out.iter().filter(|i| !i.reissued).count()).unwrap_or(u64::MAX);
+                guard(acc).committed -= n - fresh.min(n);
+                sh.issued.fetch_add(fresh, Ordering::Relaxed);
                 let mut by_uid: HashMap<DeviceUid, Issued> =
                     out.into_iter().map(|i| (i.uid.clone(), i)).collect();
                 for r in batch {
-                    match by_uid.remove(&r.key.uid) {
-                        Some(i) => {
-                            if !i.reissued {
-                                issued += 1;
-                                sh.issued.fetch_add(1, Ordering::Relaxed);
-                            }
-                            let _ = r.reply.send(Ok(i));
-                        }
-                        None => {
-                            let _ = r.reply.send(Err("the HSM returned no certificate".into()));
-                        }
-                    }
+                    let _ = r.reply.send(
+                        by_uid
+                            .remove(&r.key.uid)
+                            .ok_or_else(|| "the HSM returned no certificate".to_owned()),
+                    );
                 }
             }
             Err(e) => {
@@ -738,8 +773,9 @@ fn issuer_loop(sh: &Shared<'_>, rx: &Receiver<IssueRequest>, mut released: u64, 
                 if matches!(e, IssueError::Sign(_)) {
                     // The count was spent and recorded: the devices resume on their next
                     // attempt from the recorded certificate.
-                    issued += n;
                     sh.issued.fetch_add(n, Ordering::Relaxed);
+                } else {
+                    guard(acc).committed -= n;
                 }
                 for r in batch {
                     let _ = r.reply.send(Err(msg.clone()));
