@@ -318,9 +318,14 @@ fn demo_runs_end_to_end() {
         "a secure MCU installed and booted it",
         "an older image is refused",
     ] {
-        assert!(out.contains(expected), "{expected:?} missing from the demo:\n{out}");
+        assert!(
+            out.contains(expected),
+            "{expected:?} missing from the demo:\n{out}"
+        );
     }
-    let parts: Vec<_> = std::fs::read_dir(t.path().join("demo/parts")).unwrap().collect();
+    let parts: Vec<_> = std::fs::read_dir(t.path().join("demo/parts"))
+        .unwrap()
+        .collect();
     assert_eq!(parts.len(), 2);
 }
 
