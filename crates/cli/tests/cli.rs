@@ -524,3 +524,137 @@ fn hsm_flow_on_softhsm2_through_pkcs11() {
     assert!(softhsm.conf().exists());
     hsm_flow(t.path(), "pkcs11", trustfab_test_support::softhsm::PIN);
 }
+
+/// Many stations, one PostgreSQL ledger (DESIGN.md "Scale"): four `trustfab job run` processes
+/// of one HSM directory whose ledger is a fresh PostgreSQL database, one product of 10,000.
+/// Exactly 10,000 are issued, every one is in the signed report, and the report verifies.
+#[test]
+fn four_station_processes_on_one_postgres_ledger() {
+    let db = trustfab_test_support::pg::FreshDatabase::new();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    ok(d, &["vendor", "init"]);
+    ok(
+        d,
+        &[
+            "hsm",
+            "init",
+            "--hsm-id",
+            "hsm-pg",
+            "--ledger-url",
+            db.url(),
+        ],
+    );
+    ok(
+        d,
+        &[
+            "vendor",
+            "certify-hsm",
+            "--request",
+            "hsm/request.pem",
+            "--out",
+            "hsm.pem",
+        ],
+    );
+    ok(d, &["hsm", "install-identity", "hsm.pem"]);
+    ok(d, &["oem", "init", "--oem-id", "acme", "--device-ca"]);
+    ok(d, &["oem", "template", "new", "--out", "t.toml"]);
+    ok(
+        d,
+        &[
+            "oem",
+            "wrap",
+            "--hsm",
+            "hsm.pem",
+            "--vendor-root",
+            "vendor/root.pem",
+            "--template",
+            "t.toml",
+            "--product",
+            "thermo",
+            "--count",
+            "10000",
+            "--out",
+            "p.pkg",
+        ],
+    );
+    ok(d, &["hsm", "import", "p.pkg"]);
+    for i in 0..4 {
+        let out = format!("job{i}.bin");
+        ok(
+            d,
+            &[
+                "job",
+                "create",
+                "--product",
+                "acme/thermo",
+                "--quantity",
+                "2500",
+                "--job-id",
+                &format!("station-{i}"),
+                "--out",
+                &out,
+            ],
+        );
+    }
+    let stations: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_trustfab"))
+                .current_dir(d)
+                .args([
+                    "job",
+                    "run",
+                    &format!("job{i}.bin"),
+                    "--sockets",
+                    "4",
+                    "--close",
+                    "--json",
+                ])
+                .env("TRUSTFAB_PASSPHRASE", PASS)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for s in stations {
+        let out = s.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "station failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let products = ok(d, &["hsm", "products"]);
+    assert!(
+        products.contains("10000      10000          0"),
+        "{products}"
+    );
+    assert!(ok(d, &["ledger", "verify"]).contains("ledger verified"));
+    ok(
+        d,
+        &[
+            "hsm",
+            "report",
+            "--product",
+            "acme/thermo",
+            "--out",
+            "r.report",
+        ],
+    );
+    let v = ok(
+        d,
+        &[
+            "oem",
+            "verify-report",
+            "r.report",
+            "--order",
+            "p.pkg",
+            "--vendor-root",
+            "vendor/root.pem",
+        ],
+    );
+    assert!(v.contains("10000 issued and valid"), "{v}");
+}
