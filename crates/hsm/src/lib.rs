@@ -314,6 +314,7 @@ impl Hsm {
                 "the wrapped key is bound to another package".into(),
             ));
         }
+        let template_scheme = template.serial;
         drop(template);
 
         let oem = c.oem_id.as_str();
@@ -417,6 +418,21 @@ impl Hsm {
                 })
                 .with_claim(CLAIM_PACKAGE, c.package_id.to_vec())
                 .with_claim(CLAIM_PRODUCT, key.as_bytes().to_vec());
+            let scheme = match c.serial_range {
+                Some(r) => SerialScheme::Sequential {
+                    first: r.first,
+                    last: r.last,
+                },
+                None => template_scheme,
+            };
+            if let SerialScheme::Sequential { first, last } = scheme {
+                // Sequential serials are drawn from their own insert-only counter, spent with
+                // every issuance and never credited back: serial k is always `first + k`.
+                a = a.with_counter(CounterOp::Create {
+                    product: serial_counter(&key),
+                    count: last - first + 1,
+                });
+            }
             if self
                 .ledger
                 .claimed(CLAIM_OEM, oem.as_bytes())
@@ -611,10 +627,17 @@ impl Hsm {
         });
         let serials = self.allocate_serials(p, which.len())?;
         let mut recs = Vec::with_capacity(which.len());
+        let n = u64::try_from(which.len()).unwrap_or(u64::MAX);
         let mut append = Append::default().with_counter(CounterOp::Spend {
             product: p.key.clone(),
-            n: u64::try_from(which.len()).unwrap_or(u64::MAX),
+            n,
         });
+        if matches!(p.serials, SerialScheme::Sequential { .. }) {
+            append = append.with_counter(CounterOp::Spend {
+                product: serial_counter(&p.key),
+                n,
+            });
+        }
         for (&i, serial) in which.iter().zip(serials) {
             let Some(d) = devices.get(i) else { continue };
             let rec = IssuanceRecord {
@@ -649,6 +672,13 @@ impl Hsm {
             recs.push((i, rec));
         }
         self.ledger.append(append).map_err(|e| match e {
+            trustfab_ledger::Error::Exhausted { product, .. }
+                if product == serial_counter(&p.key) =>
+            {
+                IssueError::SerialsExhausted {
+                    product: p.key.clone(),
+                }
+            }
             trustfab_ledger::Error::Exhausted {
                 product,
                 remaining,
@@ -685,11 +715,12 @@ impl Hsm {
                     .collect()
             }
             SerialScheme::Sequential { .. } => {
-                // Serial k is `first + k`, where k counts every issuance of the product ever
-                // recorded: credit-back returns count, never serials.
+                // Serial k is `first + k`, k counting the product's serial counter, which every
+                // issuance spends and nothing credits back. The spend is in the same append;
+                // the serial claims refuse a second process that read the same k.
                 let used = self
                     .ledger
-                    .counter(&p.key)
+                    .counter(&serial_counter(&p.key))
                     .map_err(IssueError::Ledger)?
                     .map_or(0, |c| c.issued);
                 (0..n)
@@ -873,6 +904,7 @@ impl Hsm {
             .ledger
             .counters()?
             .into_iter()
+            .filter(|(product, _)| !product.starts_with("serials:"))
             .map(|(product, c)| ProductStatus {
                 product,
                 ordered: c.total,
@@ -922,6 +954,11 @@ fn append_creates(a: &Append) -> bool {
     a.counters
         .iter()
         .any(|c| matches!(c, CounterOp::Create { .. }))
+}
+
+/// The ledger counter that numbers a sequential product's serials.
+fn serial_counter(product: &str) -> String {
+    format!("serials:{product}")
 }
 
 fn uid_claim(product: &str, uid: &DeviceUid) -> Vec<u8> {

@@ -360,6 +360,31 @@ mod issue {
         assert_eq!(serials, (5000..5010).collect::<Vec<_>>());
     }
 
+    /// A job reserves count (a spend) and releases it back before issuing (a credit), as the
+    /// station does: sequential serials still start at the range's first and never repeat.
+    #[test]
+    fn sequential_serials_ignore_job_reservations() {
+        use trustfab_ledger::{Append, CounterOp, Kind};
+        let t = tempfile::tempdir().unwrap();
+        let vendor = Vendor::new();
+        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
+        let oem = Oem::new("acme");
+        let range = SerialRange { first: 700, last: 709 };
+        let p = oem.wrap_with(&vendor, &s.certs, "seq", 10, 1, EXAMPLE_TEMPLATE, Some(range));
+        s.hsm.import(&p).unwrap();
+        let ledger = s.hsm.ledger();
+        let spend = |n| Append::record(Kind::JobCreated, vec![0xa0]).with_counter(CounterOp::Spend { product: "acme/seq".into(), n });
+        let credit = |n| Append::record(Kind::CreditBack, vec![0xa0]).with_counter(CounterOp::Credit { product: "acme/seq".into(), n });
+        ledger.append(spend(6)).unwrap();
+        ledger.append(credit(3)).unwrap();
+        let a = s.hsm.issue("acme/seq", &(0..3).map(device).collect::<Vec<_>>()).unwrap();
+        ledger.append(credit(3)).unwrap();
+        let b = s.hsm.issue("acme/seq", &(3..10).map(device).collect::<Vec<_>>()).unwrap();
+        let serials: Vec<u64> = a.iter().chain(&b).map(|i| i.serial.to_u64().unwrap()).collect();
+        assert_eq!(serials, (700..710).collect::<Vec<_>>());
+        assert!(s.hsm.products().unwrap().iter().all(|p| !p.product.starts_with("serials:")));
+    }
+
     #[test]
     fn an_unknown_product_is_refused() {
         let t = tempfile::tempdir().unwrap();
