@@ -4,37 +4,23 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
+use trustfab_test_support::cli::Trustfab;
 use trustfab_test_support::openssl;
 
 const PASS: &str = "cli test passphrase";
 
-fn trustfab(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trustfab"))
-        .current_dir(dir)
-        .args(args)
-        .env("TRUSTFAB_PASSPHRASE", PASS)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run trustfab")
+fn tf() -> Trustfab {
+    Trustfab::new(env!("CARGO_BIN_EXE_trustfab"), PASS)
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = trustfab(dir, args);
-    assert!(
-        out.status.success(),
-        "trustfab {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    tf().ok(dir, args)
 }
 
 fn fails(dir: &Path, args: &[&str]) -> String {
-    let out = trustfab(dir, args);
-    assert!(!out.status.success(), "trustfab {args:?} succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    tf().fails(dir, args)
 }
 
 fn sh(dir: &Path, cmd: &str, args: &[&str]) {
@@ -341,30 +327,9 @@ fn help_explains_the_roles() {
 /// The paper's whole OEM → programming center path through the command line: vendor, HSM
 /// init and certification, OEM wrap for that HSM only, import, issuance within the count.
 fn hsm_flow(d: &Path, backend: &str, pass: &str) {
-    let run = |args: &[&str]| -> Output {
-        Command::new(env!("CARGO_BIN_EXE_trustfab"))
-            .current_dir(d)
-            .args(args)
-            .env("TRUSTFAB_PASSPHRASE", pass)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run trustfab")
-    };
-    let ok = |args: &[&str]| {
-        let out = run(args);
-        assert!(
-            out.status.success(),
-            "trustfab {args:?}:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let fails = |args: &[&str]| {
-        let out = run(args);
-        assert!(!out.status.success(), "trustfab {args:?} succeeded");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let tf = Trustfab::new(env!("CARGO_BIN_EXE_trustfab"), pass);
+    let ok = |args: &[&str]| tf.ok(d, args);
+    let fails = |args: &[&str]| tf.fails(d, args);
     ok(&["vendor", "init"]);
     let mut init = vec!["hsm", "init", "--hsm-id", "hsm-7", "--backend", backend];
     if backend == "pkcs11" {
@@ -386,12 +351,7 @@ fn hsm_flow(d: &Path, backend: &str, pass: &str) {
 
     // A rogue vendor's root: the wrapping tool refuses to wrap for an HSM it does not vouch for.
     let rogue = tempfile::tempdir().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_trustfab"))
-        .current_dir(rogue.path())
-        .args(["vendor", "init"])
-        .env("TRUSTFAB_PASSPHRASE", pass)
-        .output()
-        .unwrap();
+    tf.ok(rogue.path(), &["vendor", "init"]);
     let rogue_root = rogue.path().join("vendor/root.pem");
     let wrap = |root: &str, out: &str| {
         vec![
@@ -599,9 +559,9 @@ fn four_station_processes_on_one_postgres_ledger() {
     }
     let stations: Vec<_> = (0..4)
         .map(|i| {
-            Command::new(env!("CARGO_BIN_EXE_trustfab"))
-                .current_dir(d)
-                .args([
+            tf().command(
+                d,
+                &[
                     "job",
                     "run",
                     &format!("job{i}.bin"),
@@ -609,13 +569,12 @@ fn four_station_processes_on_one_postgres_ledger() {
                     "4",
                     "--close",
                     "--json",
-                ])
-                .env("TRUSTFAB_PASSPHRASE", PASS)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+                ],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
         })
         .collect();
     for s in stations {

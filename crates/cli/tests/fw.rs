@@ -4,37 +4,23 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
+use trustfab_test_support::cli::Trustfab;
 use trustfab_test_support::imgtool;
 
 const PASS: &str = "fw test passphrase";
 
-fn trustfab(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trustfab"))
-        .current_dir(dir)
-        .args(args)
-        .env("TRUSTFAB_PASSPHRASE", PASS)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run trustfab")
+fn tf() -> Trustfab {
+    Trustfab::new(env!("CARGO_BIN_EXE_trustfab"), PASS)
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = trustfab(dir, args);
-    assert!(
-        out.status.success(),
-        "trustfab {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    tf().ok(dir, args)
 }
 
 fn fails(dir: &Path, args: &[&str]) -> String {
-    let out = trustfab(dir, args);
-    assert!(!out.status.success(), "trustfab {args:?} succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    tf().fails(dir, args)
 }
 
 #[test]

@@ -494,3 +494,60 @@ pub mod pg {
         }
     }
 }
+
+/// The `trustfab` binary, run for real in a directory with a passphrase in its environment and
+/// no terminal, as the command-line tests of every crate run it.
+pub mod cli {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output, Stdio};
+
+    /// A binary and the passphrase its commands get through `TRUSTFAB_PASSPHRASE`.
+    pub struct Trustfab {
+        exe: PathBuf,
+        pass: String,
+    }
+
+    impl Trustfab {
+        /// `exe` is the test's `env!("CARGO_BIN_EXE_trustfab")`.
+        pub fn new(exe: &str, pass: &str) -> Self {
+            Self {
+                exe: exe.into(),
+                pass: pass.to_owned(),
+            }
+        }
+
+        /// The command, ready to run in `dir`.
+        pub fn command(&self, dir: &Path, args: &[&str]) -> Command {
+            let mut c = Command::new(&self.exe);
+            c.current_dir(dir)
+                .args(args)
+                .env("TRUSTFAB_PASSPHRASE", &self.pass)
+                .stdin(Stdio::null());
+            c
+        }
+
+        /// Runs it to completion.
+        pub fn run(&self, dir: &Path, args: &[&str]) -> Output {
+            self.command(dir, args).output().expect("run trustfab")
+        }
+
+        /// Runs it, asserts success, returns standard output.
+        pub fn ok(&self, dir: &Path, args: &[&str]) -> String {
+            let out = self.run(dir, args);
+            assert!(
+                out.status.success(),
+                "trustfab {args:?} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+
+        /// Runs it, asserts failure, returns standard error.
+        pub fn fails(&self, dir: &Path, args: &[&str]) -> String {
+            let out = self.run(dir, args);
+            assert!(!out.status.success(), "trustfab {args:?} succeeded");
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        }
+    }
+}
