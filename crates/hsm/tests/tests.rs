@@ -257,9 +257,8 @@ mod pkcs11 {
 /// ever returned is on record, and every unit spent has its issuance record.
 mod crash {
     use super::*;
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::io::Write;
+    use std::time::Duration;
     use trustfab_ledger::Kind;
     use trustfab_types::Rng;
 
@@ -329,42 +328,13 @@ mod crash {
     }
 
     fn run_child_with(dir: &Path, kill_after: Option<Duration>, batch: Option<u64>) -> Vec<String> {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        if let Some(b) = batch {
-            cmd.env("TRUSTFAB_HSM_CHILD_BATCH", b.to_string());
+        let dir = dir.to_string_lossy();
+        let batch = batch.map(|b| b.to_string());
+        let mut env = vec![(CHILD_ENV, dir.as_ref())];
+        if let Some(b) = &batch {
+            env.push(("TRUSTFAB_HSM_CHILD_BATCH", b.as_str()));
         }
-        let mut child = cmd
-            .args([
-                "crash::child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<_>>()
-        });
-        if let Some(d) = kill_after {
-            let start = Instant::now();
-            while start.elapsed() < d {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            child.kill().ok(); // SIGKILL on Unix
-        }
-        child.wait().unwrap();
-        reader.join().unwrap()
+        trustfab_test_support::child::run("crash::child", &env, kill_after)
     }
 
     /// The serials the child printed (the test harness may prefix its first line).

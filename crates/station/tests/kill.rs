@@ -4,8 +4,6 @@
 //! ends with exactly the quantity.
 
 use super::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use trustfab_device::{file, Device};
 use trustfab_station::{open_job, FileSupply, JobState};
@@ -41,38 +39,8 @@ fn child() {
 }
 
 fn run_child(dir: &Path, kill_after: Option<Duration>) -> Vec<String> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "kill::child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
-    if let Some(d) = kill_after {
-        let start = Instant::now();
-        while start.elapsed() < d {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        child.kill().ok(); // SIGKILL on Unix
-    }
-    child.wait().unwrap();
-    reader.join().unwrap()
+    let dir = dir.to_string_lossy();
+    trustfab_test_support::child::run("kill::child", &[(CHILD_ENV, dir.as_ref())], kill_after)
 }
 
 /// The invariants after any run, killed or not. Returns (issued, good) of the job.

@@ -551,3 +551,48 @@ pub mod cli {
         }
     }
 }
+
+/// The test binary itself as a child process: the kill tests re-run one of their own
+/// `#[ignore]`d tests as a worker, optionally SIGKILL it after a while, and read what it printed.
+pub mod child {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// Runs the ignored test `test` of this test binary with `env`, kills it with SIGKILL after
+    /// `kill_after` (unless it ended first), and returns the lines it printed on stdout. The test
+    /// harness may prefix the first line (`test name ... `): match lines by substring.
+    pub fn run(test: &str, env: &[(&str, &str)], kill_after: Option<Duration>) -> Vec<String> {
+        let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
+        cmd.args([
+            test,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("start the child test process");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        });
+        if let Some(d) = kill_after {
+            let start = Instant::now();
+            while start.elapsed() < d {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            child.kill().ok(); // SIGKILL on Unix
+        }
+        child.wait().expect("wait for the child");
+        reader.join().expect("child output reader")
+    }
+}
