@@ -137,6 +137,22 @@ struct BatchState {
 /// Checks one append against the batch state (reading counters it has not seen yet), and
 /// returns its records and counter events without touching the state: a refused append
 /// changes nothing.
+/// The migrations of `migrations` after schema version `current`, in order; a schema newer than
+/// this build knows is refused rather than written to. Both backends apply this policy.
+pub(crate) fn pending_migrations(
+    migrations: &'static [(i64, &'static str)],
+    current: i64,
+) -> Result<impl Iterator<Item = &'static (i64, &'static str)>, Error> {
+    let latest = migrations.last().map_or(0, |m| m.0);
+    if current > latest {
+        return Err(Error::SchemaTooNew {
+            found: current,
+            supported: latest,
+        });
+    }
+    Ok(migrations.iter().filter(move |m| m.0 > current))
+}
+
 fn check_one(
     conn: &mut dyn Conn,
     st: &mut BatchState,

@@ -100,14 +100,7 @@ fn migrate_once(client: &mut Client) -> Result<(), Error> {
         .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
         .and_then(|r| r.try_get(0))
         .map_err(Error::postgres("reading schema_version"))?;
-    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
-    if current > latest {
-        return Err(Error::SchemaTooNew {
-            found: current,
-            supported: latest,
-        });
-    }
-    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+    for (version, sql) in crate::engine::pending_migrations(MIGRATIONS, current)? {
         tx.batch_execute(sql)
             .map_err(Error::postgres("applying a migration"))?;
         tx.execute(

@@ -91,14 +91,7 @@ fn migrate(conn: &mut Connection) -> Result<(), Error> {
             |r| r.get(0),
         )
         .map_err(Error::sqlite("reading schema_version"))?;
-    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
-    if current > latest {
-        return Err(Error::SchemaTooNew {
-            found: current,
-            supported: latest,
-        });
-    }
-    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+    for (version, sql) in crate::engine::pending_migrations(MIGRATIONS, current)? {
         tx.execute_batch(sql)
             .map_err(Error::sqlite("applying a migration"))?;
         tx.execute(
