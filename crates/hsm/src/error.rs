@@ -157,6 +157,14 @@ pub enum IssueError {
         /// Where the claim points.
         seq: u64,
     },
+    /// No identity certificates are installed: a report must name its HSM.
+    #[error(
+        "this HSM has no identity certificates installed (run `trustfab hsm install-identity`)"
+    )]
+    NoIdentity,
+    /// Writing a report failed.
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
     /// A ledger error.
     #[error(transparent)]
     Ledger(trustfab_ledger::Error),

@@ -11,11 +11,10 @@ use aws_lc_rs::digest::{digest, SHA256};
 use trustfab_ledger::{Append, CounterOp, Kind, Store};
 use trustfab_pki::template::SerialScheme;
 use trustfab_pki::{
-    DeviceRequest, HsmCertificates, HsmIdentity, HsmRequest, Issuer, PublicKey, RenderInputs,
-    Template,
+    DeviceRequest, HsmCertificates, HsmRequest, Issuer, PublicKey, RenderInputs, Template,
 };
 use trustfab_token::{KeyHandle, KeyLabel, KeySpec, KeyUsage, Token, TokenSigner, WrappedKey};
-use trustfab_types::{Clock, DeviceUid, OemId, ProductId, Serial, UnixTime};
+use trustfab_types::{Clock, DeviceUid, OemId, ProductId, Serial};
 
 pub use error::{ImportError, InitError, IssueError};
 pub use records::IssuanceRecord;
@@ -364,11 +363,8 @@ impl Hsm {
                     return Err(ImportError::ProductConflict { product: key, what });
                 }
             }
-            Append::record(Kind::PackageImported, imported_body)
-                .with_record(
-                    Kind::ProductToppedUp,
-                    records::package_imported(&c.package_id, &fingerprint, &key, c.count, now),
-                )
+            Append::record(Kind::PackageImported, imported_body.clone())
+                .with_record(Kind::ProductToppedUp, imported_body)
                 .with_counter(CounterOp::TopUp {
                     product: key.clone(),
                     n: c.count,
@@ -830,21 +826,13 @@ impl Hsm {
         out: W,
     ) -> Result<report::Totals, IssueError> {
         let p = self.product(product)?;
-        let certs = self.certs.as_ref().ok_or_else(|| IssueError::BadRequest {
-            uid: "-".into(),
-            reason: "no identity certificates installed: a report names its HSM".into(),
-        })?;
+        let certs = self.certs.as_ref().ok_or(IssueError::NoIdentity)?;
         let checkpoint = self.checkpoint()?;
         self.verify_ledger()?;
         let signer = TokenSigner::new(&*self.token, p.signing_key)?;
         let issuer = Issuer::new(&p.issuer_cert, &signer).map_err(IssueError::Sign)?;
-        let io = |e: report::ReportError| IssueError::BadRequest {
-            uid: "-".into(),
-            reason: e.to_string(),
-        };
         let mut w = report::ItemWriter::new(out);
-        w.item(&report::header(&p.key, certs, &p.def, self.clock.now()))
-            .map_err(io)?;
+        w.item(&report::header(&p.key, certs, &p.def, self.clock.now()))?;
         let mut jobs = HashMap::new();
         let mut totals = report::Totals::default();
         let mut head_hash = trustfab_ledger::GENESIS_HASH;
@@ -856,12 +844,9 @@ impl Hsm {
             let own = r.kind == Kind::Checkpoint
                 || report::product_of(&r, &mut jobs).as_deref() == Some(p.key.as_str());
             let item = if own {
-                totals
-                    .apply(&r.effects, &p.key)
-                    .map_err(|reason| IssueError::BadRequest {
-                        uid: "-".into(),
-                        reason,
-                    })?;
+                totals.apply(&r.effects, &p.key).map_err(|what| {
+                    IssueError::Report(report::ReportError::Record { seq: r.seq, what })
+                })?;
                 let cert = match r.kind {
                     Kind::CertificateIssued => {
                         let rec = IssuanceRecord::decode(&r.body).ok_or_else(|| {
@@ -878,7 +863,7 @@ impl Hsm {
             } else {
                 report::foreign_item(&r)
             };
-            w.item(&item).map_err(io)?;
+            w.item(&item)?;
             head_hash = r.hash;
         }
         let message = report::signed_message(&w.digest(), checkpoint.seq, &head_hash, &totals);
@@ -890,8 +875,7 @@ impl Hsm {
             &head_hash,
             &totals,
             signature,
-        ))
-        .map_err(io)?;
+        ))?;
         Ok(totals)
     }
 
@@ -1001,17 +985,4 @@ impl trustfab_types::Rng for TokenRng<'_> {
             .fill_random(out)
             .map_err(|_| trustfab_types::RngError)
     }
-}
-
-/// Checks a validated identity against the current time and returns what an OEM needs to wrap
-/// for this HSM; a thin re-export for callers that only have the hsm crate.
-///
-/// # Errors
-/// See [`HsmIdentity::validate`].
-pub fn validate_identity(
-    certs: &HsmCertificates,
-    vendor_root: &[u8],
-    now: UnixTime,
-) -> Result<HsmIdentity, trustfab_pki::Error> {
-    HsmIdentity::validate(certs, vendor_root, now)
 }
