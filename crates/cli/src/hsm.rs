@@ -334,8 +334,7 @@ pub(crate) fn run(cmd: HsmCommand) -> Result<()> {
             if path.exists() {
                 let text = files::read_text(&path, 64 * 1024)?;
                 let certs = HsmCertificates::from_pem(&text)?;
-                let fp = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &certs.identity);
-                println!("fingerprint  {}", hex::encode(fp.as_ref()));
+                println!("fingerprint  {}", hex::encode(certs.fingerprint()));
                 print!("{text}");
             } else {
                 println!("no identity installed yet (trustfab hsm install-identity)");

@@ -206,7 +206,7 @@ impl Hsm {
                         "key-transport key differs".into(),
                     ));
                 }
-                Some(sha256(&c.identity))
+                Some(c.fingerprint())
             }
             None => None,
         };

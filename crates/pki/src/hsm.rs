@@ -166,6 +166,14 @@ impl HsmCertificates {
         s
     }
 
+    /// SHA-256 of the identity certificate (DER): the name a provisioning package gives its
+    /// target HSM.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(digest(&SHA256, &self.identity).as_ref());
+        fingerprint
+    }
+
     /// Reads the bundle written by [`Self::to_pem`].
     ///
     /// # Errors
@@ -289,8 +297,7 @@ impl HsmIdentity {
                 "identity must have digitalSignature and key transport keyAgreement".into(),
             ));
         }
-        let mut fingerprint = [0u8; 32];
-        fingerprint.copy_from_slice(digest(&SHA256, &certs.identity).as_ref());
+        let fingerprint = certs.fingerprint();
         Ok(Self {
             hsm_id: id,
             identity_key,
