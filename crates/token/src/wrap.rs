@@ -314,6 +314,81 @@ pub fn wrap_for(kt: &PublicKey, key: &SecretKeyDer, info: &[u8]) -> Result<Wrapp
     Ok(wrapped)
 }
 
+/// The half-built wrapped key a token fills in when it wraps a key out (see
+/// [`crate::Token::wrap_key`]): everything but the ciphertext, so that the token can compute the
+/// KDF context over its own ephemeral point before it derives the KEK.
+///
+/// # Errors
+/// [`Error::BadKey`] when `ephemeral_point` is not a P-256 point, [`Error::TooLarge`] for a long
+/// `info`.
+pub fn wrapped_header(
+    ephemeral_point: &[u8],
+    public_key: PublicKey,
+    info: &[u8],
+) -> Result<WrappedKey, Error> {
+    PublicKey::from_point(Curve::P256, ephemeral_point)
+        .map_err(|_| Error::BadKey("ephemeral point is not on P-256"))?;
+    if info.len() > INFO_MAX {
+        return Err(Error::TooLarge {
+            what: "wrap info",
+            len: info.len(),
+            limit: INFO_MAX,
+        });
+    }
+    Ok(WrappedKey {
+        key_curve: public_key.curve(),
+        ephemeral_point: ephemeral_point.to_vec(),
+        public_key,
+        info: info.to_vec(),
+        ciphertext: Vec::new(),
+    })
+}
+
+impl WrappedKey {
+    /// The blob with `ciphertext` (the RFC 5649 output) set, as a token finishes it.
+    ///
+    /// # Errors
+    /// [`Error::WrappedFormat`] when the ciphertext is not a key wrap length.
+    pub fn with_ciphertext(mut self, ciphertext: Vec<u8>) -> Result<Self, Error> {
+        if !(24..=CIPHERTEXT_MAX).contains(&ciphertext.len()) || ciphertext.len() % 8 != 0 {
+            return Err(Error::WrappedFormat(
+                "ciphertext length is not a key wrap length",
+            ));
+        }
+        self.ciphertext = ciphertext;
+        Ok(self)
+    }
+}
+
+/// Unwraps `wrapped` with the recipient's P-256 private key (PKCS#8 or RFC 5915 DER) in process
+/// memory: the inverse of [`wrap_for`] and of [`crate::Token::wrap_key`], for a recipient that is
+/// not a token (a device's secure storage, which keeps its keys in its own memory). The unwrapped
+/// key must be the public key the blob declares.
+///
+/// # Errors
+/// [`Error::Unwrap`] (no detail) when the blob is not for this key, was changed, or its key is
+/// not the declared one; [`Error::BadKey`] when `recipient` is not a P-256 private key.
+pub fn unwrap_with(recipient: &SecretKeyDer, wrapped: &WrappedKey) -> Result<SecretKeyDer, Error> {
+    let key = agreement::PrivateKey::from_private_key_der(&ECDH_P256, recipient.secret_pkcs8_der())
+        .map_err(|_| Error::BadKey("recipient is not a P-256 private key"))?;
+    let own_point = key
+        .compute_public_key()
+        .map_err(|_| Error::BadKey("recipient public key"))?;
+    let context = wrapped.kdf_context(own_point.as_ref());
+    let kek = agreement::agree(
+        &key,
+        UnparsedPublicKey::new(&ECDH_P256, wrapped.ephemeral_point()),
+        Error::Unwrap,
+        |z| kek_from_shared_secret(z, &context).map_err(|_| Error::Unwrap),
+    )?;
+    let plain = unwrap_pkcs8(&kek, wrapped.ciphertext())?;
+    let declared = pkcs8_public_key(&plain).map_err(|_| Error::Unwrap)?;
+    if &declared != wrapped.public_key() {
+        return Err(Error::Unwrap);
+    }
+    Ok(plain)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +463,49 @@ mod tests {
         bytes[info_at] ^= 1;
         let changed = WrappedKey::from_bytes(&bytes).unwrap();
         assert!(matches!(open(&k, &p, &changed), Err(Error::Unwrap)));
+    }
+
+    /// A software recipient unwraps what `wrap_for` made for its key, and nothing else: another
+    /// recipient, a changed ciphertext, or a blob whose declared key is not the wrapped one.
+    #[test]
+    fn unwrap_with_is_the_inverse_of_wrap_for_and_refuses_others() {
+        let recipient = oem_key(Curve::P256);
+        let other = oem_key(Curve::P256);
+        let rp = pkcs8_public_key(&recipient).unwrap();
+        let family = oem_key(Curve::P256);
+        let w = wrap_for(&rp, &family, b"device 1").unwrap();
+        let got = unwrap_with(&recipient, &w).unwrap();
+        assert_eq!(
+            pkcs8_public_key(&got).unwrap(),
+            pkcs8_public_key(&family).unwrap()
+        );
+        assert!(matches!(unwrap_with(&other, &w), Err(Error::Unwrap)));
+        let mut bytes = w.to_bytes();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let changed = WrappedKey::from_bytes(&bytes).unwrap();
+        assert!(matches!(
+            unwrap_with(&recipient, &changed),
+            Err(Error::Unwrap)
+        ));
+        // A header declaring another public key: the KDF context differs, so it cannot unwrap.
+        let liar = wrapped_header(
+            w.ephemeral_point(),
+            pkcs8_public_key(&other).unwrap(),
+            w.info(),
+        )
+        .unwrap()
+        .with_ciphertext(w.ciphertext().to_vec())
+        .unwrap();
+        assert!(matches!(unwrap_with(&recipient, &liar), Err(Error::Unwrap)));
+        // The header rebuilt as it was unwraps: `wrapped_header` + `with_ciphertext` is the
+        // path a token takes.
+        let same = wrapped_header(w.ephemeral_point(), w.public_key().clone(), w.info())
+            .unwrap()
+            .with_ciphertext(w.ciphertext().to_vec())
+            .unwrap();
+        assert_eq!(same, w);
+        assert!(wrapped_header(&[4u8; 65], rp, b"").is_err());
     }
 
     /// Wycheproof's AES-KWP vectors (RFC 5649) with 256-bit KEKs, the size this format uses,
