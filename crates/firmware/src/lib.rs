@@ -15,4 +15,6 @@ pub use format::{
     IMAGE_MAGIC, MAX_IMAGE_BYTES, TLV_HEADER_LEN, TLV_INFO_MAGIC, TLV_PROT_INFO_MAGIC,
 };
 pub use master::{master, KeyTlv, MasterOptions};
-pub use verify::{apply_payload_cipher, decrypt, key_hash, verify, Payload, TrustAnchor, Verified};
+pub use verify::{
+    apply_payload_cipher, decrypt, key_hash, verify, verify_sealed, Payload, TrustAnchor, Verified,
+};

@@ -164,6 +164,40 @@ pub fn verify(
     })
 }
 
+/// Checks what can be checked of an image without its decryption key, as a programming
+/// center holding only the ciphertext can: the image is well formed, its signing key is the
+/// trusted one, and the ECDSA signature verifies over the image's SHA-256 TLV. For a plaintext
+/// image that is [`verify`] in full (the hash is recomputed); for an encrypted one the hash
+/// covers the plaintext, so whether the payload matches it is left to the device's boot stage,
+/// which decrypts. Returns the hash TLV's value as `hash`.
+///
+/// # Errors
+/// As [`verify`], without [`VerifyError::Decrypt`] and [`VerifyError::NoDecryptionKey`].
+pub fn verify_sealed(bytes: &[u8], anchor: TrustAnchor<'_>) -> Result<Verified, VerifyError> {
+    let image = Image::parse(bytes)?;
+    if !image.header().is_encrypted() {
+        return verify(bytes, anchor, Payload::AsIs);
+    }
+    let key = signing_key(&image, anchor)?;
+    let expected = image.tlv(TlvKind::Sha256).ok_or(VerifyError::NoHash)?;
+    let signature = image
+        .tlv(TlvKind::EcdsaSig)
+        .ok_or(VerifyError::NoSignature)?;
+    let hash: [u8; 32] = expected.try_into().map_err(|_| VerifyError::NoHash)?;
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key.point())
+        .verify_digest(
+            &aws_lc_rs::digest::Digest::import_less_safe(&hash, &SHA256)
+                .map_err(|_| VerifyError::NoHash)?,
+            signature,
+        )
+        .map_err(|_| VerifyError::Signature)?;
+    Ok(Verified {
+        header: *image.header(),
+        security_counter: image.security_counter(),
+        hash,
+    })
+}
+
 /// Applies the image's AES-128-CTR keystream to its payload in place: decrypts an encrypted
 /// payload, or encrypts again one that was decrypted (MCUboot does the latter when an update
 /// swap moves the primary image back to the secondary slot). The header keeps its flag.

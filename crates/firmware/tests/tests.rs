@@ -6,8 +6,8 @@
 //! - `fuzz_seeds`: the committed fuzz seeds, replayed.
 
 use trustfab_firmware::{
-    decrypt, key_hash, master, verify, DecryptionKey, KeyTlv, MasterOptions, Payload,
-    SoftDecryptionKey, TrustAnchor, VerifyError, Version,
+    decrypt, key_hash, master, verify, verify_sealed, DecryptionKey, Image, KeyTlv, MasterOptions,
+    Payload, SoftDecryptionKey, TlvKind, TrustAnchor, VerifyError, Version,
 };
 use trustfab_pki::{Curve, PublicKey, Signer, SoftKey};
 use trustfab_types::OsRng;
@@ -80,6 +80,48 @@ fn an_encrypted_image_verifies_only_after_decryption_with_its_key() {
         SoftDecryptionKey::from_scalar(dk.secret_scalar().unwrap().expose_secret()).unwrap();
     let keys: [&dyn DecryptionKey; 1] = [&again];
     verify(&img, TrustAnchor::Key(&p), Payload::Decrypt(&keys)).unwrap();
+}
+
+/// What a programming center can check of an encrypted image without its key: the signing key
+/// and the signature over the hash TLV; a changed signature or another signer is refused, a
+/// changed ciphertext is not detectable there (the device's decrypting boot refuses it).
+#[test]
+fn a_sealed_image_is_checked_as_far_as_the_ciphertext_allows() {
+    let (k, p) = signing_key();
+    let (dk, dp) = enc_key();
+    let mut opts = MasterOptions::new(version(), 3);
+    opts.encrypt_to = Some(&dp);
+    let img = master(&payload(3000), &opts, &k, &OsRng).unwrap();
+    let rot = key_hash(&p);
+    let keys: [&dyn DecryptionKey; 1] = [&dk];
+    let full = verify(&img, TrustAnchor::KeyHash(&rot), Payload::Decrypt(&keys)).unwrap();
+    let sealed = verify_sealed(&img, TrustAnchor::KeyHash(&rot)).unwrap();
+    assert_eq!(sealed, full);
+    let (_, other) = signing_key();
+    assert_eq!(
+        verify_sealed(&img, TrustAnchor::KeyHash(&key_hash(&other))),
+        Err(VerifyError::KeyNotTrusted)
+    );
+    // A changed byte in the signature or in the hash TLV it covers is refused.
+    for kind in [TlvKind::EcdsaSig, TlvKind::Sha256] {
+        let value = Image::parse(&img).unwrap().tlv(kind).unwrap().to_vec();
+        let at = img.windows(value.len()).position(|w| w == value).unwrap();
+        let mut changed = img.clone();
+        changed[at + value.len() - 1] ^= 1;
+        assert_eq!(
+            verify_sealed(&changed, TrustAnchor::KeyHash(&rot)),
+            Err(VerifyError::Signature),
+            "{kind:?}"
+        );
+    }
+    // A plaintext image is verified in full.
+    let plain = master(&payload(100), &MasterOptions::new(version(), 1), &k, &OsRng).unwrap();
+    let mut changed = plain;
+    changed[40] ^= 1;
+    assert_eq!(
+        verify_sealed(&changed, TrustAnchor::KeyHash(&rot)),
+        Err(VerifyError::HashMismatch)
+    );
 }
 
 #[test]

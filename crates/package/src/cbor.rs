@@ -4,7 +4,7 @@
 use ciborium::Value;
 use trustfab_types::{OemId, ProductId, UnixTime};
 
-use crate::{Contents, Error, SerialRange, PACKAGE_VERSION};
+use crate::{Contents, Error, Firmware, SerialRange, PACKAGE_VERSION};
 
 const K_VERSION: u64 = 0;
 const K_PACKAGE_ID: u64 = 1;
@@ -19,7 +19,8 @@ const K_TEMPLATE: u64 = 9;
 const K_ROOT_CERT: u64 = 10;
 const K_DEVICE_CA_CERT: u64 = 11;
 const K_WRAPPED_KEY: u64 = 12;
-const KEY_NAMES: [&str; 13] = [
+const K_FIRMWARE: u64 = 13;
+const KEY_NAMES: [&str; 14] = [
     "version",
     "package_id",
     "target_hsm",
@@ -33,7 +34,11 @@ const KEY_NAMES: [&str; 13] = [
     "root_cert",
     "device_ca_cert",
     "wrapped_signing_key",
+    "firmware",
 ];
+const FW_FAMILY: u64 = 0;
+const FW_BOOT_KEY_HASH: u64 = 1;
+const FW_WRAPPED_KEY: u64 = 2;
 
 /// Largest production count in one package (2^40: a trillion devices).
 pub(crate) const COUNT_MAX: u64 = 1 << 40;
@@ -78,6 +83,20 @@ pub(crate) fn encode(c: &Contents) -> Result<Vec<u8>, Error> {
         int(K_WRAPPED_KEY),
         Value::Bytes(c.wrapped_signing_key.clone()),
     ));
+    if let Some(fw) = &c.firmware {
+        check_family(&fw.family).map_err(|what| bad(K_FIRMWARE, &what))?;
+        let mut m = vec![
+            (int(FW_FAMILY), Value::Text(fw.family.clone())),
+            (
+                int(FW_BOOT_KEY_HASH),
+                Value::Bytes(fw.boot_key_hash.to_vec()),
+            ),
+        ];
+        if let Some(w) = &fw.wrapped_family_key {
+            m.push((int(FW_WRAPPED_KEY), Value::Bytes(w.clone())));
+        }
+        map.push((int(K_FIRMWARE), Value::Map(m)));
+    }
     let mut out = Vec::new();
     ciborium::into_writer(&Value::Map(map), &mut out)
         .map_err(|e| Error::Payload(format!("encoding: {e}")))?;
@@ -121,7 +140,7 @@ fn as_text(key: u64, v: Value, max: usize) -> Result<String, Error> {
     }
 }
 
-struct Slots([Option<Value>; 13]);
+struct Slots([Option<Value>; 14]);
 
 impl Slots {
     fn take(&mut self, key: u64) -> Option<Value> {
@@ -142,7 +161,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Contents, Error> {
     let Value::Map(entries) = value else {
         return Err(Error::Payload("not a CBOR map".into()));
     };
-    let mut slots: [Option<Value>; 13] = Default::default();
+    let mut slots: [Option<Value>; 14] = Default::default();
     for (k, v) in entries {
         let key = k
             .as_integer()
@@ -203,6 +222,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Contents, Error> {
         .map(|v| as_bytes(K_DEVICE_CA_CERT, v, CERT_MAX))
         .transpose()?;
     let wrapped_signing_key = as_bytes(K_WRAPPED_KEY, slots.need(K_WRAPPED_KEY)?, WRAPPED_MAX)?;
+    let firmware = slots.take(K_FIRMWARE).map(decode_firmware).transpose()?;
     Ok(Contents {
         package_id,
         target_hsm,
@@ -216,5 +236,59 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Contents, Error> {
         root_cert,
         device_ca_cert,
         wrapped_signing_key,
+        firmware,
+    })
+}
+
+/// A family name: what `FamilyId`-like ids allow, `[A-Za-z0-9._-]{1,64}`.
+fn check_family(family: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&family.len())
+        && family
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "family {family:?} is not 1 to 64 of [A-Za-z0-9._-]"
+        ))
+    }
+}
+
+/// The firmware map (key 13): `{0: family, 1: boot key hash, ? 2: wrapped family key}`, strict
+/// like the outer map.
+fn decode_firmware(v: Value) -> Result<Firmware, Error> {
+    let Value::Map(entries) = v else {
+        return Err(bad(K_FIRMWARE, "not a map"));
+    };
+    let mut fields: [Option<Value>; 3] = Default::default();
+    for (k, v) in entries {
+        let slot = k
+            .as_integer()
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| fields.get_mut(i))
+            .ok_or_else(|| bad(K_FIRMWARE, "unknown key in the firmware map"))?;
+        if slot.replace(v).is_some() {
+            return Err(bad(K_FIRMWARE, "a key appears twice in the firmware map"));
+        }
+    }
+    let [family, hash, wrapped] = fields;
+    let family = as_text(
+        K_FIRMWARE,
+        family.ok_or_else(|| bad(K_FIRMWARE, "family is missing"))?,
+        64,
+    )?;
+    check_family(&family).map_err(|what| bad(K_FIRMWARE, &what))?;
+    let boot_key_hash = as_array::<32>(
+        K_FIRMWARE,
+        hash.ok_or_else(|| bad(K_FIRMWARE, "boot key hash is missing"))?,
+    )?;
+    let wrapped_family_key = wrapped
+        .map(|w| as_bytes(K_FIRMWARE, w, WRAPPED_MAX))
+        .transpose()?;
+    Ok(Firmware {
+        family,
+        boot_key_hash,
+        wrapped_family_key,
     })
 }

@@ -95,6 +95,22 @@ pub struct Contents {
     /// The device-signing private key, wrapped for the HSM's key-transport key
     /// (`trustfab_token::WrappedKey` encoding).
     pub wrapped_signing_key: Vec<u8>,
+    /// What the product's devices boot, when the OEM masters firmware for them.
+    pub firmware: Option<Firmware>,
+}
+
+/// The firmware part of a product: the key its devices' secure boot trusts and, for encrypted
+/// images, the family decryption key (`docs/package.md`, key 13).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Firmware {
+    /// The device family the images are mastered for (`[A-Za-z0-9._-]{1,64}`).
+    pub family: String,
+    /// SHA-256 of the OEM firmware signing key's SubjectPublicKeyInfo: what each device's
+    /// root-of-trust fuse is programmed with (MCUboot `MCUBOOT_HW_KEY`).
+    pub boot_key_hash: [u8; 32],
+    /// The family decryption key (P-256), wrapped for the HSM's key-transport key like the
+    /// signing key; absent when the product's images are signed but not encrypted.
+    pub wrapped_family_key: Option<Vec<u8>>,
 }
 
 /// A package whose signature has been checked against the root certificate it carries.

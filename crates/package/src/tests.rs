@@ -39,6 +39,15 @@ fn contents(root: Vec<u8>) -> Contents {
         root_cert: root,
         device_ca_cert: None,
         wrapped_signing_key: vec![0xab; 40],
+        firmware: None,
+    }
+}
+
+fn firmware() -> Firmware {
+    Firmware {
+        family: "thermo-v2".into(),
+        boot_key_hash: [0x5a; 32],
+        wrapped_family_key: Some(vec![0xcd; 48]),
     }
 }
 
@@ -126,6 +135,87 @@ fn bad_fields_are_named() {
     c.not_after = c.not_before;
     let e = cbor::decode(&cbor::encode(&c).unwrap()).unwrap_err();
     assert!(e.to_string().contains("not_after"), "{e}");
+}
+
+#[test]
+fn the_firmware_section_round_trips_with_and_without_a_family_key() {
+    let (key, root) = oem(Curve::P256);
+    let mut c = contents(root);
+    c.firmware = Some(firmware());
+    let bytes = seal(&c, &key).unwrap();
+    assert_eq!(open(&bytes).unwrap().contents(), &c);
+    c.firmware = Some(Firmware {
+        wrapped_family_key: None,
+        ..firmware()
+    });
+    assert_eq!(open(&seal(&c, &key).unwrap()).unwrap().contents(), &c);
+}
+
+#[test]
+fn bad_firmware_sections_are_refused_by_field() {
+    let (key, root) = oem(Curve::P256);
+    let mut c = contents(root);
+    c.firmware = Some(Firmware {
+        family: "no spaces".into(),
+        ..firmware()
+    });
+    let e = seal(&c, &key).unwrap_err().to_string();
+    assert!(e.contains("firmware (13)") && e.contains("family"), "{e}");
+
+    // Hand-made payloads: each broken firmware map is named.
+    c.firmware = Some(firmware());
+    let good = payload_value(&seal(&c, &key).unwrap()).unwrap();
+    let with_firmware = |f: Value| {
+        let mut p = good.clone();
+        if let Value::Map(m) = &mut p {
+            for (k, v) in m.iter_mut() {
+                if k.as_integer() == Some(13.into()) {
+                    *v = f.clone();
+                }
+            }
+        }
+        let mut raw = Vec::new();
+        ciborium::into_writer(&p, &mut raw).unwrap();
+        cbor::decode(&raw).unwrap_err().to_string()
+    };
+    let int = |n: u64| Value::Integer(n.into());
+    for (f, expect) in [
+        (Value::Bool(true), "not a map"),
+        (
+            Value::Map(vec![(int(1), Value::Bytes(vec![0; 32]))]),
+            "family is missing",
+        ),
+        (
+            Value::Map(vec![(int(0), Value::Text("f".into()))]),
+            "boot key hash is missing",
+        ),
+        (
+            Value::Map(vec![
+                (int(0), Value::Text("f".into())),
+                (int(1), Value::Bytes(vec![0; 31])),
+            ]),
+            "must be 32 bytes",
+        ),
+        (
+            Value::Map(vec![
+                (int(0), Value::Text("f".into())),
+                (int(1), Value::Bytes(vec![0; 32])),
+                (int(7), Value::Null),
+            ]),
+            "unknown key in the firmware map",
+        ),
+        (
+            Value::Map(vec![
+                (int(0), Value::Text("f".into())),
+                (int(1), Value::Bytes(vec![0; 32])),
+                (int(2), Value::Bytes(vec![0; 5000])),
+            ]),
+            "the limit is 4096",
+        ),
+    ] {
+        let e = with_firmware(f);
+        assert!(e.contains("firmware (13)") && e.contains(expect), "{e}");
+    }
 }
 
 #[test]
