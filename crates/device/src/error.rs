@@ -71,6 +71,15 @@ pub enum Refusal {
     BootRefused,
     /// An update swap is in progress: the next boot finishes it first.
     SwapInProgress,
+    /// A wrapped key blob that does not parse (bad magic, version, length or point).
+    MalformedWrappedKey,
+    /// The wrapped key is of a type the command does not take (not a P-256 key).
+    UnsupportedKeyType,
+    /// The part holds no identity key (slot 0) to unwrap with.
+    NoUnwrapKey,
+    /// The wrapped key does not unwrap under this part's identity key: wrapped for another
+    /// part, changed, or not the key it declares. Deliberately without detail.
+    UnwrapFailed,
 }
 
 impl fmt::Display for Refusal {
@@ -95,6 +104,10 @@ impl fmt::Display for Refusal {
             Self::Unsupported => "not supported by this part",
             Self::BootRefused => "secure boot refused the image",
             Self::SwapInProgress => "an update swap is in progress",
+            Self::MalformedWrappedKey => "wrapped key is malformed",
+            Self::UnsupportedKeyType => "wrapped key is not a P-256 key",
+            Self::NoUnwrapKey => "no identity key in slot 0 to unwrap with",
+            Self::UnwrapFailed => "wrapped key does not unwrap under this device's key",
         })
     }
 }
@@ -131,6 +144,8 @@ pub enum Op {
     Boot,
     /// Change the slot configuration.
     Configure,
+    /// Unwrap a key inside the part and install it into a secret slot.
+    InstallSecret,
 }
 
 impl fmt::Display for Op {
@@ -150,6 +165,7 @@ impl fmt::Display for Op {
             Self::Flash => "flash",
             Self::Boot => "boot",
             Self::Configure => "configure",
+            Self::InstallSecret => "install wrapped secret",
         })
     }
 }

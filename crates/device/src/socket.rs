@@ -11,7 +11,7 @@ use trustfab_types::DeviceUid;
 use crate::attest::KeyAttestation;
 use crate::device::{Device, DeviceKind, LockState, SlotId, SlotInfo, Zone};
 use crate::error::{Error, Op};
-use crate::sim::SimDevice;
+use crate::sim::{BootOutcome, BootSlot, SimDevice, UpdateRequest};
 
 /// A fault a socket can inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -323,5 +323,35 @@ impl Device for Socket {
 
     fn counter_read(&mut self, counter: u8) -> Result<u32, Error> {
         self.call(Op::Counter, false, |d| d.counter_read(counter))
+    }
+
+    fn program_rot_hash(&mut self, hash: &[u8; 32]) -> Result<(), Error> {
+        self.call(Op::Fuse, true, |d| d.program_rot_hash(hash))
+    }
+
+    fn rot_hash(&mut self) -> Result<Option<[u8; 32]>, Error> {
+        self.call(Op::Fuse, false, SimDevice::rot_hash)
+    }
+
+    fn install_wrapped_secret(&mut self, slot: SlotId, wrapped: &[u8]) -> Result<Vec<u8>, Error> {
+        self.call(Op::InstallSecret, true, |d| {
+            d.install_wrapped_secret(slot, wrapped)
+        })
+    }
+
+    fn write_boot_slot(&mut self, slot: BootSlot, image: &[u8]) -> Result<(), Error> {
+        self.call(Op::Flash, true, |d| d.write_boot_slot(slot, image))
+    }
+
+    fn request_update(&mut self, request: UpdateRequest) -> Result<(), Error> {
+        self.call(Op::Flash, true, |d| d.request_update(request))
+    }
+
+    fn boot(&mut self) -> Result<BootOutcome, Error> {
+        self.call(Op::Boot, true, SimDevice::boot)
+    }
+
+    fn security_counter(&mut self) -> Result<u32, Error> {
+        self.call(Op::Counter, false, SimDevice::security_counter)
     }
 }

@@ -5,6 +5,7 @@
 //! - `attestation`: factory attestation to the silicon vendor root;
 //! - `mcu`: fuses, lifecycle, flash, security counter;
 //! - `boot`: secure boot of MCUboot images and the update swap (power loss at every write);
+//! - `install`: keys wrapped to the device's identity key, unwrapped inside into a secret slot;
 //! - `faults`: every socket fault and the part's consistency after it;
 //! - `files`: the device file: round trip, atomic writes, refusals of bad input;
 //! - `fleet`: UID uniqueness and the in-memory fleet;
@@ -18,6 +19,7 @@ mod boot;
 mod faults;
 mod files;
 mod fleet;
+mod install;
 mod mcu;
 mod props;
 mod rules;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use trustfab_device::file;
+use trustfab_device::sim::{BootOutcome, BootSlot, UpdateRequest};
 use trustfab_device::{
     Device, DeviceKind, Error as DeviceError, Fault, Fleet, KeyAttestation, LockState, Op,
     SiliconVendor, SimDevice, SlotId, SlotInfo, Socket, Trigger, Zone,
@@ -363,5 +364,32 @@ impl Device for FilePart {
     }
     fn counter_read(&mut self, counter: u8) -> Result<u32, DeviceError> {
         self.socket.counter_read(counter)
+    }
+    fn program_rot_hash(&mut self, hash: &[u8; 32]) -> Result<(), DeviceError> {
+        self.write(Op::Fuse, |s| s.program_rot_hash(hash))
+    }
+    fn rot_hash(&mut self) -> Result<Option<[u8; 32]>, DeviceError> {
+        self.socket.rot_hash()
+    }
+    fn install_wrapped_secret(
+        &mut self,
+        slot: SlotId,
+        wrapped: &[u8],
+    ) -> Result<Vec<u8>, DeviceError> {
+        self.write(Op::InstallSecret, |s| {
+            s.install_wrapped_secret(slot, wrapped)
+        })
+    }
+    fn write_boot_slot(&mut self, slot: BootSlot, image: &[u8]) -> Result<(), DeviceError> {
+        self.write(Op::Flash, |s| s.write_boot_slot(slot, image))
+    }
+    fn request_update(&mut self, request: UpdateRequest) -> Result<(), DeviceError> {
+        self.write(Op::Flash, |s| s.request_update(request))
+    }
+    fn boot(&mut self) -> Result<BootOutcome, DeviceError> {
+        self.write(Op::Boot, Socket::boot)
+    }
+    fn security_counter(&mut self) -> Result<u32, DeviceError> {
+        self.socket.security_counter()
     }
 }

@@ -70,6 +70,7 @@ const ATECC_EXECUTION_ERROR: u8 = 0x0F;
 const PSA_ERROR_NOT_PERMITTED: i32 = -133;
 const PSA_ERROR_NOT_SUPPORTED: i32 = -134;
 const PSA_ERROR_INVALID_ARGUMENT: i32 = -135;
+const PSA_ERROR_INVALID_HANDLE: i32 = -136;
 const PSA_ERROR_BAD_STATE: i32 = -137;
 const PSA_ERROR_ALREADY_EXISTS: i32 = -139;
 const PSA_ERROR_DOES_NOT_EXIST: i32 = -140;
@@ -84,7 +85,9 @@ pub(crate) fn status(kind: DeviceKind, refusal: Refusal) -> Status {
             Refusal::NoSuchSlot
             | Refusal::TooLong
             | Refusal::NoSuchCounter
-            | Refusal::Unsupported => ATECC_PARSE_ERROR,
+            | Refusal::Unsupported
+            | Refusal::MalformedWrappedKey
+            | Refusal::UnsupportedKeyType => ATECC_PARSE_ERROR,
             // "could not be executed by the device in its current state"
             _ => ATECC_EXECUTION_ERROR,
         }),
@@ -92,7 +95,10 @@ pub(crate) fn status(kind: DeviceKind, refusal: Refusal) -> Status {
             Refusal::NoSuchSlot | Refusal::NoKey | Refusal::NoSuchCounter => {
                 PSA_ERROR_DOES_NOT_EXIST
             }
-            Refusal::WrongSlotKind => PSA_ERROR_INVALID_ARGUMENT,
+            // psa_import_key: "the key data is not correctly formatted".
+            Refusal::WrongSlotKind | Refusal::MalformedWrappedKey => PSA_ERROR_INVALID_ARGUMENT,
+            // A key identifier that names no key.
+            Refusal::NoUnwrapKey => PSA_ERROR_INVALID_HANDLE,
             Refusal::TooLong => PSA_ERROR_INSUFFICIENT_STORAGE,
             Refusal::NotReadable
             | Refusal::WriteProtected
@@ -100,8 +106,9 @@ pub(crate) fn status(kind: DeviceKind, refusal: Refusal) -> Status {
             | Refusal::NotLockable
             | Refusal::Rollback => PSA_ERROR_NOT_PERMITTED,
             Refusal::FuseProgrammed => PSA_ERROR_ALREADY_EXISTS,
-            Refusal::Unsupported => PSA_ERROR_NOT_SUPPORTED,
-            Refusal::BootRefused => PSA_ERROR_INVALID_SIGNATURE,
+            Refusal::Unsupported | Refusal::UnsupportedKeyType => PSA_ERROR_NOT_SUPPORTED,
+            // As psa_aead_decrypt answers a ciphertext that is not authentic.
+            Refusal::BootRefused | Refusal::UnwrapFailed => PSA_ERROR_INVALID_SIGNATURE,
             _ => PSA_ERROR_BAD_STATE,
         }),
     }

@@ -8,6 +8,7 @@
 //! "Anti-tearing").
 
 mod boot;
+mod install;
 mod layout;
 pub mod mcu;
 
@@ -596,5 +597,36 @@ impl Device for SimDevice {
                 .copied()
                 .ok_or(Refusal::NoSuchCounter)
         })
+    }
+
+    // The secure MCU's commands are inherent methods too (usable without the trait in scope);
+    // the trait's are the same commands.
+
+    fn program_rot_hash(&mut self, hash: &[u8; 32]) -> Result<(), Error> {
+        Self::program_rot_hash(self, hash)
+    }
+
+    fn rot_hash(&mut self) -> Result<Option<[u8; 32]>, Error> {
+        Self::rot_hash(self)
+    }
+
+    fn install_wrapped_secret(&mut self, slot: SlotId, wrapped: &[u8]) -> Result<Vec<u8>, Error> {
+        Self::install_wrapped_secret(self, slot, wrapped)
+    }
+
+    fn write_boot_slot(&mut self, slot: BootSlot, image: &[u8]) -> Result<(), Error> {
+        Self::write_boot_slot(self, slot, image)
+    }
+
+    fn request_update(&mut self, request: UpdateRequest) -> Result<(), Error> {
+        Self::request_update(self, request)
+    }
+
+    fn boot(&mut self) -> Result<BootOutcome, Error> {
+        Self::boot(self)
+    }
+
+    fn security_counter(&mut self) -> Result<u32, Error> {
+        Self::security_counter(self)
     }
 }
