@@ -1,5 +1,6 @@
 //! The PKCS#11 token: opening and login, key generation, signing, import by unwrap inside the
-//! token, and the mapping of cryptoki errors (function + CKR) into the boundary's error.
+//! token, handing a distribution key out by wrap inside the token, and the mapping of cryptoki
+//! errors (function + CKR) into the boundary's error.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,8 +21,8 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use trustfab_token::{
-    Curve, Error, KeyHandle, KeyInfo, KeyLabel, KeySpec, KeyUsage, PublicKey, Signature, Token,
-    WrappedKey,
+    wrapped_header, Curve, Error, KeyHandle, KeyInfo, KeyLabel, KeySpec, KeyUsage, PublicKey,
+    Signature, Token, WrappedKey, INFO_MAX,
 };
 use trustfab_types::Passphrase;
 use zeroize::Zeroizing;
@@ -241,6 +242,8 @@ impl Pkcs11Token {
                     AttributeType::Id,
                     AttributeType::Sign,
                     AttributeType::Derive,
+                    AttributeType::Decrypt,
+                    AttributeType::Unwrap,
                     AttributeType::Sensitive,
                     AttributeType::Extractable,
                 ],
@@ -248,6 +251,8 @@ impl Pkcs11Token {
             .map_err(p11)?;
         let (mut class, mut kt, mut curve, mut label, mut id) = (None, None, None, None, None);
         let (mut sign, mut derive, mut sensitive, mut extractable) = (false, false, false, true);
+        // Unknown means possible: a key is a distribution key only if it provably does nothing.
+        let (mut decrypt, mut unwrap) = (true, true);
         for a in attrs {
             match a {
                 Attribute::Class(c) => class = Some(c),
@@ -257,6 +262,8 @@ impl Pkcs11Token {
                 Attribute::Id(i) => id = Some(i),
                 Attribute::Sign(b) => sign = b,
                 Attribute::Derive(b) => derive = b,
+                Attribute::Decrypt(b) => decrypt = b,
+                Attribute::Unwrap(b) => unwrap = b,
                 Attribute::Sensitive(b) => sensitive = b,
                 Attribute::Extractable(b) => extractable = b,
                 _ => {}
@@ -270,9 +277,14 @@ impl Pkcs11Token {
         let usage = match (sign, derive) {
             (true, false) => KeyUsage::Sign,
             (false, true) => KeyUsage::KeyTransport,
+            // A distribution key: no usage at all, sensitive, P-256 (what `unwrap_key` and
+            // `generate` make); any other key without a usage is not one of ours.
+            (false, false) if !decrypt && !unwrap && sensitive && curve == Curve::P256 => {
+                KeyUsage::Distribute
+            }
             _ => {
                 return Err(Error::BadKey(
-                    "key is neither only CKA_SIGN nor only CKA_DERIVE",
+                    "key is neither only CKA_SIGN, only CKA_DERIVE, nor a distribution key",
                 ))
             }
         };
@@ -313,6 +325,11 @@ impl Pkcs11Token {
         let obj = *objs
             .first()
             .ok_or(Error::BadKey("key has no public key object"))?;
+        Self::ec_point(s, obj, curve)
+    }
+
+    /// CKA_EC_POINT of the public key object `obj`, unwrapped from its DER OCTET STRING.
+    fn ec_point(s: &Session, obj: ObjectHandle, curve: Curve) -> Result<PublicKey, Error> {
         let point = s
             .get_attributes(obj, &[AttributeType::EcPoint])
             .map_err(p11)?
@@ -430,7 +447,22 @@ impl Pkcs11Token {
         r
     }
 
+    /// The number of objects a session of this token sees, token objects and this process's
+    /// session objects alike: a check that an operation left no session objects behind.
+    ///
+    /// # Errors
+    /// [`Error::Pkcs11`].
+    pub fn object_count(&self) -> Result<usize, Error> {
+        Ok(self.session()?.find_objects(&[]).map_err(p11)?.len())
+    }
+
     /// Imports inside the token; the session objects made on the way are destroyed on every path.
+    ///
+    /// The unwrapped key must be the key the blob declares, which the token shows by signing a
+    /// fresh challenge. A signing key signs itself (and is destroyed again if it fails); a
+    /// distribution key may not sign, so a session copy that may (unwrapped from the same
+    /// ciphertext under the same KEK: the same key) signs once and is destroyed, before the
+    /// distribution key itself is made.
     fn unwrap_in(
         &self,
         s: &Session,
@@ -438,79 +470,78 @@ impl Pkcs11Token {
         wrapped: &WrappedKey,
         spec: &KeySpec,
     ) -> Result<ObjectHandle, Error> {
+        let mut scratch = Scratch::new(s);
         let context = wrapped.kdf_context(kt.public.point());
-        let secret = |extra: Attribute| {
-            vec![
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::ValueLen(32.into()),
-                Attribute::Token(false),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                extra,
-            ]
-        };
-        let z = s
-            .derive_key(
-                &Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(
-                    EcKdf::null(),
-                    wrapped.ephemeral_point(),
-                )),
-                kt.object,
-                &secret(Attribute::Derive(true)),
-            )
-            .map_err(|_| Error::Unwrap)?;
-        let kek = s.derive_key(
-            &Mechanism::AesCbcEncryptData(AesCbcDeriveParams::new([0; 16], &context)),
-            z,
-            &secret(Attribute::Unwrap(true)),
-        );
-        let _ = s.destroy_object(z);
-        let kek = kek.map_err(p11)?;
-        let mut id = vec![0u8; 16];
-        let random = s.generate_random_slice(&mut id).map_err(p11);
-        let key = random.and_then(|()| {
+        let kek = derive_kek(
+            s,
+            kt.object,
+            wrapped.ephemeral_point(),
+            &context,
+            Attribute::Unwrap(true),
+            |_| Error::Unwrap,
+        )?;
+        let kek = scratch.keep(kek);
+        let unwrap = |template: &[Attribute]| {
             s.unwrap_key(
                 &Mechanism::AesKeyWrapPad,
                 kek,
                 wrapped.ciphertext(),
-                &[
+                template,
+            )
+            .map_err(|_| Error::Unwrap)
+        };
+        let proved = match spec.usage {
+            KeyUsage::Sign => false,
+            _ => {
+                let copy = unwrap(&[
                     Attribute::Class(ObjectClass::PRIVATE_KEY),
                     Attribute::KeyType(KeyType::EC),
-                    Attribute::Token(true),
+                    Attribute::Token(false),
                     Attribute::Private(true),
-                    Attribute::Sensitive(spec.sensitive),
-                    Attribute::Extractable(spec.extractable),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
                     Attribute::Sign(true),
                     Attribute::Derive(false),
                     Attribute::Decrypt(false),
                     Attribute::Unwrap(false),
                     Attribute::SignRecover(false),
-                    Attribute::Label(spec.label.as_str().as_bytes().to_vec()),
-                    Attribute::Id(id.clone()),
-                ],
-            )
-            .map_err(|_| Error::Unwrap)
-        });
-        let _ = s.destroy_object(kek);
-        let key = key?;
-        // The key must be the one the blob declares: sign a fresh challenge, verify it here.
+                ])?;
+                let copy = scratch.keep(copy);
+                self.prove(s, copy, spec.curve, wrapped.public_key())?;
+                true
+            }
+        };
+        let mut id = vec![0u8; 16];
+        s.generate_random_slice(&mut id).map_err(p11)?;
+        let key = unwrap(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(spec.sensitive),
+            Attribute::Extractable(spec.extractable),
+            // Every usage attribute said explicitly: SoftHSM2 defaults CKA_SIGN, CKA_DECRYPT and
+            // CKA_UNWRAP to true when the template is silent.
+            Attribute::Sign(spec.usage == KeyUsage::Sign),
+            Attribute::Derive(false),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::SignRecover(false),
+            Attribute::Label(spec.label.as_str().as_bytes().to_vec()),
+            Attribute::Id(id.clone()),
+        ])?;
+        drop(scratch);
+        let public = wrapped.public_key();
         let check = (|| {
-            let mut challenge = [0u8; 32];
-            s.generate_random_slice(&mut challenge).map_err(p11)?;
-            let sig = self
-                .raw_sign(s, key, spec.curve, &challenge)
-                .map_err(|_| Error::Unwrap)?;
-            let public = wrapped.public_key();
-            UnparsedPublicKey::new(spec.curve.verify_alg(), public.point())
-                .verify(&challenge, sig.der())
-                .map_err(|_| Error::Unwrap)?;
+            if !proved {
+                self.prove(s, key, spec.curve, public)?;
+            }
             s.create_object(&[
                 Attribute::Class(ObjectClass::PUBLIC_KEY),
                 Attribute::KeyType(KeyType::EC),
                 Attribute::Token(true),
                 Attribute::Private(false),
-                Attribute::Verify(true),
+                Attribute::Verify(spec.usage == KeyUsage::Sign),
                 Attribute::Encrypt(false),
                 Attribute::Wrap(false),
                 Attribute::Derive(false),
@@ -527,6 +558,165 @@ impl Pkcs11Token {
         }
         Ok(key)
     }
+
+    /// Shows that `key` is the private half of `public`: it signs a fresh challenge, verified
+    /// here. Any failure is [`Error::Unwrap`], without detail.
+    fn prove(
+        &self,
+        s: &Session,
+        key: ObjectHandle,
+        curve: Curve,
+        public: &PublicKey,
+    ) -> Result<(), Error> {
+        let mut challenge = [0u8; 32];
+        s.generate_random_slice(&mut challenge).map_err(p11)?;
+        let sig = self
+            .raw_sign(s, key, curve, &challenge)
+            .map_err(|_| Error::Unwrap)?;
+        UnparsedPublicKey::new(curve.verify_alg(), public.point())
+            .verify(&challenge, sig.der())
+            .map_err(|_| Error::Unwrap)
+    }
+
+    /// Wraps the distribution key `k` for `recipient` inside the token: a session ephemeral
+    /// P-256 key pair, Z = ECDH(ephemeral, recipient), KEK = AES-CBC(Z, 0, context), then
+    /// C_WrapKey(CKM_AES_KEY_WRAP_PAD, KEK, key). The session objects are destroyed on every path.
+    fn wrap_out(
+        &self,
+        s: &Session,
+        k: &Known,
+        recipient: &PublicKey,
+        info: &[u8],
+    ) -> Result<WrappedKey, Error> {
+        let mut scratch = Scratch::new(s);
+        let (eph_public, eph_private) = s
+            .generate_key_pair(
+                &Mechanism::EccKeyPairGen,
+                &[
+                    Attribute::Token(false),
+                    Attribute::Private(false),
+                    Attribute::Verify(false),
+                    Attribute::Encrypt(false),
+                    Attribute::Wrap(false),
+                    Attribute::Derive(false),
+                    Attribute::EcParams(Curve::P256.ec_params_der().to_vec()),
+                ],
+                &[
+                    Attribute::Token(false),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Derive(true),
+                    Attribute::Sign(false),
+                    Attribute::Decrypt(false),
+                    Attribute::Unwrap(false),
+                    Attribute::SignRecover(false),
+                ],
+            )
+            .map_err(p11)?;
+        scratch.keep(eph_public);
+        let eph_private = scratch.keep(eph_private);
+        let ephemeral = Self::ec_point(s, eph_public, Curve::P256)?;
+        let header = wrapped_header(ephemeral.point(), k.public.clone(), info)?;
+        let context = header.kdf_context(recipient.point());
+        let kek = derive_kek(
+            s,
+            eph_private,
+            recipient.point(),
+            &context,
+            Attribute::Wrap(true),
+            p11,
+        )?;
+        let kek = scratch.keep(kek);
+        let ciphertext = s
+            .wrap_key(&Mechanism::AesKeyWrapPad, kek, k.object)
+            .map_err(|e| match e {
+                CkError::Pkcs11(
+                    RvError::KeyUnextractable
+                    | RvError::KeyNotWrappable
+                    | RvError::KeyFunctionNotPermitted,
+                    _,
+                ) => Error::NotPermitted { operation: "wrap" },
+                CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _) => {
+                    Error::UnknownKey
+                }
+                e => p11(e),
+            })?;
+        drop(scratch);
+        header.with_ciphertext(ciphertext)
+    }
+}
+
+/// Session objects made for one operation (an ephemeral key, Z, a KEK, a check copy), destroyed
+/// when it ends, on every path, newest first. A destroy that fails has no one to report to; the
+/// objects are session objects, so closing the session ends them anyway.
+struct Scratch<'s> {
+    s: &'s Session,
+    objects: Vec<ObjectHandle>,
+}
+
+impl<'s> Scratch<'s> {
+    fn new(s: &'s Session) -> Self {
+        Self {
+            s,
+            objects: Vec::new(),
+        }
+    }
+
+    fn keep(&mut self, object: ObjectHandle) -> ObjectHandle {
+        self.objects.push(object);
+        object
+    }
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        while let Some(o) = self.objects.pop() {
+            let _ = self.s.destroy_object(o);
+        }
+    }
+}
+
+/// The template of a derived session secret: a 32-byte AES key, not on the token, sensitive, not
+/// extractable, with the one usage `usage`.
+fn session_secret(usage: Attribute) -> [Attribute; 7] {
+    [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(false),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        usage,
+    ]
+}
+
+/// The KDF of the wrap construction inside the token: Z = ECDH(`base`, `peer_point`) with
+/// CKM_ECDH1_DERIVE and CKD_NULL, then KEK = CKM_AES_CBC_ENCRYPT_DATA(Z, iv 0, `context`) with the
+/// one usage `usage` (CKA_UNWRAP or CKA_WRAP). Z is destroyed at once; the caller destroys the
+/// KEK. `ecdh_error` maps a failed ECDH (an unwrap says nothing more than [`Error::Unwrap`]).
+fn derive_kek(
+    s: &Session,
+    base: ObjectHandle,
+    peer_point: &[u8],
+    context: &[u8; 32],
+    usage: Attribute,
+    ecdh_error: impl FnOnce(CkError) -> Error,
+) -> Result<ObjectHandle, Error> {
+    let z = s
+        .derive_key(
+            &Mechanism::Ecdh1Derive(Ecdh1DeriveParams::new(EcKdf::null(), peer_point)),
+            base,
+            &session_secret(Attribute::Derive(true)),
+        )
+        .map_err(ecdh_error)?;
+    let kek = s.derive_key(
+        &Mechanism::AesCbcEncryptData(AesCbcDeriveParams::new([0; 16], context)),
+        z,
+        &session_secret(usage),
+    );
+    let _ = s.destroy_object(z);
+    kek.map_err(p11)
 }
 
 /// DER OCTET STRING around a short value (an EC point, under 128 bytes).
@@ -538,9 +728,7 @@ fn octet_string(v: &[u8]) -> Vec<u8> {
 
 impl Token for Pkcs11Token {
     fn generate(&self, spec: &KeySpec) -> Result<KeyHandle, Error> {
-        if spec.usage == KeyUsage::KeyTransport && spec.curve != Curve::P256 {
-            return Err(Error::BadSpec("key-transport keys are P-256"));
-        }
+        spec.check()?;
         let s = self.session()?;
         Self::label_free(&s, &spec.label)?;
         let mut id = vec![0u8; 16];
@@ -564,7 +752,7 @@ impl Token for Pkcs11Token {
             Attribute::Sensitive(spec.sensitive),
             Attribute::Extractable(spec.extractable),
             Attribute::Sign(sign),
-            Attribute::Derive(!sign),
+            Attribute::Derive(spec.usage == KeyUsage::KeyTransport),
             // Tokens default these to true (SoftHSM2 does): one usage per key, said explicitly.
             Attribute::Decrypt(false),
             Attribute::Unwrap(false),
@@ -614,9 +802,12 @@ impl Token for Pkcs11Token {
                 "spec curve differs from the wrapped key's curve",
             ));
         }
-        if spec.usage != KeyUsage::Sign {
-            return Err(Error::BadSpec("only signing keys are imported"));
+        if spec.usage == KeyUsage::KeyTransport {
+            return Err(Error::BadSpec(
+                "only signing and distribution keys are imported",
+            ));
         }
+        spec.check()?;
         let kt = self.known(kt)?;
         if kt.info.usage != KeyUsage::KeyTransport {
             return Err(Error::NotPermitted {
@@ -627,6 +818,37 @@ impl Token for Pkcs11Token {
         Self::label_free(&s, &spec.label)?;
         let key = self.unwrap_in(&s, &kt, wrapped, spec)?;
         self.learn(&s, key)
+    }
+
+    fn wrap_key(
+        &self,
+        key: KeyHandle,
+        recipient: &PublicKey,
+        info: &[u8],
+    ) -> Result<WrappedKey, Error> {
+        let k = self.known(key)?;
+        if k.info.usage != KeyUsage::Distribute {
+            return Err(Error::NotPermitted { operation: "wrap" });
+        }
+        if !k.info.extractable {
+            return Err(Error::NotPermitted {
+                operation: "wrap (not extractable)",
+            });
+        }
+        if recipient.curve() != Curve::P256 {
+            return Err(Error::BadKey(
+                "the recipient of a wrapped key must be on P-256",
+            ));
+        }
+        if info.len() > INFO_MAX {
+            return Err(Error::TooLarge {
+                what: "wrap info",
+                len: info.len(),
+                limit: INFO_MAX,
+            });
+        }
+        let s = self.session()?;
+        self.wrap_out(&s, &k, recipient, info)
     }
 
     fn fill_random(&self, out: &mut [u8]) -> Result<(), Error> {

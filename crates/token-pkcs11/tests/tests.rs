@@ -84,7 +84,10 @@ mod conformance {
 mod pkcs11 {
     use super::*;
     use trustfab_pki::{Signer as _, SoftKey};
-    use trustfab_token::{wrap_for, Curve, KeyLabel, KeySpec, KeyUsage, Token};
+    use trustfab_token::{
+        pkcs8_public_key, unwrap_with, wrap_for, Curve, KeyLabel, KeySpec, KeyUsage, PublicKey,
+        Token, WrappedKey,
+    };
 
     /// DESIGN.md property 1: the OEM signing key is unwrapped inside the token as sensitive and
     /// non-extractable, and the token refuses its CKA_VALUE with CKR_ATTRIBUTE_SENSITIVE.
@@ -297,6 +300,143 @@ mod pkcs11 {
         )
         .verify(b"signed by pkcs11-tool", &sig)
         .unwrap();
+    }
+
+    /// A family key imported as a distribution key, as the HSM imports it.
+    fn import_family(t: &Pkcs11Token, extractable: bool) -> (KeyHandle, KeyHandle, SoftKey) {
+        let kt = t
+            .generate(&KeySpec::new(
+                KeyLabel::new("hsm-kt").unwrap(),
+                Curve::P256,
+                KeyUsage::KeyTransport,
+            ))
+            .unwrap();
+        let family = SoftKey::generate(trustfab_pki::Curve::P256).unwrap();
+        let wrapped = wrap_for(
+            &t.public_key(kt).unwrap(),
+            &family.secret_pkcs8_der().unwrap(),
+            b"package",
+        )
+        .unwrap();
+        let mut spec = KeySpec::new(
+            KeyLabel::new("family").unwrap(),
+            Curve::P256,
+            KeyUsage::Distribute,
+        );
+        spec.extractable = extractable;
+        let d = t.unwrap_key(kt, &wrapped, &spec).unwrap();
+        (kt, d, family)
+    }
+
+    /// The distribution key in the token: CKA_VALUE refused with CKR_ATTRIBUTE_SENSITIVE;
+    /// C_WrapKey allowed (it is CKA_EXTRACTABLE); and, seen by pkcs11-tool, sensitive and
+    /// extractable with no usage at all (no CKA_SIGN, CKA_DERIVE, CKA_DECRYPT, CKA_UNWRAP, ...),
+    /// its public object without usage either.
+    #[test]
+    fn distribution_key_is_sensitive_extractable_and_has_no_usage() {
+        let hsm = fixture();
+        let t = hsm.open();
+        let (_, d, family) = import_family(&t, true);
+        let err = t.private_value_len(d).unwrap_err();
+        hsm.assert_sensitive_refusal(&err);
+        assert!(t.wrap_out_len(d).unwrap() > 0);
+        assert_eq!(t.public_key(d).unwrap().point(), family.public_point());
+        drop(t);
+
+        let listing = pkcs11_tool(&["--list-objects", "--type", "privkey"], None);
+        let (access, usages, _) = access_usage_id(&listing, "family");
+        assert!(access.iter().any(|a| a == "sensitive"), "{access:?}");
+        assert!(access.iter().any(|a| a == "extractable"), "{access:?}");
+        assert_eq!(usages, vec!["none".to_owned()], "{listing}");
+        let public = pkcs11_tool(&["--list-objects", "--type", "pubkey"], None);
+        let block = public
+            .split("Public Key Object")
+            .find(|b| b.lines().any(|l| l.trim() == "label:      family"))
+            .unwrap_or_else(|| panic!("no public key object: {public}"));
+        assert!(
+            block.lines().any(|l| l.trim() == "Usage:      none"),
+            "{block}"
+        );
+        // The same after a reopen: the token reports the key as a distribution key.
+        let t = hsm.open();
+        let d = t.find(&KeyLabel::new("family").unwrap()).unwrap().unwrap();
+        let info = t.info(d).unwrap();
+        assert_eq!(info.usage, KeyUsage::Distribute);
+        assert!(info.sensitive && info.extractable, "{info:?}");
+    }
+
+    /// Wrapping out and importing a distribution key leave no session objects behind (the
+    /// ephemeral key pair, Z, the KEK, the signing check copy), on success and on failure.
+    #[test]
+    fn distribution_key_operations_leave_no_session_objects() {
+        let hsm = fixture();
+        let t = hsm.open();
+        let (kt, d, family) = import_family(&t, true);
+        let device = SoftKey::generate(trustfab_pki::Curve::P256).unwrap();
+        let recipient = PublicKey::from_point(Curve::P256, device.public_point()).unwrap();
+        let before = t.object_count().unwrap();
+        for i in 0..5u8 {
+            let w = t.wrap_key(d, &recipient, &[i]).unwrap();
+            let got = unwrap_with(&device.secret_pkcs8_der().unwrap(), &w).unwrap();
+            // The device gets the canonical PKCS#8, not SoftHSM2's zero-padded encoding.
+            assert_eq!(
+                got.secret_pkcs8_der(),
+                family.secret_pkcs8_der().unwrap().secret_pkcs8_der()
+            );
+        }
+        assert_eq!(t.object_count().unwrap(), before, "after wrap_key");
+
+        // An import: a key pair more (private and public object), nothing else.
+        let other = SoftKey::generate(trustfab_pki::Curve::P256).unwrap();
+        let other_der = other.secret_pkcs8_der().unwrap();
+        let mut spec = KeySpec::new(
+            KeyLabel::new("family-2").unwrap(),
+            Curve::P256,
+            KeyUsage::Distribute,
+        );
+        spec.extractable = true;
+        // A blob that declares a foreign public key unwraps but fails the signing check of the
+        // session copy: refused, and the copy and the KEK are gone.
+        let liar = forge(&t, kt, &other_der, &recipient);
+        assert!(matches!(t.unwrap_key(kt, &liar, &spec), Err(Error::Unwrap)));
+        assert_eq!(t.object_count().unwrap(), before, "after a refused import");
+        // The positive control: the same forgery declaring the true key is imported.
+        let honest = forge(&t, kt, &other_der, &pkcs8_public_key(&other_der).unwrap());
+        t.unwrap_key(kt, &honest, &spec).unwrap();
+        assert_eq!(t.object_count().unwrap(), before + 2, "after an import");
+    }
+
+    /// `key` wrapped for `kt` under a header that declares `declared` instead of the key's own
+    /// public key: what a sender that lies about the key makes. The KDF binds the declared key,
+    /// so the liar computes the KEK over the lying header; the blob unwraps, and only the token's
+    /// signing check can tell.
+    fn forge(
+        t: &Pkcs11Token,
+        kt: KeyHandle,
+        key: &trustfab_types::SecretKeyDer,
+        declared: &PublicKey,
+    ) -> WrappedKey {
+        use aws_lc_rs::agreement::{self, UnparsedPublicKey, ECDH_P256};
+        use aws_lc_rs::key_wrap::{AesKek, KeyWrapPadded as _, AES_256};
+        let kt_pub = t.public_key(kt).unwrap();
+        let eph = agreement::PrivateKey::generate(&ECDH_P256).unwrap();
+        let eph_point = eph.compute_public_key().unwrap();
+        let header =
+            trustfab_token::wrapped_header(eph_point.as_ref(), declared.clone(), b"").unwrap();
+        let context = header.kdf_context(kt_pub.point());
+        let kek = agreement::agree(
+            &eph,
+            UnparsedPublicKey::new(&ECDH_P256, kt_pub.point()),
+            (),
+            |z| Ok(trustfab_token::kek_from_shared_secret(z, &context).unwrap()),
+        )
+        .unwrap();
+        let aes = AesKek::new(&AES_256, kek.as_ref()).unwrap();
+        let plain = key.secret_pkcs8_der();
+        let mut out = vec![0u8; plain.len() + 16];
+        let n = aes.wrap_with_padding(plain, &mut out).unwrap().len();
+        out.truncate(n);
+        header.with_ciphertext(out).unwrap()
     }
 
     #[test]

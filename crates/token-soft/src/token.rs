@@ -1,6 +1,7 @@
 //! The soft token: key objects in memory behind a lock, every change sealed to the file before
 //! it is acknowledged. Attributes (usage, sensitive, extractable) are enforced here, as a PKCS#11
-//! token would enforce them.
+//! token would enforce them: only a distribution key that is extractable is ever wrapped out, and
+//! only with `wrap_for` to a P-256 recipient.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,8 +13,8 @@ use aws_lc_rs::encoding::{AsDer as _, Pkcs8V1Der};
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _};
 use trustfab_token::{
-    kek_from_shared_secret, unwrap_pkcs8, Curve, Error, KeyHandle, KeyInfo, KeyLabel, KeySpec,
-    KeyUsage, PublicKey, Signature, Token, WrappedKey,
+    kek_from_shared_secret, unwrap_pkcs8, wrap_for, Curve, Error, KeyHandle, KeyInfo, KeyLabel,
+    KeySpec, KeyUsage, PublicKey, Signature, Token, WrappedKey,
 };
 use trustfab_types::{Passphrase, SecretKeyDer};
 use zeroize::Zeroizing;
@@ -24,6 +25,9 @@ use crate::sealed::{Argon2Cost, Sealing};
 enum Live {
     Sign(EcdsaKeyPair),
     Transport(agreement::PrivateKey),
+    /// A distribution key has no operation of its own: it is only ever wrapped out, from its
+    /// PKCS#8 form.
+    Distribute,
 }
 
 struct Entry {
@@ -53,6 +57,16 @@ impl Entry {
                     .as_ref()
                     .to_vec();
                 (Live::Transport(k), point)
+            }
+            KeyUsage::Distribute => {
+                if info.curve != Curve::P256 {
+                    return Err(Error::BadKey("distribution keys are P-256"));
+                }
+                // Parsed only to check the key and compute its public point; dropped at once.
+                let pair = EcdsaKeyPair::from_pkcs8(info.curve.signing_alg(), der)
+                    .map_err(|_| Error::BadKey("not a PKCS#8 P-256 key"))?;
+                let point = pair.public_key().as_ref().to_vec();
+                (Live::Distribute, point)
             }
         };
         let public = PublicKey::from_point(info.curve, &point)?;
@@ -213,17 +227,15 @@ impl SoftToken {
 
 impl Token for SoftToken {
     fn generate(&self, spec: &KeySpec) -> Result<KeyHandle, Error> {
+        spec.check()?;
         self.label_free(&spec.label)?;
         let pkcs8 = match spec.usage {
-            KeyUsage::Sign => {
+            KeyUsage::Sign | KeyUsage::Distribute => {
                 let doc = EcdsaKeyPair::generate_pkcs8(spec.curve.signing_alg(), &self.rng)
                     .map_err(|_| Error::Crypto("key generation"))?;
                 SecretKeyDer::new(doc.as_ref().to_vec())
             }
             KeyUsage::KeyTransport => {
-                if spec.curve != Curve::P256 {
-                    return Err(Error::BadSpec("key-transport keys are P-256"));
-                }
                 let k = agreement::PrivateKey::generate(&ECDH_P256)
                     .map_err(|_| Error::Crypto("key generation"))?;
                 let der: Pkcs8V1Der<'static> =
@@ -263,7 +275,7 @@ impl Token for SoftToken {
                 .sign(&self.rng, message)
                 .map(|s| Signature::from_der(s.as_ref().to_vec()))
                 .map_err(|_| Error::Crypto("signing")),
-            Live::Transport(_) => Err(Error::NotPermitted { operation: "sign" }),
+            Live::Transport(_) | Live::Distribute => Err(Error::NotPermitted { operation: "sign" }),
         }
     }
 
@@ -278,9 +290,12 @@ impl Token for SoftToken {
                 "spec curve differs from the wrapped key's curve",
             ));
         }
-        if spec.usage != KeyUsage::Sign {
-            return Err(Error::BadSpec("only signing keys are imported"));
+        if spec.usage == KeyUsage::KeyTransport {
+            return Err(Error::BadSpec(
+                "only signing and distribution keys are imported",
+            ));
         }
+        spec.check()?;
         self.label_free(&spec.label)?;
         let pkcs8 = {
             let state = self.read();
@@ -306,13 +321,39 @@ impl Token for SoftToken {
         self.insert(entry)
     }
 
+    fn wrap_key(
+        &self,
+        key: KeyHandle,
+        recipient: &PublicKey,
+        info: &[u8],
+    ) -> Result<WrappedKey, Error> {
+        let state = self.read();
+        let e = state.keys.get(&key.backend_id()).ok_or(Error::UnknownKey)?;
+        if e.info.usage != KeyUsage::Distribute {
+            return Err(Error::NotPermitted { operation: "wrap" });
+        }
+        if !e.info.extractable {
+            return Err(Error::NotPermitted {
+                operation: "wrap (not extractable)",
+            });
+        }
+        if recipient.curve() != Curve::P256 {
+            return Err(Error::BadKey(
+                "the recipient of a wrapped key must be on P-256",
+            ));
+        }
+        wrap_for(recipient, &e.pkcs8, info)
+    }
+
     fn fill_random(&self, out: &mut [u8]) -> Result<(), Error> {
         self.rng.fill(out).map_err(|_| Error::Crypto("random"))
     }
 }
 
 /// The store body: `next_id u64 | count u32 | count × (id u64 | label_len u8 | label | curve u8
-/// | usage u8 | flags u8 (1 = sensitive, 2 = extractable) | pkcs8_len u16 | pkcs8)`.
+/// | usage u8 | flags u8 (1 = sensitive, 2 = extractable) | pkcs8_len u16 | pkcs8)`. The usage is
+/// [`KeyUsage::code`]: 1 sign, 2 key transport, 3 distribution (added without a version bump: a
+/// file without distribution keys is byte-for-byte what earlier builds wrote and read).
 fn encode(state: &State) -> Zeroizing<Vec<u8>> {
     let mut out = Zeroizing::new(Vec::new());
     out.extend_from_slice(&state.next_id.to_be_bytes());

@@ -11,7 +11,8 @@ use trustfab_pki::{Signer as _, SoftKey};
 use trustfab_types::{DeviceUid, OemId, ProductId, Serial, UnixTime};
 
 use crate::{
-    wrap_for, Curve, Error, KeyHandle, KeyLabel, KeySpec, KeyUsage, Token, TokenSigner, WrappedKey,
+    pkcs8_public_key, unwrap_with, wrap_for, wrapped_header, Curve, Error, KeyHandle, KeyLabel,
+    KeySpec, KeyUsage, PublicKey, Token, TokenSigner, WrappedKey, INFO_MAX,
 };
 
 /// What the suite needs from a backend besides the [`Token`] trait. One value is one fresh,
@@ -61,11 +62,38 @@ fn oem_key(curve: Curve) -> SoftKey {
 
 /// The private scalar of a PKCS#8 key, to look for it where it must not be.
 fn scalar_of(key: &SoftKey, curve: Curve) -> Vec<u8> {
+    scalar_of_der(&key.secret_pkcs8_der().unwrap(), curve)
+}
+
+fn scalar_of_der(der: &trustfab_types::SecretKeyDer, curve: Curve) -> Vec<u8> {
     use aws_lc_rs::encoding::AsBigEndian as _;
-    let der = key.secret_pkcs8_der().unwrap();
     let pair = EcdsaKeyPair::from_pkcs8(curve.signing_alg(), der.secret_pkcs8_der()).unwrap();
     let bin = pair.private_key().as_be_bytes().unwrap();
     bin.as_ref().to_vec()
+}
+
+/// A device key in software (what a device's secure storage holds): its PKCS#8 and its public
+/// key, the recipient of [`Token::wrap_key`].
+fn device_key(curve: Curve) -> (trustfab_types::SecretKeyDer, PublicKey) {
+    let k = oem_key(curve);
+    let public = PublicKey::from_point(curve, k.public_point()).unwrap();
+    (k.secret_pkcs8_der().unwrap(), public)
+}
+
+/// Imports `key` as a distribution key (P-256) through `unwrap_key`, extractable or not.
+fn import_distribute(
+    t: &dyn Token,
+    kt: KeyHandle,
+    key: &SoftKey,
+    name: &str,
+    extractable: bool,
+) -> Result<KeyHandle, Error> {
+    let der = key.secret_pkcs8_der().unwrap();
+    let wrapped = wrap_for(&t.public_key(kt).unwrap(), &der, name.as_bytes()).unwrap();
+    let wrapped = WrappedKey::from_bytes(&wrapped.to_bytes()).unwrap();
+    let mut spec = KeySpec::new(label(name), Curve::P256, KeyUsage::Distribute);
+    spec.extractable = extractable;
+    t.unwrap_key(kt, &wrapped, &spec)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -230,6 +258,178 @@ pub fn wrong_wrapped_blob_refused<B: Backend>(b: &B) {
     t.unwrap_key(kt, &good, &spec).unwrap();
 }
 
+/// A firmware family key imported as a distribution key (`unwrap_key` of a `wrap_for` blob) is
+/// handed out with `wrap_key` to a device's public key, and the device's `unwrap_with` gives
+/// back the very key: same public key, same scalar. Only that device opens it, the info is
+/// bound, every wrap has its own ephemeral key, the key is sensitive (its value is refused) and
+/// not at rest in clear, and all of it holds after a reopen.
+pub fn distribute_key_wraps_out_to_a_device<B: Backend>(b: &B) {
+    let t = b.open();
+    let kt = transport_key(&t, "kt");
+    let family = oem_key(Curve::P256);
+    let family_der = family.secret_pkcs8_der().unwrap();
+    let family_pub = pkcs8_public_key(&family_der).unwrap();
+    let d = import_distribute(&t, kt, &family, "family:widget", true).unwrap();
+    let info = t.info(d).unwrap();
+    assert_eq!(
+        (info.curve, info.usage),
+        (Curve::P256, KeyUsage::Distribute)
+    );
+    assert!(info.sensitive && info.extractable, "{info:?}");
+    assert_eq!(t.public_key(d).unwrap(), family_pub);
+    assert_eq!(t.find(&label("family:widget")).unwrap(), Some(d));
+    match b.probe_private_value(&t, d) {
+        Ok(len) => panic!("token would reveal a {len}-byte distribution key"),
+        Err(e) => b.assert_sensitive_refusal(&e),
+    }
+
+    let (device_der, device) = device_key(Curve::P256);
+    let (other_der, _) = device_key(Curve::P256);
+    let w = t.wrap_key(d, &device, b"device 0001").unwrap();
+    let w = WrappedKey::from_bytes(&w.to_bytes()).unwrap();
+    assert_eq!(w.info(), b"device 0001");
+    assert_eq!(w.key_curve(), Curve::P256);
+    assert_eq!(w.public_key(), &family_pub);
+    let got = unwrap_with(&device_der, &w).unwrap();
+    assert_eq!(pkcs8_public_key(&got).unwrap(), family_pub);
+    assert_eq!(
+        scalar_of_der(&got, Curve::P256),
+        scalar_of(&family, Curve::P256)
+    );
+    // Whatever the backend's own PKCS#8 encoding, the device gets the canonical one.
+    assert_eq!(got.secret_pkcs8_der(), family_der.secret_pkcs8_der());
+    // Another device cannot open it; the same blob claiming another info cannot be opened.
+    assert!(matches!(unwrap_with(&other_der, &w), Err(Error::Unwrap)));
+    let relabelled = wrapped_header(w.ephemeral_point(), family_pub.clone(), b"device 0002")
+        .unwrap()
+        .with_ciphertext(w.ciphertext().to_vec())
+        .unwrap();
+    assert!(matches!(
+        unwrap_with(&device_der, &relabelled),
+        Err(Error::Unwrap)
+    ));
+    // Each wrap is made with a fresh ephemeral key.
+    let w2 = t.wrap_key(d, &device, b"device 0001").unwrap();
+    assert_ne!(w2.ephemeral_point(), w.ephemeral_point());
+    assert_ne!(w2.ciphertext(), w.ciphertext());
+    unwrap_with(&device_der, &w2).unwrap();
+
+    let scalar = scalar_of(&family, Curve::P256);
+    assert!(!contains(&b.at_rest(), &scalar), "family key found at rest");
+    let dbg = format!("{t:?} {w:?}");
+    let hex: String = scalar.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!dbg.contains(&hex));
+
+    let t = b.reopen(t);
+    let d = t.find(&label("family:widget")).unwrap().unwrap();
+    let info = t.info(d).unwrap();
+    assert_eq!(info.usage, KeyUsage::Distribute);
+    assert!(info.sensitive && info.extractable, "{info:?}");
+    let w3 = t.wrap_key(d, &device, b"after reopen").unwrap();
+    let got = unwrap_with(&device_der, &w3).unwrap();
+    assert_eq!(pkcs8_public_key(&got).unwrap(), family_pub);
+}
+
+/// A distribution key does nothing but leave wrapped: it does not sign or unwrap, and nothing
+/// else leaves: `wrap_key` refuses signing keys (even one made extractable on purpose),
+/// key-transport keys and a distribution key that is not extractable, and recipients off P-256.
+/// Distribution specs are P-256 and sensitive.
+pub fn distribute_key_policy<B: Backend>(b: &B) {
+    let t = b.open();
+    let kt = transport_key(&t, "kt");
+    let family = oem_key(Curve::P256);
+    let d = import_distribute(&t, kt, &family, "family", true).unwrap();
+    let (_, device) = device_key(Curve::P256);
+    let not_permitted = |k: KeyHandle, what: &str| {
+        let r = t.wrap_key(k, &device, b"x");
+        assert!(
+            matches!(r, Err(Error::NotPermitted { .. })),
+            "{what}: {r:?}"
+        );
+    };
+
+    // It neither signs nor unwraps.
+    assert!(matches!(t.sign(d, b"x"), Err(Error::NotPermitted { .. })));
+    assert!(TokenSigner::new(&t, d).is_err());
+    let blob = wrap_for(
+        &t.public_key(kt).unwrap(),
+        &oem_key(Curve::P256).secret_pkcs8_der().unwrap(),
+        b"",
+    )
+    .unwrap();
+    let spec = KeySpec::new(label("via-family"), Curve::P256, KeyUsage::Sign);
+    assert!(matches!(
+        t.unwrap_key(d, &blob, &spec),
+        Err(Error::NotPermitted { .. })
+    ));
+
+    // Only an extractable distribution key leaves.
+    let gen = t
+        .generate(&KeySpec::new(label("gen"), Curve::P256, KeyUsage::Sign))
+        .unwrap();
+    not_permitted(gen, "generated signing key");
+    let mut open_spec = KeySpec::new(label("exportable"), Curve::P256, KeyUsage::Sign);
+    open_spec.extractable = true;
+    let exportable = t.generate(&open_spec).unwrap();
+    not_permitted(exportable, "extractable signing key");
+    let oem = import(&t, kt, &oem_key(Curve::P256), "oem", Curve::P256);
+    not_permitted(oem, "imported signing key");
+    not_permitted(kt, "key-transport key");
+    let fixed = import_distribute(&t, kt, &oem_key(Curve::P256), "family-fixed", false).unwrap();
+    let info = t.info(fixed).unwrap();
+    assert_eq!(info.usage, KeyUsage::Distribute);
+    assert!(info.sensitive && !info.extractable, "{info:?}");
+    not_permitted(fixed, "non-extractable distribution key");
+
+    // Recipients are P-256 keys; info has its limit.
+    let (_, p384) = device_key(Curve::P384);
+    assert!(matches!(t.wrap_key(d, &p384, b"x"), Err(Error::BadKey(_))));
+    assert!(matches!(
+        t.wrap_key(d, &device, &[0; INFO_MAX + 1]),
+        Err(Error::TooLarge { .. })
+    ));
+    t.wrap_key(d, &device, &[0; INFO_MAX]).unwrap();
+
+    // Distribution specs: P-256 and sensitive, for import and generation alike.
+    let p384_blob = wrap_for(
+        &t.public_key(kt).unwrap(),
+        &oem_key(Curve::P384).secret_pkcs8_der().unwrap(),
+        b"",
+    )
+    .unwrap();
+    let mut bad = KeySpec::new(label("bad"), Curve::P384, KeyUsage::Distribute);
+    bad.extractable = true;
+    assert!(matches!(
+        t.unwrap_key(kt, &p384_blob, &bad),
+        Err(Error::BadSpec(_))
+    ));
+    assert!(matches!(t.generate(&bad), Err(Error::BadSpec(_))));
+    let mut clear = KeySpec::new(label("bad"), Curve::P256, KeyUsage::Distribute);
+    clear.sensitive = false;
+    clear.extractable = true;
+    assert!(matches!(
+        t.unwrap_key(kt, &blob, &clear),
+        Err(Error::BadSpec(_))
+    ));
+    assert!(matches!(t.generate(&clear), Err(Error::BadSpec(_))));
+    assert_eq!(t.find(&label("bad")).unwrap(), None);
+    let kt_spec = KeySpec::new(label("bad"), Curve::P256, KeyUsage::KeyTransport);
+    assert!(matches!(
+        t.unwrap_key(kt, &blob, &kt_spec),
+        Err(Error::BadSpec(_))
+    ));
+
+    // A distribution key generated inside the token leaves the same way.
+    let mut gen_spec = KeySpec::new(label("family-gen"), Curve::P256, KeyUsage::Distribute);
+    gen_spec.extractable = true;
+    let g = t.generate(&gen_spec).unwrap();
+    assert!(matches!(t.sign(g, b"x"), Err(Error::NotPermitted { .. })));
+    let (device_der, device) = device_key(Curve::P256);
+    let w = t.wrap_key(g, &device, b"gen").unwrap();
+    let got = unwrap_with(&device_der, &w).unwrap();
+    assert_eq!(pkcs8_public_key(&got).unwrap(), t.public_key(g).unwrap());
+}
+
 /// Handles the token never issued are refused.
 pub fn unknown_handle_refused<B: Backend>(b: &B) {
     let t = b.open();
@@ -241,6 +441,11 @@ pub fn unknown_handle_refused<B: Backend>(b: &B) {
         assert!(matches!(t.sign(h, b"x"), Err(Error::UnknownKey)), "{bogus}");
         assert!(matches!(t.public_key(h), Err(Error::UnknownKey)));
         assert!(matches!(t.info(h), Err(Error::UnknownKey)));
+        let (_, device) = device_key(Curve::P256);
+        assert!(matches!(
+            t.wrap_key(h, &device, b""),
+            Err(Error::UnknownKey)
+        ));
     }
 }
 
@@ -369,7 +574,8 @@ macro_rules! token_conformance {
         $crate::token_conformance!(@tests $fixture;
             generate_sign_verify, unwrap_then_sign, no_private_key_export,
             wrong_wrapped_blob_refused, unknown_handle_refused, persistence_across_reopen,
-            wrong_credential_refused, fill_random, device_certificate_signed_in_token);
+            wrong_credential_refused, fill_random, device_certificate_signed_in_token,
+            distribute_key_wraps_out_to_a_device, distribute_key_policy);
     };
     (@tests $fixture:expr; $($name:ident),* $(,)?) => {
         $(

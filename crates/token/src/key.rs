@@ -172,7 +172,8 @@ impl fmt::Display for KeyLabel {
     }
 }
 
-/// What a key is for. A key has exactly one usage (PKCS#11: exactly one of CKA_SIGN, CKA_DERIVE).
+/// What a key is for. A key has exactly one usage (PKCS#11: CKA_SIGN only, CKA_DERIVE only, or
+/// neither for a distribution key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeyUsage {
     /// ECDSA signing (CKA_SIGN).
@@ -180,6 +181,11 @@ pub enum KeyUsage {
     /// Key transport: ECDH inside the token to unwrap a [`crate::WrappedKey`] (CKA_DERIVE).
     /// The agreed secret never leaves the token. P-256 only.
     KeyTransport,
+    /// Distribution: a P-256 key the token keeps only to hand it, wrapped, to devices
+    /// ([`crate::Token::wrap_key`]), such as a firmware family decryption key. It neither signs
+    /// nor derives (¬CKA_SIGN, ¬CKA_DERIVE, ¬CKA_DECRYPT, ¬CKA_UNWRAP); it is sensitive and
+    /// extractable only under wrap (CKA_SENSITIVE, CKA_EXTRACTABLE when the spec asks for it).
+    Distribute,
 }
 
 impl KeyUsage {
@@ -188,6 +194,7 @@ impl KeyUsage {
         match self {
             Self::Sign => 1,
             Self::KeyTransport => 2,
+            Self::Distribute => 3,
         }
     }
 
@@ -196,6 +203,7 @@ impl KeyUsage {
         match code {
             1 => Some(Self::Sign),
             2 => Some(Self::KeyTransport),
+            3 => Some(Self::Distribute),
             _ => None,
         }
     }
@@ -209,11 +217,13 @@ pub struct KeySpec {
     pub label: KeyLabel,
     /// The curve.
     pub curve: Curve,
-    /// CKA_SIGN or CKA_DERIVE.
+    /// CKA_SIGN, CKA_DERIVE, or neither (distribution).
     pub usage: KeyUsage,
-    /// CKA_SENSITIVE: the private value is never revealed in plaintext. Default `true`.
+    /// CKA_SENSITIVE: the private value is never revealed in plaintext. Default `true`; a
+    /// distribution key must be sensitive.
     pub sensitive: bool,
-    /// CKA_EXTRACTABLE: the key may be wrapped out of the token. Default `false`.
+    /// CKA_EXTRACTABLE: the key may be wrapped out of the token. Default `false`; only a
+    /// distribution key is ever wrapped out, and only by [`crate::Token::wrap_key`].
     pub extractable: bool,
 }
 
@@ -228,6 +238,29 @@ impl KeySpec {
             extractable: false,
         }
     }
+
+    /// The rules every token applies to a spec before it makes a key: key-transport and
+    /// distribution keys are P-256, and a distribution key is sensitive (it leaves the token
+    /// only wrapped, never in clear).
+    ///
+    /// # Errors
+    /// [`Error::BadSpec`] naming the broken rule.
+    pub fn check(&self) -> Result<(), Error> {
+        match self.usage {
+            KeyUsage::Sign => Ok(()),
+            KeyUsage::KeyTransport if self.curve != Curve::P256 => {
+                Err(Error::BadSpec("key-transport keys are P-256"))
+            }
+            KeyUsage::KeyTransport => Ok(()),
+            KeyUsage::Distribute if self.curve != Curve::P256 => {
+                Err(Error::BadSpec("distribution keys are P-256"))
+            }
+            KeyUsage::Distribute if !self.sensitive => {
+                Err(Error::BadSpec("distribution keys are sensitive"))
+            }
+            KeyUsage::Distribute => Ok(()),
+        }
+    }
 }
 
 /// The attributes of a key on a token, as the token reports them.
@@ -237,7 +270,7 @@ pub struct KeyInfo {
     pub label: KeyLabel,
     /// The curve.
     pub curve: Curve,
-    /// CKA_SIGN or CKA_DERIVE.
+    /// CKA_SIGN, CKA_DERIVE, or neither (distribution).
     pub usage: KeyUsage,
     /// CKA_SENSITIVE.
     pub sensitive: bool,
@@ -430,6 +463,20 @@ mod tests {
             let theirs: PublicKeyX509Der<'_> = pubk.as_der().unwrap();
             assert_eq!(ours.to_spki_der(), theirs.as_ref());
         }
+    }
+
+    #[test]
+    fn usage_codes_round_trip_and_are_stable() {
+        for (u, c) in [
+            (KeyUsage::Sign, 1),
+            (KeyUsage::KeyTransport, 2),
+            (KeyUsage::Distribute, 3),
+        ] {
+            assert_eq!(u.code(), c);
+            assert_eq!(KeyUsage::from_code(c), Some(u));
+        }
+        assert_eq!(KeyUsage::from_code(0), None);
+        assert_eq!(KeyUsage::from_code(4), None);
     }
 
     #[test]

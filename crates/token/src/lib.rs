@@ -23,7 +23,8 @@ pub use wrap::{
 };
 
 /// A cryptographic token. Keys are addressed by [`KeyHandle`] and never leave it in plaintext:
-/// no method returns private key bytes, and a key enters only as a [`WrappedKey`].
+/// no method returns private key bytes, a key enters only as a [`WrappedKey`], and only a
+/// distribution key leaves, only as a [`WrappedKey`] ([`Token::wrap_key`]).
 ///
 /// Implementations are synchronous and thread-safe; a backend that needs per-thread state (a
 /// PKCS#11 session) pools it internally. Async callers use `spawn_blocking`.
@@ -32,7 +33,8 @@ pub trait Token: fmt::Debug + Send + Sync {
     ///
     /// # Errors
     /// [`Error::LabelExists`] when the label is taken, [`Error::BadSpec`] for a spec the token
-    /// refuses (a P-384 key-transport key), or a backend error.
+    /// refuses (a P-384 key-transport or distribution key, a non-sensitive distribution key), or
+    /// a backend error.
     fn generate(&self, spec: &KeySpec) -> Result<KeyHandle, Error>;
 
     /// The private key labelled `label`, if there is one.
@@ -65,16 +67,40 @@ pub trait Token: fmt::Debug + Send + Sync {
     /// the KDF and the unwrap all run inside the token, which stores the key under `spec`. The
     /// declared public key is checked against the unwrapped private key.
     ///
+    /// `spec.usage` is [`KeyUsage::Sign`] (an OEM signing key) or [`KeyUsage::Distribute`] (a
+    /// P-256 key to hand on with [`Token::wrap_key`]; it must be sensitive, and is extractable
+    /// only if the spec says so).
+    ///
     /// # Errors
     /// [`Error::Unwrap`] (no detail) when the blob does not unwrap under `kt` or the key does not
     /// match its declared public key, [`Error::NotPermitted`] when `kt` is not a key-transport
-    /// key, [`Error::BadSpec`] when `spec` disagrees with the blob, [`Error::LabelExists`].
+    /// key, [`Error::BadSpec`] when `spec` disagrees with the blob or asks for a key-transport
+    /// key, a non-P-256 or a non-sensitive distribution key, [`Error::LabelExists`].
     fn unwrap_key(
         &self,
         kt: KeyHandle,
         wrapped: &WrappedKey,
         spec: &KeySpec,
     ) -> Result<KeyHandle, Error>;
+
+    /// Wraps the distribution key `key` for `recipient` (a P-256 public key, a device's certified
+    /// key), binding `info`, with the construction of [`wrap_for`]: a fresh ephemeral P-256 key,
+    /// ECDH with `recipient`, the KDF over the context, RFC 5649 key wrap of the PKCS#8 key. The
+    /// recipient opens it with [`unwrap_with`]. With a PKCS#11 token every step runs inside the
+    /// token (the ephemeral key, Z and the KEK are session objects destroyed afterwards), so the
+    /// key is never in clear outside it. Which recipients deserve the key is the caller's
+    /// decision; the token only guarantees that the key leaves wrapped, to that point.
+    ///
+    /// # Errors
+    /// [`Error::UnknownKey`], [`Error::NotPermitted`] when `key` is not a
+    /// [`KeyUsage::Distribute`] key or not extractable, [`Error::BadKey`] when `recipient` is not
+    /// on P-256, [`Error::TooLarge`] for an `info` over [`INFO_MAX`], or a backend error.
+    fn wrap_key(
+        &self,
+        key: KeyHandle,
+        recipient: &PublicKey,
+        info: &[u8],
+    ) -> Result<WrappedKey, Error>;
 
     /// Fills `out` from the token's random generator.
     ///

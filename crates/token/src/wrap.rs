@@ -13,6 +13,7 @@
 
 use aws_lc_rs::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, ECDH_P256};
 use aws_lc_rs::cipher::{EncryptingKey, UnboundCipherKey, AES_256};
+use aws_lc_rs::encoding::AsBigEndian as _;
 use aws_lc_rs::key_wrap::{AesKek, KeyWrapPadded as _, AES_256 as KW_AES_256};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _};
@@ -360,14 +361,64 @@ impl WrappedKey {
     }
 }
 
+/// The one PKCS#8 document in a key wrap's plaintext, re-encoded canonically.
+///
+/// The plaintext is exactly one DER `PrivateKeyInfo`, optionally followed by fewer than 8 zero
+/// bytes that end on an 8-byte boundary: SoftHSM 2.6 zero-pads every key to a multiple of 8
+/// before it wraps (`SoftHSM::WrapKeySym` pads for `CKM_AES_KEY_WRAP` and applies it to
+/// `CKM_AES_KEY_WRAP_PAD` too), so the RFC 5649 length covers the padding. Anything else after
+/// the DER is refused (aws-lc's parser alone would ignore it). The key is returned as aws-lc
+/// writes PKCS#8 v1, with its public key: a PKCS#11 token's encoding may lack it (SoftHSM2's
+/// `ECPrivateKey` holds only the scalar), and the recipient gets the same bytes from every
+/// backend.
+fn canonical_pkcs8(plain: &[u8], curve: Curve) -> Result<SecretKeyDer, Error> {
+    let bad = Error::BadKey("not one PKCS#8 key of the declared curve");
+    let der_len = match plain {
+        [0x30, n, ..] if *n < 0x80 => 2 + usize::from(*n),
+        [0x30, 0x81, n, ..] if *n >= 0x80 => 3 + usize::from(*n),
+        [0x30, 0x82, hi, lo, ..] => 4 + usize::from(u16::from_be_bytes([*hi, *lo])),
+        _ => return Err(bad),
+    };
+    let (der, pad) = plain.split_at_checked(der_len).ok_or(Error::BadKey(
+        "PKCS#8 is longer than the unwrapped plaintext",
+    ))?;
+    let padded = pad.is_empty() || (pad.len() < 8 && plain.len() % 8 == 0);
+    if !padded || pad.iter().any(|b| *b != 0) {
+        return Err(Error::BadKey("bytes after the PKCS#8 key"));
+    }
+    let alg = curve.signing_alg();
+    let pair = EcdsaKeyPair::from_pkcs8(alg, der).map_err(|_| bad)?;
+    // aws-lc re-encodes a parsed key as it found it (without a public key if it had none), so
+    // the pair is rebuilt from its scalar and point. The scalar buffer zeroizes on drop.
+    let scalar = pair
+        .private_key()
+        .as_be_bytes()
+        .map_err(|_| Error::Crypto("private key"))?;
+    let full = EcdsaKeyPair::from_private_key_and_public_key(
+        alg,
+        scalar.as_ref(),
+        pair.public_key().as_ref(),
+    )
+    .map_err(|_| Error::Crypto("private key"))?;
+    let doc = full
+        .to_pkcs8v1()
+        .map_err(|_| Error::Crypto("PKCS#8 encoding"))?;
+    Ok(SecretKeyDer::new(doc.as_ref().to_vec()))
+}
+
 /// Unwraps `wrapped` with the recipient's P-256 private key (PKCS#8 or RFC 5915 DER) in process
 /// memory: the inverse of [`wrap_for`] and of [`crate::Token::wrap_key`], for a recipient that is
 /// not a token (a device's secure storage, which keeps its keys in its own memory). The unwrapped
 /// key must be the public key the blob declares.
 ///
+/// The key comes back as canonical PKCS#8 v1 with its public key, whichever backend wrapped it: a
+/// PKCS#11 token wraps its own encoding (SoftHSM2's has no public key and is zero-padded to a
+/// multiple of 8 bytes); see `canonical_pkcs8`.
+///
 /// # Errors
-/// [`Error::Unwrap`] (no detail) when the blob is not for this key, was changed, or its key is
-/// not the declared one; [`Error::BadKey`] when `recipient` is not a P-256 private key.
+/// [`Error::Unwrap`] (no detail) when the blob is not for this key, was changed, holds anything
+/// but one PKCS#8 key (and a token's zero padding), or its key is not the declared one;
+/// [`Error::BadKey`] when `recipient` is not a P-256 private key.
 pub fn unwrap_with(recipient: &SecretKeyDer, wrapped: &WrappedKey) -> Result<SecretKeyDer, Error> {
     let key = agreement::PrivateKey::from_private_key_der(&ECDH_P256, recipient.secret_pkcs8_der())
         .map_err(|_| Error::BadKey("recipient is not a P-256 private key"))?;
@@ -382,6 +433,8 @@ pub fn unwrap_with(recipient: &SecretKeyDer, wrapped: &WrappedKey) -> Result<Sec
         |z| kek_from_shared_secret(z, &context).map_err(|_| Error::Unwrap),
     )?;
     let plain = unwrap_pkcs8(&kek, wrapped.ciphertext())?;
+    let plain = canonical_pkcs8(plain.secret_pkcs8_der(), wrapped.key_curve())
+        .map_err(|_| Error::Unwrap)?;
     let declared = pkcs8_public_key(&plain).map_err(|_| Error::Unwrap)?;
     if &declared != wrapped.public_key() {
         return Err(Error::Unwrap);
@@ -506,6 +559,48 @@ mod tests {
             .unwrap();
         assert_eq!(same, w);
         assert!(wrapped_header(&[4u8; 65], rp, b"").is_err());
+    }
+
+    /// What SoftHSM2 wraps out for an EC key: PKCS#8 whose `ECPrivateKey` holds only the scalar
+    /// (no parameters, no public key), zero-padded to a multiple of 8 before RFC 5649. The
+    /// recipient gets aws-lc's canonical PKCS#8 of the same key; anything but that zero padding
+    /// after the DER is refused.
+    #[test]
+    fn unwrap_with_canonicalises_a_tokens_pkcs8_and_refuses_trailing_bytes() {
+        let recipient = oem_key(Curve::P256);
+        let rp = pkcs8_public_key(&recipient).unwrap();
+        let family = oem_key(Curve::P256);
+        let pair =
+            EcdsaKeyPair::from_pkcs8(Curve::P256.signing_alg(), family.secret_pkcs8_der()).unwrap();
+        let d = pair.private_key().as_be_bytes().unwrap();
+        // PrivateKeyInfo { 0, { id-ecPublicKey, prime256v1 }, OCTET STRING { ECPrivateKey {
+        // 1, OCTET STRING d } } }: 67 bytes, as SoftHSM 2.6 encodes it.
+        let mut bare = vec![0x30, 0x41, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07];
+        bare.extend_from_slice(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01]);
+        bare.extend_from_slice(Curve::P256.ec_params_der());
+        bare.extend_from_slice(&[0x04, 0x27, 0x30, 0x25, 0x02, 0x01, 0x01, 0x04, 0x20]);
+        bare.extend_from_slice(d.as_ref());
+        assert_eq!(bare.len(), 67);
+        // `wrap_for` wraps whatever bytes aws-lc parses, so it can stand in for the token.
+        let wrap = |plain: &[u8]| wrap_for(&rp, &SecretKeyDer::new(plain.to_vec()), b"").unwrap();
+        for padding in [0usize, 5] {
+            let mut plain = bare.clone();
+            plain.resize(67 + padding, 0);
+            let got = unwrap_with(&recipient, &wrap(&plain)).unwrap();
+            assert_eq!(got.secret_pkcs8_der(), family.secret_pkcs8_der());
+        }
+        // The canonical form passes through unchanged.
+        let w = wrap_for(&rp, &family, b"").unwrap();
+        let got = unwrap_with(&recipient, &w).unwrap();
+        assert_eq!(got.secret_pkcs8_der(), family.secret_pkcs8_der());
+        for tail in [&[0u8, 0, 0, 0, 1][..], &[0; 13], &[0; 2]] {
+            let mut plain = bare.clone();
+            plain.extend_from_slice(tail);
+            assert!(
+                matches!(unwrap_with(&recipient, &wrap(&plain)), Err(Error::Unwrap)),
+                "tail {tail:?}"
+            );
+        }
     }
 
     /// Wycheproof's AES-KWP vectors (RFC 5649) with 256-bit KEKs, the size this format uses,
