@@ -86,6 +86,7 @@ fn site(dir: &Path, token: Arc<dyn Token>) -> Hsm {
         root_cert: root,
         device_ca_cert: Some(device_ca),
         wrapped_signing_key: wrapped.to_bytes(),
+        firmware: None,
     };
     let package = trustfab_package::seal(&contents, &root_key).unwrap();
     let ledger = Arc::new(SqliteStore::open(&dir.join("ledger.sqlite")).unwrap());

@@ -87,6 +87,9 @@ pub enum ImportError {
     /// The wrapped key does not unwrap in this HSM.
     #[error("the signing key does not unwrap in this HSM")]
     Unwrap,
+    /// The family key does not unwrap under this HSM's key-transport key.
+    #[error("the firmware family key does not unwrap in this HSM")]
+    FamilyKeyUnwrap,
     /// A token error.
     #[error(transparent)]
     Token(trustfab_token::Error),
@@ -148,6 +151,20 @@ pub enum IssueError {
     /// certificate can be produced again with `certificate_for`.
     #[error("signing failed after the issuance was recorded: {0}")]
     Sign(trustfab_pki::Error),
+    /// The product has no family key to deliver.
+    #[error("product {product} has no firmware family key")]
+    NoFamilyKey {
+        /// The product.
+        product: String,
+    },
+    /// The family key goes only to a device this HSM certified for the product.
+    #[error("device {uid} has no certificate for product {product}: the family key goes only to certified devices")]
+    NotIssued {
+        /// The device.
+        uid: String,
+        /// The product.
+        product: String,
+    },
     /// The ledger claims the UID but holds no issuance record for it: the ledger was tampered
     /// with (`trustfab ledger verify` names the record).
     #[error("device {uid} is claimed at ledger record {seq} but its issuance record is missing")]

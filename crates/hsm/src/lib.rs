@@ -13,7 +13,9 @@ use trustfab_pki::template::SerialScheme;
 use trustfab_pki::{
     DeviceRequest, HsmCertificates, HsmRequest, Issuer, PublicKey, RenderInputs, Template,
 };
-use trustfab_token::{KeyHandle, KeyLabel, KeySpec, KeyUsage, Token, TokenSigner, WrappedKey};
+use trustfab_token::{
+    Curve, KeyHandle, KeyLabel, KeySpec, KeyUsage, Token, TokenSigner, WrappedKey,
+};
 use trustfab_types::{Clock, DeviceUid, OemId, ProductId, Serial};
 
 pub use error::{ImportError, InitError, IssueError};
@@ -33,10 +35,10 @@ const CLAIM_OEM: &str = "oem";
 const CLAIM_UID: &str = "uid";
 const CLAIM_SERIAL: &str = "serial";
 
-fn pki_curve(c: trustfab_token::Curve) -> trustfab_pki::Curve {
+fn pki_curve(c: Curve) -> trustfab_pki::Curve {
     match c {
-        trustfab_token::Curve::P256 => trustfab_pki::Curve::P256,
-        trustfab_token::Curve::P384 => trustfab_pki::Curve::P384,
+        Curve::P256 => trustfab_pki::Curve::P256,
+        Curve::P384 => trustfab_pki::Curve::P384,
     }
 }
 
@@ -55,6 +57,19 @@ pub fn product_key(oem: &OemId, product: &ProductId) -> String {
 /// # Errors
 /// Never for a product key; the label type checks its own rules.
 pub fn product_key_label(product: &str) -> Result<KeyLabel, trustfab_token::Error> {
+    hashed_label("product", product)
+}
+
+/// The token label of a product's firmware family decryption key: `family:` and 20 hex digits of
+/// SHA-256 of the product key.
+///
+/// # Errors
+/// Never for a product key; the label type checks its own rules.
+pub fn family_key_label(product: &str) -> Result<KeyLabel, trustfab_token::Error> {
+    hashed_label("family", product)
+}
+
+fn hashed_label(prefix: &str, product: &str) -> Result<KeyLabel, trustfab_token::Error> {
     let h = digest(&SHA256, product.as_bytes());
     let hex: String = h
         .as_ref()
@@ -62,7 +77,7 @@ pub fn product_key_label(product: &str) -> Result<KeyLabel, trustfab_token::Erro
         .take(10)
         .map(|b| format!("{b:02x}"))
         .collect();
-    KeyLabel::new(&format!("product:{hex}"))
+    KeyLabel::new(&format!("{prefix}:{hex}"))
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {
@@ -82,6 +97,18 @@ pub struct Imported {
     pub count: u64,
     /// Ledger sequence number of the `PackageImported` record.
     pub seq: u64,
+}
+
+/// The firmware a product's devices boot, as its package set it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProductFirmware {
+    /// The device family images are mastered for.
+    pub family: String,
+    /// SHA-256 of the OEM firmware signing key's SubjectPublicKeyInfo: the root-of-trust fuse.
+    pub boot_key_hash: [u8; 32],
+    /// The family decryption key's public point (uncompressed P-256), when images are
+    /// encrypted; the private key is in the token and leaves it only wrapped for a device.
+    pub family_key: Option<Vec<u8>>,
 }
 
 /// One device in an issuance request: its UID and the public key it generated inside.
@@ -165,7 +192,7 @@ impl Hsm {
         if token.find(&id_label)?.is_some() {
             return Err(InitError::AlreadyInitialised);
         }
-        let curve = trustfab_token::Curve::P256;
+        let curve = Curve::P256;
         let identity = token.generate(&KeySpec::new(id_label, curve, KeyUsage::Sign))?;
         let kt_label = KeyLabel::new(KT_LABEL)?;
         let kt = token.generate(&KeySpec::new(kt_label, curve, KeyUsage::KeyTransport))?;
@@ -315,6 +342,10 @@ impl Hsm {
         }
         let template_scheme = template.serial;
         drop(template);
+        let firmware = match &c.firmware {
+            Some(fw) => Some(check_firmware(fw, &c.package_id, &fingerprint)?),
+            None => None,
+        };
 
         let oem = c.oem_id.as_str();
         let key = product_key(&c.oem_id, &c.product_id);
@@ -358,6 +389,22 @@ impl Hsm {
                     def.serial_range == c.serial_range.map(|r| (r.first, r.last)),
                     "serial range",
                 ),
+                (
+                    def.firmware.as_ref().map(|f| {
+                        (
+                            &f.family,
+                            f.boot_key_hash,
+                            f.family_key.as_ref().map(|k| k.1.as_slice()),
+                        )
+                    }) == firmware.as_ref().map(|(f, w)| {
+                        (
+                            &f.family,
+                            f.boot_key_hash,
+                            w.as_ref().map(|w| w.public_key().point()),
+                        )
+                    }),
+                    "firmware (family, boot key or family key)",
+                ),
             ] {
                 if !same {
                     return Err(ImportError::ProductConflict { product: key, what });
@@ -395,6 +442,17 @@ impl Hsm {
                         })?;
                 }
             }
+            let firmware = match firmware {
+                Some((fw, wrapped)) => Some(records::FirmwareDef {
+                    family: fw.family.clone(),
+                    boot_key_hash: fw.boot_key_hash,
+                    family_key: match wrapped {
+                        Some(w) => Some(self.import_family_key(&key, &w)?),
+                        None => None,
+                    },
+                }),
+                None => None,
+            };
             let def = records::ProductDef {
                 oem: oem.to_owned(),
                 product: c.product_id.to_string(),
@@ -405,6 +463,7 @@ impl Hsm {
                 key_label: label.as_str().to_owned(),
                 signing_key_spki: spki,
                 serial_range: c.serial_range.map(|r| (r.first, r.last)),
+                firmware,
             };
             let mut a = Append::record(Kind::PackageImported, imported_body)
                 .with_record(Kind::ProductCreated, def.encode())
@@ -471,6 +530,99 @@ impl Hsm {
             }
         }
         Ok(None)
+    }
+
+    /// Unwraps a product's family key into the token as a distribution key (sensitive, extractable
+    /// only wrapped), or recognises the one an interrupted import left there. Returns its label
+    /// and public point.
+    fn import_family_key(
+        &self,
+        product: &str,
+        wrapped: &WrappedKey,
+    ) -> Result<(String, Vec<u8>), ImportError> {
+        let label = family_key_label(product).map_err(ImportError::Token)?;
+        match self.token.find(&label).map_err(ImportError::Token)? {
+            Some(h) => {
+                let have = self.token.public_key(h).map_err(ImportError::Token)?;
+                if &have != wrapped.public_key() {
+                    return Err(ImportError::ProductConflict {
+                        product: product.to_owned(),
+                        what: "family key (a different key is stored under this product's label)",
+                    });
+                }
+            }
+            None => {
+                let mut spec = KeySpec::new(label.clone(), Curve::P256, KeyUsage::Distribute);
+                spec.extractable = true;
+                self.token
+                    .unwrap_key(self.kt, wrapped, &spec)
+                    .map_err(|e| match e {
+                        trustfab_token::Error::Unwrap => ImportError::FamilyKeyUnwrap,
+                        other => ImportError::Token(other),
+                    })?;
+            }
+        }
+        Ok((
+            label.as_str().to_owned(),
+            wrapped.public_key().point().to_vec(),
+        ))
+    }
+
+    /// The firmware a product's devices boot: family, boot key hash, family key; `None` when
+    /// its package had no firmware section.
+    ///
+    /// # Errors
+    /// [`IssueError::UnknownProduct`] or a ledger error.
+    pub fn firmware(&self, product: &str) -> Result<Option<ProductFirmware>, IssueError> {
+        let p = self.product(product)?;
+        Ok(p.def.firmware.as_ref().map(|f| ProductFirmware {
+            family: f.family.clone(),
+            boot_key_hash: f.boot_key_hash,
+            family_key: f.family_key.as_ref().map(|(_, point)| point.clone()),
+        }))
+    }
+
+    /// The product's family decryption key, wrapped inside the token for the device `uid`: to
+    /// the public key this HSM certified for that device (its issuance record), and to no other
+    /// key. The issuance record is the ledger's account of the delivery: every certified device
+    /// of a product with a family key may receive it, and only those. Returns the
+    /// `trustfab-token` wrapped-key encoding, which the device unwraps inside with its key.
+    ///
+    /// # Errors
+    /// [`IssueError::NoFamilyKey`] when the product has none, [`IssueError::NotIssued`] when no
+    /// certificate was issued to `uid` for the product, a token or ledger error.
+    pub fn family_key_for(&self, product: &str, uid: &DeviceUid) -> Result<Vec<u8>, IssueError> {
+        let p = self.product(product)?;
+        let Some((label, _)) = p.def.firmware.as_ref().and_then(|f| f.family_key.as_ref()) else {
+            return Err(IssueError::NoFamilyKey {
+                product: p.key.clone(),
+            });
+        };
+        let seq = self
+            .ledger
+            .claimed(CLAIM_UID, &uid_claim(&p.key, uid))
+            .map_err(IssueError::Ledger)?
+            .ok_or_else(|| IssueError::NotIssued {
+                uid: uid.to_hex(),
+                product: p.key.clone(),
+            })?;
+        let rec = self.issuance_near(seq, &p.key, uid)?;
+        let device_key = PublicKey::from_spki_der(&rec.spki).map_err(IssueError::Sign)?;
+        let recipient = trustfab_token::PublicKey::from_point(Curve::P256, device_key.point())
+            .map_err(|_| IssueError::BadRequest {
+                uid: uid.to_hex(),
+                reason: "the certified device key is not a P-256 key".into(),
+            })?;
+        let key =
+            self.token
+                .find(&KeyLabel::new(label)?)?
+                .ok_or_else(|| IssueError::NoFamilyKey {
+                    product: p.key.clone(),
+                })?;
+        let wrapped = self
+            .token
+            .wrap_key(key, &recipient, &family_delivery_info(&p.key, uid))?;
+        Ok(wrapped.to_bytes())
     }
 
     fn product(&self, key: &str) -> Result<Arc<Product>, IssueError> {
@@ -932,6 +1084,50 @@ pub fn wrap_info(package_id: &[u8; 16], hsm_fingerprint: &[u8; 32]) -> Vec<u8> {
     v.extend_from_slice(package_id);
     v.extend_from_slice(hsm_fingerprint);
     v
+}
+
+/// What the family key's wrap in a package binds: its id and the target HSM.
+pub fn family_wrap_info(package_id: &[u8; 16], hsm_fingerprint: &[u8; 32]) -> Vec<u8> {
+    let mut v = b"trustfab-package-family-key-v1".to_vec();
+    v.extend_from_slice(package_id);
+    v.extend_from_slice(hsm_fingerprint);
+    v
+}
+
+/// What a family key delivered to a device binds: the product and the device.
+pub fn family_delivery_info(product: &str, uid: &DeviceUid) -> Vec<u8> {
+    let mut v = b"trustfab-family-key-delivery-v1".to_vec();
+    v.extend_from_slice(product.as_bytes());
+    v.push(0);
+    v.extend_from_slice(uid.as_bytes());
+    v
+}
+
+type CheckedFirmware<'a> = (&'a trustfab_package::Firmware, Option<WrappedKey>);
+
+/// The package's firmware section, checked: the family key (if any) is a P-256 key wrapped for
+/// this package and this HSM.
+fn check_firmware<'a>(
+    fw: &'a trustfab_package::Firmware,
+    package_id: &[u8; 16],
+    fingerprint: &[u8; 32],
+) -> Result<CheckedFirmware<'a>, ImportError> {
+    let Some(bytes) = &fw.wrapped_family_key else {
+        return Ok((fw, None));
+    };
+    let wrapped = WrappedKey::from_bytes(bytes)
+        .map_err(|e| ImportError::Contents(format!("wrapped family key: {e}")))?;
+    if wrapped.key_curve() != Curve::P256 {
+        return Err(ImportError::Contents(
+            "the family key is not a P-256 key (MCUboot ENC_EC256)".into(),
+        ));
+    }
+    if wrapped.info() != family_wrap_info(package_id, fingerprint) {
+        return Err(ImportError::Contents(
+            "the wrapped family key is bound to another package".into(),
+        ));
+    }
+    Ok((fw, Some(wrapped)))
 }
 
 fn append_creates(a: &Append) -> bool {

@@ -17,6 +17,17 @@ pub(crate) struct ProductDef {
     pub(crate) key_label: String,
     pub(crate) signing_key_spki: Vec<u8>,
     pub(crate) serial_range: Option<(u64, u64)>,
+    pub(crate) firmware: Option<FirmwareDef>,
+}
+
+/// A product's firmware: the boot key its devices trust and, when its images are encrypted, the
+/// family decryption key (in the token, by label; its public point here).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FirmwareDef {
+    pub(crate) family: String,
+    pub(crate) boot_key_hash: [u8; 32],
+    /// (token label, uncompressed P-256 point) of the family key.
+    pub(crate) family_key: Option<(String, Vec<u8>)>,
 }
 
 /// One issuance, recorded before the certificate is signed. With the product definition it
@@ -87,6 +98,17 @@ impl ProductDef {
         if let Some((a, b)) = self.serial_range {
             m.push((int(8), Value::Array(vec![int(a), int(b)])));
         }
+        if let Some(fw) = &self.firmware {
+            let mut f = vec![
+                (int(0), Value::Text(fw.family.clone())),
+                (int(1), Value::Bytes(fw.boot_key_hash.to_vec())),
+            ];
+            if let Some((label, point)) = &fw.family_key {
+                f.push((int(2), Value::Text(label.clone())));
+                f.push((int(3), Value::Bytes(point.clone())));
+            }
+            m.push((int(9), Value::Map(f)));
+        }
         to_bytes(&Value::Map(m))
     }
 
@@ -100,6 +122,26 @@ impl ProductDef {
             Some(_) => return None,
             None => None,
         };
+        let firmware = match get(&m, 9) {
+            Some(Value::Map(f)) => {
+                let f: Vec<(u64, Value)> = f
+                    .iter()
+                    .map(|(k, v)| Some((u64::try_from(k.as_integer()?).ok()?, v.clone())))
+                    .collect::<Option<_>>()?;
+                let family_key = match (text(&f, 2), bytes(&f, 3)) {
+                    (Some(label), Some(point)) => Some((label, point)),
+                    (None, None) => None,
+                    _ => return None,
+                };
+                Some(FirmwareDef {
+                    family: text(&f, 0)?,
+                    boot_key_hash: bytes(&f, 1)?.try_into().ok()?,
+                    family_key,
+                })
+            }
+            Some(_) => return None,
+            None => None,
+        };
         Some(Self {
             oem: text(&m, 0)?,
             product: text(&m, 1)?,
@@ -110,6 +152,7 @@ impl ProductDef {
             key_label: text(&m, 6)?,
             signing_key_spki: bytes(&m, 7)?,
             serial_range,
+            firmware,
         })
     }
 }

@@ -396,3 +396,181 @@ mod issue {
     }
 }
 
+
+/// The firmware family key: in the package wrapped for the HSM, in the token as a distribution
+/// key, out of it only wrapped to a key the HSM certified for the product.
+mod family_key {
+    use super::*;
+    use trustfab_token::{pkcs8_public_key, unwrap_with, KeyUsage, WrappedKey};
+    use trustfab_types::SecretKeyDer;
+
+    /// A device whose private key the test keeps, to play the device's unwrap.
+    fn device_with_key(i: u32) -> (DeviceKey, SecretKeyDer) {
+        let k = SoftKey::generate(Curve::P256).unwrap();
+        let mut uid = vec![0x05, 0xee];
+        uid.extend_from_slice(&i.to_be_bytes());
+        let d = DeviceKey {
+            uid: DeviceUid::new(&uid).unwrap(),
+            public_key: PublicKey::from_point(Curve::P256, k.public_point()).unwrap(),
+        };
+        (d, k.secret_pkcs8_der().unwrap())
+    }
+
+    #[test]
+    fn the_family_key_goes_only_to_certified_devices_and_unwraps_only_there() {
+        let t = tempfile::tempdir().unwrap();
+        let vendor = Vendor::new();
+        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
+        let oem = Oem::new("acme");
+        let fw = Fw::new();
+        s.hsm
+            .import(&oem.wrap_firmware(&vendor, &s.certs, "thermo", 10, 1, &fw))
+            .unwrap();
+        let got = s.hsm.firmware("acme/thermo").unwrap().unwrap();
+        assert_eq!(got.family, fw.family);
+        assert_eq!(got.boot_key_hash, fw.boot_key_hash);
+        assert_eq!(got.family_key, Some(fw.family_point()));
+
+        let (d1, k1) = device_with_key(1);
+        let (d2, k2) = device_with_key(2);
+        s.hsm.issue("acme/thermo", std::slice::from_ref(&d1)).unwrap();
+        let blob = s.hsm.family_key_for("acme/thermo", &d1.uid).unwrap();
+        let wrapped = WrappedKey::from_bytes(&blob).unwrap();
+        assert_eq!(
+            wrapped.info(),
+            trustfab_hsm::family_delivery_info("acme/thermo", &d1.uid)
+        );
+        let family = unwrap_with(&k1, &wrapped).unwrap();
+        assert_eq!(
+            pkcs8_public_key(&family).unwrap().point(),
+            fw.family_point().as_slice()
+        );
+        // Another device's key cannot unwrap it...
+        assert!(unwrap_with(&k2, &wrapped).is_err());
+        // ...and the HSM wraps nothing for a device it did not certify.
+        match s.hsm.family_key_for("acme/thermo", &d2.uid) {
+            Err(IssueError::NotIssued { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        // A second delivery to the same device is to the same certified key.
+        let again = WrappedKey::from_bytes(&s.hsm.family_key_for("acme/thermo", &d1.uid).unwrap())
+            .unwrap();
+        unwrap_with(&k1, &again).unwrap();
+        assert_ne!(again.ephemeral_point(), wrapped.ephemeral_point());
+    }
+
+    #[test]
+    fn a_product_without_a_family_key_has_none_to_give() {
+        let t = tempfile::tempdir().unwrap();
+        let vendor = Vendor::new();
+        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
+        let oem = Oem::new("acme");
+        s.hsm
+            .import(&oem.wrap(&vendor, &s.certs, "plain", 10, 1))
+            .unwrap();
+        let signed_only = Fw {
+            family_key: None,
+            ..Fw::new()
+        };
+        s.hsm
+            .import(&oem.wrap_firmware(&vendor, &s.certs, "signed", 10, 2, &signed_only))
+            .unwrap();
+        assert_eq!(s.hsm.firmware("acme/plain").unwrap(), None);
+        assert_eq!(
+            s.hsm.firmware("acme/signed").unwrap().unwrap().family_key,
+            None
+        );
+        for product in ["acme/plain", "acme/signed"] {
+            let (d, _) = device_with_key(1);
+            s.hsm.issue(product, std::slice::from_ref(&d)).unwrap();
+            match s.hsm.family_key_for(product, &d.uid) {
+                Err(IssueError::NoFamilyKey { .. }) => {}
+                other => panic!("{product}: {other:?}"),
+            }
+        }
+    }
+
+    /// Inside the token the family key is a distribution key: sensitive, extractable only by
+    /// wrapping, and it signs nothing.
+    #[test]
+    fn the_family_key_is_a_sensitive_distribution_key_in_the_token() {
+        let t = tempfile::tempdir().unwrap();
+        let vendor = Vendor::new();
+        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
+        let oem = Oem::new("acme");
+        s.hsm
+            .import(&oem.wrap_firmware(&vendor, &s.certs, "thermo", 10, 1, &Fw::new()))
+            .unwrap();
+        drop(s);
+        let (token, _guard) = open_token(t.path(), BACKEND, false);
+        let label = trustfab_hsm::family_key_label("acme/thermo").unwrap();
+        let h = token.find(&label).unwrap().unwrap();
+        let info = token.info(h).unwrap();
+        assert_eq!(info.usage, KeyUsage::Distribute);
+        assert!(info.sensitive && info.extractable);
+        assert!(token.sign(h, b"anything").is_err());
+    }
+
+    #[test]
+    fn a_family_key_bound_to_another_package_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let vendor = Vendor::new();
+        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
+        let oem = Oem::new("acme");
+        let fw = Fw {
+            info: Some(trustfab_hsm::family_wrap_info(&[9; 16], &[0; 32])),
+            ..Fw::new()
+        };
+        match s
+            .hsm
+            .import(&oem.wrap_firmware(&vendor, &s.certs, "thermo", 10, 1, &fw))
+        {
+            Err(ImportError::Contents(m)) => assert!(m.contains("family key"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.hsm.products().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_top_up_may_not_change_the_firmware() {
+        let t = tempfile::tempdir().unwrap();
+        let vendor = Vendor::new();
+        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
+        let oem = Oem::new("acme");
+        let fw = Fw::new();
+        s.hsm
+            .import(&oem.wrap_firmware(&vendor, &s.certs, "thermo", 10, 1, &fw))
+            .unwrap();
+        // The same firmware, wrapped afresh: a top-up.
+        s.hsm
+            .import(&oem.wrap_firmware(&vendor, &s.certs, "thermo", 5, 2, &fw))
+            .unwrap();
+        let other_key = Fw {
+            family: fw.family.clone(),
+            boot_key_hash: fw.boot_key_hash,
+            ..Fw::new()
+        };
+        let other_boot = Fw {
+            boot_key_hash: [0x43; 32],
+            family_key: fw.family_key,
+            ..Fw::new()
+        };
+        for (id, changed) in [(3, &other_key), (4, &other_boot)] {
+            match s
+                .hsm
+                .import(&oem.wrap_firmware(&vendor, &s.certs, "thermo", 5, id, changed))
+            {
+                Err(ImportError::ProductConflict { what, .. }) => {
+                    assert!(what.starts_with("firmware"), "{what}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Dropping the firmware is a change too.
+        match s.hsm.import(&oem.wrap(&vendor, &s.certs, "thermo", 5, 5)) {
+            Err(ImportError::ProductConflict { what, .. }) => assert!(what.starts_with("firmware")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.hsm.products().unwrap()[0].ordered, 15);
+    }
+}

@@ -197,6 +197,52 @@ impl Oem {
         template: &str,
         serial_range: Option<SerialRange>,
     ) -> Vec<u8> {
+        self.wrap_full(
+            vendor,
+            target,
+            product,
+            count,
+            id,
+            template,
+            serial_range,
+            None,
+        )
+    }
+
+    /// As `oem wrap --family F --boot-key B --family-key K`.
+    fn wrap_firmware(
+        &self,
+        vendor: &Vendor,
+        target: &HsmCertificates,
+        product: &str,
+        count: u64,
+        id: u8,
+        fw: &Fw,
+    ) -> Vec<u8> {
+        self.wrap_full(
+            vendor,
+            target,
+            product,
+            count,
+            id,
+            EXAMPLE_TEMPLATE,
+            None,
+            Some(fw),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn wrap_full(
+        &self,
+        vendor: &Vendor,
+        target: &HsmCertificates,
+        product: &str,
+        count: u64,
+        id: u8,
+        template: &str,
+        serial_range: Option<SerialRange>,
+        fw: Option<&Fw>,
+    ) -> Vec<u8> {
         let identity = HsmIdentity::validate(target, &vendor.root, NOW).unwrap();
         let package_id = [id; 16];
         let kt = trustfab_token::PublicKey::from_point(
@@ -223,8 +269,44 @@ impl Oem {
             root_cert: self.root.clone(),
             device_ca_cert: Some(self.ca.clone()),
             wrapped_signing_key: wrapped.to_bytes(),
+            firmware: fw.map(|fw| trustfab_package::Firmware {
+                family: fw.family.clone(),
+                boot_key_hash: fw.boot_key_hash,
+                wrapped_family_key: fw.family_key.as_ref().map(|k| {
+                    let info = fw.info.clone().unwrap_or_else(|| {
+                        trustfab_hsm::family_wrap_info(&package_id, &identity.fingerprint)
+                    });
+                    trustfab_token::wrap_for(&kt, &k.secret_pkcs8_der().unwrap(), &info)
+                        .unwrap()
+                        .to_bytes()
+                }),
+            }),
         };
         trustfab_package::seal(&contents, &self.root_key).unwrap()
+    }
+}
+
+/// A product's firmware, as the OEM puts it in a package.
+struct Fw {
+    family: String,
+    boot_key_hash: [u8; 32],
+    family_key: Option<std::rc::Rc<SoftKey>>,
+    /// The family key wrap's `info`, when a test binds it to something else.
+    info: Option<Vec<u8>>,
+}
+
+impl Fw {
+    fn new() -> Self {
+        Self {
+            family: "thermo-mcu".into(),
+            boot_key_hash: [0x42; 32],
+            family_key: Some(std::rc::Rc::new(SoftKey::generate(Curve::P256).unwrap())),
+            info: None,
+        }
+    }
+
+    fn family_point(&self) -> Vec<u8> {
+        self.family_key.as_ref().unwrap().public_point().to_vec()
     }
 }
 
