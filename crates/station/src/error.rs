@@ -55,7 +55,10 @@ pub enum CreateError {
         /// The product key.
         product: String,
     },
-    /// More than the product has left.
+    /// The job's firmware step does not match the product, or its image does not check.
+    #[error("job firmware: {0}")]
+    Firmware(String),
+    /// The job asks for more than the product has left.
     #[error("job asks for {asked} devices, product {product} has {remaining} left")]
     OverRemaining {
         /// The product key.
@@ -132,4 +135,12 @@ pub enum RunError {
     /// The supply of parts failed.
     #[error("device supply: {0}")]
     Supply(String),
+    /// The job programs firmware and the image given is missing or not the one it names.
+    #[error("job {job}: {reason}")]
+    Image {
+        /// The job.
+        job: String,
+        /// What is wrong with the image.
+        reason: String,
+    },
 }

@@ -110,6 +110,35 @@ pub struct JobSpec {
     pub lock: LockPolicy,
     /// Creation time, Unix seconds.
     pub created_at: u64,
+    /// The firmware the job programs (secure MCU jobs of a product with firmware), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<JobFirmware>,
+}
+
+/// The firmware step of a job: which image, and what the product's package says devices trust.
+/// The station programs the image as it is (encrypted for the family: it never holds the
+/// plaintext), installs the family key the HSM wraps for each device, programs the
+/// root-of-trust fuse and boots the device once, expecting this image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFirmware {
+    /// The image's file name, for people (at most 255 bytes).
+    pub name: String,
+    /// SHA-256 of the image file: the station programs exactly these bytes.
+    pub file_sha256: serde_bytes_vec::Bytes,
+    /// The image's SHA-256 TLV (the hash of its plaintext): what the device reports once it
+    /// booted the image.
+    pub image_hash: serde_bytes_vec::Bytes,
+    /// The image's security counter.
+    pub security_counter: u32,
+    /// The root-of-trust key hash, from the product's package.
+    pub boot_key_hash: serde_bytes_vec::Bytes,
+    /// The device family, from the product's package.
+    pub family: String,
+    /// Whether the image is encrypted: the family key is then installed into `secret_slot`.
+    pub encrypted: bool,
+    /// The device's secret slot for the family key.
+    pub secret_slot: SlotId,
 }
 
 /// A byte string that serialises as a CBOR byte string (not an array of integers).
@@ -171,6 +200,9 @@ impl JobSpec {
                 reason: "every slot must be different".into(),
             });
         }
+        if let Some(fw) = &self.firmware {
+            fw.check(self)?;
+        }
         match self.product.split_once('/') {
             Some((o, p)) if id_ok(o) && id_ok(p) => Ok(()),
             _ => Err(JobError::Invalid {
@@ -178,6 +210,38 @@ impl JobSpec {
                 reason: "must be oem/product".into(),
             }),
         }
+    }
+}
+
+impl JobFirmware {
+    fn check(&self, job: &JobSpec) -> Result<(), JobError> {
+        let bad = |reason: &str| JobError::Invalid {
+            field: "firmware",
+            reason: reason.into(),
+        };
+        if job.device_kind != PartKind::SecureMcu {
+            return Err(bad("firmware is programmed into secure MCUs only"));
+        }
+        if self.name.is_empty() || self.name.len() > 255 {
+            return Err(bad("the image name must be 1 to 255 bytes"));
+        }
+        for (b, what) in [
+            (&self.file_sha256, "file_sha256"),
+            (&self.image_hash, "image_hash"),
+            (&self.boot_key_hash, "boot_key_hash"),
+        ] {
+            if b.0.len() != 32 {
+                return Err(bad(&format!("{what} must be 32 bytes")));
+            }
+        }
+        let mut used = vec![job.slots.key, job.slots.device_cert, job.slots.root];
+        used.extend(job.slots.device_ca);
+        if self.encrypted && used.contains(&self.secret_slot) {
+            return Err(bad(
+                "the secret slot is already used for a key or certificate",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -292,6 +356,7 @@ impl JobPackage {
 
 #[cfg(test)]
 mod tests {
+    use super::serde_bytes_vec::Bytes;
     use super::*;
     use trustfab_pki::{Curve, SoftKey};
 
@@ -306,6 +371,7 @@ mod tests {
             attestation_root: None,
             lock: LockPolicy::Data,
             created_at: 1,
+            firmware: None,
         }
     }
 
@@ -370,6 +436,53 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "job field slots: every slot must be different"
+        );
+    }
+
+    fn firmware() -> JobFirmware {
+        JobFirmware {
+            name: "app.signed.bin".into(),
+            file_sha256: Bytes(vec![1; 32]),
+            image_hash: Bytes(vec![2; 32]),
+            security_counter: 3,
+            boot_key_hash: Bytes(vec![4; 32]),
+            family: "thermo".into(),
+            encrypted: true,
+            secret_slot: 5,
+        }
+    }
+
+    #[test]
+    fn a_firmware_step_round_trips_and_its_rules_are_named() {
+        let k = SoftKey::generate(Curve::P256).unwrap();
+        let point = k.public_point().to_vec();
+        let mut s = spec();
+        s.device_kind = PartKind::SecureMcu;
+        s.firmware = Some(firmware());
+        let p = JobPackage::seal(s.clone(), &k).unwrap();
+        assert_eq!(JobPackage::open(p.as_bytes(), &point).unwrap().spec(), &s);
+        // A job without firmware encodes as before the field existed.
+        let plain = JobPackage::seal(spec(), &k).unwrap();
+        assert!(!plain.as_bytes().windows(8).any(|w| w == b"firmware"));
+
+        let refused = |f: &dyn Fn(&mut JobSpec)| {
+            let mut s = spec();
+            s.device_kind = PartKind::SecureMcu;
+            s.firmware = Some(firmware());
+            f(&mut s);
+            JobPackage::seal(s, &k).unwrap_err().to_string()
+        };
+        assert!(refused(&|s| s.device_kind = PartKind::SecureElement).contains("secure MCUs only"));
+        assert!(
+            refused(&|s| s.firmware.as_mut().unwrap().image_hash = Bytes(vec![0; 31]))
+                .contains("image_hash must be 32 bytes")
+        );
+        assert!(
+            refused(&|s| s.firmware.as_mut().unwrap().secret_slot = s.slots.root)
+                .contains("secret slot is already used")
+        );
+        assert!(
+            refused(&|s| s.firmware.as_mut().unwrap().name = String::new()).contains("image name")
         );
     }
 }

@@ -7,6 +7,9 @@
 //! 2. Before each issuance batch ([`ISSUERS`] batches in flight): one append — `CreditBack` (release) naming the batch's UIDs and
 //!    crediting to the product only what the HSM is about to spend beyond the job's earlier,
 //!    unused releases. Then the HSM spends, records and signs (its own single append).
+//!    On a job with firmware, between writing the root and locking: the family key the HSM wraps
+//!    for the device's certified key (nothing is recorded: the issuance record is the account of
+//!    who may receive it), the root-of-trust fuse, the image as an update, one verified boot.
 //! 3. After each device: `DeviceProgrammed` + `DeviceLocked` with a unique (product, UID) claim,
 //!    or `DeviceFailed` with the step and the reason.
 //! 4. `close_job`: `JobClosed`, and a credit of the reservation never released.
@@ -22,6 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
+use trustfab_device::sim::{BootOutcome, BootSlot, SwapOutcome, UpdateRequest};
 use trustfab_device::{Device, Error as DeviceError, SlotKind, Zone};
 use trustfab_hsm::{DeviceKey, Hsm, IssuanceRecord, IssueError, Issued};
 use trustfab_ledger::{Append, CounterOp, Kind, Store};
@@ -29,7 +33,7 @@ use trustfab_pki::{validate, Policy, PublicKey, Purpose, Signer};
 use trustfab_types::{Clock, DeviceUid, UnixTime};
 
 use crate::error::{CreateError, RunError};
-use crate::job::{serde_bytes_vec::Bytes, JobPackage, JobSpec, LockPolicy};
+use crate::job::{serde_bytes_vec::Bytes, JobFirmware, JobPackage, JobSpec, LockPolicy};
 use crate::records::{
     self, CreditBack, CreditReason, DeviceFailed, DeviceGood, JobClosed, JobCreated, CLAIM_GOOD,
     CLAIM_JOB, CLAIM_JOB_CLOSED,
@@ -53,6 +57,8 @@ pub enum Step {
     Lock = 6,
     /// 7: verify: read back, chain to the root, challenge-response.
     Verify = 7,
+    /// Between 5 and 6 on a job with firmware: family key, root-of-trust fuse, image, boot.
+    Firmware = 8,
 }
 
 impl Step {
@@ -66,6 +72,7 @@ impl Step {
             Self::WriteRoot => "write-root",
             Self::Lock => "lock",
             Self::Verify => "verify",
+            Self::Firmware => "firmware",
         }
     }
 
@@ -90,6 +97,9 @@ pub struct CreatedJob {
 /// [`CreateError::UnknownProduct`], [`CreateError::OverRemaining`], [`CreateError::Exists`],
 /// a package error, or a token or ledger error. Nothing is reserved then.
 pub fn create_job(hsm: &Hsm, spec: JobSpec) -> Result<CreatedJob, CreateError> {
+    if let Some(fw) = &spec.firmware {
+        check_job_firmware(hsm, &spec.product, fw)?;
+    }
     let ledger = hsm.ledger();
     let product = spec.product.clone();
     let remaining = match ledger.counter(&product).map_err(CreateError::Ledger)? {
@@ -148,6 +158,82 @@ pub fn create_job(hsm: &Hsm, spec: JobSpec) -> Result<CreatedJob, CreateError> {
         seq: recs.first().map_or(0, |r| r.seq),
         package,
     })
+}
+
+/// The firmware step of a job for `product`, from the image file `image` named `name`: the image
+/// must be signed by the product's boot key (checked as far as its ciphertext allows, see
+/// [`trustfab_firmware::verify_sealed`]) and carry a security counter; an encrypted image needs
+/// the product's family key, which the station installs into `secret_slot`.
+///
+/// # Errors
+/// [`CreateError::Firmware`] naming what does not fit, or an HSM error.
+pub fn job_firmware(
+    hsm: &Hsm,
+    product: &str,
+    name: &str,
+    image: &[u8],
+    secret_slot: trustfab_device::SlotId,
+) -> Result<JobFirmware, CreateError> {
+    let bad = |m: String| CreateError::Firmware(m);
+    let fw = hsm
+        .firmware(product)
+        .map_err(|e| bad(format!("{e}")))?
+        .ok_or_else(|| bad(format!("product {product} has no firmware in its package")))?;
+    let v = trustfab_firmware::verify_sealed(
+        image,
+        trustfab_firmware::TrustAnchor::KeyHash(&fw.boot_key_hash),
+    )
+    .map_err(|e| bad(format!("{name}: {e}")))?;
+    let security_counter = v
+        .security_counter
+        .ok_or_else(|| bad(format!("{name}: the image has no security counter")))?;
+    let encrypted = v.header.is_encrypted();
+    if encrypted && fw.family_key.is_none() {
+        return Err(bad(format!(
+            "{name} is encrypted and product {product} has no family key to decrypt it"
+        )));
+    }
+    Ok(JobFirmware {
+        name: name.to_owned(),
+        file_sha256: Bytes(sha256(image).to_vec()),
+        image_hash: Bytes(v.hash.to_vec()),
+        security_counter,
+        boot_key_hash: Bytes(fw.boot_key_hash.to_vec()),
+        family: fw.family,
+        encrypted,
+        secret_slot,
+    })
+}
+
+/// The HSM signs a job's firmware step only when it is the product's.
+fn check_job_firmware(hsm: &Hsm, product: &str, fw: &JobFirmware) -> Result<(), CreateError> {
+    let bad = |m: &str| CreateError::Firmware(m.to_owned());
+    let Some(p) = hsm.firmware(product).map_err(|e| bad(&e.to_string()))? else {
+        return Err(bad(&format!(
+            "product {product} has no firmware in its package"
+        )));
+    };
+    if fw.boot_key_hash.0 != p.boot_key_hash {
+        return Err(bad("the boot key hash is not the product's"));
+    }
+    if fw.family != p.family {
+        return Err(bad(&format!(
+            "the family {} is not the product's ({})",
+            fw.family, p.family
+        )));
+    }
+    if fw.encrypted && p.family_key.is_none() {
+        return Err(bad(
+            "the image is encrypted and the product has no family key",
+        ));
+    }
+    Ok(())
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref());
+    out
 }
 
 /// Opens a job package against the HSM that signed it.
@@ -342,6 +428,9 @@ pub struct RunOptions {
     pub progress: Option<Arc<ProgressFn>>,
     /// The time for chain and attestation validation (the HSM's clock, normally).
     pub clock: Arc<dyn Clock>,
+    /// The image file of a job with a firmware step (as mastered: encrypted when the job says
+    /// so); its SHA-256 must be the job's.
+    pub image: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -364,6 +453,7 @@ impl RunOptions {
             stop: Arc::new(AtomicBool::new(false)),
             progress: None,
             clock,
+            image: None,
         }
     }
 }
@@ -483,6 +573,8 @@ struct Shared<'a> {
     opts: &'a RunOptions,
     root: Vec<u8>,
     device_ca: Option<Vec<u8>>,
+    /// For a job with firmware: the product's family key point (empty when not encrypted).
+    family_point: Option<Vec<u8>>,
     good: Mutex<HashSet<Vec<u8>>>,
     permits: Mutex<Permits>,
     permits_cv: Condvar,
@@ -492,6 +584,38 @@ struct Shared<'a> {
     failed_attempts: AtomicU64,
     handled: AtomicU64,
     fatal: Mutex<Option<RunError>>,
+}
+
+/// The image given for a job with firmware is the one it names; returns the family key point
+/// the devices must report (empty for a plaintext image).
+fn check_image(
+    hsm: &Hsm,
+    spec: &JobSpec,
+    fw: &JobFirmware,
+    image: Option<&[u8]>,
+) -> Result<Vec<u8>, RunError> {
+    let bad = |reason: String| RunError::Image {
+        job: spec.job_id.clone(),
+        reason,
+    };
+    let image = image.ok_or_else(|| {
+        bad(format!(
+            "the job programs {} and no image was given",
+            fw.name
+        ))
+    })?;
+    if sha256(image).as_slice() != fw.file_sha256.0.as_slice() {
+        return Err(bad(format!(
+            "the image given is not {} (its SHA-256 differs from the job's)",
+            fw.name
+        )));
+    }
+    if !fw.encrypted {
+        return Ok(Vec::new());
+    }
+    hsm.firmware(&spec.product)?
+        .and_then(|p| p.family_key)
+        .ok_or_else(|| bad("the product has no family key".into()))
 }
 
 fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -577,6 +701,10 @@ pub fn run<S: Supply>(
         });
     }
     let (root, device_ca) = hsm.chain(&spec.product)?;
+    let family_point = match &spec.firmware {
+        Some(fw) => Some(check_image(hsm, spec, fw, opts.image.as_deref())?),
+        None => None,
+    };
     let issued_start = len64(&st.issued);
     let shared = Shared {
         hsm,
@@ -584,6 +712,7 @@ pub fn run<S: Supply>(
         opts,
         root,
         device_ca,
+        family_point,
         permits: Mutex::new(Permits {
             available: spec.quantity.saturating_sub(issued_start),
             in_flight: 0,
@@ -1040,6 +1169,13 @@ fn provision<D: Device>(sh: &Shared<'_>, dev: &mut D, issue_tx: &Sender<IssueReq
         }
     }
 
+    // Firmware (a locked device had it programmed before).
+    if let (Some(fw), false) = (&spec.firmware, locks.data) {
+        if let Err(o) = program_firmware(sh, dev, &uid, fw, serial) {
+            return *o;
+        }
+    }
+
     // 6: lock.
     if !locks.data {
         if spec.lock == LockPolicy::SlotsAndData {
@@ -1055,6 +1191,13 @@ fn provision<D: Device>(sh: &Shared<'_>, dev: &mut D, issue_tx: &Sender<IssueReq
                         return fail(Some(&uid), Step::Lock, &e, serial);
                     }
                 }
+            }
+        }
+        // A secure MCU leaves its vendor with its configuration open (lifecycle open); the
+        // configuration lock moves it to provisioned, the data lock to locked.
+        if !locks.config {
+            if let Err(e) = dev.lock(Zone::Config) {
+                return fail(Some(&uid), Step::Lock, &e, serial);
             }
         }
         if let Err(e) = dev.lock(Zone::Data) {
@@ -1140,6 +1283,93 @@ fn keygen_and_issue<D: Device>(
         Ok(Ok(i)) => Ok(i),
         Ok(Err(reason)) => Err(refuse(Step::Issue, reason)),
         Err(_) => Err(refuse(Step::Issue, "the HSM feeder stopped".into())),
+    }
+}
+
+/// The firmware step on one device: the family key the HSM wrapped for this device's certified
+/// key into the secret slot (unwrapped inside the part), the root-of-trust fuse, the image into
+/// the secondary slot as an update, and one boot that must install and run exactly this image.
+fn program_firmware<D: Device>(
+    sh: &Shared<'_>,
+    dev: &mut D,
+    uid: &DeviceUid,
+    fw: &JobFirmware,
+    serial: Option<&[u8]>,
+) -> Result<(), Box<Outcome>> {
+    let fail = |e: &DeviceError| {
+        Box::new(Outcome::Failed {
+            uid: Some(uid.clone()),
+            step: Step::Firmware,
+            reason: e.to_string(),
+            serial: serial.map(<[u8]>::to_vec),
+            transient: transient(e),
+        })
+    };
+    let refuse = |reason: String| {
+        Box::new(Outcome::Failed {
+            uid: Some(uid.clone()),
+            step: Step::Firmware,
+            reason,
+            serial: serial.map(<[u8]>::to_vec),
+            transient: false,
+        })
+    };
+    let image = sh
+        .opts
+        .image
+        .as_deref()
+        .ok_or_else(|| refuse("no image".into()))?;
+    if fw.encrypted {
+        let wrapped = sh
+            .hsm
+            .family_key_for(&sh.spec.product, uid)
+            .map_err(|e| refuse(format!("HSM: {e}")))?;
+        let installed = dev
+            .install_wrapped_secret(fw.secret_slot, &wrapped)
+            .map_err(|e| fail(&e))?;
+        if Some(&installed) != sh.family_point.as_ref() {
+            return Err(refuse(
+                "the device installed another family key than the product's".into(),
+            ));
+        }
+    }
+    let boot_key_hash: [u8; 32] = fw
+        .boot_key_hash
+        .0
+        .as_slice()
+        .try_into()
+        .map_err(|_| refuse("the job's boot key hash is not 32 bytes".into()))?;
+    match dev.rot_hash().map_err(|e| fail(&e))? {
+        Some(h) if h == boot_key_hash => {}
+        Some(_) => {
+            return Err(refuse(
+                "the root-of-trust fuse holds another key hash".into(),
+            ))
+        }
+        None => dev.program_rot_hash(&boot_key_hash).map_err(|e| fail(&e))?,
+    }
+    dev.write_boot_slot(BootSlot::Secondary, image)
+        .map_err(|e| fail(&e))?;
+    dev.request_update(UpdateRequest::Permanent)
+        .map_err(|e| fail(&e))?;
+    match dev.boot().map_err(|e| fail(&e))? {
+        BootOutcome::Verified {
+            image_hash, swap, ..
+        } => {
+            if let SwapOutcome::Refused(reason) = swap {
+                return Err(refuse(format!("secure boot refused the image: {reason}")));
+            }
+            if image_hash.as_slice() != fw.image_hash.0.as_slice() {
+                return Err(refuse(format!(
+                    "the device booted another image than {}",
+                    fw.name
+                )));
+            }
+            Ok(())
+        }
+        BootOutcome::Unverified => Err(refuse(
+            "the device booted without verifying (no root of trust)".into(),
+        )),
     }
 }
 

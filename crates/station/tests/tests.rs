@@ -4,6 +4,7 @@
 //! - `faults`: sockets with injected faults; every device accounted for
 //! - `resume`: devices put back after a failure, runs stopped and resumed
 //! - `kill`: the station process SIGKILLed at random moments and resumed
+//! - `firmware`: jobs that program a mastered image into secure MCUs
 
 // Fixtures unwrap: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
@@ -31,6 +32,7 @@ use trustfab_types::{FixedClock, OemId, Passphrase, ProductId, Serial, UnixTime}
 
 mod end_to_end;
 mod faults;
+mod firmware;
 mod jobs;
 mod kill;
 mod resume;
@@ -85,6 +87,49 @@ fn open_site(dir: &Path) -> Hsm {
 }
 
 fn site(dir: &Path, count: u64) -> Site {
+    site_with(dir, count, None)
+}
+
+/// The OEM's firmware keys for a product of secure MCUs: the boot (signing) key whose hash
+/// goes into the fuses, and the family encryption key.
+struct FwKeys {
+    sign: SoftKey,
+    family: SoftKey,
+}
+
+impl FwKeys {
+    fn new() -> Self {
+        Self {
+            sign: SoftKey::generate(Curve::P256).unwrap(),
+            family: SoftKey::generate(Curve::P256).unwrap(),
+        }
+    }
+
+    fn boot_key_hash(&self) -> [u8; 32] {
+        trustfab_firmware::key_hash(
+            &PublicKey::from_point(Curve::P256, self.sign.public_point()).unwrap(),
+        )
+    }
+
+    fn family_public(&self) -> PublicKey {
+        PublicKey::from_point(Curve::P256, self.family.public_point()).unwrap()
+    }
+
+    /// An image of `len` bytes, counter `counter`, encrypted for `to` (the family by default).
+    fn master(&self, len: usize, counter: u32, to: Option<&PublicKey>) -> (Vec<u8>, Vec<u8>) {
+        let plain: Vec<u8> = (0..len)
+            .map(|i| u8::try_from(i * 7 % 251).unwrap())
+            .collect();
+        let family = self.family_public();
+        let mut opts = trustfab_firmware::MasterOptions::new("1.0.0".parse().unwrap(), counter);
+        opts.encrypt_to = Some(to.unwrap_or(&family));
+        let img =
+            trustfab_firmware::master(&plain, &opts, &self.sign, &trustfab_types::OsRng).unwrap();
+        (img, plain)
+    }
+}
+
+fn site_with(dir: &Path, count: u64, fw: Option<&FwKeys>) -> Site {
     // The vendor of the provisioning system certifies the HSM.
     let vendor_key = SoftKey::generate(Curve::P256).unwrap();
     let vendor_root = ca(CaRole::VendorRoot, "Vendor", &vendor_key, None);
@@ -141,6 +186,19 @@ fn site(dir: &Path, count: u64) -> Site {
         root_cert: root.clone(),
         device_ca_cert: Some(device_ca.clone()),
         wrapped_signing_key: wrapped.to_bytes(),
+        firmware: fw.map(|fw| trustfab_package::Firmware {
+            family: "thermo-mcu".into(),
+            boot_key_hash: fw.boot_key_hash(),
+            wrapped_family_key: Some(
+                trustfab_token::wrap_for(
+                    &kt,
+                    &fw.family.secret_pkcs8_der().unwrap(),
+                    &trustfab_hsm::family_wrap_info(&package_id, &identity.fingerprint),
+                )
+                .unwrap()
+                .to_bytes(),
+            ),
+        }),
     };
     let package = trustfab_package::seal(&contents, &root_key).unwrap();
     hsm.import(&package).unwrap();
@@ -162,6 +220,7 @@ fn spec(job: &str, quantity: u64) -> JobSpec {
         attestation_root: None,
         lock: LockPolicy::Data,
         created_at: NOW.0,
+        firmware: None,
     }
 }
 
