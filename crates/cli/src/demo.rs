@@ -123,15 +123,16 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     let package = dir.join("thermostat-v2.package");
     crate::oem::wrap(&crate::oem::WrapArgs {
         dir: oem_dir,
-        hsm: hsm_certs,
+        hsm: hsm_certs.clone(),
         vendor_root: vendor_dir.join("root.pem"),
-        template: template_path,
+        template: template_path.clone(),
         product,
         count: u64::from(a.devices) + 2,
         serial_range: None,
         valid_days: 30,
         out: package.clone(),
-        pass: pass_args,
+        firmware: crate::oem::FirmwareArgs::default(),
+        pass: pass_args.clone(),
     })?;
     println!(
         "5. OEM wrapped the device CA key, template and count {} for that HSM only: {}",
@@ -184,6 +185,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         attestation_root: None,
         lock: LockPolicy::Data,
         created_at: now.0,
+        firmware: None,
     };
     let job = trustfab_station::create_job(&hsm, spec)?;
     let opts = RunOptions::new(2, Arc::new(SystemClock));
@@ -282,7 +284,92 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         summary.certificates
     );
 
-    println!("14. mastered firmware, secure boot and a field update on a secure MCU:");
-    crate::fw::demo_firmware(&dir, &pass)?;
+    println!("14. firmware for a secure MCU product: mastered, programmed in a job, updated in the field:");
+    let fw = crate::fw::demo_master(&dir, &pass)?;
+    println!(
+        "   OEM firmware signing key {}, family key {}; image 1.0.0 signed and encrypted for the family: {}",
+        fw.sign_key.display(),
+        fw.family_key.display(),
+        fw.image.display()
+    );
+    let mcu_package = dir.join("gateway-v1.package");
+    crate::oem::wrap(&crate::oem::WrapArgs {
+        dir: dir.join("oem"),
+        hsm: hsm_certs,
+        vendor_root: vendor_dir.join("root.pem"),
+        template: template_path,
+        product: ProductId::new("gateway-v1")?,
+        count: 3,
+        serial_range: None,
+        valid_days: 30,
+        out: mcu_package.clone(),
+        firmware: crate::oem::FirmwareArgs {
+            family: Some("gateway".into()),
+            boot_key: Some(fw.sign_pub.clone()),
+            family_key: Some(fw.family_key.clone()),
+        },
+        pass: pass_args,
+    })?;
+    let imported = hsm.import(&files::read_limited(
+        &mcu_package,
+        trustfab_package::PACKAGE_MAX,
+    )?)?;
+    println!(
+        "   OEM wrapped product {} with its firmware (root-of-trust key hash; family key wrapped for the HSM like the signing key): {}; the HSM imported it",
+        imported.product,
+        mcu_package.display()
+    );
+    let mcu_parts = dir.join("mcu-parts");
+    std::fs::create_dir_all(&mcu_parts)?;
+    let mut mcu_uids = Vec::new();
+    for i in 1..=3 {
+        let mut part = silicon.manufacture(DeviceKind::SecureMcu, SystemClock.now())?;
+        mcu_uids.push(part.uid()?);
+        trustfab_device::file::save(&part, &mcu_parts.join(format!("mcu-{i}.dev")))?;
+    }
+    let image: Arc<[u8]> =
+        files::read_limited(&fw.image, trustfab_firmware::MAX_IMAGE_BYTES)?.into();
+    let now = SystemClock.now();
+    let spec = JobSpec {
+        job_id: format!("demo-mcu-{}", now.0),
+        hsm_id: hsm.hsm_id().to_owned(),
+        product: imported.product.clone(),
+        quantity: 3,
+        device_kind: PartKind::SecureMcu,
+        slots: SlotMap::default(),
+        attestation_root: None,
+        lock: LockPolicy::Data,
+        created_at: now.0,
+        firmware: Some(trustfab_station::job_firmware(
+            &hsm,
+            &imported.product,
+            "gateway-1.0.0.bin",
+            &image,
+            5,
+        )?),
+    };
+    let job = trustfab_station::create_job(&hsm, spec)?;
+    let mut opts = RunOptions::new(3, Arc::new(SystemClock));
+    opts.image = Some(image);
+    let s3 = trustfab_station::run(
+        &hsm,
+        &job.package,
+        &FileSupply::open(&mcu_parts, Faults::none())?,
+        &opts,
+    )?;
+    trustfab_station::close_job(&hsm, &job.package, SystemClock.now())?;
+    if s3.good != 3 {
+        anyhow::bail!("the MCU job provisioned {} of 3 parts", s3.good);
+    }
+    println!(
+        "   a job of 3 secure MCUs ({} good) in {}: each got its certificate, the family key wrapped by the HSM to its certified key and unwrapped inside the part, its root-of-trust fuse, and image 1.0.0 installed by secure boot; then it was locked. The station held ciphertext only.",
+        s3.good,
+        mcu_parts.display()
+    );
+    let uid1 = mcu_uids.first().context("no MCU")?;
+    let cert1 = hsm
+        .certificate_for(&imported.product, uid1)?
+        .context("MCU 1 has no certificate")?;
+    crate::fw::demo_field_update(&fw, &pass, &mcu_parts.join("mcu-1.dev"), &cert1.cert)?;
     Ok(())
 }

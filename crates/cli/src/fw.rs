@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use trustfab_device::sim::{BootOutcome, BootSlot, SwapOutcome, UpdateRequest};
-use trustfab_device::{Device as _, DeviceKind, SiliconVendor};
+
 use trustfab_firmware::{
     decrypt, key_hash, master, verify, DecryptionKey, Image, KeyTlv, MasterOptions, Payload,
     SoftDecryptionKey, TlvKind, TrustAnchor, Version, MAX_IMAGE_BYTES,
 };
 use trustfab_pki::{pem, Curve, PublicKey, Signer as _, SoftKey};
-use trustfab_types::{limits, Clock as _, OsRng, Passphrase, SystemClock};
+use trustfab_types::{limits, OsRng, Passphrase};
 
 use crate::files;
 use crate::secrets::PassphraseArgs;
@@ -342,57 +342,98 @@ fn decrypt_cmd(a: &DecryptArgs) -> Result<()> {
     Ok(())
 }
 
-/// For `trustfab demo`: the OEM makes a firmware signing key and a family key in `dir`, masters
-/// an image encrypted for the family, and a simulated secure MCU (root-of-trust hash fused,
-/// family key in its secret slot) installs it as an update and boots it; then a changed image,
-/// an older one and another family's one are each refused. Prints what happened.
-pub(crate) fn demo_firmware(dir: &Path, pass: &Passphrase) -> Result<()> {
-    let (sign_path, _, sign_pub) = write_keypair(&dir.join("firmware-signing"), pass)?;
-    let (family_path, _, family_pub) = write_keypair(&dir.join("family"), pass)?;
-    let signer = load_key(&sign_path, pass)?;
-    let family = load_decryption_key(&family_path, pass)?;
-    let payload: Vec<u8> = b"thermostat firmware "
+/// What [`demo_master`] made: the OEM's firmware keys and the first image.
+pub(crate) struct DemoFirmware {
+    /// The firmware signing key (encrypted PKCS#8 PEM) and its public PEM.
+    pub(crate) sign_key: PathBuf,
+    pub(crate) sign_pub: PathBuf,
+    /// The family encryption key (encrypted PKCS#8 PEM).
+    pub(crate) family_key: PathBuf,
+    /// The image, mastered for the family.
+    pub(crate) image: PathBuf,
+}
+
+/// For `trustfab demo`: the OEM makes a firmware signing key and a family key in `dir` (as `fw
+/// keygen` does) and masters image 1.0.0, signed and encrypted for the family (as `fw master`).
+pub(crate) fn demo_master(dir: &Path, pass: &Passphrase) -> Result<DemoFirmware> {
+    let (sign_key, sign_pub, _) = write_keypair(&dir.join("firmware-signing"), pass)?;
+    let (family_key, _, family_pub) = write_keypair(&dir.join("family"), pass)?;
+    let signer = load_key(&sign_key, pass)?;
+    let mut opts = MasterOptions::new("1.0.0".parse()?, 1);
+    opts.encrypt_to = Some(&family_pub);
+    let image = dir.join("gateway-1.0.0.bin");
+    files::write_new(
+        &image,
+        &master(&demo_payload(), &opts, &signer, &OsRng)?,
+        false,
+    )?;
+    Ok(DemoFirmware {
+        sign_key,
+        sign_pub,
+        family_key,
+        image,
+    })
+}
+
+fn demo_payload() -> Vec<u8> {
+    b"gateway firmware "
         .iter()
         .copied()
         .cycle()
         .take(64 * 1024)
-        .collect();
-    let mut opts = MasterOptions::new("1.0.0".parse()?, 1);
-    opts.encrypt_to = Some(&family_pub);
-    let v1 = master(&payload, &opts, &signer, &OsRng)?;
-    files::write_new(&dir.join("firmware-1.0.0.bin"), &v1, false)?;
-    println!(
-        "firmware: mastered firmware-1.0.0.bin (MCUboot image, signed, encrypted for the family)"
-    );
+        .collect()
+}
 
-    let mut vendor = SiliconVendor::new(SystemClock.now(), &OsRng)?;
-    let mut mcu = vendor.manufacture(DeviceKind::SecureMcu, SystemClock.now())?;
-    mcu.program_rot_hash(&key_hash(&sign_pub))?;
-    mcu.write_slot(5, family.secret_scalar()?.expose_secret())?;
-    mcu.write_boot_slot(BootSlot::Secondary, &v1)?;
-    mcu.request_update(UpdateRequest::Permanent)?;
+/// For `trustfab demo`: a field update of a provisioned secure MCU (its device file `part`,
+/// certificate `cert`): image 2.0.0 encrypted for that one device installs as a test update, is
+/// confirmed and raises the counter; then a changed image, an older one and another family's one
+/// are each refused by secure boot. Prints what happened.
+pub(crate) fn demo_field_update(
+    fw: &DemoFirmware,
+    pass: &Passphrase,
+    part: &Path,
+    cert: &[u8],
+) -> Result<()> {
+    let signer = load_key(&fw.sign_key, pass)?;
+    let (_, c) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| anyhow::anyhow!("the device certificate does not parse: {e}"))?;
+    let device_key = PublicKey::from_spki_der(c.public_key().raw)?;
+    let mut mcu = trustfab_device::file::load(part)?;
+
+    let mut opts = MasterOptions::new("2.0.0".parse()?, 2);
+    opts.encrypt_to = Some(&device_key);
+    let v2 = master(&demo_payload(), &opts, &signer, &OsRng)?;
+    mcu.write_boot_slot(BootSlot::Secondary, &v2)?;
+    mcu.request_update(UpdateRequest::Test)?;
     match mcu.boot()? {
         BootOutcome::Verified {
+            swap: SwapOutcome::Installed { test: true },
             counter,
-            swap: SwapOutcome::Installed { .. },
             ..
-        } => {
-            println!("   a secure MCU installed and booted it (security counter {counter})");
-        }
-        other => bail!("the MCU did not install the image: {other:?}"),
+        } => println!(
+            "   field update 2.0.0, encrypted for this one device (its certified key): installed for a test boot (counter still {counter})"
+        ),
+        other => bail!("the MCU did not install the update: {other:?}"),
     }
-    let mut changed = v1.clone();
+    mcu.confirm_image()?;
+    match mcu.boot()? {
+        BootOutcome::Verified { counter, .. } => {
+            println!("   the image confirmed itself; the next boot keeps it and the counter rises to {counter}");
+        }
+        BootOutcome::Unverified => bail!("the MCU booted unverified"),
+    }
+    let mut changed = v2.clone();
     if let Some(b) = changed.get_mut(0x300) {
         *b ^= 1;
     }
-    let mut opts0 = MasterOptions::new("0.9.0".parse()?, 0);
-    opts0.encrypt_to = Some(&family_pub);
-    let older = master(&payload, &opts0, &signer, &OsRng)?;
+    let mut opts1 = MasterOptions::new("1.0.0".parse()?, 1);
+    opts1.encrypt_to = Some(&device_key);
+    let older = master(&demo_payload(), &opts1, &signer, &OsRng)?;
     let other_family = SoftKey::generate(Curve::P256)?;
     let other_pub = PublicKey::from_point(Curve::P256, other_family.public_point())?;
-    let mut opts2 = MasterOptions::new("2.0.0".parse()?, 2);
-    opts2.encrypt_to = Some(&other_pub);
-    let foreign = master(&payload, &opts2, &signer, &OsRng)?;
+    let mut opts3 = MasterOptions::new("3.0.0".parse()?, 3);
+    opts3.encrypt_to = Some(&other_pub);
+    let foreign = master(&demo_payload(), &opts3, &signer, &OsRng)?;
     for (what, img) in [
         ("a changed image", changed),
         ("an older image", older),
@@ -405,11 +446,12 @@ pub(crate) fn demo_firmware(dir: &Path, pass: &Passphrase) -> Result<()> {
                 swap: SwapOutcome::Refused(reason),
                 ..
             } => {
-                println!("   {what} is refused: {reason}; 1.0.0 keeps running");
+                println!("   {what} is refused: {reason}; 2.0.0 keeps running");
             }
             other => bail!("{what} was not refused: {other:?}"),
         }
     }
+    trustfab_device::file::save(&mcu, part)?;
     Ok(())
 }
 
@@ -418,11 +460,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_demo_installs_the_image_and_refuses_the_three_bad_ones() {
+    fn the_demo_masters_a_signed_image_encrypted_for_the_family() {
         let dir = tempfile::tempdir().unwrap();
         let pass = Passphrase::new("demo firmware test".to_owned()).unwrap();
-        demo_firmware(dir.path(), &pass).unwrap();
-        let img = std::fs::read(dir.path().join("firmware-1.0.0.bin")).unwrap();
+        let fw = demo_master(dir.path(), &pass).unwrap();
+        let img = std::fs::read(&fw.image).unwrap();
+        let family = load_decryption_key(&fw.family_key, &pass).unwrap();
+        let keys: [&dyn DecryptionKey; 1] = [&family];
+        let sign_pub = load_public(&fw.sign_pub).unwrap();
+        verify(
+            &img,
+            TrustAnchor::KeyHash(&key_hash(&sign_pub)),
+            Payload::Decrypt(&keys),
+        )
+        .unwrap();
         let text = inspect(&img).unwrap();
         assert!(
             text.contains("ENC_EC256") && text.contains("SEC_CNT"),

@@ -102,6 +102,14 @@ pub(crate) struct CreateArgs {
     /// How devices are locked.
     #[arg(long, value_enum, default_value = "data")]
     lock: LockArg,
+    /// Program this mastered image (a secure MCU job of a product with firmware): it must be
+    /// signed by the product's boot key; an encrypted one is decrypted only inside each device,
+    /// with the family key the HSM wraps for it.
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<PathBuf>,
+    /// The device's secret slot for the family key.
+    #[arg(long, default_value_t = 5)]
+    secret_slot: u8,
     /// Where to write the job package.
     #[arg(long)]
     out: PathBuf,
@@ -131,6 +139,9 @@ pub(crate) struct RunArgs {
     /// Probability of a socket fault per command (no contact, write error, power loss).
     #[arg(long, default_value_t = 0.0)]
     fault_rate: f64,
+    /// The image the job programs (the file it names by SHA-256).
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<PathBuf>,
     /// Close the job when it has its quantity.
     #[arg(long)]
     close: bool,
@@ -245,6 +256,22 @@ fn create(a: &CreateArgs) -> Result<()> {
             LockArg::SlotsAndData => LockPolicy::SlotsAndData,
         },
         created_at: now.0,
+        firmware: match &a.image {
+            Some(path) => {
+                let bytes = files::read_limited(path, trustfab_firmware::MAX_IMAGE_BYTES)?;
+                let name = path
+                    .file_name()
+                    .map_or_else(|| "image".into(), |n| n.to_string_lossy().into_owned());
+                Some(trustfab_station::job_firmware(
+                    &hsm,
+                    &a.product,
+                    &name,
+                    &bytes,
+                    a.secret_slot,
+                )?)
+            }
+            None => None,
+        },
     };
     if a.out.exists() {
         bail!("{} exists; not overwriting it", a.out.display());
@@ -314,7 +341,10 @@ fn run_cmd(a: &RunArgs) -> Result<()> {
     let spec = job.spec().clone();
     let st = JobState::load(&**hsm.ledger(), &job)?;
     let pb = (!a.json).then(|| progress_bar(spec.quantity, st.good.len() as u64));
-    let opts = options(a.sockets, a.batch, pb.clone());
+    let mut opts = options(a.sockets, a.batch, pb.clone());
+    if let Some(path) = &a.image {
+        opts.image = Some(files::read_limited(path, trustfab_firmware::MAX_IMAGE_BYTES)?.into());
+    }
     let faults = if a.fault_rate > 0.0 {
         Faults::line(a.fault_rate, SystemClock.now().0)
     } else {
@@ -449,6 +479,7 @@ pub(crate) fn demo_job(hsm: &Hsm, dir: &Path, product: &str, devices: u64) -> Re
         attestation_root: None,
         lock: LockPolicy::Data,
         created_at: now.0,
+        firmware: None,
     };
     let created = create_job(hsm, spec)?;
     let path = dir.join(format!("job-{}.bin", created.package.spec().job_id));
@@ -580,6 +611,7 @@ fn bench_site(dir: &Path, count: u64) -> Result<Hsm> {
         root_cert: root,
         device_ca_cert: Some(device_ca),
         wrapped_signing_key: wrapped.to_bytes(),
+        firmware: None,
     };
     hsm.import(&trustfab_package::seal(&contents, &root_key)?)?;
     Ok(hsm)
@@ -707,6 +739,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
             attestation_root: None,
             lock: LockPolicy::Data,
             created_at: now.0,
+            firmware: None,
         },
     )?
     .package;

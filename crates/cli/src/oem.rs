@@ -80,7 +80,66 @@ pub(crate) struct WrapArgs {
     #[arg(long)]
     pub(crate) out: PathBuf,
     #[command(flatten)]
+    pub(crate) firmware: FirmwareArgs,
+    #[command(flatten)]
     pub(crate) pass: PassphraseArgs,
+}
+
+/// The product's firmware, for secure MCUs: the boot key their fuses trust and the family key
+/// their secret slot receives (wrapped for the HSM like the signing key).
+#[derive(Args, Debug, Default)]
+pub(crate) struct FirmwareArgs {
+    /// The device family the product's images are mastered for.
+    #[arg(long, requires = "boot_key")]
+    pub(crate) family: Option<String>,
+    /// The firmware signing public key (`fw keygen --kind sign`): its hash is programmed into
+    /// each device's root-of-trust fuse.
+    #[arg(long, requires = "family")]
+    pub(crate) boot_key: Option<PathBuf>,
+    /// The family encryption private key (`fw keygen --kind family`, encrypted PKCS#8; same
+    /// passphrase): it goes to the HSM wrapped, and from there to each device wrapped for it.
+    #[arg(long, requires = "family")]
+    pub(crate) family_key: Option<PathBuf>,
+}
+
+/// The firmware section of a package, from the command line.
+fn firmware_section(
+    a: &FirmwareArgs,
+    kt: &trustfab_token::PublicKey,
+    package_id: &[u8; 16],
+    fingerprint: &[u8; 32],
+    pass: &trustfab_types::Passphrase,
+) -> Result<Option<trustfab_package::Firmware>> {
+    let (Some(family), Some(boot_key)) = (&a.family, &a.boot_key) else {
+        return Ok(None);
+    };
+    let boot_key = PublicKey::from_pem(&files::read_text(boot_key, limits::KEY_FILE_BYTES)?)
+        .with_context(|| format!("reading boot key {}", boot_key.display()))?;
+    let wrapped_family_key = match &a.family_key {
+        Some(path) => {
+            let key =
+                SoftKey::from_encrypted_pem(&files::read_text(path, limits::KEY_FILE_BYTES)?, pass)
+                    .with_context(|| format!("opening family key {}", path.display()))?;
+            if key.curve() != Curve::P256 {
+                bail!(
+                    "the family key {} is not P-256 (MCUboot ENC_EC256)",
+                    path.display()
+                );
+            }
+            let wrapped = trustfab_token::wrap_for(
+                kt,
+                &key.secret_pkcs8_der()?,
+                &trustfab_hsm::family_wrap_info(package_id, fingerprint),
+            )?;
+            Some(wrapped.to_bytes())
+        }
+        None => None,
+    };
+    Ok(Some(trustfab_package::Firmware {
+        family: family.clone(),
+        boot_key_hash: trustfab_firmware::key_hash(&boot_key),
+        wrapped_family_key,
+    }))
 }
 
 /// `oem wrap`, also used by the demo; returns what it made, in one line.
@@ -123,6 +182,7 @@ pub(crate) fn wrap(a: &WrapArgs) -> Result<String> {
         &signing_key.secret_pkcs8_der()?,
         &trustfab_hsm::wrap_info(&package_id, &target.fingerprint),
     )?;
+    let firmware = firmware_section(&a.firmware, &kt, &package_id, &target.fingerprint, &pass)?;
     let contents = Contents {
         package_id,
         target_hsm: target.fingerprint,
@@ -136,6 +196,7 @@ pub(crate) fn wrap(a: &WrapArgs) -> Result<String> {
         root_cert: ca.root_der()?,
         device_ca_cert: ca.intermediates()?.into_iter().next(),
         wrapped_signing_key: wrapped.to_bytes(),
+        firmware,
     };
     let bytes = trustfab_package::seal(&contents, &root_key)?;
     files::write_new(&a.out, &bytes, false)?;

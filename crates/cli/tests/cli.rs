@@ -301,8 +301,13 @@ fn demo_runs_end_to_end() {
         "peer certificate is revoked",
         "ordered 7, issued 7, remaining 0",
         "the OEM verified it: 7 certificates valid",
-        "a secure MCU installed and booted it",
+        "the HSM imported it",
+        "a job of 3 secure MCUs (3 good)",
+        "installed for a test boot",
+        "the counter rises to 2",
+        "a changed image is refused",
         "an older image is refused",
+        "another family's image is refused",
     ] {
         assert!(
             out.contains(expected),
@@ -313,6 +318,9 @@ fn demo_runs_end_to_end() {
         .unwrap()
         .collect();
     assert_eq!(parts.len(), 2);
+    // The image the station programmed is ciphertext: no run of the firmware's plaintext is in it.
+    let family = std::fs::read(t.path().join("demo/gateway-1.0.0.bin")).unwrap();
+    assert!(!family.windows(17).any(|w| w == b"gateway firmware "));
 }
 
 #[test]
