@@ -241,12 +241,14 @@ proptest::proptest! {
 #[test]
 fn fuzz_seeds_open() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/package");
-    let mut n = 0;
+    let (mut n, mut with_firmware) = (0, 0);
     for e in std::fs::read_dir(&dir).unwrap() {
         let bytes = std::fs::read(e.unwrap().path()).unwrap();
         let p = open(&bytes).unwrap();
         assert_eq!(p.contents().oem_id.as_str(), "acme");
+        with_firmware += usize::from(p.contents().firmware.is_some());
         n += 1;
     }
     assert!(n > 0, "no seeds in {}", dir.display());
+    assert!(with_firmware > 0, "no seed has a firmware section");
 }
