@@ -21,8 +21,8 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use trustfab_token::{
-    wrapped_header, Curve, Error, KeyHandle, KeyInfo, KeyLabel, KeySpec, KeyUsage, PublicKey,
-    Signature, Token, WrappedKey, INFO_MAX,
+    check_wrap_out, wrapped_header, Curve, Error, KeyHandle, KeyInfo, KeyLabel, KeySpec, KeyUsage,
+    PublicKey, Signature, Token, WrappedKey,
 };
 use trustfab_types::Passphrase;
 use zeroize::Zeroizing;
@@ -827,26 +827,7 @@ impl Token for Pkcs11Token {
         info: &[u8],
     ) -> Result<WrappedKey, Error> {
         let k = self.known(key)?;
-        if k.info.usage != KeyUsage::Distribute {
-            return Err(Error::NotPermitted { operation: "wrap" });
-        }
-        if !k.info.extractable {
-            return Err(Error::NotPermitted {
-                operation: "wrap (not extractable)",
-            });
-        }
-        if recipient.curve() != Curve::P256 {
-            return Err(Error::BadKey(
-                "the recipient of a wrapped key must be on P-256",
-            ));
-        }
-        if info.len() > INFO_MAX {
-            return Err(Error::TooLarge {
-                what: "wrap info",
-                len: info.len(),
-                limit: INFO_MAX,
-            });
-        }
+        check_wrap_out(&k.info, recipient, info)?;
         let s = self.session()?;
         self.wrap_out(&s, &k, recipient, info)
     }

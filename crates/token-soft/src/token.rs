@@ -13,8 +13,8 @@ use aws_lc_rs::encoding::{AsDer as _, Pkcs8V1Der};
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _};
 use trustfab_token::{
-    kek_from_shared_secret, unwrap_pkcs8, wrap_for, Curve, Error, KeyHandle, KeyInfo, KeyLabel,
-    KeySpec, KeyUsage, PublicKey, Signature, Token, WrappedKey,
+    check_wrap_out, kek_from_shared_secret, unwrap_pkcs8, wrap_for, Curve, Error, KeyHandle,
+    KeyInfo, KeyLabel, KeySpec, KeyUsage, PublicKey, Signature, Token, WrappedKey,
 };
 use trustfab_types::{Passphrase, SecretKeyDer};
 use zeroize::Zeroizing;
@@ -329,19 +329,7 @@ impl Token for SoftToken {
     ) -> Result<WrappedKey, Error> {
         let state = self.read();
         let e = state.keys.get(&key.backend_id()).ok_or(Error::UnknownKey)?;
-        if e.info.usage != KeyUsage::Distribute {
-            return Err(Error::NotPermitted { operation: "wrap" });
-        }
-        if !e.info.extractable {
-            return Err(Error::NotPermitted {
-                operation: "wrap (not extractable)",
-            });
-        }
-        if recipient.curve() != Curve::P256 {
-            return Err(Error::BadKey(
-                "the recipient of a wrapped key must be on P-256",
-            ));
-        }
+        check_wrap_out(&e.info, recipient, info)?;
         wrap_for(recipient, &e.pkcs8, info)
     }
 

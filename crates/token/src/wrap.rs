@@ -20,7 +20,7 @@ use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _};
 use trustfab_types::SecretKeyDer;
 use zeroize::Zeroizing;
 
-use crate::{Curve, Error, PublicKey};
+use crate::{Curve, Error, KeyInfo, KeyUsage, PublicKey};
 
 /// The format version this build writes and reads.
 pub const WRAPPED_VERSION: u8 = 1;
@@ -404,6 +404,37 @@ fn canonical_pkcs8(plain: &[u8], curve: Curve) -> Result<SecretKeyDer, Error> {
         .to_pkcs8v1()
         .map_err(|_| Error::Crypto("PKCS#8 encoding"))?;
     Ok(SecretKeyDer::new(doc.as_ref().to_vec()))
+}
+
+/// The rules every backend applies before [`crate::Token::wrap_key`] wraps a key out: only a
+/// distribution key that is extractable, only to a P-256 recipient, with at most [`INFO_MAX`]
+/// bytes of `info`.
+///
+/// # Errors
+/// [`Error::NotPermitted`] for another usage or a non-extractable key, [`Error::BadKey`] for a
+/// recipient not on P-256, [`Error::TooLarge`] for a long `info`.
+pub fn check_wrap_out(key: &KeyInfo, recipient: &PublicKey, info: &[u8]) -> Result<(), Error> {
+    if key.usage != KeyUsage::Distribute {
+        return Err(Error::NotPermitted { operation: "wrap" });
+    }
+    if !key.extractable {
+        return Err(Error::NotPermitted {
+            operation: "wrap (not extractable)",
+        });
+    }
+    if recipient.curve() != Curve::P256 {
+        return Err(Error::BadKey(
+            "the recipient of a wrapped key must be on P-256",
+        ));
+    }
+    if info.len() > INFO_MAX {
+        return Err(Error::TooLarge {
+            what: "wrap info",
+            len: info.len(),
+            limit: INFO_MAX,
+        });
+    }
+    Ok(())
 }
 
 /// Unwraps `wrapped` with the recipient's P-256 private key (PKCS#8 or RFC 5915 DER) in process
