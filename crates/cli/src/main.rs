@@ -5,6 +5,25 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `println!` and `print!` for this binary: standard output that is closed early (`trustfab ...
+/// | head`) loses the rest of the text but stops nothing, where std's macros would panic. The
+/// work a command does (a job, an import) goes on and its errors still reach stderr.
+macro_rules! println {
+    () => { $crate::stdout_text(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::stdout_text(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::stdout_text(format_args!($($arg)*)) };
+}
+
+/// Writes to standard output, ignoring a reader that went away (and any other write error:
+/// output is a report of the work, never part of it).
+fn stdout_text(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_fmt(args);
+}
+
 mod auth;
 mod ca;
 mod demo;

@@ -625,3 +625,31 @@ fn four_station_processes_on_one_postgres_ledger() {
     );
     assert!(v.contains("10000 issued and valid"), "{v}");
 }
+
+/// `trustfab ... | head`: a reader that goes away early loses the rest of the text; the command
+/// neither panics nor fails because of it.
+#[test]
+fn output_into_a_closed_pipe_is_not_a_panic() {
+    let t = tempfile::tempdir().unwrap();
+    ok(
+        t.path(),
+        &["device", "new", "--kind", "mcu", "--out", "p.dev"],
+    );
+    for args in [
+        &["device", "show", "p.dev"][..],
+        &["oem", "template", "new"][..],
+    ] {
+        let mut child = tf()
+            .command(t.path(), args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the reading end before the command writes.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
