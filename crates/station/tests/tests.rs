@@ -33,6 +33,7 @@ use trustfab_types::{FixedClock, OemId, Passphrase, ProductId, Serial, UnixTime}
 mod end_to_end;
 mod faults;
 mod firmware;
+mod fuzz_seeds;
 mod jobs;
 mod kill;
 mod resume;
