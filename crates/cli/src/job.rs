@@ -175,9 +175,56 @@ pub(crate) struct BenchArgs {
     /// Devices per core for the limit measurement (default: a tenth of --devices, at most 20,000).
     #[arg(long)]
     limit_devices: Option<u64>,
+    /// Secure MCUs with a firmware step: an image of this many KiB, encrypted for the product's
+    /// family, installed by each part's secure boot (family key wrapped by the HSM per device).
+    #[arg(long, value_name = "KIB")]
+    firmware: Option<u32>,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// The OEM's firmware for a bench with `--firmware`: its keys and one image.
+struct BenchFirmware {
+    sign: SoftKey,
+    family: SoftKey,
+    image: Vec<u8>,
+}
+
+impl BenchFirmware {
+    fn new(kib: u32) -> Result<Self> {
+        let sign = SoftKey::generate(Curve::P256)?;
+        let family = SoftKey::generate(Curve::P256)?;
+        let family_pub = PublicKey::from_point(Curve::P256, family.public_point())?;
+        let len = usize::try_from(kib)? * 1024;
+        if len + 4096 > trustfab_device::limits::BOOT_SLOT_BYTES {
+            bail!(
+                "--firmware {kib}: the simulated MCU's boot slot holds {} KiB",
+                trustfab_device::limits::BOOT_SLOT_BYTES / 1024 - 4
+            );
+        }
+        let payload: Vec<u8> = b"bench firmware "
+            .iter()
+            .copied()
+            .cycle()
+            .take(len)
+            .collect();
+        let mut opts = trustfab_firmware::MasterOptions::new("1.0.0".parse()?, 1);
+        opts.encrypt_to = Some(&family_pub);
+        let image = trustfab_firmware::master(&payload, &opts, &sign, &trustfab_types::OsRng)?;
+        Ok(Self {
+            sign,
+            family,
+            image,
+        })
+    }
+
+    fn boot_key_hash(&self) -> Result<[u8; 32]> {
+        Ok(trustfab_firmware::key_hash(&PublicKey::from_point(
+            Curve::P256,
+            self.sign.public_point(),
+        )?))
+    }
 }
 
 pub(crate) fn run(cmd: JobCommand) -> Result<()> {
@@ -530,7 +577,7 @@ const BENCH_PRODUCT: &str = "acme/bench";
 
 /// A whole programming center in `dir`: vendor CA, HSM on the soft token, OEM root and device
 /// CA, a package of `count` for this HSM, imported.
-fn bench_site(dir: &Path, count: u64) -> Result<Hsm> {
+fn bench_site(dir: &Path, count: u64, fw: Option<&BenchFirmware>) -> Result<Hsm> {
     let now = SystemClock.now();
     let ca = |role, name: &str, key: &SoftKey, issuer: Option<&Issuer<'_>>| -> Result<Vec<u8>> {
         let spec = CaSpec {
@@ -611,7 +658,21 @@ fn bench_site(dir: &Path, count: u64) -> Result<Hsm> {
         root_cert: root,
         device_ca_cert: Some(device_ca),
         wrapped_signing_key: wrapped.to_bytes(),
-        firmware: None,
+        firmware: match fw {
+            Some(fw) => Some(trustfab_package::Firmware {
+                family: "bench".into(),
+                boot_key_hash: fw.boot_key_hash()?,
+                wrapped_family_key: Some(
+                    trustfab_token::wrap_for(
+                        &kt,
+                        &fw.family.secret_pkcs8_der()?,
+                        &trustfab_hsm::family_wrap_info(&package_id, &identity.fingerprint),
+                    )?
+                    .to_bytes(),
+                ),
+            }),
+            None => None,
+        },
     };
     hsm.import(&trustfab_package::seal(&contents, &root_key)?)?;
     Ok(hsm)
@@ -620,8 +681,11 @@ fn bench_site(dir: &Path, count: u64) -> Result<Hsm> {
 /// The limit: per device the same cryptography as the flow — the part's attestation key and
 /// its vendor certificate (making the part), the device key, the device certificate built from
 /// the template and signed, the chain validated (two signatures), a challenge signed and
-/// verified — back to back on `threads` threads, no I/O. Returns devices per second.
-fn crypto_limit(threads: usize, per_thread: u64) -> Result<f64> {
+/// verified — back to back on `threads` threads, no I/O. With firmware, also the family key
+/// wrapped to the device key and unwrapped with it, and what secure boot does with the image:
+/// validate it decrypting, decrypt it into the primary slot, validate that. Returns devices per
+/// second.
+fn crypto_limit(threads: usize, per_thread: u64, fw: Option<&BenchFirmware>) -> Result<f64> {
     let now = SystemClock.now();
     let template = Template::from_toml(EXAMPLE_TEMPLATE)?;
     let root_key = SoftKey::generate(Curve::P256)?;
@@ -697,6 +761,9 @@ fn crypto_limit(threads: usize, per_thread: u64) -> Result<f64> {
                     )
                     .verify(&challenge, &sig)
                     .map_err(|_| anyhow::anyhow!("challenge signature does not verify"))?;
+                    if let Some(fw) = fw {
+                        firmware_crypto(fw, &device)?;
+                    }
                 }
                 Ok(())
             }));
@@ -709,6 +776,30 @@ fn crypto_limit(threads: usize, per_thread: u64) -> Result<f64> {
     })?;
     let total = per_thread * threads as u64;
     Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The firmware step's cryptography for one device, as the limit counts it.
+fn firmware_crypto(fw: &BenchFirmware, device: &SoftKey) -> Result<()> {
+    let device_pub =
+        trustfab_token::PublicKey::from_point(trustfab_token::Curve::P256, device.public_point())?;
+    let wrapped = trustfab_token::wrap_for(&device_pub, &fw.family.secret_pkcs8_der()?, b"limit")?;
+    let family = trustfab_token::unwrap_with(&device.secret_pkcs8_der()?, &wrapped)?;
+    let key = trustfab_firmware::LoadedKey::new(trustfab_firmware::SoftDecryptionKey::from_der(
+        family.secret_pkcs8_der(),
+    )?);
+    let keys: [&dyn trustfab_firmware::DecryptionKey; 1] = [&key];
+    let hash = fw.boot_key_hash()?;
+    let anchor = trustfab_firmware::TrustAnchor::KeyHash(&hash);
+    // What MCUboot does on the part: validate the update decrypting it, decrypt it into the
+    // primary slot during the swap (the image key unwrapped once), validate the primary slot.
+    trustfab_firmware::verify(
+        &fw.image,
+        anchor,
+        trustfab_firmware::Payload::Decrypt(&keys),
+    )?;
+    let clear = trustfab_firmware::decrypt(&fw.image, &keys)?;
+    trustfab_firmware::verify(&clear, anchor, trustfab_firmware::Payload::AsIs)?;
+    Ok(())
 }
 
 pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
@@ -725,8 +816,14 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
             tmp.path().to_owned()
         }
     };
-    let hsm = bench_site(&dir, a.devices).context("setting up the bench site")?;
+    let fw = a.firmware.map(BenchFirmware::new).transpose()?;
+    let hsm = bench_site(&dir, a.devices, fw.as_ref()).context("setting up the bench site")?;
     let now = SystemClock.now();
+    let kind = if fw.is_some() {
+        DeviceKind::SecureMcu
+    } else {
+        DeviceKind::SecureElement
+    };
     let job = create_job(
         &hsm,
         JobSpec {
@@ -734,27 +831,32 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
             hsm_id: hsm.hsm_id().to_owned(),
             product: BENCH_PRODUCT.into(),
             quantity: a.devices,
-            device_kind: PartKind::SecureElement,
+            device_kind: kind.into(),
             slots: SlotMap::default(),
             attestation_root: None,
             lock: LockPolicy::Data,
             created_at: now.0,
-            firmware: None,
+            firmware: match &fw {
+                Some(fw) => Some(trustfab_station::job_firmware(
+                    &hsm,
+                    BENCH_PRODUCT,
+                    "bench.bin",
+                    &fw.image,
+                    5,
+                )?),
+                None => None,
+            },
         },
     )?
     .package;
     let vendors = (0..sockets)
         .map(|_| SiliconVendor::new(now, &trustfab_types::OsRng))
         .collect::<Result<_, _>>()?;
-    let supply = MadeSupply::new(
-        vendors,
-        DeviceKind::SecureElement,
-        a.devices,
-        now,
-        Faults::none(),
-    );
+    let supply = MadeSupply::new(vendors, kind, a.devices, now, Faults::none());
     let pb = (!a.json).then(|| progress_bar(a.devices, 0));
-    let s = run_job(&hsm, &job, &supply, &options(sockets, a.batch, pb.clone()))?;
+    let mut opts = options(sockets, a.batch, pb.clone());
+    opts.image = fw.as_ref().map(|f| Arc::from(f.image.as_slice()));
+    let s = run_job(&hsm, &job, &supply, &opts)?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
@@ -775,13 +877,14 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
         .limit_devices
         .unwrap_or_else(|| (a.devices / 10).clamp(100, 20_000))
         .div_ceil(cores as u64);
-    let limit = crypto_limit(cores, per_thread)?;
+    let limit = crypto_limit(cores, per_thread, fw.as_ref())?;
     let rate = s.devices_per_sec();
     let rss_mb = rss.map(|b| b as f64 / 1_048_576.0);
     if a.json {
         let v = serde_json::json!({
             "devices": a.devices, "sockets": sockets, "batch": a.batch, "cores": cores,
             "ledger": "sqlite (WAL, synchronous=FULL)", "hsm": "soft",
+            "firmware_kib": a.firmware,
             "devices_per_s": rate, "p50_ms": ms(s.latency_quantile(0.5)),
             "p99_ms": ms(s.latency_quantile(0.99)), "peak_rss_mb": rss_mb,
             "limit_devices_per_s": limit, "ratio": rate / limit,
@@ -792,8 +895,12 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "trustfab bench: {} devices, {sockets} sockets, batch {}, {cores} cores, soft-token HSM, SQLite ledger (WAL, synchronous=FULL)",
-        a.devices, a.batch
+        "trustfab bench: {} devices, {sockets} sockets, batch {}, {cores} cores, soft-token HSM, SQLite ledger (WAL, synchronous=FULL){}",
+        a.devices,
+        a.batch,
+        a.firmware.map_or(String::new(), |k| format!(
+            ", secure MCUs with a {k} KiB encrypted image"
+        ))
     )?;
     writeln!(
         out,

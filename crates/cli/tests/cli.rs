@@ -653,3 +653,32 @@ fn output_into_a_closed_pipe_is_not_a_panic() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// `trustfab bench` runs the whole flow and its limit (here tiny, so the test is quick; the
+/// figures are measured by running it, never asserted).
+#[test]
+fn bench_runs_the_flow_and_its_limit_with_and_without_firmware() {
+    let t = tempfile::tempdir().unwrap();
+    for extra in [&[][..], &["--firmware", "4"][..]] {
+        let mut args = vec![
+            "bench",
+            "--devices",
+            "40",
+            "--limit-devices",
+            "10",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = ok(t.path(), &args);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["devices"], 40, "{out}");
+        assert!(v["devices_per_s"].as_f64().unwrap() > 0.0, "{out}");
+        assert!(v["limit_devices_per_s"].as_f64().unwrap() > 0.0, "{out}");
+        let fw = if extra.is_empty() {
+            serde_json::Value::Null
+        } else {
+            4.into()
+        };
+        assert_eq!(v["firmware_kib"], fw, "{out}");
+    }
+}

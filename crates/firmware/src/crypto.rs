@@ -106,6 +106,51 @@ impl DecryptionKey for SoftDecryptionKey {
     }
 }
 
+/// A decryption key for the length of one boot (or one check), remembering its last agreement:
+/// MCUboot unwraps an image's key once per boot (`boot_enc_load` into its `enc_state`) and uses
+/// it both to validate an update and to decrypt it during the swap; with this, the second use
+/// costs no second ECDH either. The remembered secret is zeroized when replaced or dropped.
+pub struct LoadedKey<K> {
+    key: K,
+    last: std::sync::Mutex<Option<Agreement>>,
+}
+
+/// A peer point and the secret agreed with it.
+type Agreement = (Vec<u8>, Zeroizing<[u8; 32]>);
+
+impl<K> fmt::Debug for LoadedKey<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LoadedKey([secret elided])")
+    }
+}
+
+impl<K: DecryptionKey> LoadedKey<K> {
+    /// `key`, remembering nothing yet.
+    pub fn new(key: K) -> Self {
+        Self {
+            key,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<K: DecryptionKey> DecryptionKey for LoadedKey<K> {
+    fn agree(&self, peer: &[u8]) -> Result<Zeroizing<[u8; 32]>, VerifyError> {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((p, shared)) = last.as_ref() {
+            if p.as_slice() == peer {
+                return Ok(shared.clone());
+            }
+        }
+        let shared = self.key.agree(peer)?;
+        *last = Some((peer.to_vec(), shared.clone()));
+        Ok(shared)
+    }
+}
+
 /// ECDH of a P-256 private key with a peer point, as a [`DecryptionKey`] computes it.
 ///
 /// # Errors

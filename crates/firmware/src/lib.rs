@@ -8,7 +8,9 @@ mod format;
 mod master;
 mod verify;
 
-pub use crypto::{ecdh, DecryptionKey, SoftDecryptionKey, AES_KEY_LEN, ECIES_INFO, SCALAR_LEN};
+pub use crypto::{
+    ecdh, DecryptionKey, LoadedKey, SoftDecryptionKey, AES_KEY_LEN, ECIES_INFO, SCALAR_LEN,
+};
 pub use error::{Area, MasterError, ParseError, VerifyError};
 pub use format::{
     flags, Header, Image, Tlv, TlvKind, Version, VersionError, ENC_EC256_LEN, HEADER_LEN,

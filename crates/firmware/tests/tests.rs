@@ -6,8 +6,8 @@
 //! - `fuzz_seeds`: the committed fuzz seeds, replayed.
 
 use trustfab_firmware::{
-    decrypt, key_hash, master, verify, verify_sealed, DecryptionKey, Image, KeyTlv, MasterOptions,
-    Payload, SoftDecryptionKey, TlvKind, TrustAnchor, VerifyError, Version,
+    decrypt, key_hash, master, verify, verify_sealed, DecryptionKey, Image, KeyTlv, LoadedKey,
+    MasterOptions, Payload, SoftDecryptionKey, TlvKind, TrustAnchor, VerifyError, Version,
 };
 use trustfab_pki::{Curve, PublicKey, Signer, SoftKey};
 use trustfab_types::OsRng;
@@ -122,6 +122,25 @@ fn a_sealed_image_is_checked_as_far_as_the_ciphertext_allows() {
         verify_sealed(&changed, TrustAnchor::KeyHash(&rot)),
         Err(VerifyError::HashMismatch)
     );
+}
+
+/// A loaded key answers as its key does, for the image it last agreed on and for any other.
+#[test]
+fn a_loaded_key_agrees_as_its_key_for_every_peer() {
+    let (dk, _) = enc_key();
+    let (_, p1) = enc_key();
+    let (_, p2) = enc_key();
+    let loaded = LoadedKey::new(
+        SoftDecryptionKey::from_scalar(dk.secret_scalar().unwrap().expose_secret()).unwrap(),
+    );
+    for peer in [&p1, &p1, &p2, &p1] {
+        assert_eq!(
+            *loaded.agree(peer.point()).unwrap(),
+            *dk.agree(peer.point()).unwrap()
+        );
+    }
+    assert!(loaded.agree(&[4u8; 65]).is_err());
+    assert_eq!(format!("{loaded:?}"), "LoadedKey([secret elided])");
 }
 
 #[test]

@@ -890,18 +890,31 @@ impl Hsm {
         product: &str,
         uid: &DeviceUid,
     ) -> Result<IssuanceRecord, IssueError> {
-        let batch = self
-            .ledger
-            .read_raw(seq, BATCH_MAX + 1)
-            .map_err(IssueError::Ledger)?;
-        for raw in batch {
-            let r = raw.into_record().map_err(IssueError::Ledger)?;
-            if r.kind != Kind::CertificateIssued {
-                continue;
-            }
-            if let Some(rec) = IssuanceRecord::decode(&r.body) {
-                if rec.product == product && &rec.uid == uid {
-                    return Ok(rec);
+        // The claim names the first record of the issuing append; the device's record is one of
+        // the next BATCH_MAX + 1. Read them in chunks: batches are small (64 by default), and a
+        // station asks this for every device of a firmware job.
+        const CHUNK: usize = 128;
+        let mut from = seq;
+        let mut left = BATCH_MAX + 1;
+        while left > 0 {
+            let chunk = self
+                .ledger
+                .read_raw(from, CHUNK.min(left))
+                .map_err(IssueError::Ledger)?;
+            let Some(last) = chunk.last().map(|r| r.seq) else {
+                break;
+            };
+            left = left.saturating_sub(chunk.len());
+            from = last + 1;
+            for raw in chunk {
+                let r = raw.into_record().map_err(IssueError::Ledger)?;
+                if r.kind != Kind::CertificateIssued {
+                    continue;
+                }
+                if let Some(rec) = IssuanceRecord::decode(&r.body) {
+                    if rec.product == product && &rec.uid == uid {
+                        return Ok(rec);
+                    }
                 }
             }
         }

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use trustfab_firmware::{
-    apply_payload_cipher, verify, DecryptionKey, Image, Payload, SoftDecryptionKey, TrustAnchor,
-    VerifyError,
+    apply_payload_cipher, verify, DecryptionKey, Image, LoadedKey, Payload, SoftDecryptionKey,
+    TrustAnchor, VerifyError,
 };
 
 use crate::device::{DeviceKind, SlotKind};
@@ -89,7 +89,10 @@ impl SimDevice {
             })?;
             return Ok(BootOutcome::Unverified);
         };
-        let keys = self.boot_keys();
+        // MCUboot unwraps an image's key once per boot (`boot_enc_load` into its `enc_state`)
+        // and uses it to validate the update and to decrypt it in the swap.
+        let keys: Vec<LoadedKey<SoftDecryptionKey>> =
+            self.boot_keys().into_iter().map(LoadedKey::new).collect();
         let key_refs: Vec<&dyn DecryptionKey> =
             keys.iter().map(|k| k as &dyn DecryptionKey).collect();
         let swap = self.settle_swap(&rot, &key_refs)?;
@@ -133,28 +136,31 @@ impl SimDevice {
             .ok_or(Error::Crypto { op: Op::Boot })
     }
 
-    /// The keys the boot stage decrypts with, inside the part: the family key (a P-256 scalar
-    /// in a secret slot) and the device's own identity key (slot 0).
+    /// The keys the boot stage decrypts with, inside the part, in the order it tries them: the
+    /// family key (a P-256 scalar in a secret slot), which most images are for, then the
+    /// device's own identity key (slot 0), for images mastered for this one device.
     fn boot_keys(&self) -> Vec<SoftDecryptionKey> {
-        let mut keys = Vec::new();
+        let mut family = Vec::new();
+        let mut own = Vec::new();
         for slot in &self.state.slots {
             match (&slot.config.kind, &slot.content) {
                 (SlotKind::Secret, Content::Data(d)) if d.len() == 32 => {
                     if let Ok(k) = SoftDecryptionKey::from_scalar(d) {
-                        keys.push(k);
+                        family.push(k);
                     }
                 }
                 (SlotKind::PrivateKey, Content::Key(k)) if slot.id == 0 => {
                     if let Ok(der) = k.secret_pkcs8() {
                         if let Ok(k) = SoftDecryptionKey::from_der(der.secret_pkcs8_der()) {
-                            keys.push(k);
+                            own.push(k);
                         }
                     }
                 }
                 _ => {}
             }
         }
-        keys
+        family.extend(own);
+        family
     }
 
     /// Validates an image of the secondary slot as MCUboot does before swapping it in.
