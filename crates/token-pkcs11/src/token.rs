@@ -21,8 +21,8 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use trustfab_token::{
-    check_wrap_out, wrapped_header, Curve, Error, KeyHandle, KeyInfo, KeyLabel, KeySpec, KeyUsage,
-    PublicKey, Signature, Token, WrappedKey,
+    check_unwrap_in, check_wrap_out, wrapped_header, Curve, Error, KeyHandle, KeyInfo, KeyLabel,
+    KeySpec, KeyUsage, PublicKey, Signature, Token, WrappedKey,
 };
 use trustfab_types::Passphrase;
 use zeroize::Zeroizing;
@@ -797,17 +797,7 @@ impl Token for Pkcs11Token {
         wrapped: &WrappedKey,
         spec: &KeySpec,
     ) -> Result<KeyHandle, Error> {
-        if spec.curve != wrapped.key_curve() {
-            return Err(Error::BadSpec(
-                "spec curve differs from the wrapped key's curve",
-            ));
-        }
-        if spec.usage == KeyUsage::KeyTransport {
-            return Err(Error::BadSpec(
-                "only signing and distribution keys are imported",
-            ));
-        }
-        spec.check()?;
+        check_unwrap_in(spec, wrapped)?;
         let kt = self.known(kt)?;
         if kt.info.usage != KeyUsage::KeyTransport {
             return Err(Error::NotPermitted {

@@ -13,8 +13,8 @@ use aws_lc_rs::encoding::{AsDer as _, Pkcs8V1Der};
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _};
 use trustfab_token::{
-    check_wrap_out, kek_from_shared_secret, unwrap_pkcs8, wrap_for, Curve, Error, KeyHandle,
-    KeyInfo, KeyLabel, KeySpec, KeyUsage, PublicKey, Signature, Token, WrappedKey,
+    check_unwrap_in, check_wrap_out, kek_from_shared_secret, unwrap_pkcs8, wrap_for, Curve, Error,
+    KeyHandle, KeyInfo, KeyLabel, KeySpec, KeyUsage, PublicKey, Signature, Token, WrappedKey,
 };
 use trustfab_types::{Passphrase, SecretKeyDer};
 use zeroize::Zeroizing;
@@ -285,17 +285,7 @@ impl Token for SoftToken {
         wrapped: &WrappedKey,
         spec: &KeySpec,
     ) -> Result<KeyHandle, Error> {
-        if spec.curve != wrapped.key_curve() {
-            return Err(Error::BadSpec(
-                "spec curve differs from the wrapped key's curve",
-            ));
-        }
-        if spec.usage == KeyUsage::KeyTransport {
-            return Err(Error::BadSpec(
-                "only signing and distribution keys are imported",
-            ));
-        }
-        spec.check()?;
+        check_unwrap_in(spec, wrapped)?;
         self.label_free(&spec.label)?;
         let pkcs8 = {
             let state = self.read();

@@ -20,7 +20,7 @@ use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _};
 use trustfab_types::SecretKeyDer;
 use zeroize::Zeroizing;
 
-use crate::{Curve, Error, KeyInfo, KeyUsage, PublicKey};
+use crate::{Curve, Error, KeyInfo, KeySpec, KeyUsage, PublicKey};
 
 /// The format version this build writes and reads.
 pub const WRAPPED_VERSION: u8 = 1;
@@ -435,6 +435,26 @@ pub fn check_wrap_out(key: &KeyInfo, recipient: &PublicKey, info: &[u8]) -> Resu
         });
     }
     Ok(())
+}
+
+/// The rules every backend applies before [`crate::Token::unwrap_key`] imports a key: the spec
+/// names the wrapped key's curve, is for a signing or a distribution key (key-transport keys are
+/// made inside, never imported), and passes [`KeySpec::check`].
+///
+/// # Errors
+/// [`Error::BadSpec`] naming the rule.
+pub fn check_unwrap_in(spec: &KeySpec, wrapped: &WrappedKey) -> Result<(), Error> {
+    if spec.curve != wrapped.key_curve() {
+        return Err(Error::BadSpec(
+            "spec curve differs from the wrapped key's curve",
+        ));
+    }
+    if spec.usage == KeyUsage::KeyTransport {
+        return Err(Error::BadSpec(
+            "only signing and distribution keys are imported",
+        ));
+    }
+    spec.check()
 }
 
 /// Unwraps `wrapped` with the recipient's P-256 private key (PKCS#8 or RFC 5915 DER) in process
