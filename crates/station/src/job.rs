@@ -200,8 +200,20 @@ impl JobSpec {
                 reason: "every slot must be different".into(),
             });
         }
-        if let Some(fw) = &self.firmware {
-            fw.check(self)?;
+        match &self.firmware {
+            Some(fw) => fw.check(self)?,
+            // A secure MCU enters its locked lifecycle state only with its root-of-trust fuse
+            // programmed (docs/devices.md rule 16): without the firmware step every part would
+            // fail at the lock.
+            None if self.device_kind == PartKind::SecureMcu => {
+                return Err(JobError::Invalid {
+                    field: "firmware",
+                    reason: "a secure MCU job programs firmware (its root-of-trust fuse must be \
+                             set before the lock): name an image"
+                        .into(),
+                })
+            }
+            None => {}
         }
         match self.product.split_once('/') {
             Some((o, p)) if id_ok(o) && id_ok(p) => Ok(()),
