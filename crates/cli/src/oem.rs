@@ -115,6 +115,9 @@ fn firmware_section(
     };
     let boot_key = PublicKey::from_pem(&files::read_text(boot_key, limits::KEY_FILE_BYTES)?)
         .with_context(|| format!("reading boot key {}", boot_key.display()))?;
+    if boot_key.curve() != Curve::P256 {
+        bail!("the boot key is not a P-256 key: MCUboot images here are signed with ECDSA P-256");
+    }
     let wrapped_family_key = match &a.family_key {
         Some(path) => {
             let key =
