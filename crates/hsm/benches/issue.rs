@@ -12,94 +12,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use trustfab_hsm::{wrap_info, DeviceKey, Hsm};
+use trustfab_hsm::{DeviceKey, Hsm};
 use trustfab_ledger::SqliteStore;
-use trustfab_package::Contents;
-use trustfab_pki::template::EXAMPLE_TEMPLATE;
-use trustfab_pki::{
-    certify_hsm, intermediate_ca, self_signed_ca, CaRole, CaSpec, Curve, HsmIdentity, Issuer,
-    PublicKey, Signer, SoftKey,
-};
+use trustfab_pki::{Curve, PublicKey, Signer, SoftKey};
+use trustfab_test_support::site::{PackageSpec, Site};
 use trustfab_test_support::softhsm::{self, SoftHsm2};
 use trustfab_token::{KeyLabel, KeySpec, KeyUsage, Token};
 use trustfab_token_pkcs11::{Pkcs11Config, Pkcs11Token};
 use trustfab_token_soft::{Argon2Cost, SoftToken};
-use trustfab_types::{
-    Clock, DeviceUid, OemId, Passphrase, ProductId, Serial, SystemClock, UnixTime,
-};
+use trustfab_types::{Clock, DeviceUid, Passphrase, SystemClock};
 
 const BATCH: usize = 256;
 
-fn ca(role: CaRole, key: &SoftKey, issuer: Option<&Issuer<'_>>, now: UnixTime) -> Vec<u8> {
-    let spec = CaSpec {
-        role,
-        common_name: format!("{role:?}"),
-        organization: "Bench".into(),
-        serial: Serial::from_u64(3).unwrap(),
-        not_before: UnixTime(now.0 - 86_400),
-        days: 3650,
-    };
-    match issuer {
-        None => self_signed_ca(&spec, key).unwrap(),
-        Some(i) => {
-            let pk = PublicKey::from_point(key.curve(), key.public_point()).unwrap();
-            intermediate_ca(&spec, &pk, i).unwrap()
-        }
-    }
-}
-
 /// A whole site on `token`: vendor, HSM identity, OEM, a package of 100 million, imported.
 fn site(dir: &Path, token: Arc<dyn Token>) -> Hsm {
-    let now = SystemClock.now();
-    let vendor_key = SoftKey::generate(Curve::P256).unwrap();
-    let vendor_root = ca(CaRole::VendorRoot, &vendor_key, None, now);
-    let req = Hsm::init(&*token, "bench-hsm").unwrap();
-    let vi = Issuer::new(&vendor_root, &vendor_key).unwrap();
-    let (s1, s2) = (Serial::from_u64(1).unwrap(), Serial::from_u64(2).unwrap());
-    let certs = certify_hsm(&req, &vi, (&s1, &s2), UnixTime(now.0 - 60), 365).unwrap();
-    let identity = HsmIdentity::validate(&certs, &vendor_root, now).unwrap();
-    let root_key = SoftKey::generate(Curve::P256).unwrap();
-    let root = ca(CaRole::OemRoot, &root_key, None, now);
-    let ca_key = SoftKey::generate(Curve::P256).unwrap();
-    let ri = Issuer::new(&root, &root_key).unwrap();
-    let device_ca = ca(CaRole::DeviceCa, &ca_key, Some(&ri), now);
-    let package_id = [5; 16];
-    let kt =
-        trustfab_token::PublicKey::from_point(trustfab_token::Curve::P256, identity.kt_key.point())
-            .unwrap();
-    let wrapped = trustfab_token::wrap_for(
-        &kt,
-        &ca_key.secret_pkcs8_der().unwrap(),
-        &wrap_info(&package_id, &identity.fingerprint),
-    )
-    .unwrap();
-    let contents = Contents {
-        package_id,
-        target_hsm: identity.fingerprint,
-        oem_id: OemId::new("acme").unwrap(),
-        product_id: ProductId::new("bench").unwrap(),
-        count: 100_000_000,
-        serial_range: None,
-        not_before: UnixTime(now.0 - 60),
-        not_after: UnixTime(now.0 + 86_400),
-        template: EXAMPLE_TEMPLATE.into(),
-        root_cert: root,
-        device_ca_cert: Some(device_ca),
-        wrapped_signing_key: wrapped.to_bytes(),
-        firmware: None,
-    };
-    let package = trustfab_package::seal(&contents, &root_key).unwrap();
     let ledger = Arc::new(SqliteStore::open(&dir.join("ledger.sqlite")).unwrap());
-    let hsm = Hsm::open(
+    let package = PackageSpec::new("bench", 100_000_000, SystemClock.now()).id(5);
+    Site::new(
         token,
         ledger,
         Arc::new(SystemClock),
         "bench-hsm",
-        Some(&certs),
+        "acme",
+        &package,
     )
-    .unwrap();
-    hsm.import(&package).unwrap();
-    hsm
+    .hsm
 }
 
 /// `threads` callers at once, each with its share of a batch of `BATCH`.

@@ -6,12 +6,12 @@ mod import {
     #[test]
     fn a_package_imports_in_its_hsm_and_issues_chained_certificates() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme");
+        let oem = Oem::new("acme", NOW);
         let imported = s
             .hsm
-            .import(&oem.wrap(&vendor, &s.certs, "thermo", 10, 1))
+            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
             .unwrap();
         assert!(imported.created);
         assert_eq!(imported.product, "acme/thermo");
@@ -42,11 +42,11 @@ mod import {
     #[test]
     fn the_signing_key_is_sensitive_and_not_extractable_inside_the_token() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme");
+        let oem = Oem::new("acme", NOW);
         s.hsm
-            .import(&oem.wrap(&vendor, &s.certs, "thermo", 10, 1))
+            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
             .unwrap();
         let certs = s.certs.clone();
         drop(s);
@@ -74,13 +74,13 @@ mod import {
     #[test]
     fn a_package_for_another_hsm_is_refused() {
         let (t1, t2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         // The target runs on the soft token: one process holds one PKCS#11 module, so the HSM
         // under test is the one that must refuse.
         let a = site(t1.path(), "hsm-a", &vendor, Backend::Soft);
         let b = site(t2.path(), "hsm-b", &vendor, BACKEND);
-        let oem = Oem::new("acme");
-        let for_a = oem.wrap(&vendor, &a.certs, "thermo", 10, 1);
+        let oem = Oem::new("acme", NOW);
+        let for_a = oem.package(&a.certs, &vendor.root, &spec("thermo", 10, 1));
         assert!(matches!(
             b.hsm.import(&for_a),
             Err(ImportError::WrongHsm { .. })
@@ -92,10 +92,10 @@ mod import {
     #[test]
     fn a_second_import_is_refused_as_a_replay() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme");
-        let p = oem.wrap(&vendor, &s.certs, "thermo", 10, 1);
+        let oem = Oem::new("acme", NOW);
+        let p = oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1));
         let first = s.hsm.import(&p).unwrap();
         match s.hsm.import(&p) {
             Err(ImportError::Replayed { seq, .. }) => assert_eq!(seq, first.seq),
@@ -107,10 +107,10 @@ mod import {
     #[test]
     fn an_expired_or_early_package_is_refused() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme");
-        let p = oem.wrap(&vendor, &s.certs, "thermo", 10, 1);
+        let oem = Oem::new("acme", NOW);
+        let p = oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1));
         s.clock.set(UnixTime(NOW.0 + 8 * 86_400));
         assert!(matches!(s.hsm.import(&p), Err(ImportError::Expired { .. })));
         s.clock.set(UnixTime(NOW.0 - 3600));
@@ -125,26 +125,26 @@ mod import {
     #[test]
     fn a_package_signed_by_another_oem_key_is_refused() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let acme = Oem::new("acme");
+        let acme = Oem::new("acme", NOW);
         s.hsm
-            .import(&acme.wrap(&vendor, &s.certs, "thermo", 10, 1))
+            .import(&acme.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
             .unwrap();
         // An impostor with its own root claims to be acme: the OEM is bound to acme's root.
-        let impostor = Oem::new("acme");
-        let p = impostor.wrap(&vendor, &s.certs, "thermo", 10, 2);
+        let impostor = Oem::new("acme", NOW);
+        let p = impostor.package(&s.certs, &vendor.root, &spec("thermo", 10, 2));
         assert!(matches!(
             s.hsm.import(&p),
             Err(ImportError::OemRootMismatch { .. })
         ));
-        let p = impostor.wrap(&vendor, &s.certs, "other-product", 10, 3);
+        let p = impostor.package(&s.certs, &vendor.root, &spec("other-product", 10, 3));
         assert!(matches!(
             s.hsm.import(&p),
             Err(ImportError::OemRootMismatch { .. })
         ));
         // A package whose signature is not by the root it carries: refused before anything else.
-        let mut msg = acme.wrap(&vendor, &s.certs, "thermo", 10, 4);
+        let mut msg = acme.package(&s.certs, &vendor.root, &spec("thermo", 10, 4));
         let n = msg.len();
         msg[n - 10] ^= 0x01;
         assert!(matches!(
@@ -157,8 +157,8 @@ mod import {
     #[test]
     fn an_hsm_identity_not_from_the_pinned_vendor_cannot_be_wrapped_for() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
-        let rogue = Vendor::new();
+        let vendor = Vendor::new(NOW);
+        let rogue = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &rogue, BACKEND);
         assert!(HsmIdentity::validate(&s.certs, &vendor.root, NOW).is_err());
     }
@@ -166,11 +166,11 @@ mod import {
     #[test]
     fn every_single_bit_flip_of_a_package_is_refused() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme");
+        let oem = Oem::new("acme", NOW);
         let minimal = "version = 1\n[subject]\ncommon_name = \"{uid}\"\n[validity]\ndays = 1\n[extensions]\nkey_usage = [\"digital_signature\"]\n[serial]\nscheme = \"random\"\n";
-        let p = oem.wrap_with(&vendor, &s.certs, "p", 5, 1, minimal, None);
+        let p = oem.package(&s.certs, &vendor.root, &spec("p", 5, 1).template(minimal));
         let mut accepted = Vec::new();
         for bit in 0..p.len() * 8 {
             let mut b = p.clone();
@@ -191,20 +191,20 @@ mod import {
     #[test]
     fn a_top_up_adds_count_and_may_not_change_the_product() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme");
+        let oem = Oem::new("acme", NOW);
         s.hsm
-            .import(&oem.wrap(&vendor, &s.certs, "thermo", 10, 1))
+            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
             .unwrap();
         let up = s
             .hsm
-            .import(&oem.wrap(&vendor, &s.certs, "thermo", 5, 2))
+            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 5, 2)))
             .unwrap();
         assert!(!up.created);
         assert_eq!(s.hsm.products().unwrap()[0].ordered, 15);
         let changed = EXAMPLE_TEMPLATE.replace("Sensors", "Actuators");
-        let p = oem.wrap_with(&vendor, &s.certs, "thermo", 5, 3, &changed, None);
+        let p = oem.package(&s.certs, &vendor.root, &spec("thermo", 5, 3).template(&changed));
         match s.hsm.import(&p) {
             Err(ImportError::ProductConflict { what, .. }) => assert_eq!(what, "template"),
             other => panic!("{other:?}"),
@@ -217,11 +217,11 @@ mod issue {
     use super::*;
 
     fn ready(dir: &Path, count: u64) -> (Site, Oem) {
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(dir, "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme");
+        let oem = Oem::new("acme", NOW);
         s.hsm
-            .import(&oem.wrap(&vendor, &s.certs, "thermo", count, 1))
+            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", count, 1)))
             .unwrap();
         (s, oem)
     }
@@ -326,22 +326,14 @@ mod issue {
     #[test]
     fn sequential_serials_come_from_the_package_range() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme");
+        let oem = Oem::new("acme", NOW);
         let range = SerialRange {
             first: 5000,
             last: 5009,
         };
-        let p = oem.wrap_with(
-            &vendor,
-            &s.certs,
-            "seq",
-            10,
-            1,
-            EXAMPLE_TEMPLATE,
-            Some(range),
-        );
+        let p = oem.package(&s.certs, &vendor.root, &spec("seq", 10, 1).serials(range));
         s.hsm.import(&p).unwrap();
         let key = product_key(&oem.id, &ProductId::new("seq").unwrap());
         let a = s
@@ -366,11 +358,11 @@ mod issue {
     fn sequential_serials_ignore_job_reservations() {
         use trustfab_ledger::{Append, CounterOp, Kind};
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme");
+        let oem = Oem::new("acme", NOW);
         let range = SerialRange { first: 700, last: 709 };
-        let p = oem.wrap_with(&vendor, &s.certs, "seq", 10, 1, EXAMPLE_TEMPLATE, Some(range));
+        let p = oem.package(&s.certs, &vendor.root, &spec("seq", 10, 1).serials(range));
         s.hsm.import(&p).unwrap();
         let ledger = s.hsm.ledger();
         let spend = |n| Append::record(Kind::JobCreated, vec![0xa0]).with_counter(CounterOp::Spend { product: "acme/seq".into(), n });
@@ -419,12 +411,12 @@ mod family_key {
     #[test]
     fn the_family_key_goes_only_to_certified_devices_and_unwraps_only_there() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme");
+        let oem = Oem::new("acme", NOW);
         let fw = Fw::new();
         s.hsm
-            .import(&oem.wrap_firmware(&vendor, &s.certs, "thermo", 10, 1, &fw))
+            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1).firmware(&fw)))
             .unwrap();
         let got = s.hsm.firmware("acme/thermo").unwrap().unwrap();
         assert_eq!(got.family, fw.family);
@@ -462,18 +454,22 @@ mod family_key {
     #[test]
     fn a_product_without_a_family_key_has_none_to_give() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme");
+        let oem = Oem::new("acme", NOW);
         s.hsm
-            .import(&oem.wrap(&vendor, &s.certs, "plain", 10, 1))
+            .import(&oem.package(&s.certs, &vendor.root, &spec("plain", 10, 1)))
             .unwrap();
         let signed_only = Fw {
             family_key: None,
             ..Fw::new()
         };
         s.hsm
-            .import(&oem.wrap_firmware(&vendor, &s.certs, "signed", 10, 2, &signed_only))
+            .import(&oem.package(
+                &s.certs,
+                &vendor.root,
+                &spec("signed", 10, 2).firmware(&signed_only),
+            ))
             .unwrap();
         assert_eq!(s.hsm.firmware("acme/plain").unwrap(), None);
         assert_eq!(
@@ -495,11 +491,15 @@ mod family_key {
     #[test]
     fn the_family_key_is_a_sensitive_distribution_key_in_the_token() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme");
+        let oem = Oem::new("acme", NOW);
         s.hsm
-            .import(&oem.wrap_firmware(&vendor, &s.certs, "thermo", 10, 1, &Fw::new()))
+            .import(&oem.package(
+                &s.certs,
+                &vendor.root,
+                &spec("thermo", 10, 1).firmware(&Fw::new()),
+            ))
             .unwrap();
         drop(s);
         let (token, _guard) = open_token(t.path(), BACKEND, false);
@@ -514,16 +514,16 @@ mod family_key {
     #[test]
     fn a_family_key_bound_to_another_package_is_refused() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme");
+        let oem = Oem::new("acme", NOW);
         let fw = Fw {
             info: Some(trustfab_hsm::family_wrap_info(&[9; 16], &[0; 32])),
             ..Fw::new()
         };
         match s
             .hsm
-            .import(&oem.wrap_firmware(&vendor, &s.certs, "thermo", 10, 1, &fw))
+            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1).firmware(&fw)))
         {
             Err(ImportError::Contents(m)) => assert!(m.contains("family key"), "{m}"),
             other => panic!("{other:?}"),
@@ -534,16 +534,16 @@ mod family_key {
     #[test]
     fn a_top_up_may_not_change_the_firmware() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme");
+        let oem = Oem::new("acme", NOW);
         let fw = Fw::new();
         s.hsm
-            .import(&oem.wrap_firmware(&vendor, &s.certs, "thermo", 10, 1, &fw))
+            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1).firmware(&fw)))
             .unwrap();
         // The same firmware, wrapped afresh: a top-up.
         s.hsm
-            .import(&oem.wrap_firmware(&vendor, &s.certs, "thermo", 5, 2, &fw))
+            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 5, 2).firmware(&fw)))
             .unwrap();
         let other_key = Fw {
             family: fw.family.clone(),
@@ -558,7 +558,11 @@ mod family_key {
         for (id, changed) in [(3, &other_key), (4, &other_boot)] {
             match s
                 .hsm
-                .import(&oem.wrap_firmware(&vendor, &s.certs, "thermo", 5, id, changed))
+                .import(&oem.package(
+                    &s.certs,
+                    &vendor.root,
+                    &spec("thermo", 5, id).firmware(changed),
+                ))
             {
                 Err(ImportError::ProductConflict { what, .. }) => {
                     assert!(what.starts_with("firmware"), "{what}");
@@ -567,7 +571,7 @@ mod family_key {
             }
         }
         // Dropping the firmware is a change too.
-        match s.hsm.import(&oem.wrap(&vendor, &s.certs, "thermo", 5, 5)) {
+        match s.hsm.import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 5, 5))) {
             Err(ImportError::ProductConflict { what, .. }) => assert!(what.starts_with("firmware")),
             other => panic!("{other:?}"),
         }

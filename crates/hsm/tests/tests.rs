@@ -9,20 +9,20 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use trustfab_hsm::{product_key, wrap_info, DeviceKey, Hsm, ImportError, IssueError};
+use trustfab_hsm::{product_key, DeviceKey, Hsm, ImportError, IssueError};
 use trustfab_ledger::SqliteStore;
 use trustfab_package::{Contents, SerialRange};
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{
-    certify_hsm, intermediate_ca, self_signed_ca, validate, CaRole, CaSpec, Curve, HsmCertificates,
-    HsmIdentity, Issuer, Policy, PublicKey, Purpose, Signer, SoftKey,
+    validate, Curve, HsmCertificates, HsmIdentity, Policy, PublicKey, Purpose, Signer, SoftKey,
 };
 use trustfab_test_support::pg::FreshDatabase;
+use trustfab_test_support::site::{Firmware as Fw, Oem, PackageSpec, Vendor};
 use trustfab_test_support::softhsm::{self, SoftHsm2};
 use trustfab_token::Token;
 use trustfab_token_pkcs11::{Pkcs11Config, Pkcs11Token};
 use trustfab_token_soft::{Argon2Cost, SoftToken};
-use trustfab_types::{DeviceUid, FixedClock, OemId, Passphrase, ProductId, Serial, UnixTime};
+use trustfab_types::{DeviceUid, FixedClock, Passphrase, ProductId, UnixTime};
 
 const NOW: UnixTime = UnixTime(1_790_000_000);
 
@@ -32,38 +32,6 @@ fn pass() -> Passphrase {
 
 fn cheap() -> Argon2Cost {
     Argon2Cost::new(8 * 1024, 1, 1).unwrap()
-}
-
-fn ca(role: CaRole, name: &str, key: &SoftKey, issuer: Option<&Issuer<'_>>) -> Vec<u8> {
-    let spec = CaSpec {
-        role,
-        common_name: name.into(),
-        organization: name.into(),
-        serial: Serial::from_u64(7).unwrap(),
-        not_before: UnixTime(NOW.0 - 86_400),
-        days: 3650,
-    };
-    match issuer {
-        None => self_signed_ca(&spec, key).unwrap(),
-        Some(i) => {
-            let pk = PublicKey::from_point(key.curve(), key.public_point()).unwrap();
-            intermediate_ca(&spec, &pk, i).unwrap()
-        }
-    }
-}
-
-/// The vendor: its root certifies HSMs.
-struct Vendor {
-    key: SoftKey,
-    root: Vec<u8>,
-}
-
-impl Vendor {
-    fn new() -> Self {
-        let key = SoftKey::generate(Curve::P256).unwrap();
-        let root = ca(CaRole::VendorRoot, "Vendor", &key, None);
-        Self { key, root }
-    }
 }
 
 /// Which token the HSM runs on.
@@ -118,13 +86,7 @@ fn open_ledger(dir: &Path) -> Arc<dyn trustfab_ledger::Store> {
 
 fn site(dir: &Path, id: &str, vendor: &Vendor, backend: Backend) -> Site {
     let (token, guard) = open_token(dir, backend, true);
-    let req = Hsm::init(&*token, id).unwrap();
-    let issuer = Issuer::new(&vendor.root, &vendor.key).unwrap();
-    let (s1, s2) = (
-        Serial::from_u64(100).unwrap(),
-        Serial::from_u64(101).unwrap(),
-    );
-    let certs = certify_hsm(&req, &issuer, (&s1, &s2), UnixTime(NOW.0 - 3600), 365).unwrap();
+    let certs = vendor.certify(&Hsm::init(&*token, id).unwrap(), NOW);
     drop(token);
     drop(guard);
     reopen(dir, id, &certs, backend)
@@ -143,171 +105,9 @@ fn reopen(dir: &Path, id: &str, certs: &HsmCertificates, backend: Backend) -> Si
     }
 }
 
-/// The OEM: root, device CA, and the wrapping tool.
-struct Oem {
-    id: OemId,
-    root_key: SoftKey,
-    root: Vec<u8>,
-    ca_key: SoftKey,
-    ca: Vec<u8>,
-}
-
-impl Oem {
-    fn new(id: &str) -> Self {
-        let root_key = SoftKey::generate(Curve::P256).unwrap();
-        let root = ca(CaRole::OemRoot, &format!("{id} root"), &root_key, None);
-        let ca_key = SoftKey::generate(Curve::P256).unwrap();
-        let issuer = Issuer::new(&root, &root_key).unwrap();
-        let ca = ca(
-            CaRole::DeviceCa,
-            &format!("{id} device CA"),
-            &ca_key,
-            Some(&issuer),
-        );
-        Self {
-            id: OemId::new(id).unwrap(),
-            root_key,
-            root,
-            ca_key,
-            ca,
-        }
-    }
-
-    /// `trustfab oem wrap`: validate the HSM identity to the vendor root, wrap the device-CA
-    /// key for its key-transport key, sign.
-    fn wrap(
-        &self,
-        vendor: &Vendor,
-        target: &HsmCertificates,
-        product: &str,
-        count: u64,
-        id: u8,
-    ) -> Vec<u8> {
-        self.wrap_with(vendor, target, product, count, id, EXAMPLE_TEMPLATE, None)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn wrap_with(
-        &self,
-        vendor: &Vendor,
-        target: &HsmCertificates,
-        product: &str,
-        count: u64,
-        id: u8,
-        template: &str,
-        serial_range: Option<SerialRange>,
-    ) -> Vec<u8> {
-        self.wrap_full(
-            vendor,
-            target,
-            product,
-            count,
-            id,
-            template,
-            serial_range,
-            None,
-        )
-    }
-
-    /// As `oem wrap --family F --boot-key B --family-key K`.
-    fn wrap_firmware(
-        &self,
-        vendor: &Vendor,
-        target: &HsmCertificates,
-        product: &str,
-        count: u64,
-        id: u8,
-        fw: &Fw,
-    ) -> Vec<u8> {
-        self.wrap_full(
-            vendor,
-            target,
-            product,
-            count,
-            id,
-            EXAMPLE_TEMPLATE,
-            None,
-            Some(fw),
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn wrap_full(
-        &self,
-        vendor: &Vendor,
-        target: &HsmCertificates,
-        product: &str,
-        count: u64,
-        id: u8,
-        template: &str,
-        serial_range: Option<SerialRange>,
-        fw: Option<&Fw>,
-    ) -> Vec<u8> {
-        let identity = HsmIdentity::validate(target, &vendor.root, NOW).unwrap();
-        let package_id = [id; 16];
-        let kt = trustfab_token::PublicKey::from_point(
-            trustfab_token::Curve::P256,
-            identity.kt_key.point(),
-        )
-        .unwrap();
-        let wrapped = trustfab_token::wrap_for(
-            &kt,
-            &self.ca_key.secret_pkcs8_der().unwrap(),
-            &wrap_info(&package_id, &identity.fingerprint),
-        )
-        .unwrap();
-        let contents = Contents {
-            package_id,
-            target_hsm: identity.fingerprint,
-            oem_id: self.id.clone(),
-            product_id: ProductId::new(product).unwrap(),
-            count,
-            serial_range,
-            not_before: UnixTime(NOW.0 - 60),
-            not_after: UnixTime(NOW.0 + 7 * 86_400),
-            template: template.into(),
-            root_cert: self.root.clone(),
-            device_ca_cert: Some(self.ca.clone()),
-            wrapped_signing_key: wrapped.to_bytes(),
-            firmware: fw.map(|fw| trustfab_package::Firmware {
-                family: fw.family.clone(),
-                boot_key_hash: fw.boot_key_hash,
-                wrapped_family_key: fw.family_key.as_ref().map(|k| {
-                    let info = fw.info.clone().unwrap_or_else(|| {
-                        trustfab_hsm::family_wrap_info(&package_id, &identity.fingerprint)
-                    });
-                    trustfab_token::wrap_for(&kt, &k.secret_pkcs8_der().unwrap(), &info)
-                        .unwrap()
-                        .to_bytes()
-                }),
-            }),
-        };
-        trustfab_package::seal(&contents, &self.root_key).unwrap()
-    }
-}
-
-/// A product's firmware, as the OEM puts it in a package.
-struct Fw {
-    family: String,
-    boot_key_hash: [u8; 32],
-    family_key: Option<std::rc::Rc<SoftKey>>,
-    /// The family key wrap's `info`, when a test binds it to something else.
-    info: Option<Vec<u8>>,
-}
-
-impl Fw {
-    fn new() -> Self {
-        Self {
-            family: "thermo-mcu".into(),
-            boot_key_hash: [0x42; 32],
-            family_key: Some(std::rc::Rc::new(SoftKey::generate(Curve::P256).unwrap())),
-            info: None,
-        }
-    }
-
-    fn family_point(&self) -> Vec<u8> {
-        self.family_key.as_ref().unwrap().public_point().to_vec()
-    }
+/// A package of `count` of `product` with id `[id; 16]`, as the OEM makes it at `NOW`.
+fn spec(product: &str, count: u64, id: u8) -> PackageSpec<'_> {
+    PackageSpec::new(product, count, NOW).id(id)
 }
 
 fn device(i: u32) -> DeviceKey {
@@ -459,13 +259,13 @@ mod crash {
     }
 
     fn sigkill_loop(t: &tempfile::TempDir) {
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, Backend::Soft);
         std::fs::write(t.path().join("hsm.pem"), s.certs.to_pem()).unwrap();
         let certs = s.certs.clone();
-        let oem = Oem::new("acme");
+        let oem = Oem::new("acme", NOW);
         s.hsm
-            .import(&oem.wrap(&vendor, &s.certs, "thermo", COUNT, 1))
+            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", COUNT, 1)))
             .unwrap();
         drop(s);
 
@@ -488,7 +288,7 @@ mod crash {
                 package += 1;
                 let site = reopen(t.path(), "hsm-1", &certs, Backend::Soft);
                 site.hsm
-                    .import(&oem.wrap(&vendor, &certs, "thermo", COUNT, package))
+                    .import(&oem.package(&certs, &vendor.root, &spec("thermo", COUNT, package)))
                     .unwrap();
                 ordered += COUNT;
             } else {
@@ -509,11 +309,11 @@ mod crash {
         let db = FreshDatabase::new();
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("ledger-url"), db.url()).unwrap();
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(t.path(), "hsm-1", &vendor, Backend::Soft);
         std::fs::write(t.path().join("hsm.pem"), s.certs.to_pem()).unwrap();
-        let oem = Oem::new("acme");
-        let package = oem.wrap(&vendor, &s.certs, "thermo", 10_000, 1);
+        let oem = Oem::new("acme", NOW);
+        let package = oem.package(&s.certs, &vendor.root, &spec("thermo", 10_000, 1));
         s.hsm.import(&package).unwrap();
         let dir = t.path().to_owned();
         let children: Vec<_> = (0..4)
@@ -572,12 +372,12 @@ mod report {
     }
 
     fn make(dir: &Path) -> Made {
-        let vendor = Vendor::new();
+        let vendor = Vendor::new(NOW);
         let s = site(dir, "hsm-1", &vendor, Backend::Soft);
-        let acme = Oem::new("acme");
-        let globex = Oem::new("globex");
-        let p1 = acme.wrap(&vendor, &s.certs, "thermo", 30, 1);
-        let p2 = globex.wrap(&vendor, &s.certs, "valve", 10, 2);
+        let acme = Oem::new("acme", NOW);
+        let globex = Oem::new("globex", NOW);
+        let p1 = acme.package(&s.certs, &vendor.root, &spec("thermo", 30, 1));
+        let p2 = globex.package(&s.certs, &vendor.root, &spec("valve", 10, 2));
         s.hsm.import(&p1).unwrap();
         s.hsm.import(&p2).unwrap();
         // Interleave the two OEMs' production so the chain mixes their records.
@@ -784,7 +584,7 @@ mod report {
             verify_report(&m.report[..], &m.vendor_root, &other, NOW),
             Err(ReportError::Order(_))
         ));
-        let rogue = Vendor::new();
+        let rogue = Vendor::new(NOW);
         assert!(matches!(
             verify_report(&m.report[..], &rogue.root, &m.orders, NOW),
             Err(ReportError::Identity(_))

@@ -14,21 +14,17 @@ use std::path::Path;
 use std::sync::Arc;
 
 use trustfab_device::{DeviceKind, Fleet, SiliconVendor};
-use trustfab_hsm::{wrap_info, Hsm, IssuanceRecord};
+use trustfab_hsm::{Hsm, IssuanceRecord};
 use trustfab_ledger::{Kind, SqliteStore, Store};
-use trustfab_package::Contents;
-use trustfab_pki::template::EXAMPLE_TEMPLATE;
-use trustfab_pki::{
-    certify_hsm, intermediate_ca, self_signed_ca, CaRole, CaSpec, Curve, HsmCertificates,
-    HsmIdentity, Issuer, PublicKey, Signer, SoftKey,
-};
+use trustfab_pki::{Curve, HsmCertificates, PublicKey, Signer, SoftKey};
 use trustfab_station::records::{DeviceFailed, DeviceGood};
 use trustfab_station::{
     close_job, create_job, run, Faults, FleetSupply, JobPackage, JobSpec, LockPolicy, PartKind,
     RunOptions, SlotMap, Summary,
 };
+use trustfab_test_support::site::{self as fixture, Firmware, PackageSpec};
 use trustfab_token_soft::{Argon2Cost, SoftToken};
-use trustfab_types::{FixedClock, OemId, Passphrase, ProductId, Serial, UnixTime};
+use trustfab_types::{FixedClock, Passphrase, UnixTime};
 
 mod end_to_end;
 mod faults;
@@ -44,24 +40,6 @@ const HSM_ID: &str = "hsm-1";
 
 fn pass() -> Passphrase {
     Passphrase::new("station test passphrase".into()).unwrap()
-}
-
-fn ca(role: CaRole, name: &str, key: &SoftKey, issuer: Option<&Issuer<'_>>) -> Vec<u8> {
-    let spec = CaSpec {
-        role,
-        common_name: name.into(),
-        organization: name.into(),
-        serial: Serial::from_u64(7).unwrap(),
-        not_before: UnixTime(NOW.0 - 86_400),
-        days: 3650,
-    };
-    match issuer {
-        None => self_signed_ca(&spec, key).unwrap(),
-        Some(i) => {
-            let pk = PublicKey::from_point(key.curve(), key.public_point()).unwrap();
-            intermediate_ca(&spec, &pk, i).unwrap()
-        }
-    }
 }
 
 /// A programming center with one product of `count` imported: HSM on a soft token and a SQLite
@@ -95,14 +73,14 @@ fn site(dir: &Path, count: u64) -> Site {
 /// goes into the fuses, and the family encryption key.
 struct FwKeys {
     sign: SoftKey,
-    family: SoftKey,
+    family: Arc<SoftKey>,
 }
 
 impl FwKeys {
     fn new() -> Self {
         Self {
             sign: SoftKey::generate(Curve::P256).unwrap(),
-            family: SoftKey::generate(Curve::P256).unwrap(),
+            family: Arc::new(SoftKey::generate(Curve::P256).unwrap()),
         }
     }
 
@@ -131,82 +109,35 @@ impl FwKeys {
 }
 
 fn site_with(dir: &Path, count: u64, fw: Option<&FwKeys>) -> Site {
-    // The vendor of the provisioning system certifies the HSM.
-    let vendor_key = SoftKey::generate(Curve::P256).unwrap();
-    let vendor_root = ca(CaRole::VendorRoot, "Vendor", &vendor_key, None);
     let token = SoftToken::create(
         &dir.join("token"),
         &pass(),
         Argon2Cost::new(8 * 1024, 1, 1).unwrap(),
     )
     .unwrap();
-    let req = Hsm::init(&token, HSM_ID).unwrap();
-    drop(token);
-    let issuer = Issuer::new(&vendor_root, &vendor_key).unwrap();
-    let (s1, s2) = (
-        Serial::from_u64(100).unwrap(),
-        Serial::from_u64(101).unwrap(),
-    );
-    let certs = certify_hsm(&req, &issuer, (&s1, &s2), UnixTime(NOW.0 - 3600), 365).unwrap();
-    std::fs::write(dir.join("hsm.pem"), certs.to_pem()).unwrap();
-    let hsm = open_site(dir);
-
-    // The OEM: root, device CA, and the package for this HSM.
-    let root_key = SoftKey::generate(Curve::P256).unwrap();
-    let root = ca(CaRole::OemRoot, "Acme root", &root_key, None);
-    let ca_key = SoftKey::generate(Curve::P256).unwrap();
-    let root_issuer = Issuer::new(&root, &root_key).unwrap();
-    let device_ca = ca(
-        CaRole::DeviceCa,
-        "Acme device CA",
-        &ca_key,
-        Some(&root_issuer),
-    );
-    let identity = HsmIdentity::validate(&certs, &vendor_root, NOW).unwrap();
-    let package_id = [9u8; 16];
-    let kt =
-        trustfab_token::PublicKey::from_point(trustfab_token::Curve::P256, identity.kt_key.point())
-            .unwrap();
-    let wrapped = trustfab_token::wrap_for(
-        &kt,
-        &ca_key.secret_pkcs8_der().unwrap(),
-        &wrap_info(&package_id, &identity.fingerprint),
-    )
-    .unwrap();
+    let ledger = Arc::new(SqliteStore::open(&dir.join("ledger.sqlite")).unwrap());
+    let firmware = fw.map(|fw| Firmware {
+        family: "thermo-mcu".into(),
+        boot_key_hash: fw.boot_key_hash(),
+        family_key: Some(Arc::clone(&fw.family)),
+        info: None,
+    });
     let (oem, product) = PRODUCT.split_once('/').unwrap();
-    let contents = Contents {
-        package_id,
-        target_hsm: identity.fingerprint,
-        oem_id: OemId::new(oem).unwrap(),
-        product_id: ProductId::new(product).unwrap(),
-        count,
-        serial_range: None,
-        not_before: UnixTime(NOW.0 - 60),
-        not_after: UnixTime(NOW.0 + 7 * 86_400),
-        template: EXAMPLE_TEMPLATE.into(),
-        root_cert: root.clone(),
-        device_ca_cert: Some(device_ca.clone()),
-        wrapped_signing_key: wrapped.to_bytes(),
-        firmware: fw.map(|fw| trustfab_package::Firmware {
-            family: "thermo-mcu".into(),
-            boot_key_hash: fw.boot_key_hash(),
-            wrapped_family_key: Some(
-                trustfab_token::wrap_for(
-                    &kt,
-                    &fw.family.secret_pkcs8_der().unwrap(),
-                    &trustfab_hsm::family_wrap_info(&package_id, &identity.fingerprint),
-                )
-                .unwrap()
-                .to_bytes(),
-            ),
-        }),
-    };
-    let package = trustfab_package::seal(&contents, &root_key).unwrap();
-    hsm.import(&package).unwrap();
+    let mut package = PackageSpec::new(product, count, NOW).id(9);
+    package.firmware = firmware.as_ref();
+    let site = fixture::Site::new(
+        Arc::new(token),
+        ledger,
+        Arc::new(FixedClock::new(NOW)),
+        HSM_ID,
+        oem,
+        &package,
+    );
+    std::fs::write(dir.join("hsm.pem"), site.certs.to_pem()).unwrap();
     Site {
-        hsm,
-        root,
-        device_ca,
+        hsm: site.hsm,
+        root: site.oem.root,
+        device_ca: site.oem.ca,
     }
 }
 

@@ -60,6 +60,7 @@ fn run(mut cmd: Command, hint: &str) -> Outcome {
 }
 
 pub mod imgtool;
+pub mod site;
 
 /// Drives the `openssl` command line.
 pub mod openssl {
