@@ -175,6 +175,10 @@ pub(crate) struct BenchArgs {
     /// Devices per core for the limit measurement (default: a tenth of --devices, at most 20,000).
     #[arg(long)]
     limit_devices: Option<u64>,
+    /// The ledger: an empty PostgreSQL database (`postgresql://…`) instead of a SQLite file in
+    /// the bench directory.
+    #[arg(long, value_name = "URL")]
+    ledger_url: Option<String>,
     /// Secure MCUs with a firmware step: an image of this many KiB, encrypted for the product's
     /// family, installed by each part's secure boot (family key wrapped by the HSM per device).
     #[arg(long, value_name = "KIB")]
@@ -577,7 +581,12 @@ const BENCH_PRODUCT: &str = "acme/bench";
 
 /// A whole programming center in `dir`: vendor CA, HSM on the soft token, OEM root and device
 /// CA, a package of `count` for this HSM, imported.
-fn bench_site(dir: &Path, count: u64, fw: Option<&BenchFirmware>) -> Result<Hsm> {
+fn bench_site(
+    dir: &Path,
+    ledger_url: Option<&str>,
+    count: u64,
+    fw: Option<&BenchFirmware>,
+) -> Result<Hsm> {
     let now = SystemClock.now();
     let ca = |role, name: &str, key: &SoftKey, issuer: Option<&Issuer<'_>>| -> Result<Vec<u8>> {
         let spec = CaSpec {
@@ -614,7 +623,17 @@ fn bench_site(dir: &Path, count: u64, fw: Option<&BenchFirmware>) -> Result<Hsm>
         UnixTime(now.0 - 3600),
         365,
     )?;
-    let ledger = Arc::new(SqliteStore::open(&dir.join("ledger.sqlite"))?);
+    let ledger: Arc<dyn trustfab_ledger::Store> = match ledger_url {
+        Some(url) => {
+            let store = trustfab_ledger::PgStore::connect(url)
+                .with_context(|| format!("connecting to the ledger {url}"))?;
+            if trustfab_ledger::Store::head(&store)?.seq != 0 {
+                bail!("the bench needs an empty ledger; {url} holds records");
+            }
+            Arc::new(store)
+        }
+        None => Arc::new(SqliteStore::open(&dir.join("ledger.sqlite"))?),
+    };
     let hsm = Hsm::open(
         Arc::new(SoftToken::open(&token_path, &pass()?)?),
         ledger,
@@ -817,7 +836,8 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
         }
     };
     let fw = a.firmware.map(BenchFirmware::new).transpose()?;
-    let hsm = bench_site(&dir, a.devices, fw.as_ref()).context("setting up the bench site")?;
+    let hsm = bench_site(&dir, a.ledger_url.as_deref(), a.devices, fw.as_ref())
+        .context("setting up the bench site")?;
     let now = SystemClock.now();
     let kind = if fw.is_some() {
         DeviceKind::SecureMcu
@@ -878,12 +898,17 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
         .unwrap_or_else(|| (a.devices / 10).clamp(100, 20_000))
         .div_ceil(cores as u64);
     let limit = crypto_limit(cores, per_thread, fw.as_ref())?;
+    let ledger_name = if a.ledger_url.is_some() {
+        "PostgreSQL (SERIALIZABLE)"
+    } else {
+        "SQLite (WAL, synchronous=FULL)"
+    };
     let rate = s.devices_per_sec();
     let rss_mb = rss.map(|b| b as f64 / 1_048_576.0);
     if a.json {
         let v = serde_json::json!({
             "devices": a.devices, "sockets": sockets, "batch": a.batch, "cores": cores,
-            "ledger": "sqlite (WAL, synchronous=FULL)", "hsm": "soft",
+            "ledger": ledger_name, "hsm": "soft",
             "firmware_kib": a.firmware,
             "devices_per_s": rate, "p50_ms": ms(s.latency_quantile(0.5)),
             "p99_ms": ms(s.latency_quantile(0.99)), "peak_rss_mb": rss_mb,
@@ -895,7 +920,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "trustfab bench: {} devices, {sockets} sockets, batch {}, {cores} cores, soft-token HSM, SQLite ledger (WAL, synchronous=FULL){}",
+        "trustfab bench: {} devices, {sockets} sockets, batch {}, {cores} cores, soft-token HSM, {ledger_name} ledger{}",
         a.devices,
         a.batch,
         a.firmware.map_or(String::new(), |k| format!(

@@ -681,4 +681,19 @@ fn bench_runs_the_flow_and_its_limit_with_and_without_firmware() {
         };
         assert_eq!(v["firmware_kib"], fw, "{out}");
     }
+    // On a PostgreSQL ledger, which must be empty.
+    let db = trustfab_test_support::pg::FreshDatabase::new();
+    let args = [
+        "bench",
+        "--devices",
+        "20",
+        "--limit-devices",
+        "10",
+        "--json",
+        "--ledger-url",
+        db.url(),
+    ];
+    let v: serde_json::Value = serde_json::from_str(&ok(t.path(), &args)).unwrap();
+    assert_eq!(v["ledger"], "PostgreSQL (SERIALIZABLE)");
+    assert!(fails(t.path(), &args).contains("needs an empty ledger"));
 }
