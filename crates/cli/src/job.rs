@@ -175,6 +175,18 @@ pub(crate) struct BenchArgs {
     /// Devices per core for the limit measurement (default: a tenth of --devices, at most 20,000).
     #[arg(long)]
     limit_devices: Option<u64>,
+    /// The HSM on a PKCS#11 token with this label (a fresh one: the bench makes its identity
+    /// there), its PIN from --passphrase-file or $TRUSTFAB_PASSPHRASE, instead of a soft token.
+    #[arg(long, value_name = "LABEL")]
+    token_label: Option<String>,
+    /// PKCS#11 module for --token-label (default: $TRUSTFAB_PKCS11_MODULE, else SoftHSM2's).
+    #[arg(long, requires = "token_label")]
+    pkcs11_module: Option<PathBuf>,
+    /// PKCS#11 sessions for --token-label.
+    #[arg(long, default_value_t = 4, requires = "token_label")]
+    pkcs11_sessions: usize,
+    #[command(flatten)]
+    pass: crate::secrets::PassphraseArgs,
     /// The ledger: an empty PostgreSQL database (`postgresql://…`) instead of a SQLite file in
     /// the bench directory.
     #[arg(long, value_name = "URL")]
@@ -581,7 +593,37 @@ const BENCH_PRODUCT: &str = "acme/bench";
 
 /// A whole programming center in `dir`: vendor CA, HSM on the soft token, OEM root and device
 /// CA, a package of `count` for this HSM, imported.
+/// The bench's token: a new soft token in `dir`, or the PKCS#11 token `a` names.
+fn bench_token(a: &BenchArgs, dir: &Path) -> Result<Arc<dyn trustfab_token::Token>> {
+    if let Some(label) = &a.token_label {
+        let module = match &a.pkcs11_module {
+            Some(m) => m.clone(),
+            None => trustfab_token_pkcs11::module_path()?,
+        };
+        let token =
+            trustfab_token_pkcs11::Pkcs11Token::open(&trustfab_token_pkcs11::Pkcs11Config {
+                module,
+                token_label: label.clone(),
+                pin: a.pass.get("the PKCS#11 token's PIN", false)?,
+                sessions: a.pkcs11_sessions.max(1),
+            })
+            .with_context(|| format!("opening PKCS#11 token {label}"))?;
+        return Ok(Arc::new(token));
+    }
+    let mut secret = [0u8; 24];
+    aws_lc_rs::rand::fill(&mut secret).map_err(|_| anyhow::anyhow!("random generator failed"))?;
+    let pass = || Passphrase::new(hex::encode(secret)).map_err(anyhow::Error::msg);
+    let token_path = dir.join("token");
+    drop(SoftToken::create(
+        &token_path,
+        &pass()?,
+        Argon2Cost::new(8 * 1024, 1, 1)?,
+    )?);
+    Ok(Arc::new(SoftToken::open(&token_path, &pass()?)?))
+}
+
 fn bench_site(
+    token: Arc<dyn trustfab_token::Token>,
     dir: &Path,
     ledger_url: Option<&str>,
     count: u64,
@@ -608,13 +650,8 @@ fn bench_site(
     };
     let vendor_key = SoftKey::generate(Curve::P256)?;
     let vendor_root = ca(CaRole::VendorRoot, "Bench vendor", &vendor_key, None)?;
-    let mut secret = [0u8; 24];
-    aws_lc_rs::rand::fill(&mut secret).map_err(|_| anyhow::anyhow!("random generator failed"))?;
-    let pass = || Passphrase::new(hex::encode(secret)).map_err(anyhow::Error::msg);
-    let token_path = dir.join("token");
-    let token = SoftToken::create(&token_path, &pass()?, Argon2Cost::new(8 * 1024, 1, 1)?)?;
-    let req = Hsm::init(&token, "bench-hsm")?;
-    drop(token);
+    let req = Hsm::init(&*token, "bench-hsm")
+        .context("making the bench HSM's identity (a PKCS#11 token must be a fresh one)")?;
     let vendor_issuer = Issuer::new(&vendor_root, &vendor_key)?;
     let certs = certify_hsm(
         &req,
@@ -635,7 +672,7 @@ fn bench_site(
         None => Arc::new(SqliteStore::open(&dir.join("ledger.sqlite"))?),
     };
     let hsm = Hsm::open(
-        Arc::new(SoftToken::open(&token_path, &pass()?)?),
+        token,
         ledger,
         Arc::new(SystemClock),
         "bench-hsm",
@@ -836,7 +873,8 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
         }
     };
     let fw = a.firmware.map(BenchFirmware::new).transpose()?;
-    let hsm = bench_site(&dir, a.ledger_url.as_deref(), a.devices, fw.as_ref())
+    let token = bench_token(a, &dir)?;
+    let hsm = bench_site(token, &dir, a.ledger_url.as_deref(), a.devices, fw.as_ref())
         .context("setting up the bench site")?;
     let now = SystemClock.now();
     let kind = if fw.is_some() {
@@ -898,6 +936,11 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
         .unwrap_or_else(|| (a.devices / 10).clamp(100, 20_000))
         .div_ceil(cores as u64);
     let limit = crypto_limit(cores, per_thread, fw.as_ref())?;
+    let hsm_name = if a.token_label.is_some() {
+        "PKCS#11"
+    } else {
+        "soft-token"
+    };
     let ledger_name = if a.ledger_url.is_some() {
         "PostgreSQL (SERIALIZABLE)"
     } else {
@@ -908,7 +951,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
     if a.json {
         let v = serde_json::json!({
             "devices": a.devices, "sockets": sockets, "batch": a.batch, "cores": cores,
-            "ledger": ledger_name, "hsm": "soft",
+            "ledger": ledger_name, "hsm": hsm_name,
             "firmware_kib": a.firmware,
             "devices_per_s": rate, "p50_ms": ms(s.latency_quantile(0.5)),
             "p99_ms": ms(s.latency_quantile(0.99)), "peak_rss_mb": rss_mb,
@@ -920,7 +963,7 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "trustfab bench: {} devices, {sockets} sockets, batch {}, {cores} cores, soft-token HSM, {ledger_name} ledger{}",
+        "trustfab bench: {} devices, {sockets} sockets, batch {}, {cores} cores, {hsm_name} HSM, {ledger_name} ledger{}",
         a.devices,
         a.batch,
         a.firmware.map_or(String::new(), |k| format!(

@@ -696,4 +696,25 @@ fn bench_runs_the_flow_and_its_limit_with_and_without_firmware() {
     let v: serde_json::Value = serde_json::from_str(&ok(t.path(), &args)).unwrap();
     assert_eq!(v["ledger"], "PostgreSQL (SERIALIZABLE)");
     assert!(fails(t.path(), &args).contains("needs an empty ledger"));
+    // With the HSM on a PKCS#11 token (SoftHSM2), which must be a fresh one.
+    let softhsm = trustfab_test_support::softhsm::SoftHsm2::new(t.path());
+    assert!(softhsm.conf().exists());
+    let label = trustfab_test_support::softhsm::TOKEN_LABEL;
+    let args = [
+        "bench",
+        "--devices",
+        "20",
+        "--limit-devices",
+        "10",
+        "--json",
+        "--token-label",
+        label,
+    ];
+    let tf = Trustfab::new(
+        env!("CARGO_BIN_EXE_trustfab"),
+        trustfab_test_support::softhsm::PIN,
+    );
+    let v: serde_json::Value = serde_json::from_str(&tf.ok(t.path(), &args)).unwrap();
+    assert_eq!(v["hsm"], "PKCS#11");
+    assert!(tf.fails(t.path(), &args).contains("must be a fresh one"));
 }
