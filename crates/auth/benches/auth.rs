@@ -14,77 +14,22 @@ use aws_lc_rs::agreement::{agree_ephemeral, EphemeralPrivateKey, UnparsedPublicK
 use aws_lc_rs::rand::SystemRandom;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rustls_pki_types::CertificateDer;
-use trustfab_auth::{mutual, Identity, Slots, Trust};
-use trustfab_device::{Device, DeviceKind, SiliconVendor, SimDevice, Zone};
-use trustfab_pki::template::EXAMPLE_TEMPLATE;
-use trustfab_pki::{
-    intermediate_ca, issue_device, self_signed_ca, validate, CaRole, CaSpec, Curve, DeviceRequest,
-    Issuer, Policy, PublicKey, Purpose, RenderInputs, Signer, SoftKey, Template,
-};
-use trustfab_types::{OemId, OsRng, ProductId, Serial, UnixTime};
+use trustfab_auth::mutual;
+use trustfab_device::Device as _;
+use trustfab_pki::{validate, Policy, Purpose};
 
-const NOW: UnixTime = UnixTime(1_790_000_000);
+// The devices are provisioned as the integration tests provision theirs. A fixture that fails
+// is a failed run; the bench uses only part of the tests' fixtures.
+#[allow(clippy::unwrap_used, dead_code)]
+#[path = "../tests/support.rs"]
+mod support;
 
-fn spec(role: CaRole, cn: &str, serial: u64) -> CaSpec {
-    CaSpec {
-        role,
-        common_name: cn.into(),
-        organization: "acme".into(),
-        serial: Serial::from_u64(serial).expect("serial"),
-        not_before: UnixTime(NOW.0 - 86_400),
-        days: 3650,
-    }
-}
-
-/// Two devices provisioned under one OEM root and device CA.
-fn devices() -> [Identity<SimDevice>; 2] {
-    let root_key = SoftKey::generate(Curve::P256).expect("key");
-    let root = self_signed_ca(&spec(CaRole::OemRoot, "acme Root CA", 1), &root_key).expect("root");
-    let ca_key = SoftKey::generate(Curve::P256).expect("key");
-    let ca_pk = PublicKey::from_point(Curve::P256, ca_key.public_point()).expect("point");
-    let ca = intermediate_ca(
-        &spec(CaRole::DeviceCa, "acme Device CA", 2),
-        &ca_pk,
-        &Issuer::new(&root, &root_key).expect("issuer"),
-    )
-    .expect("device CA");
-    let issuer = Issuer::new(&ca, &ca_key).expect("issuer");
-    let template = Template::from_toml(EXAMPLE_TEMPLATE).expect("template");
-    let mut vendor = SiliconVendor::new(NOW, &OsRng).expect("vendor");
-    let oem = OemId::new("acme").expect("oem");
-    let product = ProductId::new("thermostat").expect("product");
-    [1u64, 2].map(|n| {
-        let mut d = vendor
-            .manufacture(DeviceKind::SecureElement, NOW)
-            .expect("part");
-        let pk = d.generate_key(0).expect("keygen");
-        let uid = d.uid().expect("uid");
-        let serial = Serial::from_u64(n).expect("serial");
-        let req = DeviceRequest {
-            inputs: RenderInputs {
-                oem: &oem,
-                product: &product,
-                uid: &uid,
-                serial: &serial,
-            },
-            public_key: &pk,
-            now: NOW,
-        };
-        let cert = issue_device(&template, &req, &issuer).expect("cert");
-        d.write_slot(10, &cert).expect("write");
-        d.write_slot(11, &ca).expect("write");
-        d.write_slot(12, &root).expect("write");
-        d.lock(Zone::Data).expect("lock");
-        Identity::load(d, Slots::PROVISIONED).expect("identity")
-    })
-}
+use support::{acme_pair, NOW};
 
 fn bench(c: &mut Criterion) {
-    let [mut a, mut b] = devices();
-    let trust = Trust {
-        crls: &[],
-        now: NOW,
-    };
+    // Two devices provisioned under one OEM root and device CA.
+    let (_, _, mut a, mut b) = acme_pair(1, 2);
+    let trust = support::trust(NOW);
     let mut g = c.benchmark_group("auth");
     g.throughput(Throughput::Elements(1));
 

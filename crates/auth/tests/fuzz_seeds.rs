@@ -6,10 +6,18 @@ use std::path::PathBuf;
 
 use trustfab_auth::wire::{self, Message};
 
-use crate::support::{vendor, Oem, NOW};
+use crate::support::{acme_pair, record};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/auth_message")
+}
+
+/// `m` encoded again.
+fn reencode(m: &Message) -> Vec<u8> {
+    match m {
+        Message::Hello(h) => h.encode().unwrap(),
+        Message::Answer(a) => a.encode().unwrap(),
+    }
 }
 
 #[test]
@@ -20,10 +28,7 @@ fn auth_message_seeds_decode() {
         let bytes = std::fs::read(&p).unwrap();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         let msg = wire::decode(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let again = match &msg {
-            Message::Hello(h) => h.encode().unwrap(),
-            Message::Answer(a) => a.encode().unwrap(),
-        };
+        let again = reencode(&msg);
         assert_eq!(again, bytes, "{name} does not re-encode to itself");
         names.push(name);
     }
@@ -47,10 +52,7 @@ fn every_mutation_of_the_seeds_is_refused_or_canonical() {
         let seed = std::fs::read(e.unwrap().path()).unwrap();
         let check = |bytes: &[u8]| {
             if let Ok(m) = wire::decode(bytes) {
-                let again = match &m {
-                    Message::Hello(h) => h.encode().unwrap(),
-                    Message::Answer(a) => a.encode().unwrap(),
-                };
+                let again = reencode(&m);
                 assert_eq!(again, bytes);
             }
         };
@@ -68,25 +70,14 @@ fn every_mutation_of_the_seeds_is_refused_or_canonical() {
 #[test]
 #[ignore = "rewrites fuzz/seeds/auth_message; run with --ignored to regenerate"]
 fn write_auth_message_seeds() {
-    use trustfab_auth::{Initiator, Responder, Trust};
-    let oem = Oem::new("acme");
-    let mut v = vendor();
-    let mut a = oem.identity(&mut v, 1);
-    let mut b = oem.identity(&mut v, 2);
-    let t = Trust {
-        crls: &[],
-        now: NOW,
-    };
-    let (init, hello_i) = Initiator::start(&mut a).unwrap();
-    let (resp, [hello_r, answer_r]) = Responder::respond(&mut b, &t, &hello_i).unwrap();
-    let (_, answer_i) = init.finish(&mut a, &t, &hello_r, &answer_r).unwrap();
-    resp.finish(&answer_i).unwrap();
+    let (_, _, mut a, mut b) = acme_pair(1, 2);
+    let rec = record(&mut a, &mut b);
     std::fs::create_dir_all(dir()).unwrap();
     for (name, bytes) in [
-        ("hello-initiator.bin", hello_i),
-        ("hello-responder.bin", hello_r),
-        ("answer-responder.bin", answer_r),
-        ("answer-initiator.bin", answer_i),
+        ("hello-initiator.bin", rec.hello_i),
+        ("hello-responder.bin", rec.hello_r),
+        ("answer-responder.bin", rec.answer_r),
+        ("answer-initiator.bin", rec.answer_i),
     ] {
         std::fs::write(dir().join(name), bytes).unwrap();
     }

@@ -1,27 +1,39 @@
 //! The protocol of `docs/auth.md` between provisioned simulated devices: success both ways, and
 //! each refusal with its own error (DESIGN.md property 7).
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
+use std::thread::JoinHandle;
 
 use trustfab_auth::{
-    mutual, tcp, Error, Identity, Initiator, Refused, Responder, Role, Slots, Trust,
+    mutual, tcp, Error, Identity, Initiator, Refused, Responder, Role, Session, Slots, Trust,
 };
 use trustfab_device::{Device, DeviceKind, SimDevice};
 use trustfab_types::UnixTime;
 
-use crate::support::{one_day_template, template, trust, vendor, Oem, DAY, NOW};
+use crate::support::{
+    acme_pair, one_day_template, open_exchange, record, template, trust, vendor, Oem, DAY, NOW,
+};
 
 fn refused(r: Result<impl std::fmt::Debug, Refused>) -> (Role, Error) {
     let e = r.unwrap_err();
     (e.by, e.error)
 }
 
+/// `id` responds, on a thread, to one connection on a free port of 127.0.0.1, trusting at
+/// [`NOW`]: the address, and the thread that returns the responder's session or refusal.
+fn respond_once(mut id: Identity<SimDevice>) -> (SocketAddr, JoinHandle<Result<Session, Error>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        tcp::respond(&mut stream, &mut id, &trust(NOW))
+    });
+    (addr, server)
+}
+
 #[test]
 fn property_7_two_devices_of_one_oem_authenticate_both_ways() {
-    let oem = Oem::new("acme");
-    let mut v = vendor();
-    let mut a = oem.identity(&mut v, 1001);
-    let mut b = oem.identity(&mut v, 1002);
+    let (_, _, mut a, mut b) = acme_pair(1001, 1002);
     let (sa, sb) = mutual(&mut a, &trust(NOW), &mut b, &trust(NOW)).unwrap();
     assert_eq!(sa.role, Role::Initiator);
     assert_eq!(sb.role, Role::Responder);
@@ -80,10 +92,7 @@ fn a_device_of_another_oem_is_refused_by_both_sides() {
 
 #[test]
 fn a_revoked_device_is_refused() {
-    let oem = Oem::new("acme");
-    let mut v = vendor();
-    let mut a = oem.identity(&mut v, 7);
-    let mut b = oem.identity(&mut v, 8);
+    let (oem, _, mut a, mut b) = acme_pair(7, 8);
     let crl = [oem.crl(&[8])];
     let with_crl = Trust {
         crls: &crl,
@@ -135,10 +144,7 @@ fn an_expired_certificate_is_refused() {
 
 #[test]
 fn a_certificate_whose_key_is_not_the_devices_is_refused() {
-    let oem = Oem::new("acme");
-    let mut v = vendor();
-    let mut a = oem.identity(&mut v, 1);
-    let b = oem.identity(&mut v, 2);
+    let (oem, mut v, mut a, b) = acme_pair(1, 2);
     // c carries b's certificate (a clone: valid, same OEM, not revoked) but its own key.
     let c = oem.provision_with(&mut v, &template(), 3, Some(&b.chain()[0]));
     // c itself refuses to start with it ...
@@ -157,33 +163,9 @@ fn a_certificate_whose_key_is_not_the_devices_is_refused() {
     ));
 }
 
-/// One complete exchange, with every frame kept.
-struct Recorded {
-    hello_i: Vec<u8>,
-    hello_r: Vec<u8>,
-    answer_r: Vec<u8>,
-    answer_i: Vec<u8>,
-}
-
-fn record(a: &mut Identity<SimDevice>, b: &mut Identity<SimDevice>) -> Recorded {
-    let (init, hello_i) = Initiator::start(a).unwrap();
-    let (resp, [hello_r, answer_r]) = Responder::respond(b, &trust(NOW), &hello_i).unwrap();
-    let (_, answer_i) = init.finish(a, &trust(NOW), &hello_r, &answer_r).unwrap();
-    resp.finish(&answer_i).unwrap();
-    Recorded {
-        hello_i,
-        hello_r,
-        answer_r,
-        answer_i,
-    }
-}
-
 #[test]
 fn a_replayed_answer_is_refused() {
-    let oem = Oem::new("acme");
-    let mut v = vendor();
-    let mut a = oem.identity(&mut v, 1);
-    let mut b = oem.identity(&mut v, 2);
+    let (_, _, mut a, mut b) = acme_pair(1, 2);
     let old = record(&mut a, &mut b);
 
     // The responder's recorded hello and answer, replayed to a new session of a.
@@ -202,14 +184,10 @@ fn a_replayed_answer_is_refused() {
 
 #[test]
 fn a_reflected_answer_is_refused() {
-    let oem = Oem::new("acme");
-    let mut v = vendor();
-    let mut a = oem.identity(&mut v, 1);
-    let mut b = oem.identity(&mut v, 2);
+    let (_, _, mut a, mut b) = acme_pair(1, 2);
 
     // b's own answer sent back to b in place of the initiator's.
-    let (init, hello_i) = Initiator::start(&mut a).unwrap();
-    let (resp, [_, answer_r]) = Responder::respond(&mut b, &trust(NOW), &hello_i).unwrap();
+    let (init, resp, _, [_, answer_r]) = open_exchange(&mut a, &mut b);
     let err = resp.finish(&answer_r).unwrap_err();
     assert!(
         matches!(
@@ -223,8 +201,7 @@ fn a_reflected_answer_is_refused() {
     drop(init);
 
     // a's own hello sent back to a as the responder's.
-    let (init, hello_i) = Initiator::start(&mut a).unwrap();
-    let (_, [_, answer_r]) = Responder::respond(&mut b, &trust(NOW), &hello_i).unwrap();
+    let (init, _, hello_i, [_, answer_r]) = open_exchange(&mut a, &mut b);
     let err = init
         .finish(&mut a, &trust(NOW), &hello_i, &answer_r)
         .unwrap_err();
@@ -254,14 +231,10 @@ fn a_reflected_answer_is_refused() {
 
 #[test]
 fn a_tampered_transcript_is_refused() {
-    let oem = Oem::new("acme");
-    let mut v = vendor();
-    let mut a = oem.identity(&mut v, 1);
-    let mut b = oem.identity(&mut v, 2);
+    let (_, _, mut a, mut b) = acme_pair(1, 2);
 
     // One bit of the responder's nonce changed on the way (header 4, role 1, nonce 32).
-    let (init, hello_i) = Initiator::start(&mut a).unwrap();
-    let (_, [mut hello_r, answer_r]) = Responder::respond(&mut b, &trust(NOW), &hello_i).unwrap();
+    let (init, _, _, [mut hello_r, answer_r]) = open_exchange(&mut a, &mut b);
     hello_r[4 + 1 + 5] ^= 0x01;
     let err = init
         .finish(&mut a, &trust(NOW), &hello_r, &answer_r)
@@ -281,8 +254,7 @@ fn a_tampered_transcript_is_refused() {
     }
 
     // The confirmation tag changed: the transcript check refuses it.
-    let (init, hello_i) = Initiator::start(&mut a).unwrap();
-    let (_, [hello_r, mut answer_r]) = Responder::respond(&mut b, &trust(NOW), &hello_i).unwrap();
+    let (init, _, _, [hello_r, mut answer_r]) = open_exchange(&mut a, &mut b);
     answer_r[4 + 1 + 32] ^= 0x80;
     let err = init
         .finish(&mut a, &trust(NOW), &hello_r, &answer_r)
@@ -292,10 +264,7 @@ fn a_tampered_transcript_is_refused() {
 
 #[test]
 fn messages_out_of_order_are_refused() {
-    let oem = Oem::new("acme");
-    let mut v = vendor();
-    let mut a = oem.identity(&mut v, 1);
-    let mut b = oem.identity(&mut v, 2);
+    let (_, _, mut a, mut b) = acme_pair(1, 2);
     let rec = record(&mut a, &mut b);
     let err = Responder::respond(&mut b, &trust(NOW), &rec.answer_i).unwrap_err();
     assert!(
@@ -344,17 +313,9 @@ fn the_root_must_come_from_write_protected_storage() {
 
 #[test]
 fn devices_authenticate_over_tcp() {
-    let oem = Oem::new("acme");
-    let mut v = vendor();
-    let mut a = oem.identity(&mut v, 1);
-    let mut b = oem.identity(&mut v, 2);
+    let (_, mut v, mut a, b) = acme_pair(1, 2);
     let b_subject = b.subject().clone();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        tcp::respond(&mut stream, &mut b, &trust(NOW))
-    });
+    let (addr, server) = respond_once(b);
     let sa = tcp::connect(addr, &mut a, &trust(NOW)).unwrap();
     let sb = server.join().unwrap().unwrap();
     assert_eq!(sa.peer, b_subject);
@@ -365,13 +326,8 @@ fn devices_authenticate_over_tcp() {
     // Another OEM's device over TCP: the responder refuses and closes; the initiator sees the
     // connection end.
     let globex = Oem::new("globex");
-    let mut g = globex.identity(&mut v, 1);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        tcp::respond(&mut stream, &mut g, &trust(NOW))
-    });
+    let g = globex.identity(&mut v, 1);
+    let (addr, server) = respond_once(g);
     assert!(matches!(
         tcp::connect(addr, &mut a, &trust(NOW)),
         Err(Error::Io(_))

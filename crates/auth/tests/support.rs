@@ -1,8 +1,10 @@
 //! Fixtures: OEMs with a root and a device CA, devices provisioned directly through the device
 //! interface (key generated inside, certificate issued from a template, device certificate,
-//! device CA and root written to write-protected slots, data zone locked), CRLs.
+//! device CA and root written to write-protected slots, data zone locked), CRLs, and one
+//! complete exchange of the protocol with its frames kept. Shared by the tests and the bench
+//! (the bench includes this file with `#[path]`).
 
-use trustfab_auth::{Identity, Slots, Trust};
+use trustfab_auth::{Identity, Initiator, Responder, Slots, Trust};
 use trustfab_device::{Device, DeviceKind, SiliconVendor, SimDevice, Zone};
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{
@@ -127,6 +129,22 @@ impl Oem {
         .unwrap()
     }
 
+    /// Generates `d`'s key inside its key slot and returns its certificate from `template`
+    /// with `serial`.
+    fn certify(&self, d: &mut SimDevice, template: &Template, serial: u64) -> Vec<u8> {
+        let pk = d.generate_key(Slots::PROVISIONED.key).unwrap();
+        let uid = d.uid().unwrap();
+        self.issue(template, &uid, serial, &pk)
+    }
+
+    /// Writes `cert`, this OEM's device CA and `root` into `d`'s write-protected slots.
+    fn write_certificates(&self, d: &mut SimDevice, cert: &[u8], root: &[u8]) {
+        d.write_slot(Slots::PROVISIONED.certificate, cert).unwrap();
+        d.write_slot(Slots::PROVISIONED.device_ca, &self.ca)
+            .unwrap();
+        d.write_slot(Slots::PROVISIONED.root, root).unwrap();
+    }
+
     /// Provisions a fresh part: key generated inside slot 0, certificate from `template` with
     /// `serial`, certificates into slots 10–12, data zone locked. When `cert_override` is given,
     /// that certificate is written instead of the one for the part's key (a station's mistake or
@@ -139,17 +157,8 @@ impl Oem {
         cert_override: Option<&[u8]>,
     ) -> SimDevice {
         let mut d = vendor.manufacture(DeviceKind::SecureElement, NOW).unwrap();
-        let pk = d.generate_key(Slots::PROVISIONED.key).unwrap();
-        let uid = d.uid().unwrap();
-        let cert = self.issue(template, &uid, serial, &pk);
-        d.write_slot(
-            Slots::PROVISIONED.certificate,
-            cert_override.unwrap_or(&cert),
-        )
-        .unwrap();
-        d.write_slot(Slots::PROVISIONED.device_ca, &self.ca)
-            .unwrap();
-        d.write_slot(Slots::PROVISIONED.root, &self.root).unwrap();
+        let cert = self.certify(&mut d, template, serial);
+        self.write_certificates(&mut d, cert_override.unwrap_or(&cert), &self.root);
         d.lock(Zone::Data).unwrap();
         d
     }
@@ -162,13 +171,8 @@ impl Oem {
         root: &[u8],
     ) -> SimDevice {
         let mut d = vendor.manufacture(DeviceKind::SecureElement, NOW).unwrap();
-        let pk = d.generate_key(Slots::PROVISIONED.key).unwrap();
-        let uid = d.uid().unwrap();
-        let cert = self.issue(&template(), &uid, serial, &pk);
-        d.write_slot(Slots::PROVISIONED.certificate, &cert).unwrap();
-        d.write_slot(Slots::PROVISIONED.device_ca, &self.ca)
-            .unwrap();
-        d.write_slot(Slots::PROVISIONED.root, root).unwrap();
+        let cert = self.certify(&mut d, &template(), serial);
+        self.write_certificates(&mut d, &cert, root);
         d.lock(Zone::Data).unwrap();
         d
     }
@@ -178,13 +182,8 @@ impl Oem {
     pub(crate) fn provision_mcu(&self, vendor: &mut SiliconVendor, serial: u64) -> SimDevice {
         let mut d = vendor.manufacture(DeviceKind::SecureMcu, NOW).unwrap();
         d.lock(Zone::Config).unwrap();
-        let pk = d.generate_key(Slots::PROVISIONED.key).unwrap();
-        let uid = d.uid().unwrap();
-        let cert = self.issue(&template(), &uid, serial, &pk);
-        d.write_slot(Slots::PROVISIONED.certificate, &cert).unwrap();
-        d.write_slot(Slots::PROVISIONED.device_ca, &self.ca)
-            .unwrap();
-        d.write_slot(Slots::PROVISIONED.root, &self.root).unwrap();
+        let cert = self.certify(&mut d, &template(), serial);
+        self.write_certificates(&mut d, &cert, &self.root);
         d.program_rot_hash(&[7; 32]).unwrap();
         d.lock(Zone::Data).unwrap();
         d
@@ -205,4 +204,49 @@ pub(crate) fn vendor() -> SiliconVendor {
 
 pub(crate) fn trust(now: UnixTime) -> Trust<'static> {
     Trust { crls: &[], now }
+}
+
+/// acme's OEM, a vendor, and two acme devices loaded as identities with serials `a` and `b`
+/// (the OEM and the vendor for tests that make more).
+pub(crate) fn acme_pair(
+    a: u64,
+    b: u64,
+) -> (Oem, SiliconVendor, Identity<SimDevice>, Identity<SimDevice>) {
+    let oem = Oem::new("acme");
+    let mut v = vendor();
+    let a = oem.identity(&mut v, a);
+    let b = oem.identity(&mut v, b);
+    (oem, v, a, b)
+}
+
+/// `a` opens an exchange with `b`, and `b` answers it at [`NOW`]: the initiator (not finished),
+/// the responder (not finished), `a`'s hello, and `b`'s hello and answer.
+pub(crate) fn open_exchange(
+    a: &mut Identity<SimDevice>,
+    b: &mut Identity<SimDevice>,
+) -> (Initiator, Responder, Vec<u8>, [Vec<u8>; 2]) {
+    let (init, hello_i) = Initiator::start(a).unwrap();
+    let (resp, frames) = Responder::respond(b, &trust(NOW), &hello_i).unwrap();
+    (init, resp, hello_i, frames)
+}
+
+/// One complete exchange, with every frame kept.
+pub(crate) struct Recorded {
+    pub(crate) hello_i: Vec<u8>,
+    pub(crate) hello_r: Vec<u8>,
+    pub(crate) answer_r: Vec<u8>,
+    pub(crate) answer_i: Vec<u8>,
+}
+
+/// A complete exchange at [`NOW`], `a` the initiator and `b` the responder.
+pub(crate) fn record(a: &mut Identity<SimDevice>, b: &mut Identity<SimDevice>) -> Recorded {
+    let (init, resp, hello_i, [hello_r, answer_r]) = open_exchange(a, b);
+    let (_, answer_i) = init.finish(a, &trust(NOW), &hello_r, &answer_r).unwrap();
+    resp.finish(&answer_i).unwrap();
+    Recorded {
+        hello_i,
+        hello_r,
+        answer_r,
+        answer_i,
+    }
 }

@@ -6,12 +6,13 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use trustfab_auth::tls::{self, OemClientVerifier, TlsIdentity};
 use trustfab_auth::{Identity, Slots};
-use trustfab_device::{Device, Fault, SimDevice, Socket, Trigger};
+use trustfab_device::{Device, Fault, SiliconVendor, SimDevice, Socket, Trigger};
 use trustfab_pki::{pem, Curve, PublicKey, Signer, SoftKey, Template};
 use trustfab_test_support::openssl_tls::{s_client, SServer};
 use trustfab_test_support::Scratch;
@@ -84,8 +85,36 @@ impl ServerIdentity {
     }
 }
 
-fn tls_identity(d: SimDevice) -> TlsIdentity<SimDevice> {
+fn tls_identity<D: Device + 'static>(d: D) -> TlsIdentity<D> {
     TlsIdentity::new(Identity::load(d, Slots::PROVISIONED).unwrap()).unwrap()
+}
+
+/// What the openssl tests share: acme and globex, a vendor, and in a scratch directory acme's
+/// root and acme's update server (certificate, chain, key) as PEM files.
+struct OpensslSite {
+    acme: Oem,
+    globex: Oem,
+    v: SiliconVendor,
+    s: Scratch,
+    root: PathBuf,
+    server: [PathBuf; 3],
+}
+
+impl OpensslSite {
+    fn new() -> Self {
+        let acme = Oem::new("acme");
+        let s = Scratch::new();
+        let root = s.write("root.pem", pem::cert_pem(&acme.root));
+        let server = ServerIdentity::new(&acme).write(&s, "server");
+        Self {
+            globex: Oem::new("globex"),
+            v: vendor(),
+            acme,
+            s,
+            root,
+            server,
+        }
+    }
 }
 
 /// A device client: connects, sends `request`, returns what came back or the first error.
@@ -115,12 +144,14 @@ fn device_get<D: Device + 'static>(
 
 #[test]
 fn openssl_s_server_accepts_a_device_client_and_refuses_another_oems() {
-    let acme = Oem::new("acme");
-    let globex = Oem::new("globex");
-    let mut v = vendor();
-    let s = Scratch::new();
-    let root = s.write("root.pem", pem::cert_pem(&acme.root));
-    let [srv_cert, srv_chain, srv_key] = ServerIdentity::new(&acme).write(&s, "server");
+    let OpensslSite {
+        acme,
+        globex,
+        mut v,
+        s: _scratch,
+        root,
+        server: [srv_cert, srv_chain, srv_key],
+    } = OpensslSite::new();
 
     let device = tls_identity(acme.provision(&mut v, 1));
     let server = SServer::start(&srv_cert, &srv_chain, &srv_key, &root);
@@ -149,13 +180,16 @@ fn openssl_s_server_accepts_a_device_client_and_refuses_another_oems() {
     );
 }
 
-/// A device TLS server for one connection: reads what the client sends, answers with the
-/// subject of the client certificate, closes. Returns that subject or the error.
-fn device_server(
-    id: TlsIdentity<SimDevice>,
-    verifier: Arc<OemClientVerifier>,
-) -> (u16, std::thread::JoinHandle<Result<String, String>>) {
-    let config = Arc::new(id.server_config(verifier).unwrap());
+/// A TLS server under `config` for one connection, on a free port of 127.0.0.1: reads what the
+/// client sends (a read error told by `read_error`), writes `answer(client subject, what it
+/// read)`, closes. Returns the port, and the thread that returns the subject of the client
+/// certificate or the error.
+fn serve_once(
+    config: rustls::ServerConfig,
+    read_error: fn(std::io::Error) -> String,
+    answer: fn(&str, &[u8]) -> Vec<u8>,
+) -> (u16, JoinHandle<Result<String, String>>) {
+    let config = Arc::new(config);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let handle = std::thread::spawn(move || {
@@ -165,7 +199,7 @@ fn device_server(
         let conn = rustls::ServerConnection::new(config).unwrap();
         let mut tls = rustls::StreamOwned::new(conn, sock);
         let mut buf = [0u8; 64];
-        let n = tls.read(&mut buf).map_err(|e| e.to_string())?;
+        let n = tls.read(&mut buf).map_err(read_error)?;
         let peer = tls
             .conn
             .peer_certificates()
@@ -176,14 +210,8 @@ fn device_server(
                     .map(|(_, x)| x.subject().to_string())
             })
             .ok_or("no client certificate")?;
-        tls.write_all(
-            format!(
-                "hello {peer}, you said {:?}\n",
-                String::from_utf8_lossy(&buf[..n])
-            )
-            .as_bytes(),
-        )
-        .map_err(|e| e.to_string())?;
+        tls.write_all(&answer(&peer, &buf[..n]))
+            .map_err(|e| e.to_string())?;
         tls.conn.send_close_notify();
         tls.flush().map_err(|e| e.to_string())?;
         Ok(peer)
@@ -191,19 +219,38 @@ fn device_server(
     (port, handle)
 }
 
+/// The device `d` as a TLS server for one connection, accepting client certificates under the
+/// root in its own storage: reads what the client sends, answers with the subject of the client
+/// certificate, closes. Returns that subject or the error.
+fn device_server(d: SimDevice) -> (u16, JoinHandle<Result<String, String>>) {
+    let id = tls_identity(d);
+    let verifier = Arc::new(OemClientVerifier::new(id.root(), vec![], None).unwrap());
+    serve_once(
+        id.server_config(verifier).unwrap(),
+        |e| e.to_string(),
+        |peer, said| {
+            format!(
+                "hello {peer}, you said {:?}\n",
+                String::from_utf8_lossy(said)
+            )
+            .into_bytes()
+        },
+    )
+}
+
 #[test]
 fn openssl_s_client_accepts_a_device_server_signing_inside_the_device() {
-    let acme = Oem::new("acme");
-    let globex = Oem::new("globex");
-    let mut v = vendor();
-    let s = Scratch::new();
-    let root = s.write("root.pem", pem::cert_pem(&acme.root));
-    let [srv_cert, srv_chain, srv_key] = ServerIdentity::new(&acme).write(&s, "server");
+    let OpensslSite {
+        acme,
+        globex,
+        mut v,
+        s,
+        root,
+        server: [srv_cert, srv_chain, srv_key],
+    } = OpensslSite::new();
 
-    let device = acme.provision_with(&mut v, &server_capable_template(), 5, None);
-    let id = tls_identity(device);
-    let verifier = Arc::new(OemClientVerifier::new(id.root(), vec![], None).unwrap());
-    let (port, server) = device_server(id, verifier);
+    let (port, server) =
+        device_server(acme.provision_with(&mut v, &server_capable_template(), 5, None));
     let out = s_client(port, &root, &srv_cert, &srv_chain, &srv_key, b"ping\n");
     let peer = server.join().unwrap();
     assert!(
@@ -216,10 +263,8 @@ fn openssl_s_client_accepts_a_device_server_signing_inside_the_device() {
 
     // The device server refuses a client certificate from another OEM.
     let [other_cert, other_chain, other_key] = ServerIdentity::new(&globex).write(&s, "other");
-    let device = acme.provision_with(&mut v, &server_capable_template(), 6, None);
-    let id = tls_identity(device);
-    let verifier = Arc::new(OemClientVerifier::new(id.root(), vec![], None).unwrap());
-    let (port, server) = device_server(id, verifier);
+    let (port, server) =
+        device_server(acme.provision_with(&mut v, &server_capable_template(), 6, None));
     let out = s_client(
         port,
         &root,
@@ -237,49 +282,33 @@ fn openssl_s_client_accepts_a_device_server_signing_inside_the_device() {
 fn oem_server(
     server: &ServerIdentity,
     verifier: OemClientVerifier,
-) -> (u16, std::thread::JoinHandle<Result<String, String>>) {
-    let config = Arc::new(
-        tls::server_config(
-            server.rustls_chain(),
-            server.rustls_key(),
-            Arc::new(verifier),
-        )
-        .unwrap(),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let handle = std::thread::spawn(move || {
-        let (sock, _) = listener.accept().map_err(|e| e.to_string())?;
-        sock.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let conn = rustls::ServerConnection::new(config).unwrap();
-        let mut tls = rustls::StreamOwned::new(conn, sock);
-        let mut buf = [0u8; 64];
-        tls.read(&mut buf).map_err(|e| format!("{e:?}"))?;
-        let peer = tls
-            .conn
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| {
-                x509_parser::parse_x509_certificate(c)
-                    .ok()
-                    .map(|(_, x)| x.subject().to_string())
-            })
-            .ok_or("no client certificate")?;
-        tls.write_all(b"ok\n").map_err(|e| e.to_string())?;
-        tls.conn.send_close_notify();
-        tls.flush().map_err(|e| e.to_string())?;
-        Ok(peer)
-    });
-    (port, handle)
+) -> (u16, JoinHandle<Result<String, String>>) {
+    let config = tls::server_config(
+        server.rustls_chain(),
+        server.rustls_key(),
+        Arc::new(verifier),
+    )
+    .unwrap();
+    serve_once(config, |e| format!("{e:?}"), |_, _| b"ok\n".to_vec())
+}
+
+/// acme, a vendor, and acme's update server.
+fn acme_update_server() -> (Oem, SiliconVendor, ServerIdentity) {
+    let acme = Oem::new("acme");
+    let srv = ServerIdentity::new(&acme);
+    (acme, vendor(), srv)
+}
+
+/// The OEM server's verifier: client certificates under `oem`'s root with the device EKU, not
+/// revoked by `crls`.
+fn device_eku_verifier(oem: &Oem, crls: Vec<Vec<u8>>) -> OemClientVerifier {
+    OemClientVerifier::new(&oem.root, crls, Some(DEVICE_EKU)).unwrap()
 }
 
 #[test]
 fn the_oem_server_requires_the_device_eku_and_honours_the_crl() {
-    let acme = Oem::new("acme");
-    let mut v = vendor();
-    let srv = ServerIdentity::new(&acme);
-    let eku = || OemClientVerifier::new(&acme.root, vec![], Some(DEVICE_EKU)).unwrap();
+    let (acme, mut v, srv) = acme_update_server();
+    let eku = || device_eku_verifier(&acme, vec![]);
 
     let device = tls_identity(acme.provision(&mut v, 10));
     let (port, server) = oem_server(&srv, eku());
@@ -299,8 +328,7 @@ fn the_oem_server_requires_the_device_eku_and_honours_the_crl() {
 
     // A revoked device is refused under the OEM's CRL.
     let revoked = tls_identity(acme.provision(&mut v, 12));
-    let verifier =
-        OemClientVerifier::new(&acme.root, vec![acme.crl(&[12])], Some(DEVICE_EKU)).unwrap();
+    let verifier = device_eku_verifier(&acme, vec![acme.crl(&[12])]);
     let (port, server) = oem_server(&srv, verifier);
     assert!(device_get(&revoked, port, b"hi").is_err());
     let err = server.join().unwrap().unwrap_err();
@@ -309,14 +337,12 @@ fn the_oem_server_requires_the_device_eku_and_honours_the_crl() {
 
 #[test]
 fn the_tls_handshake_is_signed_inside_the_device() {
-    let acme = Oem::new("acme");
-    let mut v = vendor();
-    let srv = ServerIdentity::new(&acme);
-    let verifier = || OemClientVerifier::new(&acme.root, vec![], Some(DEVICE_EKU)).unwrap();
+    let (acme, mut v, srv) = acme_update_server();
+    let verifier = || device_eku_verifier(&acme, vec![]);
 
     // Through a programmer's socket, every command is counted: one handshake, one signature.
     let socket = Socket::with_device(acme.provision(&mut v, 20), 1);
-    let id = TlsIdentity::new(Identity::load(socket, Slots::PROVISIONED).unwrap()).unwrap();
+    let id = tls_identity(socket);
     let ops = || id.device().lock().unwrap().operations();
     let before = ops();
     let (port, server) = oem_server(&srv, verifier());
@@ -331,7 +357,7 @@ fn the_tls_handshake_is_signed_inside_the_device() {
     // The same part losing contact at that command: no signature, no handshake.
     let socket = Socket::with_device(acme.provision(&mut v, 21), 1)
         .fault(Fault::NoContact, Trigger::AtOperation(before + 1));
-    let id = TlsIdentity::new(Identity::load(socket, Slots::PROVISIONED).unwrap()).unwrap();
+    let id = tls_identity(socket);
     let (port, server) = oem_server(&srv, verifier());
     let err = device_get(&id, port, b"hi").unwrap_err();
     assert!(err.contains("no contact"), "{err}");

@@ -89,34 +89,44 @@ mod pkcs11 {
         Token, WrappedKey,
     };
 
+    /// The spec of a key labelled `label`.
+    fn key_spec(label: &str, curve: Curve, usage: KeyUsage) -> KeySpec {
+        KeySpec::new(KeyLabel::new(label).unwrap(), curve, usage)
+    }
+
+    /// A P-256 key-transport key generated in the token under `label`, as an HSM has one.
+    fn key_transport(t: &Pkcs11Token, label: &str) -> KeyHandle {
+        t.generate(&key_spec(label, Curve::P256, KeyUsage::KeyTransport))
+            .unwrap()
+    }
+
+    /// A software key on `spec`'s curve, wrapped for the key-transport key `kt` with `info` and
+    /// unwrapped into the token as `spec`: a key imported as a package brings it. Returns the
+    /// key in the token and the software key.
+    fn import(t: &Pkcs11Token, kt: KeyHandle, info: &[u8], spec: &KeySpec) -> (KeyHandle, SoftKey) {
+        let curve = match spec.curve {
+            Curve::P256 => trustfab_pki::Curve::P256,
+            Curve::P384 => trustfab_pki::Curve::P384,
+        };
+        let key = SoftKey::generate(curve).unwrap();
+        let wrapped = wrap_for(
+            &t.public_key(kt).unwrap(),
+            &key.secret_pkcs8_der().unwrap(),
+            info,
+        )
+        .unwrap();
+        (t.unwrap_key(kt, &wrapped, spec).unwrap(), key)
+    }
+
     /// DESIGN.md property 1: the OEM signing key is unwrapped inside the token as sensitive and
     /// non-extractable, and the token refuses its CKA_VALUE with CKR_ATTRIBUTE_SENSITIVE.
     #[test]
     fn property_1_unwrapped_oem_key_refuses_cka_value() {
         let hsm = fixture();
         let t = hsm.open();
-        let kt = t
-            .generate(&KeySpec::new(
-                KeyLabel::new("hsm-kt").unwrap(),
-                Curve::P256,
-                KeyUsage::KeyTransport,
-            ))
-            .unwrap();
-        let oem = SoftKey::generate(trustfab_pki::Curve::P256).unwrap();
-        let wrapped = wrap_for(
-            &t.public_key(kt).unwrap(),
-            &oem.secret_pkcs8_der().unwrap(),
-            b"package",
-        )
-        .unwrap();
-        let label = KeyLabel::new("oem:acme:widget").unwrap();
-        let k = t
-            .unwrap_key(
-                kt,
-                &wrapped,
-                &KeySpec::new(label, Curve::P256, KeyUsage::Sign),
-            )
-            .unwrap();
+        let kt = key_transport(&t, "hsm-kt");
+        let spec = key_spec("oem:acme:widget", Curve::P256, KeyUsage::Sign);
+        let (k, oem) = import(&t, kt, b"package", &spec);
         let info = t.info(k).unwrap();
         assert!(info.sensitive && !info.extractable);
         let err = t.private_value_len(k).unwrap_err();
@@ -134,28 +144,11 @@ mod pkcs11 {
     fn no_key_can_be_wrapped_out() {
         let hsm = fixture();
         let t = hsm.open();
-        let kt = t
-            .generate(&KeySpec::new(
-                KeyLabel::new("kt").unwrap(),
-                Curve::P256,
-                KeyUsage::KeyTransport,
-            ))
-            .unwrap();
-        let oem = SoftKey::generate(trustfab_pki::Curve::P384).unwrap();
-        let wrapped = wrap_for(
-            &t.public_key(kt).unwrap(),
-            &oem.secret_pkcs8_der().unwrap(),
-            b"",
-        )
-        .unwrap();
-        let spec = KeySpec::new(KeyLabel::new("oem").unwrap(), Curve::P384, KeyUsage::Sign);
-        let imported = t.unwrap_key(kt, &wrapped, &spec).unwrap();
+        let kt = key_transport(&t, "kt");
+        let spec = key_spec("oem", Curve::P384, KeyUsage::Sign);
+        let (imported, _) = import(&t, kt, b"", &spec);
         let generated = t
-            .generate(&KeySpec::new(
-                KeyLabel::new("gen").unwrap(),
-                Curve::P256,
-                KeyUsage::Sign,
-            ))
+            .generate(&key_spec("gen", Curve::P256, KeyUsage::Sign))
             .unwrap();
         for k in [kt, imported, generated] {
             match t.wrap_out_len(k) {
@@ -166,7 +159,7 @@ mod pkcs11 {
                 other => panic!("C_WrapKey was not refused: {other:?}"),
             }
         }
-        let mut open = KeySpec::new(KeyLabel::new("open").unwrap(), Curve::P256, KeyUsage::Sign);
+        let mut open = key_spec("open", Curve::P256, KeyUsage::Sign);
         open.extractable = true;
         let k = t.generate(&open).unwrap();
         assert!(t.wrap_out_len(k).unwrap() > 0);
@@ -229,28 +222,11 @@ mod pkcs11 {
     fn pkcs11_tool_sees_the_attributes_and_signs_with_the_unwrapped_key() {
         let hsm = fixture();
         let t = hsm.open();
-        let kt = t
-            .generate(&KeySpec::new(
-                KeyLabel::new("hsm-kt").unwrap(),
-                Curve::P256,
-                KeyUsage::KeyTransport,
-            ))
+        let kt = key_transport(&t, "hsm-kt");
+        t.generate(&key_spec("hsm-identity", Curve::P256, KeyUsage::Sign))
             .unwrap();
-        t.generate(&KeySpec::new(
-            KeyLabel::new("hsm-identity").unwrap(),
-            Curve::P256,
-            KeyUsage::Sign,
-        ))
-        .unwrap();
-        let oem = SoftKey::generate(trustfab_pki::Curve::P256).unwrap();
-        let wrapped = wrap_for(
-            &t.public_key(kt).unwrap(),
-            &oem.secret_pkcs8_der().unwrap(),
-            b"",
-        )
-        .unwrap();
-        let spec = KeySpec::new(KeyLabel::new("oem").unwrap(), Curve::P256, KeyUsage::Sign);
-        t.unwrap_key(kt, &wrapped, &spec).unwrap();
+        let spec = key_spec("oem", Curve::P256, KeyUsage::Sign);
+        let (_, oem) = import(&t, kt, b"", &spec);
         drop(t);
 
         let listing = pkcs11_tool(&["--list-objects", "--type", "privkey"], None);
@@ -304,27 +280,10 @@ mod pkcs11 {
 
     /// A family key imported as a distribution key, as the HSM imports it.
     fn import_family(t: &Pkcs11Token, extractable: bool) -> (KeyHandle, KeyHandle, SoftKey) {
-        let kt = t
-            .generate(&KeySpec::new(
-                KeyLabel::new("hsm-kt").unwrap(),
-                Curve::P256,
-                KeyUsage::KeyTransport,
-            ))
-            .unwrap();
-        let family = SoftKey::generate(trustfab_pki::Curve::P256).unwrap();
-        let wrapped = wrap_for(
-            &t.public_key(kt).unwrap(),
-            &family.secret_pkcs8_der().unwrap(),
-            b"package",
-        )
-        .unwrap();
-        let mut spec = KeySpec::new(
-            KeyLabel::new("family").unwrap(),
-            Curve::P256,
-            KeyUsage::Distribute,
-        );
+        let kt = key_transport(t, "hsm-kt");
+        let mut spec = key_spec("family", Curve::P256, KeyUsage::Distribute);
         spec.extractable = extractable;
-        let d = t.unwrap_key(kt, &wrapped, &spec).unwrap();
+        let (d, family) = import(t, kt, b"package", &spec);
         (kt, d, family)
     }
 
@@ -389,11 +348,7 @@ mod pkcs11 {
         // An import: a key pair more (private and public object), nothing else.
         let other = SoftKey::generate(trustfab_pki::Curve::P256).unwrap();
         let other_der = other.secret_pkcs8_der().unwrap();
-        let mut spec = KeySpec::new(
-            KeyLabel::new("family-2").unwrap(),
-            Curve::P256,
-            KeyUsage::Distribute,
-        );
+        let mut spec = key_spec("family-2", Curve::P256, KeyUsage::Distribute);
         spec.extractable = true;
         // A blob that declares a foreign public key unwraps but fails the signing check of the
         // session copy: refused, and the copy and the KEK are gone.
@@ -444,11 +399,7 @@ mod pkcs11 {
         let hsm = fixture();
         let t = Pkcs11Token::open(&hsm.config(PIN, 2)).unwrap();
         let k = t
-            .generate(&KeySpec::new(
-                KeyLabel::new("par").unwrap(),
-                Curve::P256,
-                KeyUsage::Sign,
-            ))
+            .generate(&key_spec("par", Curve::P256, KeyUsage::Sign))
             .unwrap();
         let pk = t.public_key(k).unwrap();
         std::thread::scope(|sc| {
