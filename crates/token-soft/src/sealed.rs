@@ -163,70 +163,100 @@ impl Sealing {
         path: &Path,
         passphrase: &Passphrase,
     ) -> Result<(Self, Zeroizing<Vec<u8>>), Error> {
-        let shown = path.display().to_string();
-        let io = |action, source| Error::Io {
-            action,
-            path: shown.clone(),
-            source,
-        };
-        let format = |reason| Error::StoreFormat {
-            path: shown.clone(),
-            reason,
-        };
-        let file = File::open(path).map_err(|e| io("opening", e))?;
-        let len = file.metadata().map_err(|e| io("reading", e))?.len();
-        if len > STORE_MAX as u64 {
-            return Err(Error::TooLarge {
-                what: "token store",
-                len: usize::try_from(len).unwrap_or(usize::MAX),
-                limit: STORE_MAX,
-            });
-        }
-        let mut data = Zeroizing::new(Vec::new());
-        file.take(STORE_MAX as u64 + 1)
-            .read_to_end(&mut data)
-            .map_err(|e| io("reading", e))?;
-        if data.len() < 10 || &data[..8] != MAGIC {
-            return Err(format("bad magic"));
-        }
-        let version = u16::from_be_bytes([data[8], data[9]]);
-        if version != STORE_VERSION {
-            return Err(Error::StoreVersion {
-                path: shown,
-                found: version,
-                supported: STORE_VERSION,
-            });
-        }
-        if data.len() < HEADER_LEN + AES_256_GCM.tag_len() {
-            return Err(format("truncated"));
-        }
-        let be32 =
-            |at: usize| u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
-        let cost = Argon2Cost::new(be32(10), be32(14), be32(18))
-            .map_err(|_| format("Argon2id parameters out of bounds"))?;
-        let mut salt = [0u8; 16];
-        salt.copy_from_slice(&data[22..38]);
-        let mut nonce = [0u8; 12];
-        nonce.copy_from_slice(&data[70..82]);
-        let body_len = usize::try_from(be32(82)).unwrap_or(usize::MAX);
-        if body_len != data.len() - HEADER_LEN {
-            return Err(format("length field does not match the file"));
-        }
+        let (mut data, cost, salt) = read_sealed(path)?;
         let sealing = Self::derive(passphrase, cost, salt)?;
-        if !bool::from(sealing.check.ct_eq(&data[38..70])) {
+        let body = sealing.open(path, &mut data)?;
+        Ok((sealing, body))
+    }
+
+    /// Reads the store at `path` again with these keys, without deriving them again: what
+    /// another process sealed since. A file sealed under another salt or cost is not this store.
+    pub(crate) fn reread(&self, path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let (mut data, cost, salt) = read_sealed(path)?;
+        if cost != self.cost || salt != self.salt {
+            return Err(Error::StoreTampered {
+                path: path.display().to_string(),
+            });
+        }
+        self.open(path, &mut data)
+    }
+
+    /// Checks the passphrase check value and opens the body of a file `read_sealed` returned.
+    fn open(&self, path: &Path, data: &mut [u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let check = data.get(38..70).ok_or(Error::StoreFormat {
+            path: path.display().to_string(),
+            reason: "truncated",
+        })?;
+        if !bool::from(self.check.ct_eq(check)) {
             return Err(Error::WrongCredential);
         }
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&data[70..82]);
         let (head, rest) = data.split_at_mut(HEADER_LEN);
-        let plain_len = sealing
+        let plain_len = self
             .key
             .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&*head), rest)
             .map_err(|_| Error::StoreTampered {
-                path: shown.clone(),
+                path: path.display().to_string(),
             })?
             .len();
-        let body = Zeroizing::new(rest[..plain_len].to_vec());
-        Ok((sealing, body))
+        Ok(Zeroizing::new(rest[..plain_len].to_vec()))
     }
+}
+
+/// A store file's bytes, its Argon2id cost and its salt.
+type SealedFile = (Zeroizing<Vec<u8>>, Argon2Cost, [u8; 16]);
+
+/// The store file's bytes, size-limited, with its header checked: magic, version, Argon2id cost
+/// within bounds, lengths.
+fn read_sealed(path: &Path) -> Result<SealedFile, Error> {
+    let shown = path.display().to_string();
+    let io = |action, source| Error::Io {
+        action,
+        path: shown.clone(),
+        source,
+    };
+    let format = |reason| Error::StoreFormat {
+        path: shown.clone(),
+        reason,
+    };
+    let file = File::open(path).map_err(|e| io("opening", e))?;
+    let len = file.metadata().map_err(|e| io("reading", e))?.len();
+    if len > STORE_MAX as u64 {
+        return Err(Error::TooLarge {
+            what: "token store",
+            len: usize::try_from(len).unwrap_or(usize::MAX),
+            limit: STORE_MAX,
+        });
+    }
+    let mut data = Zeroizing::new(Vec::new());
+    file.take(STORE_MAX as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| io("reading", e))?;
+    if data.len() < 10 || &data[..8] != MAGIC {
+        return Err(format("bad magic"));
+    }
+    let version = u16::from_be_bytes([data[8], data[9]]);
+    if version != STORE_VERSION {
+        return Err(Error::StoreVersion {
+            path: shown,
+            found: version,
+            supported: STORE_VERSION,
+        });
+    }
+    if data.len() < HEADER_LEN + AES_256_GCM.tag_len() {
+        return Err(format("truncated"));
+    }
+    let be32 = |at: usize| u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+    let cost = Argon2Cost::new(be32(10), be32(14), be32(18))
+        .map_err(|_| format("Argon2id parameters out of bounds"))?;
+    let mut salt = [0u8; 16];
+    salt.copy_from_slice(&data[22..38]);
+    let body_len = usize::try_from(be32(82)).unwrap_or(usize::MAX);
+    if body_len != data.len() - HEADER_LEN {
+        return Err(format("length field does not match the file"));
+    }
+    Ok((data, cost, salt))
 }
 
 /// Writes `data` to a temporary file next to `path`, syncs it, renames it over `path` and syncs

@@ -109,6 +109,7 @@ impl SoftToken {
     /// # Errors
     /// [`Error::Io`] when the file exists or cannot be written.
     pub fn create(path: &Path, passphrase: &Passphrase, cost: Argon2Cost) -> Result<Self, Error> {
+        let _lock = lock_store(path)?;
         if path.exists() {
             return Err(Error::Io {
                 action: "creating",
@@ -182,10 +183,35 @@ impl SoftToken {
         state.sealing.write(&self.path, &body)
     }
 
+    /// Takes in the keys another process (or another handle) sealed into the file since this one
+    /// read it. Keys are never removed and ids never reused, so the file's keys are a superset
+    /// of the ones in memory and every handle given out stays valid.
+    fn refresh(&self, state: &mut State) -> Result<(), Error> {
+        let body = state.sealing.reread(&self.path)?;
+        let (next_id, keys) = decode(&body).map_err(|reason| Error::StoreFormat {
+            path: self.path.display().to_string(),
+            reason,
+        })?;
+        if keys.len() < state.keys.len() || next_id < state.next_id {
+            // A file with fewer keys than this handle holds was not written by this store's
+            // rules: refuse rather than drop keys.
+            return Err(Error::StoreTampered {
+                path: self.path.display().to_string(),
+            });
+        }
+        state.next_id = next_id;
+        state.keys = keys;
+        Ok(())
+    }
+
     /// Adds `entry` under a fresh id and seals the store; on a write failure the key is dropped
-    /// again, so memory never holds a key the file does not.
+    /// again, so memory never holds a key the file does not. The read-modify-write runs under
+    /// the store's lock file, after reading the file again, so that two processes (or two
+    /// handles) adding keys to one store lose neither.
     fn insert(&self, entry: Entry) -> Result<KeyHandle, Error> {
+        let _lock = lock_store(&self.path)?;
         let mut state = self.write();
+        self.refresh(&mut state)?;
         if state
             .keys
             .values()
@@ -247,12 +273,21 @@ impl Token for SoftToken {
     }
 
     fn find(&self, label: &KeyLabel) -> Result<Option<KeyHandle>, Error> {
-        Ok(self
-            .read()
-            .keys
-            .iter()
-            .find(|(_, e)| &e.info.label == label)
-            .map(|(id, _)| KeyHandle::from_backend(*id)))
+        let lookup = |state: &State| {
+            state
+                .keys
+                .iter()
+                .find(|(_, e)| &e.info.label == label)
+                .map(|(id, _)| KeyHandle::from_backend(*id))
+        };
+        if let Some(h) = lookup(&self.read()) {
+            return Ok(Some(h));
+        }
+        // Not here: another process may have added it since this handle read the file (an
+        // import by `trustfab hsm import` while a station runs).
+        let mut state = self.write();
+        self.refresh(&mut state)?;
+        Ok(lookup(&state))
     }
 
     fn info(&self, key: KeyHandle) -> Result<KeyInfo, Error> {
@@ -332,6 +367,27 @@ impl Token for SoftToken {
 /// | usage u8 | flags u8 (1 = sensitive, 2 = extractable) | pkcs8_len u16 | pkcs8)`. The usage is
 /// [`KeyUsage::code`]: 1 sign, 2 key transport, 3 distribution (added without a version bump: a
 /// file without distribution keys is byte-for-byte what earlier builds wrote and read).
+/// Takes the store's lock file, `<store>.lock` beside it (created owner-only), exclusively,
+/// waiting for another holder. The store itself is replaced by rename on every write, so the
+/// lock lives in its own file. Released when the returned file is dropped.
+fn lock_store(path: &Path) -> Result<std::fs::File, Error> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let io = |action, source| Error::Io {
+        action,
+        path: lock_path.display().to_string(),
+        source,
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let file = opts.open(&lock_path).map_err(|e| io("opening", e))?;
+    file.lock().map_err(|e| io("locking", e))?;
+    Ok(file)
+}
+
 fn encode(state: &State) -> Zeroizing<Vec<u8>> {
     let mut out = Zeroizing::new(Vec::new());
     out.extend_from_slice(&state.next_id.to_be_bytes());

@@ -189,11 +189,17 @@ mod store {
             ))
             .unwrap();
         }
-        let entries: Vec<_> = std::fs::read_dir(f.path.parent().unwrap())
+        let mut entries: Vec<_> = std::fs::read_dir(f.path.parent().unwrap())
             .unwrap()
-            .map(|e| e.unwrap().file_name())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(entries.len(), 1, "{entries:?}");
+        entries.sort();
+        // The store and its lock file; no temporary left behind.
+        assert_eq!(
+            entries,
+            ["token.sealed", "token.sealed.lock"],
+            "{entries:?}"
+        );
         assert!(SoftToken::create(&f.path, &pass(PASS), cost()).is_err());
         #[cfg(unix)]
         {
@@ -201,6 +207,66 @@ mod store {
             let mode = std::fs::metadata(&f.path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    /// Two handles on one store (two processes: a station running while `hsm import` adds a
+    /// product key) each add keys; neither loses the other's, and each finds the other's.
+    #[test]
+    fn two_handles_on_one_store_keep_and_find_each_others_keys() {
+        let (f, a) = with_key();
+        let b = f.open();
+        let spec = |l: &str| KeySpec::new(KeyLabel::new(l).unwrap(), Curve::P256, KeyUsage::Sign);
+        let ka = a.generate(&spec("from-a")).unwrap();
+        let kb = b.generate(&spec("from-b")).unwrap();
+        assert_ne!(ka, kb);
+        let a_in_b = b.find(&KeyLabel::new("from-a").unwrap()).unwrap().unwrap();
+        assert_eq!(a_in_b, ka);
+        let b_in_a = a.find(&KeyLabel::new("from-b").unwrap()).unwrap().unwrap();
+        assert_eq!(b_in_a, kb);
+        // A handle found through the other handle signs.
+        let sig = b.sign(a_in_b, b"m").unwrap();
+        a.public_key(ka).unwrap().verify(b"m", &sig).unwrap();
+        // The same label twice across handles is refused.
+        assert!(matches!(
+            b.generate(&spec("from-a")),
+            Err(Error::LabelExists { .. })
+        ));
+        drop((a, b));
+        let c = f.open();
+        for l in ["from-a", "from-b"] {
+            assert!(c.find(&KeyLabel::new(l).unwrap()).unwrap().is_some(), "{l}");
+        }
+    }
+
+    #[test]
+    fn concurrent_writers_on_one_store_lose_no_key() {
+        let (f, first) = with_key();
+        drop(first);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let f = &f;
+                s.spawn(move || {
+                    let token = f.open();
+                    for i in 0..8 {
+                        token
+                            .generate(&KeySpec::new(
+                                KeyLabel::new(&format!("t{t}-{i}")).unwrap(),
+                                Curve::P256,
+                                KeyUsage::Sign,
+                            ))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let all = f.open();
+        for t in 0..4 {
+            for i in 0..8 {
+                let label = KeyLabel::new(&format!("t{t}-{i}")).unwrap();
+                assert!(all.find(&label).unwrap().is_some(), "{label}");
+            }
+        }
+        assert!(format!("{all:?}").contains("33 keys"), "{all:?}");
     }
 
     #[test]

@@ -351,7 +351,8 @@ impl WrappedKey {
     /// # Errors
     /// [`Error::WrappedFormat`] when the ciphertext is not a key wrap length.
     pub fn with_ciphertext(mut self, ciphertext: Vec<u8>) -> Result<Self, Error> {
-        if !(24..=CIPHERTEXT_MAX).contains(&ciphertext.len()) || ciphertext.len() % 8 != 0 {
+        if !(24..=CIPHERTEXT_MAX).contains(&ciphertext.len()) || !ciphertext.len().is_multiple_of(8)
+        {
             return Err(Error::WrappedFormat(
                 "ciphertext length is not a key wrap length",
             ));
@@ -382,7 +383,7 @@ fn canonical_pkcs8(plain: &[u8], curve: Curve) -> Result<SecretKeyDer, Error> {
     let (der, pad) = plain.split_at_checked(der_len).ok_or(Error::BadKey(
         "PKCS#8 is longer than the unwrapped plaintext",
     ))?;
-    let padded = pad.is_empty() || (pad.len() < 8 && plain.len() % 8 == 0);
+    let padded = pad.is_empty() || (pad.len() < 8 && plain.len().is_multiple_of(8));
     if !padded || pad.iter().any(|b| *b != 0) {
         return Err(Error::BadKey("bytes after the PKCS#8 key"));
     }
