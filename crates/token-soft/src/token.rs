@@ -138,10 +138,16 @@ impl SoftToken {
     /// [`Error::StoreFormat`], [`Error::TooLarge`] or [`Error::Io`].
     pub fn open(path: &Path, passphrase: &Passphrase) -> Result<Self, Error> {
         let (sealing, body) = Sealing::read(path, passphrase)?;
-        let (next_id, keys) = decode(&body).map_err(|reason| Error::StoreFormat {
+        let format = |reason| Error::StoreFormat {
             path: path.display().to_string(),
             reason,
-        })?;
+        };
+        let (next_id, records) = decode(&body).map_err(format)?;
+        let keys = records
+            .into_iter()
+            .map(|(id, (info, pkcs8))| Ok((id, load(info, pkcs8)?)))
+            .collect::<Result<_, _>>()
+            .map_err(format)?;
         Ok(Self {
             path: path.to_path_buf(),
             state: RwLock::new(State {
@@ -185,22 +191,36 @@ impl SoftToken {
 
     /// Takes in the keys another process (or another handle) sealed into the file since this one
     /// read it. Keys are never removed and ids never reused, so the file's keys are a superset
-    /// of the ones in memory and every handle given out stays valid.
+    /// of the ones in memory and every handle given out stays valid. Only the new keys are
+    /// loaded; the ones in memory are kept as they are.
     fn refresh(&self, state: &mut State) -> Result<(), Error> {
         let body = state.sealing.reread(&self.path)?;
-        let (next_id, keys) = decode(&body).map_err(|reason| Error::StoreFormat {
+        let format = |reason| Error::StoreFormat {
             path: self.path.display().to_string(),
             reason,
-        })?;
-        if keys.len() < state.keys.len() || next_id < state.next_id {
+        };
+        let tampered = || Error::StoreTampered {
+            path: self.path.display().to_string(),
+        };
+        let (next_id, records) = decode(&body).map_err(format)?;
+        if records.len() < state.keys.len() || next_id < state.next_id {
             // A file with fewer keys than this handle holds was not written by this store's
             // rules: refuse rather than drop keys.
-            return Err(Error::StoreTampered {
-                path: self.path.display().to_string(),
-            });
+            return Err(tampered());
+        }
+        let mut fresh = Vec::new();
+        for (id, (info, pkcs8)) in records {
+            match state.keys.get(&id) {
+                None => fresh.push((id, load(info, pkcs8).map_err(format)?)),
+                Some(e)
+                    if e.info == info && e.pkcs8.secret_pkcs8_der() == pkcs8.secret_pkcs8_der() => {
+                }
+                // The same id holding another key: not a store written by these rules.
+                Some(_) => return Err(tampered()),
+            }
         }
         state.next_id = next_id;
-        state.keys = keys;
+        state.keys.extend(fresh);
         Ok(())
     }
 
@@ -412,7 +432,16 @@ fn encode(state: &State) -> Zeroizing<Vec<u8>> {
     out
 }
 
-fn decode(body: &[u8]) -> Result<(u64, BTreeMap<u64, Entry>), &'static str> {
+/// A stored key as the store body holds it, not yet loaded.
+type Record = (KeyInfo, SecretKeyDer);
+
+/// Loads one stored key (parses its PKCS#8).
+fn load(info: KeyInfo, pkcs8: SecretKeyDer) -> Result<Entry, &'static str> {
+    Entry::load(info, pkcs8).map_err(|_| "a stored key does not load")
+}
+
+/// Parses the store body into its keys by id, without loading them (see [`load`]).
+fn decode(body: &[u8]) -> Result<(u64, BTreeMap<u64, Record>), &'static str> {
     struct R<'a>(&'a [u8]);
     impl<'a> R<'a> {
         fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
@@ -459,8 +488,7 @@ fn decode(body: &[u8]) -> Result<(u64, BTreeMap<u64, Entry>), &'static str> {
             sensitive: flags & 1 != 0,
             extractable: flags & 2 != 0,
         };
-        let entry = Entry::load(info, pkcs8).map_err(|_| "a stored key does not load")?;
-        if keys.insert(id, entry).is_some() {
+        if keys.insert(id, (info, pkcs8)).is_some() {
             return Err("duplicate key id");
         }
     }
