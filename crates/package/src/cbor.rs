@@ -84,7 +84,7 @@ pub(crate) fn encode(c: &Contents) -> Result<Vec<u8>, Error> {
         Value::Bytes(c.wrapped_signing_key.clone()),
     ));
     if let Some(fw) = &c.firmware {
-        check_family(&fw.family).map_err(|what| bad(K_FIRMWARE, &what))?;
+        check_family(&fw.family)?;
         let mut m = vec![
             (int(FW_FAMILY), Value::Text(fw.family.clone())),
             (
@@ -240,19 +240,9 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Contents, Error> {
     })
 }
 
-/// A family name: what `FamilyId`-like ids allow, `[A-Za-z0-9._-]{1,64}`.
-fn check_family(family: &str) -> Result<(), String> {
-    let ok = (1..=64).contains(&family.len())
-        && family
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "family {family:?} is not 1 to 64 of [A-Za-z0-9._-]"
-        ))
-    }
+/// A family name: 1 to 64 of `[A-Za-z0-9._-]`, the rule of the other ids.
+fn check_family(family: &str) -> Result<(), Error> {
+    trustfab_types::check_name("family", family).map_err(|e| bad(K_FIRMWARE, &e.to_string()))
 }
 
 /// The firmware map (key 13): `{0: family, 1: boot key hash, ? 2: wrapped family key}`, strict
@@ -278,7 +268,7 @@ fn decode_firmware(v: Value) -> Result<Firmware, Error> {
         family.ok_or_else(|| bad(K_FIRMWARE, "family is missing"))?,
         64,
     )?;
-    check_family(&family).map_err(|what| bad(K_FIRMWARE, &what))?;
+    check_family(&family)?;
     let boot_key_hash = as_array::<32>(
         K_FIRMWARE,
         hash.ok_or_else(|| bad(K_FIRMWARE, "boot key hash is missing"))?,

@@ -46,7 +46,12 @@ pub enum IdError {
     BadSerial,
 }
 
-fn check_name(what: &'static str, s: &str) -> Result<(), IdError> {
+/// Checks a name-like identifier that has no type of its own (a firmware family, say) by the
+/// rule of [`OemId`] and [`ProductId`]: 1 to 64 of `[A-Za-z0-9._-]`. `what` names it in the error.
+///
+/// # Errors
+/// When it is empty, too long, or holds a character outside `[A-Za-z0-9._-]`.
+pub fn check_name(what: &'static str, s: &str) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty { what });
     }

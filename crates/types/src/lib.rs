@@ -4,7 +4,7 @@ mod ids;
 mod secret;
 mod time;
 
-pub use ids::{DeviceUid, IdError, OemId, ProductId, Serial};
+pub use ids::{check_name, DeviceUid, IdError, OemId, ProductId, Serial};
 pub use secret::{Passphrase, SecretBytes, SecretKeyDer};
 pub use time::{Clock, FixedClock, OsRng, Rng, RngError, SystemClock, UnixTime};
 
