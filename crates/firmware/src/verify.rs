@@ -4,7 +4,7 @@
 //! payload is decrypted first, since the hash covers the plaintext.
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
-use aws_lc_rs::digest::{digest, Context, SHA256};
+use aws_lc_rs::digest::{digest, Context, Digest, SHA256};
 use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 use trustfab_pki::{Curve, PublicKey};
 use zeroize::Zeroizing;
@@ -88,6 +88,27 @@ fn signing_key(image: &Image<'_>, anchor: TrustAnchor<'_>) -> Result<PublicKey, 
     }
 }
 
+/// The trusted signing key, the SHA-256 TLV and the signature TLV of `image`, checked in
+/// MCUboot's order.
+fn signed_parts<'i>(
+    image: &Image<'i>,
+    anchor: TrustAnchor<'_>,
+) -> Result<(PublicKey, &'i [u8], &'i [u8]), VerifyError> {
+    let key = signing_key(image, anchor)?;
+    let expected = image.tlv(TlvKind::Sha256).ok_or(VerifyError::NoHash)?;
+    let signature = image
+        .tlv(TlvKind::EcdsaSig)
+        .ok_or(VerifyError::NoSignature)?;
+    Ok((key, expected, signature))
+}
+
+/// ECDSA P-256 over SHA-256 of the signed message, checked against its digest.
+fn check_signature(key: &PublicKey, hash: &Digest, signature: &[u8]) -> Result<(), VerifyError> {
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key.point())
+        .verify_digest(hash, signature)
+        .map_err(|_| VerifyError::Signature)
+}
+
 /// The image key of an encrypted image.
 fn image_key(
     image: &Image<'_>,
@@ -115,11 +136,7 @@ pub fn verify(
     payload: Payload<'_>,
 ) -> Result<Verified, VerifyError> {
     let image = Image::parse(bytes)?;
-    let key = signing_key(&image, anchor)?;
-    let expected = image.tlv(TlvKind::Sha256).ok_or(VerifyError::NoHash)?;
-    let signature = image
-        .tlv(TlvKind::EcdsaSig)
-        .ok_or(VerifyError::NoSignature)?;
+    let (key, expected, signature) = signed_parts(&image, anchor)?;
     let header = *image.header();
     let hashed = image.hashed();
     let start = image.payload_offset();
@@ -151,9 +168,7 @@ pub fn verify(
     verify_slices_are_equal(hash.as_ref(), expected).map_err(|_| VerifyError::HashMismatch)?;
 
     // ECDSA over SHA-256 of the same message: verify the digest just computed and checked.
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key.point())
-        .verify_digest(&hash, signature)
-        .map_err(|_| VerifyError::Signature)?;
+    check_signature(&key, &hash, signature)?;
 
     let mut out = [0u8; 32];
     out.copy_from_slice(hash.as_ref());
@@ -178,19 +193,10 @@ pub fn verify_sealed(bytes: &[u8], anchor: TrustAnchor<'_>) -> Result<Verified, 
     if !image.header().is_encrypted() {
         return verify(bytes, anchor, Payload::AsIs);
     }
-    let key = signing_key(&image, anchor)?;
-    let expected = image.tlv(TlvKind::Sha256).ok_or(VerifyError::NoHash)?;
-    let signature = image
-        .tlv(TlvKind::EcdsaSig)
-        .ok_or(VerifyError::NoSignature)?;
+    let (key, expected, signature) = signed_parts(&image, anchor)?;
     let hash: [u8; 32] = expected.try_into().map_err(|_| VerifyError::NoHash)?;
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, key.point())
-        .verify_digest(
-            &aws_lc_rs::digest::Digest::import_less_safe(&hash, &SHA256)
-                .map_err(|_| VerifyError::NoHash)?,
-            signature,
-        )
-        .map_err(|_| VerifyError::Signature)?;
+    let digest = Digest::import_less_safe(&hash, &SHA256).map_err(|_| VerifyError::NoHash)?;
+    check_signature(&key, &digest, signature)?;
     Ok(Verified {
         header: *image.header(),
         security_counter: image.security_counter(),
