@@ -12,6 +12,7 @@ use crate::format::{
     flags, Header, TlvKind, Version, HEADER_LEN, MAX_IMAGE_BYTES, TLV_HEADER_LEN, TLV_INFO_MAGIC,
     TLV_PROT_INFO_MAGIC,
 };
+use crate::verify::key_hash;
 
 /// How the image names its signing key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -94,9 +95,8 @@ pub fn master(
     if options.encrypt_to.is_some_and(|k| k.curve() != Curve::P256) {
         return Err(MasterError::NotP256("encryption"));
     }
-    let spki = PublicKey::from_point(Curve::P256, signer.public_point())
-        .map_err(|_| MasterError::NotP256("signing"))?
-        .to_spki_der();
+    let signing_key = PublicKey::from_point(Curve::P256, signer.public_point())
+        .map_err(|_| MasterError::NotP256("signing"))?;
 
     let mut protected = Vec::new();
     if let Some(counter) = options.security_counter {
@@ -131,8 +131,8 @@ pub fn master(
     tlvs.extend_from_slice(&TLV_INFO_MAGIC.to_le_bytes());
     tlvs.extend_from_slice(&[0, 0]);
     match options.key_tlv {
-        KeyTlv::Hash => push_tlv(&mut tlvs, TlvKind::KeyHash, digest(&SHA256, &spki).as_ref())?,
-        KeyTlv::Full => push_tlv(&mut tlvs, TlvKind::PubKey, &spki)?,
+        KeyTlv::Hash => push_tlv(&mut tlvs, TlvKind::KeyHash, &key_hash(&signing_key))?,
+        KeyTlv::Full => push_tlv(&mut tlvs, TlvKind::PubKey, &signing_key.to_spki_der())?,
     }
     push_tlv(&mut tlvs, TlvKind::Sha256, hash.as_ref())?;
     push_tlv(&mut tlvs, TlvKind::EcdsaSig, &signature)?;
