@@ -154,6 +154,8 @@ struct Product {
     template: Template,
     signing_key: KeyHandle,
     issuer_cert: Vec<u8>,
+    /// SHA-256 of `issuer_cert`, the prefix of every serial claim.
+    issuer_fp: [u8; 32],
     serials: SerialScheme,
 }
 
@@ -658,14 +660,16 @@ impl Hsm {
             Some((first, last)) => SerialScheme::Sequential { first, last },
             None => template.serial,
         };
+        let issuer_cert = def
+            .device_ca_cert
+            .clone()
+            .unwrap_or_else(|| def.root_cert.clone());
         let p = Arc::new(Product {
             key: key.to_owned(),
             oem: OemId::new(&def.oem).map_err(|_| unknown())?,
             product: ProductId::new(&def.product).map_err(|_| unknown())?,
-            issuer_cert: def
-                .device_ca_cert
-                .clone()
-                .unwrap_or_else(|| def.root_cert.clone()),
+            issuer_fp: sha256(&issuer_cert),
+            issuer_cert,
             def,
             template,
             signing_key,
@@ -815,7 +819,7 @@ impl Hsm {
                 // Sequential serials are claimed: two processes must never assign the same one.
                 // Random serials carry at least 64 bits from the token's generator; their
                 // uniqueness is checked where it matters, by the OEM over the whole report.
-                append = append.with_claim(CLAIM_SERIAL, serial_claim(&p.issuer_cert, &rec.serial));
+                append = append.with_claim(CLAIM_SERIAL, serial_claim(&p.issuer_fp, &rec.serial));
             }
             recs.push((i, rec));
         }
@@ -1161,8 +1165,8 @@ fn uid_claim(product: &str, uid: &DeviceUid) -> Vec<u8> {
     v
 }
 
-fn serial_claim(issuer_cert: &[u8], serial: &Serial) -> Vec<u8> {
-    let mut v = sha256(issuer_cert).to_vec();
+fn serial_claim(issuer_fp: &[u8; 32], serial: &Serial) -> Vec<u8> {
+    let mut v = issuer_fp.to_vec();
     v.extend_from_slice(serial.as_be_bytes());
     v
 }
