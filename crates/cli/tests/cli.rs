@@ -338,24 +338,12 @@ fn hsm_flow(d: &Path, backend: &str, pass: &str) {
     let tf = Trustfab::new(env!("CARGO_BIN_EXE_trustfab"), pass);
     let ok = |args: &[&str]| tf.ok(d, args);
     let fails = |args: &[&str]| tf.fails(d, args);
-    ok(&["vendor", "init"]);
-    let mut init = vec!["hsm", "init", "--hsm-id", "hsm-7", "--backend", backend];
+    let mut init = vec!["--hsm-id", "hsm-7", "--backend", backend];
     if backend == "pkcs11" {
         init.extend(["--token-label", trustfab_test_support::softhsm::TOKEN_LABEL]);
     }
-    ok(&init);
-    ok(&[
-        "vendor",
-        "certify-hsm",
-        "--request",
-        "hsm/request.pem",
-        "--out",
-        "hsm.pem",
-    ]);
-    ok(&["hsm", "install-identity", "hsm.pem"]);
+    tf.programming_centre(d, &init);
     assert!(ok(&["hsm", "identity"]).contains("fingerprint"));
-    ok(&["oem", "init", "--oem-id", "acme", "--device-ca"]);
-    ok(&["oem", "template", "new", "--out", "t.toml"]);
 
     // A rogue vendor's root: the wrapping tool refuses to wrap for an HSM it does not vouch for.
     let rogue = tempfile::tempdir().unwrap();
@@ -501,32 +489,7 @@ fn four_station_processes_on_one_postgres_ledger() {
     let db = trustfab_test_support::pg::FreshDatabase::new();
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    ok(d, &["vendor", "init"]);
-    ok(
-        d,
-        &[
-            "hsm",
-            "init",
-            "--hsm-id",
-            "hsm-pg",
-            "--ledger-url",
-            db.url(),
-        ],
-    );
-    ok(
-        d,
-        &[
-            "vendor",
-            "certify-hsm",
-            "--request",
-            "hsm/request.pem",
-            "--out",
-            "hsm.pem",
-        ],
-    );
-    ok(d, &["hsm", "install-identity", "hsm.pem"]);
-    ok(d, &["oem", "init", "--oem-id", "acme", "--device-ca"]);
-    ok(d, &["oem", "template", "new", "--out", "t.toml"]);
+    tf().programming_centre(d, &["--hsm-id", "hsm-pg", "--ledger-url", db.url()]);
     ok(
         d,
         &[

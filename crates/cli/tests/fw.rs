@@ -317,23 +317,11 @@ fn firmware_programmed_by_a_job_through_the_command_line(d: &Path, backend: &str
     let fails = |args: &[&str]| tf.fails(d, args);
 
     // The programming center's HSM, certified by the vendor; the OEM's CA and template.
-    ok(&["vendor", "init"]);
-    let mut init = vec!["hsm", "init", "--hsm-id", "hsm-fw", "--backend", backend];
+    let mut init = vec!["--hsm-id", "hsm-fw", "--backend", backend];
     if backend == "pkcs11" {
         init.extend(["--token-label", trustfab_test_support::softhsm::TOKEN_LABEL]);
     }
-    ok(&init);
-    ok(&[
-        "vendor",
-        "certify-hsm",
-        "--request",
-        "hsm/request.pem",
-        "--out",
-        "hsm.pem",
-    ]);
-    ok(&["hsm", "install-identity", "hsm.pem"]);
-    ok(&["oem", "init", "--oem-id", "acme", "--device-ca"]);
-    ok(&["oem", "template", "new", "--out", "t.toml"]);
+    tf.programming_centre(d, &init);
 
     // The OEM's firmware keys and image 1.0.0, signed and encrypted for the family.
     let out = ok(&["fw", "keygen", "--kind", "sign", "--out", "fwsign"]);

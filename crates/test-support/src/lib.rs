@@ -550,6 +550,31 @@ pub mod cli {
             assert!(!out.status.success(), "trustfab {args:?} succeeded");
             String::from_utf8_lossy(&out.stderr).into_owned()
         }
+
+        /// A programming centre and an OEM in `dir`, through the command line: `vendor init`,
+        /// `hsm init` with `hsm_init` (its id, backend or ledger), the vendor certifying the HSM's
+        /// request into `hsm.pem`, `hsm install-identity hsm.pem`, `oem init --oem-id acme
+        /// --device-ca` and `oem template new --out t.toml`. Ready for `oem wrap`.
+        pub fn programming_centre(&self, dir: &Path, hsm_init: &[&str]) {
+            self.ok(dir, &["vendor", "init"]);
+            let mut init = vec!["hsm", "init"];
+            init.extend_from_slice(hsm_init);
+            self.ok(dir, &init);
+            self.ok(
+                dir,
+                &[
+                    "vendor",
+                    "certify-hsm",
+                    "--request",
+                    "hsm/request.pem",
+                    "--out",
+                    "hsm.pem",
+                ],
+            );
+            self.ok(dir, &["hsm", "install-identity", "hsm.pem"]);
+            self.ok(dir, &["oem", "init", "--oem-id", "acme", "--device-ca"]);
+            self.ok(dir, &["oem", "template", "new", "--out", "t.toml"]);
+        }
     }
 }
 
