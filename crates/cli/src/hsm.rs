@@ -220,9 +220,6 @@ fn open_token(dir: &Path, s: &Settings, pass: Passphrase) -> Result<Arc<dyn Toke
 /// Opens the HSM in `at.dir`: its token (unlocked with the passphrase), its ledger and, when
 /// installed, its identity certificates.
 pub(crate) fn open(at: &HsmDir) -> Result<Hsm> {
-    let s = read_settings(&at.dir)?;
-    let token = open_token(&at.dir, &s, at.pass.get("the HSM token", false)?)?;
-    let ledger = open_ledger(&at.dir, &s)?;
     let identity_path = at.dir.join(IDENTITY_FILE);
     let certs = if identity_path.exists() {
         Some(HsmCertificates::from_pem(&files::read_text(
@@ -232,12 +229,20 @@ pub(crate) fn open(at: &HsmDir) -> Result<Hsm> {
     } else {
         None
     };
+    open_with(at, certs.as_ref())
+}
+
+/// Opens the HSM in `at.dir` with `certs` as its identity (checked to certify the token's keys).
+fn open_with(at: &HsmDir, certs: Option<&HsmCertificates>) -> Result<Hsm> {
+    let s = read_settings(&at.dir)?;
+    let token = open_token(&at.dir, &s, at.pass.get("the HSM token", false)?)?;
+    let ledger = open_ledger(&at.dir, &s)?;
     Ok(Hsm::open(
         token,
         ledger,
         Arc::new(SystemClock),
         &s.hsm_id,
-        certs.as_ref(),
+        certs,
     )?)
 }
 
@@ -281,17 +286,8 @@ pub(crate) fn install_identity(at: &HsmDir, certs_path: &Path) -> Result<()> {
     let text = files::read_text(certs_path, 64 * 1024)?;
     let certs = HsmCertificates::from_pem(&text)
         .with_context(|| format!("reading {}", certs_path.display()))?;
-    let s = read_settings(&at.dir)?;
-    let token = open_token(&at.dir, &s, at.pass.get("the HSM token", false)?)?;
-    let ledger = open_ledger(&at.dir, &s)?;
     // Opening with the certificates checks they certify this token's keys.
-    Hsm::open(
-        token,
-        ledger,
-        Arc::new(SystemClock),
-        &s.hsm_id,
-        Some(&certs),
-    )?;
+    open_with(at, Some(&certs))?;
     files::write_atomic(
         &at.dir.join(IDENTITY_FILE),
         certs.to_pem().as_bytes(),
