@@ -200,9 +200,10 @@ pub(crate) struct BenchArgs {
     json: bool,
 }
 
-/// The OEM's firmware for a bench with `--firmware`: its keys and one image.
+/// The OEM's firmware for a bench with `--firmware`: its boot key's hash, its family key and
+/// one image.
 struct BenchFirmware {
-    sign: SoftKey,
+    boot_key_hash: [u8; 32],
     family: SoftKey,
     image: Vec<u8>,
 }
@@ -229,17 +230,13 @@ impl BenchFirmware {
         opts.encrypt_to = Some(&family_pub);
         let image = trustfab_firmware::master(&payload, &opts, &sign, &trustfab_types::OsRng)?;
         Ok(Self {
-            sign,
+            boot_key_hash: trustfab_firmware::key_hash(&PublicKey::from_point(
+                Curve::P256,
+                sign.public_point(),
+            )?),
             family,
             image,
         })
-    }
-
-    fn boot_key_hash(&self) -> Result<[u8; 32]> {
-        Ok(trustfab_firmware::key_hash(&PublicKey::from_point(
-            Curve::P256,
-            self.sign.public_point(),
-        )?))
     }
 }
 
@@ -717,7 +714,7 @@ fn bench_site(
         firmware: match fw {
             Some(fw) => Some(trustfab_package::Firmware {
                 family: "bench".into(),
-                boot_key_hash: fw.boot_key_hash()?,
+                boot_key_hash: fw.boot_key_hash,
                 wrapped_family_key: Some(
                     trustfab_token::wrap_for(
                         &kt,
@@ -844,8 +841,7 @@ fn firmware_crypto(fw: &BenchFirmware, device: &SoftKey) -> Result<()> {
         family.secret_pkcs8_der(),
     )?);
     let keys: [&dyn trustfab_firmware::DecryptionKey; 1] = [&key];
-    let hash = fw.boot_key_hash()?;
-    let anchor = trustfab_firmware::TrustAnchor::KeyHash(&hash);
+    let anchor = trustfab_firmware::TrustAnchor::KeyHash(&fw.boot_key_hash);
     // What MCUboot does on the part: validate the update decrypting it, decrypt it into the
     // primary slot during the swap (the image key unwrapped once), validate the primary slot.
     trustfab_firmware::verify(
