@@ -8,61 +8,32 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use trustfab_device::{file, Device, DeviceKind, SiliconVendor, Zone};
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{
-    intermediate_ca, issue_device, pem, self_signed_ca, CaRole, CaSpec, Curve, DeviceRequest,
-    Issuer, PublicKey, RenderInputs, Signer, SoftKey, Template,
+    issue_device, pem, Curve, DeviceRequest, Issuer, PublicKey, RenderInputs, Signer, SoftKey,
+    Template,
 };
+use trustfab_test_support::cli::Trustfab;
 use trustfab_test_support::openssl_tls::free_port;
-use trustfab_test_support::Scratch;
+use trustfab_test_support::{site, Scratch};
 use trustfab_types::{
-    Clock as _, DeviceUid, OemId, OsRng, Passphrase, ProductId, Serial, SystemClock, UnixTime,
+    Clock as _, DeviceUid, OsRng, Passphrase, ProductId, Serial, SystemClock, UnixTime,
 };
 
 const PASS: &str = "cli auth test passphrase";
 
-struct Oem {
-    id: OemId,
-    root: Vec<u8>,
-    ca_key: SoftKey,
-    ca: Vec<u8>,
-}
+/// An OEM (root and device CA, valid around the real time the commands validate at) that
+/// issues certificates and provisions device files.
+struct Oem(site::Oem);
 
 impl Oem {
     fn new(name: &str) -> Self {
-        let now = SystemClock.now();
-        let spec = |role, cn: String, serial| CaSpec {
-            role,
-            common_name: cn,
-            organization: name.into(),
-            serial: Serial::from_u64(serial).unwrap(),
-            not_before: UnixTime(now.0 - 3600),
-            days: 365,
-        };
-        let root_key = SoftKey::generate(Curve::P256).unwrap();
-        let root = self_signed_ca(
-            &spec(CaRole::OemRoot, format!("{name} Root CA"), 1),
-            &root_key,
-        )
-        .unwrap();
-        let ca_key = SoftKey::generate(Curve::P256).unwrap();
-        let ca = intermediate_ca(
-            &spec(CaRole::DeviceCa, format!("{name} Device CA"), 2),
-            &PublicKey::from_point(Curve::P256, ca_key.public_point()).unwrap(),
-            &Issuer::new(&root, &root_key).unwrap(),
-        )
-        .unwrap();
-        Self {
-            id: OemId::new(name).unwrap(),
-            root,
-            ca_key,
-            ca,
-        }
+        Self(site::Oem::new(name, SystemClock.now()))
     }
 
     fn issue(&self, template: &str, uid: &DeviceUid, serial: u64, pk: &PublicKey) -> Vec<u8> {
@@ -71,7 +42,7 @@ impl Oem {
         let serial = Serial::from_u64(serial).unwrap();
         let req = DeviceRequest {
             inputs: RenderInputs {
-                oem: &self.id,
+                oem: &self.0.id,
                 product: &product,
                 uid,
                 serial: &serial,
@@ -82,7 +53,7 @@ impl Oem {
         issue_device(
             &template,
             &req,
-            &Issuer::new(&self.ca, &self.ca_key).unwrap(),
+            &Issuer::new(&self.0.ca, &self.0.ca_key).unwrap(),
         )
         .unwrap()
     }
@@ -96,8 +67,8 @@ impl Oem {
         let uid = d.uid().unwrap();
         d.write_slot(10, &self.issue(EXAMPLE_TEMPLATE, &uid, serial, &pk))
             .unwrap();
-        d.write_slot(11, &self.ca).unwrap();
-        d.write_slot(12, &self.root).unwrap();
+        d.write_slot(11, &self.0.ca).unwrap();
+        d.write_slot(12, &self.0.root).unwrap();
         d.lock(Zone::Data).unwrap();
         let path = dir.join(name);
         file::save(&d, &path).unwrap();
@@ -105,17 +76,12 @@ impl Oem {
     }
 }
 
-fn trustfab(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_trustfab"));
-    c.current_dir(dir)
-        .args(args)
-        .env("TRUSTFAB_PASSPHRASE", PASS)
-        .stdin(Stdio::null());
-    c
+fn tf() -> Trustfab {
+    Trustfab::new(env!("CARGO_BIN_EXE_trustfab"), PASS)
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {
-    trustfab(dir, args).output().expect("run trustfab")
+    tf().run(dir, args)
 }
 
 fn text(o: &Output) -> String {
@@ -128,7 +94,8 @@ fn text(o: &Output) -> String {
 
 /// Starts a listening command; returns once it printed "listening on".
 fn spawn_listening(dir: &Path, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = trustfab(dir, args)
+    let mut child = tf()
+        .command(dir, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -251,14 +218,14 @@ fn device_tls_connect_to_the_oem_server() {
     let cert = acme.issue(SERVER_TEMPLATE, &DeviceUid::new(b"srv").unwrap(), 99, &pk);
     s.write(
         "server.pem",
-        format!("{}{}", pem::cert_pem(&cert), pem::cert_pem(&acme.ca)),
+        format!("{}{}", pem::cert_pem(&cert), pem::cert_pem(&acme.0.ca)),
     );
     let pass = Passphrase::new(PASS.into()).unwrap();
     s.write(
         "server.key",
         key.to_encrypted_pem(&pass, &OsRng).unwrap().as_bytes(),
     );
-    s.write("root.pem", pem::cert_pem(&acme.root));
+    s.write("root.pem", pem::cert_pem(&acme.0.root));
 
     for (dev, accepted) in [("d1.dev", true), ("g.dev", false)] {
         let addr = format!("127.0.0.1:{}", free_port());
