@@ -4,7 +4,7 @@
 //! the root from the device's own storage; only the server is given a root, the OEM's.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -206,18 +206,32 @@ fn auth(a: &AuthArgs) -> Result<()> {
 fn listen(a: &ListenArgs) -> Result<()> {
     let mut id = load_identity(&a.dev)?;
     let crls = a.crls.load()?;
-    let listener =
-        TcpListener::bind(&a.addr).with_context(|| format!("listening on {}", a.addr))?;
-    println!("listening on {}", listener.local_addr()?);
-    let mut failed = 0u32;
-    for _ in 0..a.connections {
-        let (mut stream, from) = listener.accept().context("accepting a connection")?;
+    serve_connections(&a.addr, a.connections, |mut stream, from| {
         let trust = Trust {
             crls: &crls,
             now: SystemClock.now(),
         };
-        match tcp::respond(&mut stream, &mut id, &trust) {
-            Ok(s) => println!("authenticated {from}: {}", describe(&s)),
+        tcp::respond(&mut stream, &mut id, &trust)
+            .map(|s| format!("{from}: {}", describe(&s)))
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Listens on `addr`, says where, and answers `connections` connections one after another with
+/// `serve`, printing `authenticated <what serve returned>` or `refused <peer>: <why>` for each;
+/// fails when any was refused.
+fn serve_connections(
+    addr: &str,
+    connections: u32,
+    mut serve: impl FnMut(TcpStream, SocketAddr) -> std::result::Result<String, String>,
+) -> Result<()> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
+    println!("listening on {}", listener.local_addr()?);
+    let mut failed = 0u32;
+    for _ in 0..connections {
+        let (stream, from) = listener.accept().context("accepting a connection")?;
+        match serve(stream, from) {
+            Ok(what) => println!("authenticated {what}"),
             Err(e) => {
                 failed += 1;
                 println!("refused {from}: {e}");
@@ -301,24 +315,11 @@ fn tls_listen(a: &TlsListenArgs) -> Result<()> {
         .transpose()?;
     let verifier = OemClientVerifier::new(&root, a.crls.load()?, eku.as_deref())?;
     let config = Arc::new(tls::server_config(chain, key, Arc::new(verifier))?);
-    let listener =
-        TcpListener::bind(&a.addr).with_context(|| format!("listening on {}", a.addr))?;
-    println!("listening on {}", listener.local_addr()?);
-    let mut failed = 0u32;
-    for _ in 0..a.connections {
-        let (sock, from) = listener.accept().context("accepting a connection")?;
-        match serve_one(&config, sock) {
-            Ok(subject) => println!("authenticated device {from}: {subject}"),
-            Err(e) => {
-                failed += 1;
-                println!("refused {from}: {e:#}");
-            }
-        }
-    }
-    if failed > 0 {
-        bail!("{failed} connection(s) refused");
-    }
-    Ok(())
+    serve_connections(&a.addr, a.connections, |sock, from| {
+        serve_one(&config, sock)
+            .map(|subject| format!("device {from}: {subject}"))
+            .map_err(|e| format!("{e:#}"))
+    })
 }
 
 fn serve_one(config: &Arc<rustls::ServerConfig>, sock: TcpStream) -> Result<String> {
