@@ -572,7 +572,8 @@ struct Shared<'a> {
     spec: &'a JobSpec,
     opts: &'a RunOptions,
     root: Vec<u8>,
-    device_ca: Option<Vec<u8>>,
+    /// The device CA certificate, when the product has one: the chain's only intermediate.
+    intermediates: Vec<Vec<u8>>,
     /// For a job with firmware: the product's family key point (empty when not encrypted).
     family_point: Option<Vec<u8>>,
     good: Mutex<HashSet<Vec<u8>>>,
@@ -711,7 +712,7 @@ pub fn run<S: Supply>(
         spec,
         opts,
         root,
-        device_ca,
+        intermediates: device_ca.into_iter().collect(),
         family_point,
         permits: Mutex::new(Permits {
             available: spec.quantity.saturating_sub(issued_start),
@@ -1156,11 +1157,15 @@ fn provision<D: Device>(sh: &Shared<'_>, dev: &mut D, issue_tx: &Sender<IssueReq
     let serial = Some(serial.as_slice());
 
     // 4 and 5: write the certificates (a locked device had them written before).
-    let mut writes = vec![(Step::WriteCert, spec.slots.device_cert, issued.cert.clone())];
-    if let (Some(slot), Some(ca)) = (spec.slots.device_ca, &sh.device_ca) {
-        writes.push((Step::WriteCert, slot, ca.clone()));
+    let mut writes = vec![(
+        Step::WriteCert,
+        spec.slots.device_cert,
+        issued.cert.as_slice(),
+    )];
+    if let (Some(slot), Some(ca)) = (spec.slots.device_ca, sh.intermediates.first()) {
+        writes.push((Step::WriteCert, slot, ca.as_slice()));
     }
-    writes.push((Step::WriteRoot, spec.slots.root, sh.root.clone()));
+    writes.push((Step::WriteRoot, spec.slots.root, sh.root.as_slice()));
     if !locks.data {
         for (step, slot, der) in &writes {
             if let Err(e) = dev.write_slot(*slot, der) {
@@ -1214,11 +1219,7 @@ fn provision<D: Device>(sh: &Shared<'_>, dev: &mut D, issue_tx: &Sender<IssueReq
         job: spec.job_id.clone(),
         uid: Bytes(uid.as_bytes().to_vec()),
         serial: Bytes(issued.serial.as_be_bytes().to_vec()),
-        cert_sha256: Bytes(
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &cert)
-                .as_ref()
-                .to_vec(),
-        ),
+        cert_sha256: Bytes(sha256(&cert).to_vec()),
         resumed,
     })
 }
@@ -1383,7 +1384,7 @@ fn verify<D: Device>(
     dev: &mut D,
     uid: &DeviceUid,
     issued: &Issued,
-    writes: &[(Step, u8, Vec<u8>)],
+    writes: &[(Step, u8, &[u8])],
     serial: Option<&[u8]>,
 ) -> Result<Vec<u8>, Outcome> {
     let spec = sh.spec;
@@ -1408,7 +1409,7 @@ fn verify<D: Device>(
     let mut cert = issued.cert.clone();
     for (_, slot, der) in writes {
         let back = dev.read_slot(*slot).map_err(|e| fail(&e))?;
-        if &back == der {
+        if back == *der {
             continue;
         }
         // A certificate written in an earlier attempt and rebuilt now has the same TBS (the HSM
@@ -1427,12 +1428,11 @@ fn verify<D: Device>(
             spec.slots.key
         )));
     }
-    let intermediates: Vec<Vec<u8>> = sh.device_ca.iter().cloned().collect();
     validate(
         &cert,
         &Policy {
             root: &sh.root,
-            intermediates: &intermediates,
+            intermediates: &sh.intermediates,
             crls: &[],
             now: sh.opts.clock.now(),
             purpose: Purpose::ClientAuth,
