@@ -92,6 +92,20 @@ impl CounterOp {
         }
     }
 
+    /// The operation a stored code and amount stand for: the inverse of [`Self::code`].
+    pub(crate) fn from_code(code: i64, product: String, amount: u64) -> Option<Self> {
+        Some(match code {
+            1 => Self::Create {
+                product,
+                count: amount,
+            },
+            2 => Self::TopUp { product, n: amount },
+            3 => Self::Spend { product, n: amount },
+            4 => Self::Credit { product, n: amount },
+            _ => return None,
+        })
+    }
+
     /// The operation's count or amount.
     pub fn amount(&self) -> u64 {
         match self {
@@ -327,16 +341,10 @@ pub fn decode_effects(b: &[u8]) -> Result<(Vec<CounterOp>, Vec<Claim>), Problem>
         let product =
             String::from_utf8(r.take(len)?.to_vec()).map_err(|_| Problem::MalformedEffects)?;
         let amount = u64::from_be_bytes(r.array::<8>()?);
-        counters.push(match op {
-            1 => CounterOp::Create {
-                product,
-                count: amount,
-            },
-            2 => CounterOp::TopUp { product, n: amount },
-            3 => CounterOp::Spend { product, n: amount },
-            4 => CounterOp::Credit { product, n: amount },
-            _ => return Err(Problem::MalformedEffects),
-        });
+        counters.push(
+            CounterOp::from_code(i64::from(op), product, amount)
+                .ok_or(Problem::MalformedEffects)?,
+        );
     }
     let m = r.u16()?;
     let mut claims = Vec::with_capacity(usize::from(m).min(MAX_OPERATIONS_PER_APPEND));

@@ -641,26 +641,7 @@ impl<'c> CounterWalk<'c> {
                 None
             }
         };
-        let product = e.product.clone();
-        let op = match e.op {
-            1 => CounterOp::Create {
-                product,
-                count: e.amount,
-            },
-            2 => CounterOp::TopUp {
-                product,
-                n: e.amount,
-            },
-            3 => CounterOp::Spend {
-                product,
-                n: e.amount,
-            },
-            4 => CounterOp::Credit {
-                product,
-                n: e.amount,
-            },
-            _ => return Err(bad()),
-        };
+        let op = CounterOp::from_code(e.op, e.product.clone(), e.amount).ok_or_else(bad)?;
         match op.apply(before) {
             Ok(after) if after == e.after => {}
             _ => return Err(bad()),
