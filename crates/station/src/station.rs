@@ -556,6 +556,30 @@ enum Outcome {
     Stopped,
 }
 
+impl Outcome {
+    /// A device error at `step`: transient when another attempt may succeed.
+    fn failed(uid: Option<&DeviceUid>, step: Step, serial: Option<&[u8]>, e: &DeviceError) -> Self {
+        Self::Failed {
+            uid: uid.cloned(),
+            step,
+            reason: e.to_string(),
+            serial: serial.map(<[u8]>::to_vec),
+            transient: transient(e),
+        }
+    }
+
+    /// A final refusal at `step`.
+    fn refused(uid: &DeviceUid, step: Step, serial: Option<&[u8]>, reason: String) -> Self {
+        Self::Failed {
+            uid: Some(uid.clone()),
+            step,
+            reason,
+            serial: serial.map(<[u8]>::to_vec),
+            transient: false,
+        }
+    }
+}
+
 struct IssueRequest {
     key: DeviceKey,
     reply: Sender<Result<Issued, String>>,
@@ -1060,20 +1084,11 @@ fn transient(e: &DeviceError) -> bool {
 /// Steps 1 to 7 on one device; resumes at the step an earlier attempt reached.
 fn provision<D: Device>(sh: &Shared<'_>, dev: &mut D, issue_tx: &Sender<IssueRequest>) -> Outcome {
     let spec = sh.spec;
-    let fail =
-        |uid: Option<&DeviceUid>, step, e: &DeviceError, serial: Option<&[u8]>| Outcome::Failed {
-            uid: uid.cloned(),
-            step,
-            reason: e.to_string(),
-            serial: serial.map(<[u8]>::to_vec),
-            transient: transient(e),
-        };
-    let refuse = |uid: &DeviceUid, step, reason: String, serial: Option<&[u8]>| Outcome::Failed {
-        uid: Some(uid.clone()),
-        step,
-        reason,
-        serial: serial.map(<[u8]>::to_vec),
-        transient: false,
+    let fail = |uid: Option<&DeviceUid>, step, e: &DeviceError, serial: Option<&[u8]>| {
+        Outcome::failed(uid, step, serial, e)
+    };
+    let refuse = |uid: &DeviceUid, step, reason: String, serial: Option<&[u8]>| {
+        Outcome::refused(uid, step, serial, reason)
     };
 
     // 1: UID.
@@ -1231,20 +1246,8 @@ fn keygen_and_issue<D: Device>(
     issue_tx: &Sender<IssueRequest>,
 ) -> Result<Issued, Outcome> {
     let spec = sh.spec;
-    let fail = |step, e: &DeviceError| Outcome::Failed {
-        uid: Some(uid.clone()),
-        step,
-        reason: e.to_string(),
-        serial: None,
-        transient: transient(e),
-    };
-    let refuse = |step, reason: String| Outcome::Failed {
-        uid: Some(uid.clone()),
-        step,
-        reason,
-        serial: None,
-        transient: false,
-    };
+    let fail = |step, e: &DeviceError| Outcome::failed(Some(uid), step, None, e);
+    let refuse = |step, reason: String| Outcome::refused(uid, step, None, reason);
     let public_key = match &spec.attestation_root {
         Some(vendor_root) => {
             let mut nonce = [0u8; 32];
@@ -1297,24 +1300,8 @@ fn program_firmware<D: Device>(
     fw: &JobFirmware,
     serial: Option<&[u8]>,
 ) -> Result<(), Box<Outcome>> {
-    let fail = |e: &DeviceError| {
-        Box::new(Outcome::Failed {
-            uid: Some(uid.clone()),
-            step: Step::Firmware,
-            reason: e.to_string(),
-            serial: serial.map(<[u8]>::to_vec),
-            transient: transient(e),
-        })
-    };
-    let refuse = |reason: String| {
-        Box::new(Outcome::Failed {
-            uid: Some(uid.clone()),
-            step: Step::Firmware,
-            reason,
-            serial: serial.map(<[u8]>::to_vec),
-            transient: false,
-        })
-    };
+    let fail = |e: &DeviceError| Box::new(Outcome::failed(Some(uid), Step::Firmware, serial, e));
+    let refuse = |reason: String| Box::new(Outcome::refused(uid, Step::Firmware, serial, reason));
     let image = sh
         .opts
         .image
@@ -1388,20 +1375,8 @@ fn verify<D: Device>(
     serial: Option<&[u8]>,
 ) -> Result<Vec<u8>, Outcome> {
     let spec = sh.spec;
-    let fail = |e: &DeviceError| Outcome::Failed {
-        uid: Some(uid.clone()),
-        step: Step::Verify,
-        reason: e.to_string(),
-        serial: serial.map(<[u8]>::to_vec),
-        transient: transient(e),
-    };
-    let refuse = |reason: String| Outcome::Failed {
-        uid: Some(uid.clone()),
-        step: Step::Verify,
-        reason,
-        serial: serial.map(<[u8]>::to_vec),
-        transient: false,
-    };
+    let fail = |e: &DeviceError| Outcome::failed(Some(uid), Step::Verify, serial, e);
+    let refuse = |reason: String| Outcome::refused(uid, Step::Verify, serial, reason);
     let locks = dev.lock_state().map_err(|e| fail(&e))?;
     if !locks.data {
         return Err(refuse("the device reports its data zone unlocked".into()));
