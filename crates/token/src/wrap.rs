@@ -168,7 +168,7 @@ impl WrappedKey {
         }
         let info = r.take(ilen)?.to_vec();
         let clen = usize::from(r.u16()?);
-        if !(24..=CIPHERTEXT_MAX).contains(&clen) || clen % 8 != 0 {
+        if !is_wrap_len(clen) {
             return Err(Error::WrappedFormat(
                 "ciphertext length is not a key wrap length",
             ));
@@ -185,6 +185,23 @@ impl WrappedKey {
             ciphertext,
         })
     }
+}
+
+/// Refuses an `info` over [`INFO_MAX`] bytes.
+fn check_info(info: &[u8]) -> Result<(), Error> {
+    if info.len() > INFO_MAX {
+        return Err(Error::TooLarge {
+            what: "wrap info",
+            len: info.len(),
+            limit: INFO_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// Whether `len` is a length an RFC 5649 ciphertext of this format may have.
+fn is_wrap_len(len: usize) -> bool {
+    (24..=CIPHERTEXT_MAX).contains(&len) && len.is_multiple_of(8)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -267,13 +284,7 @@ pub fn wrap_for(kt: &PublicKey, key: &SecretKeyDer, info: &[u8]) -> Result<Wrapp
     if kt.curve() != Curve::P256 {
         return Err(Error::BadKey("key-transport keys are P-256"));
     }
-    if info.len() > INFO_MAX {
-        return Err(Error::TooLarge {
-            what: "wrap info",
-            len: info.len(),
-            limit: INFO_MAX,
-        });
-    }
+    check_info(info)?;
     let public_key = pkcs8_public_key(key)?;
     let eph = EphemeralPrivateKey::generate(&ECDH_P256, &SystemRandom::new())
         .map_err(|_| Error::Crypto("ephemeral key generation"))?;
@@ -329,13 +340,7 @@ pub fn wrapped_header(
 ) -> Result<WrappedKey, Error> {
     PublicKey::from_point(Curve::P256, ephemeral_point)
         .map_err(|_| Error::BadKey("ephemeral point is not on P-256"))?;
-    if info.len() > INFO_MAX {
-        return Err(Error::TooLarge {
-            what: "wrap info",
-            len: info.len(),
-            limit: INFO_MAX,
-        });
-    }
+    check_info(info)?;
     Ok(WrappedKey {
         key_curve: public_key.curve(),
         ephemeral_point: ephemeral_point.to_vec(),
@@ -351,8 +356,7 @@ impl WrappedKey {
     /// # Errors
     /// [`Error::WrappedFormat`] when the ciphertext is not a key wrap length.
     pub fn with_ciphertext(mut self, ciphertext: Vec<u8>) -> Result<Self, Error> {
-        if !(24..=CIPHERTEXT_MAX).contains(&ciphertext.len()) || !ciphertext.len().is_multiple_of(8)
-        {
+        if !is_wrap_len(ciphertext.len()) {
             return Err(Error::WrappedFormat(
                 "ciphertext length is not a key wrap length",
             ));
@@ -428,14 +432,7 @@ pub fn check_wrap_out(key: &KeyInfo, recipient: &PublicKey, info: &[u8]) -> Resu
             "the recipient of a wrapped key must be on P-256",
         ));
     }
-    if info.len() > INFO_MAX {
-        return Err(Error::TooLarge {
-            what: "wrap info",
-            len: info.len(),
-            limit: INFO_MAX,
-        });
-    }
-    Ok(())
+    check_info(info)
 }
 
 /// The rules every backend applies before [`crate::Token::unwrap_key`] imports a key: the spec
