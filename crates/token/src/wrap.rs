@@ -375,8 +375,8 @@ impl WrappedKey {
 /// the DER is refused (aws-lc's parser alone would ignore it). The key is returned as aws-lc
 /// writes PKCS#8 v1, with its public key: a PKCS#11 token's encoding may lack it (SoftHSM2's
 /// `ECPrivateKey` holds only the scalar), and the recipient gets the same bytes from every
-/// backend.
-fn canonical_pkcs8(plain: &[u8], curve: Curve) -> Result<SecretKeyDer, Error> {
+/// backend. The key must be `declared`: its point is checked on the parse made here.
+fn canonical_pkcs8(plain: &[u8], declared: &PublicKey) -> Result<SecretKeyDer, Error> {
     let bad = Error::BadKey("not one PKCS#8 key of the declared curve");
     let der_len = match plain {
         [0x30, n, ..] if *n < 0x80 => 2 + usize::from(*n),
@@ -391,8 +391,11 @@ fn canonical_pkcs8(plain: &[u8], curve: Curve) -> Result<SecretKeyDer, Error> {
     if !padded || pad.iter().any(|b| *b != 0) {
         return Err(Error::BadKey("bytes after the PKCS#8 key"));
     }
-    let alg = curve.signing_alg();
+    let alg = declared.curve().signing_alg();
     let pair = EcdsaKeyPair::from_pkcs8(alg, der).map_err(|_| bad)?;
+    if pair.public_key().as_ref() != declared.point() {
+        return Err(Error::BadKey("not the declared key"));
+    }
     // aws-lc re-encodes a parsed key as it found it (without a public key if it had none), so
     // the pair is rebuilt from its scalar and point. The scalar buffer zeroizes on drop.
     let scalar = pair
@@ -482,13 +485,7 @@ pub fn unwrap_with(recipient: &SecretKeyDer, wrapped: &WrappedKey) -> Result<Sec
         |z| kek_from_shared_secret(z, &context).map_err(|_| Error::Unwrap),
     )?;
     let plain = unwrap_pkcs8(&kek, wrapped.ciphertext())?;
-    let plain = canonical_pkcs8(plain.secret_pkcs8_der(), wrapped.key_curve())
-        .map_err(|_| Error::Unwrap)?;
-    let declared = pkcs8_public_key(&plain).map_err(|_| Error::Unwrap)?;
-    if &declared != wrapped.public_key() {
-        return Err(Error::Unwrap);
-    }
-    Ok(plain)
+    canonical_pkcs8(plain.secret_pkcs8_der(), wrapped.public_key()).map_err(|_| Error::Unwrap)
 }
 
 #[cfg(test)]
