@@ -30,7 +30,7 @@ use trustfab_device::{Device, Error as DeviceError, SlotKind, Zone};
 use trustfab_hsm::{DeviceKey, Hsm, IssuanceRecord, IssueError, Issued};
 use trustfab_ledger::{Append, CounterOp, Kind, Store};
 use trustfab_pki::{validate, Policy, PublicKey, Purpose, Signer};
-use trustfab_types::{Clock, DeviceUid, UnixTime};
+use trustfab_types::{Clock, DeviceUid, Serial, UnixTime};
 
 use crate::error::{CreateError, RunError};
 use crate::job::{serde_bytes_vec::Bytes, JobFirmware, JobPackage, JobSpec, LockPolicy};
@@ -547,7 +547,7 @@ enum Outcome {
         uid: Option<DeviceUid>,
         step: Step,
         reason: String,
-        serial: Option<Vec<u8>>,
+        serial: Option<Serial>,
         transient: bool,
     },
     AlreadyGood,
@@ -558,23 +558,28 @@ enum Outcome {
 
 impl Outcome {
     /// A device error at `step`: transient when another attempt may succeed.
-    fn failed(uid: Option<&DeviceUid>, step: Step, serial: Option<&[u8]>, e: &DeviceError) -> Self {
+    fn failed(
+        uid: Option<&DeviceUid>,
+        step: Step,
+        serial: Option<&Serial>,
+        e: &DeviceError,
+    ) -> Self {
         Self::Failed {
             uid: uid.cloned(),
             step,
             reason: e.to_string(),
-            serial: serial.map(<[u8]>::to_vec),
+            serial: serial.cloned(),
             transient: transient(e),
         }
     }
 
     /// A final refusal at `step`.
-    fn refused(uid: &DeviceUid, step: Step, serial: Option<&[u8]>, reason: String) -> Self {
+    fn refused(uid: &DeviceUid, step: Step, serial: Option<&Serial>, reason: String) -> Self {
         Self::Failed {
             uid: Some(uid.clone()),
             step,
             reason,
-            serial: serial.map(<[u8]>::to_vec),
+            serial: serial.cloned(),
             transient: false,
         }
     }
@@ -1024,7 +1029,7 @@ fn socket_loop<S: Supply>(
                     step: step.number(),
                     step_name: step.name().into(),
                     reason: reason.clone(),
-                    serial: serial.clone().map(Bytes),
+                    serial: serial.as_ref().map(|s| Bytes(s.as_be_bytes().to_vec())),
                     retry: again,
                 };
                 let _ = record_tx.send(Append::record(Kind::DeviceFailed, records::encode(&body)));
@@ -1035,7 +1040,7 @@ fn socket_loop<S: Supply>(
                             uid: uid.map(|u| u.to_hex()),
                             step,
                             reason,
-                            serial: serial.map(|s| hex(&s)),
+                            serial: serial.map(|s| s.to_hex()),
                         },
                     );
                 } else if !again {
@@ -1067,10 +1072,6 @@ fn socket_loop<S: Supply>(
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn transient(e: &DeviceError) -> bool {
     matches!(
         e,
@@ -1084,10 +1085,10 @@ fn transient(e: &DeviceError) -> bool {
 /// Steps 1 to 7 on one device; resumes at the step an earlier attempt reached.
 fn provision<D: Device>(sh: &Shared<'_>, dev: &mut D, issue_tx: &Sender<IssueRequest>) -> Outcome {
     let spec = sh.spec;
-    let fail = |uid: Option<&DeviceUid>, step, e: &DeviceError, serial: Option<&[u8]>| {
+    let fail = |uid: Option<&DeviceUid>, step, e: &DeviceError, serial: Option<&Serial>| {
         Outcome::failed(uid, step, serial, e)
     };
-    let refuse = |uid: &DeviceUid, step, reason: String, serial: Option<&[u8]>| {
+    let refuse = |uid: &DeviceUid, step, reason: String, serial: Option<&Serial>| {
         Outcome::refused(uid, step, serial, reason)
     };
 
@@ -1112,15 +1113,15 @@ fn provision<D: Device>(sh: &Shared<'_>, dev: &mut D, issue_tx: &Sender<IssueReq
         Ok(r) => r,
         Err(e) => return refuse(&uid, Step::Issue, format!("HSM: {e}"), None),
     };
-    let recorded_serial = recorded.as_ref().map(|i| i.serial.as_be_bytes().to_vec());
+    let recorded_serial = recorded.as_ref().map(|i| i.serial.clone());
     let locks = match dev.lock_state() {
         Ok(l) => l,
-        Err(e) => return fail(Some(&uid), Step::KeyGen, &e, recorded_serial.as_deref()),
+        Err(e) => return fail(Some(&uid), Step::KeyGen, &e, recorded_serial.as_ref()),
     };
 
     // 2 and 3: key and certificate, or the ones an earlier attempt made.
     let (issued, resumed) = if let Some(issued) = recorded {
-        let serial = issued.serial.as_be_bytes().to_vec();
+        let serial = issued.serial.clone();
         let Some(cert_key) = cert_public_key(&issued.cert) else {
             return refuse(
                 &uid,
@@ -1168,8 +1169,7 @@ fn provision<D: Device>(sh: &Shared<'_>, dev: &mut D, issue_tx: &Sender<IssueReq
             }
         }
     };
-    let serial = issued.serial.as_be_bytes().to_vec();
-    let serial = Some(serial.as_slice());
+    let serial = Some(&issued.serial);
 
     // 4 and 5: write the certificates (a locked device had them written before).
     let mut writes = vec![(
@@ -1298,7 +1298,7 @@ fn program_firmware<D: Device>(
     dev: &mut D,
     uid: &DeviceUid,
     fw: &JobFirmware,
-    serial: Option<&[u8]>,
+    serial: Option<&Serial>,
 ) -> Result<(), Box<Outcome>> {
     let fail = |e: &DeviceError| Box::new(Outcome::failed(Some(uid), Step::Firmware, serial, e));
     let refuse = |reason: String| Box::new(Outcome::refused(uid, Step::Firmware, serial, reason));
@@ -1372,7 +1372,7 @@ fn verify<D: Device>(
     uid: &DeviceUid,
     issued: &Issued,
     writes: &[(Step, u8, &[u8])],
-    serial: Option<&[u8]>,
+    serial: Option<&Serial>,
 ) -> Result<Vec<u8>, Outcome> {
     let spec = sh.spec;
     let fail = |e: &DeviceError| Outcome::failed(Some(uid), Step::Verify, serial, e);
