@@ -13,8 +13,9 @@ use aws_lc_rs::encoding::{AsDer as _, Pkcs8V1Der};
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _};
 use trustfab_token::{
-    check_unwrap_in, check_wrap_out, kek_from_shared_secret, unwrap_pkcs8, wrap_for, Curve, Error,
-    KeyHandle, KeyInfo, KeyLabel, KeySpec, KeyUsage, PublicKey, Signature, Token, WrappedKey,
+    check_unwrap_in, check_wrap_out, kek_from_shared_secret, unwrap_pkcs8, wrap_known_for, Curve,
+    Error, KeyHandle, KeyInfo, KeyLabel, KeySpec, KeyUsage, PublicKey, Signature, Token,
+    WrappedKey,
 };
 use trustfab_types::{Passphrase, SecretKeyDer};
 use zeroize::Zeroizing;
@@ -375,7 +376,7 @@ impl Token for SoftToken {
         let state = self.read();
         let e = state.keys.get(&key.backend_id()).ok_or(Error::UnknownKey)?;
         check_wrap_out(&e.info, recipient, info)?;
-        wrap_for(recipient, &e.pkcs8, info)
+        wrap_known_for(recipient, &e.pkcs8, &e.public, info)
     }
 
     fn fill_random(&self, out: &mut [u8]) -> Result<(), Error> {

@@ -19,7 +19,8 @@ pub use key::{
 pub use signer::TokenSigner;
 pub use wrap::{
     check_unwrap_in, check_wrap_out, kek_from_shared_secret, pkcs8_public_key, unwrap_pkcs8,
-    unwrap_with, wrap_for, wrapped_header, WrappedKey, INFO_MAX, WRAPPED_MAX, WRAPPED_VERSION,
+    unwrap_with, wrap_for, wrap_known_for, wrapped_header, WrappedKey, INFO_MAX, WRAPPED_MAX,
+    WRAPPED_VERSION,
 };
 
 /// A cryptographic token. Keys are addressed by [`KeyHandle`] and never leave it in plaintext:

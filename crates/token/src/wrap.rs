@@ -286,6 +286,35 @@ pub fn wrap_for(kt: &PublicKey, key: &SecretKeyDer, info: &[u8]) -> Result<Wrapp
     }
     check_info(info)?;
     let public_key = pkcs8_public_key(key)?;
+    seal(kt, key, public_key, info)
+}
+
+/// [`wrap_for`] for a holder that already knows `key`'s public key (a token that loaded the key
+/// once), so the PKCS#8 is not parsed again for every wrap. `public_key` must be `key`'s: the
+/// recipient refuses a blob whose key is not the declared one.
+///
+/// # Errors
+/// As [`wrap_for`].
+pub fn wrap_known_for(
+    kt: &PublicKey,
+    key: &SecretKeyDer,
+    public_key: &PublicKey,
+    info: &[u8],
+) -> Result<WrappedKey, Error> {
+    if kt.curve() != Curve::P256 {
+        return Err(Error::BadKey("key-transport keys are P-256"));
+    }
+    check_info(info)?;
+    seal(kt, key, public_key.clone(), info)
+}
+
+/// The construction of [`wrap_for`] once its inputs are checked.
+fn seal(
+    kt: &PublicKey,
+    key: &SecretKeyDer,
+    public_key: PublicKey,
+    info: &[u8],
+) -> Result<WrappedKey, Error> {
     let eph = EphemeralPrivateKey::generate(&ECDH_P256, &SystemRandom::new())
         .map_err(|_| Error::Crypto("ephemeral key generation"))?;
     let ephemeral_point = eph
