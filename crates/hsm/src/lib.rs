@@ -975,11 +975,7 @@ impl Hsm {
     /// error.
     pub fn verify_ledger(&self) -> Result<trustfab_ledger::Verified, IssueError> {
         let key = to_pki(&self.token.public_key(self.identity)?).map_err(IssueError::Sign)?;
-        let verify = |m: &[u8], sig: &[u8]| {
-            aws_lc_rs::signature::UnparsedPublicKey::new(key.curve().verify_alg(), key.point())
-                .verify(m, sig)
-                .is_ok()
-        };
+        let verify = |m: &[u8], sig: &[u8]| report::verify_signature(&key, m, sig).is_ok();
         self.ledger.verify(&verify).map_err(IssueError::Ledger)
     }
 
@@ -1171,7 +1167,7 @@ fn serial_claim(issuer_fp: &[u8; 32], serial: &Serial) -> Vec<u8> {
     v
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

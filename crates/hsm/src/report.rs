@@ -17,6 +17,7 @@ use trustfab_package::Contents;
 use trustfab_pki::{HsmCertificates, HsmIdentity, Policy, PublicKey, Purpose};
 use trustfab_types::UnixTime;
 
+use crate::hex;
 use crate::records::{IssuanceRecord, ProductDef};
 
 /// The report format version this build writes and reads.
@@ -626,7 +627,11 @@ pub fn verify_report<R: BufRead>(
     Ok(summary)
 }
 
-fn verify_signature(key: &PublicKey, message: &[u8], der: &[u8]) -> Result<(), ReportError> {
+pub(crate) fn verify_signature(
+    key: &PublicKey,
+    message: &[u8],
+    der: &[u8],
+) -> Result<(), ReportError> {
     aws_lc_rs::signature::UnparsedPublicKey::new(key.curve().verify_alg(), key.point())
         .verify(message, der)
         .map_err(|_| ReportError::Signature)
@@ -667,8 +672,4 @@ fn check_certificate(
         return Err(bad("its notBefore is not the recorded issuance time".into()));
     }
     Ok(())
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
