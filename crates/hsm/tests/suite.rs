@@ -1,14 +1,20 @@
 // The import and issuance suites; included once per backend by tests.rs.
 
+/// A new vendor, HSM "hsm-1" in `dir` certified by it, and the OEM "acme": what every test here
+/// starts from.
+fn acme_site(dir: &Path) -> (Vendor, Site, Oem) {
+    let vendor = Vendor::new(NOW);
+    let s = site(dir, "hsm-1", &vendor, BACKEND);
+    (vendor, s, Oem::new("acme", NOW))
+}
+
 mod import {
     use super::*;
 
     #[test]
     fn a_package_imports_in_its_hsm_and_issues_chained_certificates() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new(NOW);
-        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme", NOW);
+        let (vendor, s, oem) = acme_site(t.path());
         let imported = s
             .hsm
             .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
@@ -42,16 +48,12 @@ mod import {
     #[test]
     fn the_signing_key_is_sensitive_and_not_extractable_inside_the_token() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new(NOW);
-        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme", NOW);
+        let (vendor, s, oem) = acme_site(t.path());
         s.hsm
             .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
             .unwrap();
-        let certs = s.certs.clone();
         drop(s);
         let (token, _guard) = open_token(t.path(), BACKEND, false);
-        let _ = certs;
         let product_label = trustfab_hsm::product_key_label("acme/thermo").unwrap();
         for label in [
             trustfab_token::KeyLabel::new("hsm-identity").unwrap(),
@@ -92,9 +94,7 @@ mod import {
     #[test]
     fn a_second_import_is_refused_as_a_replay() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new(NOW);
-        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme", NOW);
+        let (vendor, s, oem) = acme_site(t.path());
         let p = oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1));
         let first = s.hsm.import(&p).unwrap();
         match s.hsm.import(&p) {
@@ -107,9 +107,7 @@ mod import {
     #[test]
     fn an_expired_or_early_package_is_refused() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new(NOW);
-        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme", NOW);
+        let (vendor, s, oem) = acme_site(t.path());
         let p = oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1));
         s.clock.set(UnixTime(NOW.0 + 8 * 86_400));
         assert!(matches!(s.hsm.import(&p), Err(ImportError::Expired { .. })));
@@ -125,9 +123,7 @@ mod import {
     #[test]
     fn a_package_signed_by_another_oem_key_is_refused() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new(NOW);
-        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let acme = Oem::new("acme", NOW);
+        let (vendor, s, acme) = acme_site(t.path());
         s.hsm
             .import(&acme.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
             .unwrap();
@@ -166,9 +162,7 @@ mod import {
     #[test]
     fn every_single_bit_flip_of_a_package_is_refused() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new(NOW);
-        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme", NOW);
+        let (vendor, s, oem) = acme_site(t.path());
         let minimal = "version = 1\n[subject]\ncommon_name = \"{uid}\"\n[validity]\ndays = 1\n[extensions]\nkey_usage = [\"digital_signature\"]\n[serial]\nscheme = \"random\"\n";
         let p = oem.package(&s.certs, &vendor.root, &spec("p", 5, 1).template(minimal));
         let mut accepted = Vec::new();
@@ -191,9 +185,7 @@ mod import {
     #[test]
     fn a_top_up_adds_count_and_may_not_change_the_product() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new(NOW);
-        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme", NOW);
+        let (vendor, s, oem) = acme_site(t.path());
         s.hsm
             .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
             .unwrap();
@@ -217,9 +209,7 @@ mod issue {
     use super::*;
 
     fn ready(dir: &Path, count: u64) -> (Site, Oem) {
-        let vendor = Vendor::new(NOW);
-        let s = site(dir, "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme", NOW);
+        let (vendor, s, oem) = acme_site(dir);
         s.hsm
             .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", count, 1)))
             .unwrap();
@@ -326,9 +316,7 @@ mod issue {
     #[test]
     fn sequential_serials_come_from_the_package_range() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new(NOW);
-        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme", NOW);
+        let (vendor, s, oem) = acme_site(t.path());
         let range = SerialRange {
             first: 5000,
             last: 5009,
@@ -358,9 +346,7 @@ mod issue {
     fn sequential_serials_ignore_job_reservations() {
         use trustfab_ledger::{Append, CounterOp, Kind};
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new(NOW);
-        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme", NOW);
+        let (vendor, s, oem) = acme_site(t.path());
         let range = SerialRange { first: 700, last: 709 };
         let p = oem.package(&s.certs, &vendor.root, &spec("seq", 10, 1).serials(range));
         s.hsm.import(&p).unwrap();
@@ -411,9 +397,7 @@ mod family_key {
     #[test]
     fn the_family_key_goes_only_to_certified_devices_and_unwraps_only_there() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new(NOW);
-        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme", NOW);
+        let (vendor, s, oem) = acme_site(t.path());
         let fw = Fw::new();
         s.hsm
             .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1).firmware(&fw)))
@@ -454,9 +438,7 @@ mod family_key {
     #[test]
     fn a_product_without_a_family_key_has_none_to_give() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new(NOW);
-        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme", NOW);
+        let (vendor, s, oem) = acme_site(t.path());
         s.hsm
             .import(&oem.package(&s.certs, &vendor.root, &spec("plain", 10, 1)))
             .unwrap();
@@ -491,9 +473,7 @@ mod family_key {
     #[test]
     fn the_family_key_is_a_sensitive_distribution_key_in_the_token() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new(NOW);
-        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme", NOW);
+        let (vendor, s, oem) = acme_site(t.path());
         s.hsm
             .import(&oem.package(
                 &s.certs,
@@ -514,9 +494,7 @@ mod family_key {
     #[test]
     fn a_family_key_bound_to_another_package_is_refused() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new(NOW);
-        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme", NOW);
+        let (vendor, s, oem) = acme_site(t.path());
         let fw = Fw {
             info: Some(trustfab_hsm::family_wrap_info(&[9; 16], &[0; 32])),
             ..Fw::new()
@@ -534,9 +512,7 @@ mod family_key {
     #[test]
     fn a_top_up_may_not_change_the_firmware() {
         let t = tempfile::tempdir().unwrap();
-        let vendor = Vendor::new(NOW);
-        let s = site(t.path(), "hsm-1", &vendor, BACKEND);
-        let oem = Oem::new("acme", NOW);
+        let (vendor, s, oem) = acme_site(t.path());
         let fw = Fw::new();
         s.hsm
             .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1).firmware(&fw)))
