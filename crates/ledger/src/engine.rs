@@ -134,9 +134,6 @@ struct BatchState {
     claims: HashMap<ClaimKey, u64>,
 }
 
-/// Checks one append against the batch state (reading counters it has not seen yet), and
-/// returns its records and counter events without touching the state: a refused append
-/// changes nothing.
 /// The migrations of `migrations` after schema version `current`, in order; a schema newer than
 /// this build knows is refused rather than written to. Both backends apply this policy.
 pub(crate) fn pending_migrations(
@@ -153,6 +150,9 @@ pub(crate) fn pending_migrations(
     Ok(migrations.iter().filter(move |m| m.0 > current))
 }
 
+/// Checks one append against the batch state (reading counters it has not seen yet), and
+/// returns its records and counter events without touching the state: a refused append
+/// changes nothing.
 fn check_one(
     conn: &mut dyn Conn,
     st: &mut BatchState,
