@@ -3,71 +3,34 @@
 //! the parent kills it with SIGKILL at a random moment, reopens the file, and checks that the
 //! chain verifies, the counter agrees with the chain, and every reported append is there.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use trustfab_ledger::{Append, CounterOp, Error, Kind, SqliteStore, Store};
+use trustfab_ledger::{Append, CounterOp, Kind, SqliteStore, Store};
 
-use crate::support::{verifier, Fixture, Sqlite};
+use crate::support::{issue_loop, random_u64, verifier, Fixture, Sqlite};
 
 const CHILD_ENV: &str = "TRUSTFAB_LEDGER_CRASH_CHILD_DB";
 const PRODUCT: &str = "oem/crash";
 const KILLS: usize = 24;
-
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).unwrap();
-    u64::from_le_bytes(b)
-}
 
 /// The child's work: 4 threads, each appending an issuance (record + spend + unique serial
 /// claim) and then a device record, printing `committed <seq> <body hex>` for each append the
 /// store returned as durable (when `report`). Stops after `limit` appends per thread, if given.
 fn child_loop(path: &Path, limit: Option<u64>, report: bool) {
     let store = Arc::new(SqliteStore::open(path).unwrap());
-    let out = Arc::new(Mutex::new(std::io::stdout()));
-    let run = random_u64();
-    let threads: Vec<_> = (0..4u64)
-        .map(|t| {
-            let store = store.clone();
-            let out = out.clone();
-            thread::spawn(move || {
-                let mut i = 0u64;
-                while limit.is_none_or(|l| i < l) {
-                    let mut body = Vec::with_capacity(24);
-                    body.extend_from_slice(&run.to_be_bytes());
-                    body.extend_from_slice(&t.to_be_bytes());
-                    body.extend_from_slice(&i.to_be_bytes());
-                    let append = Append::record(Kind::CertificateIssued, body.clone())
-                        .with_record(Kind::DeviceProgrammed, body.clone())
-                        .with_counter(CounterOp::Spend {
-                            product: PRODUCT.into(),
-                            n: 1,
-                        })
-                        .with_claim("serial", body.clone());
-                    match store.append(append) {
-                        Ok(recs) if report => {
-                            let mut o = out.lock().unwrap();
-                            writeln!(o, "committed {} {}", recs[0].seq, hex::encode(&body))
-                                .unwrap();
-                            o.flush().unwrap();
-                        }
-                        Ok(_) => {}
-                        Err(Error::Exhausted { .. }) => return,
-                        Err(e) => panic!("append failed: {e}"),
-                    }
-                    i += 1;
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    issue_loop(
+        store,
+        PRODUCT,
+        4,
+        Some(Kind::DeviceProgrammed),
+        limit,
+        report,
+    );
 }
 
 /// The child entry point. Run by the parent with the database path in the environment; run

@@ -3,65 +3,23 @@
 //! were told is committed. Exactly the count is issued across processes, every report is on
 //! record, and the same holds when children are killed with SIGKILL at random moments.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use trustfab_ledger::{Append, CounterOp, Error, Kind, PgStore, Store};
+use trustfab_ledger::{Append, CounterOp, Kind, PgStore, Store};
 
-use crate::support::{verifier, Fixture, Pg};
+use crate::support::{issue_loop, random_u64, verifier, Fixture, Pg};
 
 const CHILD_ENV: &str = "TRUSTFAB_LEDGER_PG_CHILD_DB";
 const PRODUCT: &str = "oem/multi";
 
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).unwrap();
-    u64::from_le_bytes(b)
-}
-
 /// Two threads issuing (record + spend + unique serial claim) until the product is exhausted
 /// or `limit` appends each; prints `committed <seq> <body hex>` per durable append if `report`.
 fn station(store: PgStore, limit: Option<u64>, report: bool) -> u64 {
-    let store = Arc::new(store);
-    let out = Arc::new(Mutex::new(std::io::stdout()));
-    let run = random_u64();
-    let threads: Vec<_> = (0..2u64)
-        .map(|t| {
-            let store = store.clone();
-            let out = out.clone();
-            thread::spawn(move || {
-                let mut i = 0u64;
-                while limit.is_none_or(|l| i < l) {
-                    let mut body = run.to_be_bytes().to_vec();
-                    body.extend_from_slice(&t.to_be_bytes());
-                    body.extend_from_slice(&i.to_be_bytes());
-                    let append = Append::record(Kind::CertificateIssued, body.clone())
-                        .with_counter(CounterOp::Spend {
-                            product: PRODUCT.into(),
-                            n: 1,
-                        })
-                        .with_claim("serial", body.clone());
-                    match store.append(append) {
-                        Ok(recs) if report => {
-                            let mut o = out.lock().unwrap();
-                            writeln!(o, "committed {} {}", recs[0].seq, hex::encode(&body))
-                                .unwrap();
-                            o.flush().unwrap();
-                        }
-                        Ok(_) => {}
-                        Err(Error::Exhausted { .. }) => break,
-                        Err(e) => panic!("append failed: {e}"),
-                    }
-                    i += 1;
-                }
-                i
-            })
-        })
-        .collect();
-    threads.into_iter().map(|t| t.join().unwrap()).sum()
+    issue_loop(Arc::new(store), PRODUCT, 2, None, limit, report)
 }
 
 /// The child entry point; alone (in the suite), a bounded run on a fresh database.

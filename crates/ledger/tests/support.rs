@@ -1,12 +1,16 @@
 //! Test fixtures: real SQLite files and real PostgreSQL databases (a fresh one per test, dropped
 //! afterwards), raw SQL to tamper with them, and a keyed-hash checkpoint signer.
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use postgres::NoTls;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
-use trustfab_ledger::{PgConfig, PgStore, RawRecord, SqliteStore, Store};
+use trustfab_ledger::{
+    Append, CounterOp, Error, Kind, PgConfig, PgStore, RawRecord, SqliteStore, Store,
+};
 
 /// The checkpoint "signature" of the tests: SHA-256 over a secret and the message. The ledger
 /// only sees a closure, so any scheme with a secret exercises it the same way.
@@ -37,7 +41,7 @@ pub(crate) trait Fixture {
     /// A fresh, empty database.
     fn new() -> Self;
     /// A new store handle on the database (its own connections and writer).
-    fn open(&self) -> Result<Self::S, trustfab_ledger::Error>;
+    fn open(&self) -> Result<Self::S, Error>;
     /// Runs raw SQL against the database, bypassing the ledger.
     fn exec(&self, sql: &str);
     /// Inserts a raw records row, bypassing the ledger.
@@ -65,7 +69,7 @@ impl Fixture for Sqlite {
         Self { _dir: dir, path }
     }
 
-    fn open(&self) -> Result<SqliteStore, trustfab_ledger::Error> {
+    fn open(&self) -> Result<SqliteStore, Error> {
         SqliteStore::open(&self.path)
     }
 
@@ -168,7 +172,7 @@ impl Fixture for Pg {
         }
     }
 
-    fn open(&self) -> Result<PgStore, trustfab_ledger::Error> {
+    fn open(&self) -> Result<PgStore, Error> {
         PgStore::with_config(&self.config)
     }
 
@@ -204,4 +208,66 @@ impl Drop for Pg {
             ));
         }
     }
+}
+
+/// 64 random bits.
+pub(crate) fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// The station-like child loop of the process tests: `threads` threads, each appending an
+/// issuance of `product` (a `CertificateIssued` record, then an `extra` record with the same
+/// body if given, a spend of 1 and a unique `serial` claim on the body), until the product is
+/// exhausted or `limit` appends each. Prints `committed <seq> <body hex>` for each append the
+/// store returned as durable, if `report`. Returns how many appends were made.
+pub(crate) fn issue_loop(
+    store: Arc<dyn Store>,
+    product: &'static str,
+    threads: u64,
+    extra: Option<Kind>,
+    limit: Option<u64>,
+    report: bool,
+) -> u64 {
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let run = random_u64();
+    let threads: Vec<_> = (0..threads)
+        .map(|t| {
+            let store = store.clone();
+            let out = out.clone();
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while limit.is_none_or(|l| i < l) {
+                    let mut body = run.to_be_bytes().to_vec();
+                    body.extend_from_slice(&t.to_be_bytes());
+                    body.extend_from_slice(&i.to_be_bytes());
+                    let mut append = Append::record(Kind::CertificateIssued, body.clone());
+                    if let Some(kind) = extra {
+                        append = append.with_record(kind, body.clone());
+                    }
+                    let append = append
+                        .with_counter(CounterOp::Spend {
+                            product: product.into(),
+                            n: 1,
+                        })
+                        .with_claim("serial", body.clone());
+                    match store.append(append) {
+                        Ok(recs) if report => {
+                            let mut o = out.lock().unwrap();
+                            writeln!(o, "committed {} {}", recs[0].seq, hex::encode(&body))
+                                .unwrap();
+                            o.flush().unwrap();
+                        }
+                        Ok(_) => {}
+                        Err(Error::Exhausted { .. }) => break,
+                        Err(e) => panic!("append failed: {e}"),
+                    }
+                    i += 1;
+                }
+                i
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
 }
