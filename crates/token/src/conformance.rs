@@ -80,6 +80,14 @@ fn device_key(curve: Curve) -> (trustfab_types::SecretKeyDer, PublicKey) {
     (k.secret_pkcs8_der().unwrap(), public)
 }
 
+/// `key` wrapped for the key-transport key `kt` of `t`, binding `info`, as it arrives: through
+/// its byte encoding.
+fn wrapped_to(t: &dyn Token, kt: KeyHandle, key: &SoftKey, info: &[u8]) -> WrappedKey {
+    let der = key.secret_pkcs8_der().unwrap();
+    let wrapped = wrap_for(&t.public_key(kt).unwrap(), &der, info).unwrap();
+    WrappedKey::from_bytes(&wrapped.to_bytes()).unwrap()
+}
+
 /// Imports `key` as a distribution key (P-256) through `unwrap_key`, extractable or not.
 fn import_distribute(
     t: &dyn Token,
@@ -88,9 +96,7 @@ fn import_distribute(
     name: &str,
     extractable: bool,
 ) -> Result<KeyHandle, Error> {
-    let der = key.secret_pkcs8_der().unwrap();
-    let wrapped = wrap_for(&t.public_key(kt).unwrap(), &der, name.as_bytes()).unwrap();
-    let wrapped = WrappedKey::from_bytes(&wrapped.to_bytes()).unwrap();
+    let wrapped = wrapped_to(t, kt, key, name.as_bytes());
     let mut spec = KeySpec::new(label(name), Curve::P256, KeyUsage::Distribute);
     spec.extractable = extractable;
     t.unwrap_key(kt, &wrapped, &spec)
@@ -110,10 +116,7 @@ fn transport_key(t: &dyn Token, name: &str) -> KeyHandle {
 }
 
 fn import(t: &dyn Token, kt: KeyHandle, key: &SoftKey, name: &str, curve: Curve) -> KeyHandle {
-    let kt_pub = t.public_key(kt).unwrap();
-    let der = key.secret_pkcs8_der().unwrap();
-    let wrapped = wrap_for(&kt_pub, &der, name.as_bytes()).unwrap();
-    let wrapped = WrappedKey::from_bytes(&wrapped.to_bytes()).unwrap();
+    let wrapped = wrapped_to(t, kt, key, name.as_bytes());
     t.unwrap_key(
         kt,
         &wrapped,
@@ -174,12 +177,7 @@ pub fn unwrap_then_sign<B: Backend>(b: &B) {
     }
     // A signing key is no key-transport key.
     let sk = t.find(&label("oem-p256")).unwrap().unwrap();
-    let wrapped = wrap_for(
-        &t.public_key(kt).unwrap(),
-        &oem_key(Curve::P256).secret_pkcs8_der().unwrap(),
-        b"",
-    )
-    .unwrap();
+    let wrapped = wrapped_to(&t, kt, &oem_key(Curve::P256), b"");
     let spec = KeySpec::new(label("x"), Curve::P256, KeyUsage::Sign);
     assert!(matches!(
         t.unwrap_key(sk, &wrapped, &spec),
@@ -351,12 +349,7 @@ pub fn distribute_key_policy<B: Backend>(b: &B) {
     // It neither signs nor unwraps.
     assert!(matches!(t.sign(d, b"x"), Err(Error::NotPermitted { .. })));
     assert!(TokenSigner::new(&t, d).is_err());
-    let blob = wrap_for(
-        &t.public_key(kt).unwrap(),
-        &oem_key(Curve::P256).secret_pkcs8_der().unwrap(),
-        b"",
-    )
-    .unwrap();
+    let blob = wrapped_to(&t, kt, &oem_key(Curve::P256), b"");
     let spec = KeySpec::new(label("via-family"), Curve::P256, KeyUsage::Sign);
     assert!(matches!(
         t.unwrap_key(d, &blob, &spec),
@@ -391,12 +384,7 @@ pub fn distribute_key_policy<B: Backend>(b: &B) {
     t.wrap_key(d, &device, &[0; INFO_MAX]).unwrap();
 
     // Distribution specs: P-256 and sensitive, for import and generation alike.
-    let p384_blob = wrap_for(
-        &t.public_key(kt).unwrap(),
-        &oem_key(Curve::P384).secret_pkcs8_der().unwrap(),
-        b"",
-    )
-    .unwrap();
+    let p384_blob = wrapped_to(&t, kt, &oem_key(Curve::P384), b"");
     let mut bad = KeySpec::new(label("bad"), Curve::P384, KeyUsage::Distribute);
     bad.extractable = true;
     assert!(matches!(
