@@ -772,7 +772,8 @@ impl Hsm {
         out: &mut [Option<Issued>],
     ) -> Result<(), IssueError> {
         let now = self.clock.now();
-        let guard = matches!(p.serials, SerialScheme::Sequential { .. }).then(|| {
+        let sequential = matches!(p.serials, SerialScheme::Sequential { .. });
+        let guard = sequential.then(|| {
             self.serial_alloc
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -784,7 +785,7 @@ impl Hsm {
             product: p.key.clone(),
             n,
         });
-        if matches!(p.serials, SerialScheme::Sequential { .. }) {
+        if sequential {
             append = append.with_counter(CounterOp::Spend {
                 product: serial_counter(&p.key),
                 n,
@@ -815,7 +816,7 @@ impl Hsm {
             append = append
                 .with_record(Kind::CertificateIssued, rec.encode())
                 .with_claim(CLAIM_UID, uid_claim(&p.key, &rec.uid));
-            if matches!(p.serials, SerialScheme::Sequential { .. }) {
+            if sequential {
                 // Sequential serials are claimed: two processes must never assign the same one.
                 // Random serials carry at least 64 bits from the token's generator; their
                 // uniqueness is checked where it matters, by the OEM over the whole report.
