@@ -61,10 +61,6 @@ fn with_5_percent_socket_faults_every_device_is_accounted_for() {
     assert_eq!(ledger.counter(PRODUCT).unwrap().unwrap().issued, sum.issued);
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 #[test]
 fn parts_made_on_demand_meet_new_faults_when_put_back() {
     let dir = tempfile::tempdir().unwrap();

@@ -86,7 +86,3 @@ fn a_stopped_run_resumes_and_ends_with_exactly_the_quantity() {
     close(&s, &job);
     assert_eq!(s.hsm.ledger().counter(PRODUCT).unwrap().unwrap().issued, 40);
 }
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}

@@ -38,6 +38,11 @@ const NOW: UnixTime = UnixTime(1_790_000_000);
 const PRODUCT: &str = "acme/thermo";
 const HSM_ID: &str = "hsm-1";
 
+/// Lowercase hexadecimal, as the station prints UIDs and serials.
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 fn pass() -> Passphrase {
     Passphrase::new("station test passphrase".into()).unwrap()
 }
