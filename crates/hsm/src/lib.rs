@@ -750,7 +750,7 @@ impl Hsm {
                         });
                     }
                     if let Some(slot) = out.get_mut(i) {
-                        *slot = Some(sign_record(&p, &issuer, &rec, true)?);
+                        *slot = Some(sign_record(&p, &issuer, &rec, &d.public_key, true)?);
                     }
                 }
                 None => fresh.push(i),
@@ -845,8 +845,8 @@ impl Hsm {
         })?;
         drop(guard);
         for (i, rec) in recs {
-            if let Some(slot) = out.get_mut(i) {
-                *slot = Some(sign_record(p, issuer, &rec, false)?);
+            if let (Some(slot), Some(d)) = (out.get_mut(i), devices.get(i)) {
+                *slot = Some(sign_record(p, issuer, &rec, &d.public_key, false)?);
             }
         }
         Ok(())
@@ -948,7 +948,8 @@ impl Hsm {
                 let rec = self.issuance_near(seq, &p.key, uid)?;
                 let signer = TokenSigner::new(&*self.token, p.signing_key)?;
                 let issuer = Issuer::new(&p.issuer_cert, &signer).map_err(IssueError::Sign)?;
-                Ok(Some(sign_record(&p, &issuer, &rec, true)?))
+                let public_key = PublicKey::from_spki_der(&rec.spki).map_err(IssueError::Sign)?;
+                Ok(Some(sign_record(&p, &issuer, &rec, &public_key, true)?))
             }
             None => Ok(None),
         }
@@ -1021,7 +1022,9 @@ impl Hsm {
                                 seq: r.seq,
                             }
                         })?;
-                        Some(sign_record(&p, &issuer, &rec, true)?.cert)
+                        let public_key =
+                            PublicKey::from_spki_der(&rec.spki).map_err(IssueError::Sign)?;
+                        Some(sign_record(&p, &issuer, &rec, &public_key, true)?.cert)
                     }
                     _ => None,
                 };
@@ -1066,13 +1069,16 @@ impl Hsm {
 }
 
 /// Builds and signs the certificate an issuance record determines.
+///
+/// `public_key` is the key `rec.spki` encodes: the caller's device key when it has one, so a
+/// fresh issuance does not parse back the SPKI it just encoded.
 fn sign_record(
     p: &Product,
     issuer: &Issuer<'_>,
     rec: &IssuanceRecord,
+    public_key: &PublicKey,
     reissued: bool,
 ) -> Result<Issued, IssueError> {
-    let public_key = PublicKey::from_spki_der(&rec.spki).map_err(IssueError::Sign)?;
     let req = DeviceRequest {
         inputs: RenderInputs {
             oem: &p.oem,
@@ -1080,7 +1086,7 @@ fn sign_record(
             uid: &rec.uid,
             serial: &rec.serial,
         },
-        public_key: &public_key,
+        public_key,
         now: rec.not_before,
     };
     let cert = trustfab_pki::issue_device(&p.template, &req, issuer).map_err(IssueError::Sign)?;
