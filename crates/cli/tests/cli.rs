@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use trustfab_test_support::cli::Trustfab;
-use trustfab_test_support::openssl;
+use trustfab_test_support::{files_under, openssl};
 
 const PASS: &str = "cli test passphrase";
 
@@ -165,7 +165,7 @@ fn private_keys_are_never_written_in_plaintext() {
         assert!(openssl::pkey_pubout(&path, PASS).ok, "{key}");
         assert!(!openssl::pkey_pubout(&path, "not it").ok, "{key}");
     }
-    for entry in walk(d) {
+    for entry in files_under(d) {
         let bytes = std::fs::read(&entry).unwrap();
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains("BEGIN PRIVATE KEY"), "{}", entry.display());
@@ -175,19 +175,6 @@ fn private_keys_are_never_written_in_plaintext() {
             entry.display()
         );
     }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use trustfab_test_support::cli::Trustfab;
-use trustfab_test_support::imgtool;
+use trustfab_test_support::{files_under, imgtool};
 
 const PASS: &str = "fw test passphrase";
 
@@ -279,19 +279,6 @@ fn p256_scalar(pkcs8: &[u8]) -> [u8; 32] {
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// The value after `label` on its line of `trustfab device show`'s output.
@@ -600,7 +587,7 @@ fn firmware_programmed_by_a_job_through_the_command_line(d: &Path, backend: &str
             .windows(scalar.len())
             .any(|w| w == scalar)
     };
-    let files = walk(d);
+    let files = files_under(d);
     let (parts, others): (Vec<_>, Vec<_>) = files
         .iter()
         .partition(|p| p.extension().is_some_and(|e| e == "dev"));

@@ -36,6 +36,20 @@ impl Default for Scratch {
     }
 }
 
+/// Every file under `dir`, recursively (directories left out).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read directory") {
+        let p = e.expect("directory entry").path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// The result of running an external tool.
 #[derive(Debug)]
 pub struct Outcome {
