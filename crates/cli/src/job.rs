@@ -619,6 +619,33 @@ fn bench_token(a: &BenchArgs, dir: &Path) -> Result<Arc<dyn trustfab_token::Toke
     Ok(Arc::new(SoftToken::open(&token_path, &pass()?)?))
 }
 
+/// A bench CA certificate named `name` for `key`: self-signed, or issued by `issuer`. Serial 1,
+/// valid from an hour before `now` for ten years.
+fn bench_ca(
+    role: CaRole,
+    name: &str,
+    key: &SoftKey,
+    issuer: Option<&Issuer<'_>>,
+    now: UnixTime,
+) -> Result<Vec<u8>> {
+    let spec = CaSpec {
+        role,
+        common_name: name.into(),
+        organization: name.into(),
+        serial: Serial::from_u64(1)?,
+        not_before: UnixTime(now.0 - 3600),
+        days: 3650,
+    };
+    Ok(match issuer {
+        None => self_signed_ca(&spec, key)?,
+        Some(i) => intermediate_ca(
+            &spec,
+            &PublicKey::from_point(key.curve(), key.public_point())?,
+            i,
+        )?,
+    })
+}
+
 fn bench_site(
     token: Arc<dyn trustfab_token::Token>,
     dir: &Path,
@@ -627,23 +654,8 @@ fn bench_site(
     fw: Option<&BenchFirmware>,
 ) -> Result<Hsm> {
     let now = SystemClock.now();
-    let ca = |role, name: &str, key: &SoftKey, issuer: Option<&Issuer<'_>>| -> Result<Vec<u8>> {
-        let spec = CaSpec {
-            role,
-            common_name: name.into(),
-            organization: name.into(),
-            serial: Serial::from_u64(1)?,
-            not_before: UnixTime(now.0 - 3600),
-            days: 3650,
-        };
-        Ok(match issuer {
-            None => self_signed_ca(&spec, key)?,
-            Some(i) => intermediate_ca(
-                &spec,
-                &PublicKey::from_point(key.curve(), key.public_point())?,
-                i,
-            )?,
-        })
+    let ca = |role, name: &str, key: &SoftKey, issuer: Option<&Issuer<'_>>| {
+        bench_ca(role, name, key, issuer, now)
     };
     let vendor_key = SoftKey::generate(Curve::P256)?;
     let vendor_root = ca(CaRole::VendorRoot, "Bench vendor", &vendor_key, None)?;
@@ -742,20 +754,14 @@ fn crypto_limit(threads: usize, per_thread: u64, fw: Option<&BenchFirmware>) -> 
     let now = SystemClock.now();
     let template = Template::from_toml(EXAMPLE_TEMPLATE)?;
     let root_key = SoftKey::generate(Curve::P256)?;
-    let spec = |name: &str, role| CaSpec {
-        role,
-        common_name: name.into(),
-        organization: name.into(),
-        serial: Serial::from_u64(1).unwrap_or_else(|_| unreachable!("1 is a valid serial")),
-        not_before: UnixTime(now.0 - 3600),
-        days: 3650,
-    };
-    let root = self_signed_ca(&spec("Limit root", CaRole::OemRoot), &root_key)?;
+    let root = bench_ca(CaRole::OemRoot, "Limit root", &root_key, None, now)?;
     let ca_key = SoftKey::generate(Curve::P256)?;
-    let ca = intermediate_ca(
-        &spec("Limit CA", CaRole::DeviceCa),
-        &PublicKey::from_point(Curve::P256, ca_key.public_point())?,
-        &Issuer::new(&root, &root_key)?,
+    let ca = bench_ca(
+        CaRole::DeviceCa,
+        "Limit CA",
+        &ca_key,
+        Some(&Issuer::new(&root, &root_key)?),
+        now,
     )?;
     let oem = OemId::new("acme")?;
     let product = ProductId::new("bench")?;
