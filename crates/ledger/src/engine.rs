@@ -118,7 +118,7 @@ pub(crate) trait Conn: Send + 'static {
     /// Inserts the batch's rows.
     fn insert(
         &mut self,
-        records: &[Record],
+        records: &[&Record],
         events: &[CounterEvent],
         claims: &[ClaimRow<'_>],
     ) -> Result<(), Error>;
@@ -273,7 +273,6 @@ fn run_batch(conn: &mut dyn Conn, batch: &[&Append]) -> Result<Vec<Outcome>, Err
             claims,
         };
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut records = Vec::new();
         let mut events = Vec::new();
         let mut claim_rows = Vec::new();
         for a in batch {
@@ -285,7 +284,6 @@ fn run_batch(conn: &mut dyn Conn, batch: &[&Append]) -> Result<Vec<Outcome>, Err
                         key: &c.key,
                         seq: first_seq,
                     }));
-                    records.extend(recs.iter().cloned());
                     events.extend(evs);
                     outcomes.push(Ok(recs));
                 }
@@ -293,6 +291,12 @@ fn run_batch(conn: &mut dyn Conn, batch: &[&Append]) -> Result<Vec<Outcome>, Err
                 Err(e) => return Err(e),
             }
         }
+        // The accepted appends' records, borrowed from their outcomes (not copied).
+        let records: Vec<&Record> = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok())
+            .flatten()
+            .collect();
         if !records.is_empty() {
             conn.insert(&records, &events, &claim_rows)?;
         }

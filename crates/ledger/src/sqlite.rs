@@ -266,7 +266,7 @@ impl Conn for WriteConn {
 
     fn insert(
         &mut self,
-        records: &[Record],
+        records: &[&Record],
         events: &[CounterEvent],
         claims: &[ClaimRow<'_>],
     ) -> Result<(), Error> {
