@@ -23,19 +23,6 @@ fn fails(dir: &Path, args: &[&str]) -> String {
     tf().fails(dir, args)
 }
 
-fn sh(dir: &Path, cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run helper");
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn oem_flow_issue_verify_revoke_with_openssl() {
     let t = tempfile::tempdir().unwrap();
@@ -46,24 +33,7 @@ fn oem_flow_issue_verify_revoke_with_openssl() {
     assert!(checked.contains("template.toml: ok"), "{checked}");
 
     // A device key made by openssl, as a device maker's tool would.
-    sh(
-        d,
-        "openssl",
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "dev.key",
-        ],
-    );
-    sh(
-        d,
-        "openssl",
-        &["pkey", "-in", "dev.key", "-pubout", "-out", "dev.pub"],
-    );
+    openssl::p256_key_pair(&d.join("dev.key"), &d.join("dev.pub"));
     ok(
         d,
         &[
@@ -364,24 +334,7 @@ fn hsm_flow(d: &Path, backend: &str, pass: &str) {
     assert!(fails(&["hsm", "import", "p.pkg"]).contains("already imported"));
     assert!(ok(&["hsm", "products"]).contains("acme/thermo"));
 
-    sh(
-        d,
-        "openssl",
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "dev.key",
-        ],
-    );
-    sh(
-        d,
-        "openssl",
-        &["pkey", "-in", "dev.key", "-pubout", "-out", "dev.pub"],
-    );
+    openssl::p256_key_pair(&d.join("dev.key"), &d.join("dev.pub"));
     for (i, uid) in ["01", "02", "03"].iter().enumerate() {
         let out = format!("d{i}.pem");
         ok(&[

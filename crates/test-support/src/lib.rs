@@ -103,6 +103,34 @@ pub mod openssl {
         run(cmd, "install openssl (scripts/test.sh does)")
     }
 
+    /// `openssl ecparam -name prime256v1 -genkey -noout -out key`, then `openssl pkey -in key
+    /// -pubout -out public`: a P-256 key pair made by openssl, as a device maker's tool would.
+    pub fn p256_key_pair(key: &Path, public: &Path) {
+        let mut genkey = Command::new("openssl");
+        genkey
+            .args([
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+            ])
+            .arg(key);
+        let out = run(genkey, "install openssl (scripts/test.sh does)");
+        assert!(out.ok, "openssl ecparam: {}", out.output);
+        let mut pubout = Command::new("openssl");
+        pubout
+            .arg("pkey")
+            .arg("-in")
+            .arg(key)
+            .arg("-pubout")
+            .arg("-out")
+            .arg(public);
+        let out = run(pubout, "install openssl (scripts/test.sh does)");
+        assert!(out.ok, "openssl pkey: {}", out.output);
+    }
+
     /// `openssl pkey -in key -passin env:VAR -pubout`: reads an encrypted PKCS#8 key.
     pub fn pkey_pubout(key: &Path, passphrase: &str) -> Outcome {
         let mut cmd = Command::new("openssl");
