@@ -153,6 +153,8 @@ struct Product {
     product: ProductId,
     template: Template,
     signing_key: KeyHandle,
+    /// The firmware family key in the token, when the product has one.
+    family_key: Option<KeyHandle>,
     issuer_cert: Vec<u8>,
     /// SHA-256 of `issuer_cert`, the prefix of every serial claim.
     issuer_fp: [u8; 32],
@@ -595,7 +597,7 @@ impl Hsm {
     /// certificate was issued to `uid` for the product, a token or ledger error.
     pub fn family_key_for(&self, product: &str, uid: &DeviceUid) -> Result<Vec<u8>, IssueError> {
         let p = self.product(product)?;
-        let Some((label, _)) = p.def.firmware.as_ref().and_then(|f| f.family_key.as_ref()) else {
+        let Some(key) = p.family_key else {
             return Err(IssueError::NoFamilyKey {
                 product: p.key.clone(),
             });
@@ -615,12 +617,6 @@ impl Hsm {
                 uid: uid.to_hex(),
                 reason: "the certified device key is not a P-256 key".into(),
             })?;
-        let key =
-            self.token
-                .find(&KeyLabel::new(label)?)?
-                .ok_or_else(|| IssueError::NoFamilyKey {
-                    product: p.key.clone(),
-                })?;
         let wrapped = self
             .token
             .wrap_key(key, &recipient, &family_delivery_info(&p.key, uid))?;
@@ -656,6 +652,10 @@ impl Hsm {
             .token
             .find(&KeyLabel::new(&def.key_label)?)?
             .ok_or_else(unknown)?;
+        let family_key = match def.firmware.as_ref().and_then(|f| f.family_key.as_ref()) {
+            Some((label, _)) => self.token.find(&KeyLabel::new(label)?)?,
+            None => None,
+        };
         let serials = match def.serial_range {
             Some((first, last)) => SerialScheme::Sequential { first, last },
             None => template.serial,
@@ -673,6 +673,7 @@ impl Hsm {
             def,
             template,
             signing_key,
+            family_key,
             serials,
         });
         self.products
