@@ -179,12 +179,11 @@ fn passphrase_sources_and_refusals() {
     ok(d, &args);
 
     // No passphrase anywhere and no terminal: a clear error naming the sources.
-    let out = Command::new(env!("CARGO_BIN_EXE_trustfab"))
-        .current_dir(d)
-        .args(issue)
-        .args(["--out", "c.pem"])
+    let mut args = issue.to_vec();
+    args.extend(["--out", "c.pem"]);
+    let out = tf()
+        .command(d, &args)
         .env_remove("TRUSTFAB_PASSPHRASE")
-        .stdin(Stdio::null())
         .output()
         .unwrap();
     assert!(!out.status.success());
