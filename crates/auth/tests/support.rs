@@ -8,9 +8,10 @@ use trustfab_auth::{Identity, Initiator, Responder, Slots, Trust};
 use trustfab_device::{Device, DeviceKind, SiliconVendor, SimDevice, Zone};
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{
-    build_crl, intermediate_ca, issue_device, self_signed_ca, CaRole, CaSpec, Curve, DeviceRequest,
-    Issuer, PublicKey, Reason, RenderInputs, Revoked, Signer, SoftKey, Template,
+    build_crl, issue_device, DeviceRequest, Issuer, PublicKey, Reason, RenderInputs, Revoked,
+    SoftKey, Template,
 };
+use trustfab_test_support::site;
 use trustfab_types::{DeviceUid, OemId, OsRng, ProductId, Serial, UnixTime};
 
 pub(crate) const NOW: UnixTime = UnixTime(1_790_000_000); // 2026-09-21
@@ -46,35 +47,18 @@ pub(crate) struct Oem {
     pub(crate) ca: Vec<u8>,
 }
 
-fn spec(role: CaRole, name: &str, cn: &str, serial: u64) -> CaSpec {
-    CaSpec {
-        role,
-        common_name: cn.into(),
-        organization: name.into(),
-        serial: Serial::from_u64(serial).unwrap(),
-        not_before: UnixTime(NOW.0 - DAY),
-        days: 3650,
-    }
-}
-
 impl Oem {
+    /// A root and a device CA valid from a day before [`NOW`] for ten years (test-support's).
     pub(crate) fn new(name: &str) -> Self {
-        let root_key = SoftKey::generate(Curve::P256).unwrap();
-        let root = self_signed_ca(
-            &spec(CaRole::OemRoot, name, &format!("{name} Root CA"), 1),
-            &root_key,
-        )
-        .unwrap();
-        let ca_key = SoftKey::generate(Curve::P256).unwrap();
-        let pk = PublicKey::from_point(Curve::P256, ca_key.public_point()).unwrap();
-        let ca = intermediate_ca(
-            &spec(CaRole::DeviceCa, name, &format!("{name} Device CA"), 2),
-            &pk,
-            &Issuer::new(&root, &root_key).unwrap(),
-        )
-        .unwrap();
+        let site::Oem {
+            id,
+            root,
+            ca_key,
+            ca,
+            ..
+        } = site::Oem::new(name, NOW);
         Self {
-            id: OemId::new(name).unwrap(),
+            id,
             root,
             ca_key,
             ca,
