@@ -632,7 +632,9 @@ fn bench_ca(
         role,
         common_name: name.into(),
         organization: name.into(),
-        serial: Serial::from_u64(1)?,
+        // Unique per issuer (RFC 5280 §4.1.2.2): a root is serial 1 of its own key, the CA it
+        // issues serial 2 (the vendor issues its HSM certificates as 2 and 3, and no CA).
+        serial: Serial::from_u64(if issuer.is_none() { 1 } else { 2 })?,
         not_before: UnixTime(now.0 - 3600),
         days: 3650,
     };

@@ -32,7 +32,9 @@ pub fn ca(
         role,
         common_name: name.into(),
         organization: name.into(),
-        serial: Serial::from_u64(7).expect("serial 7"),
+        // Unique per issuer (RFC 5280 §4.1.2.2): a root is serial 1 of its own key, the one CA
+        // it issues here is serial 2.
+        serial: Serial::from_u64(if issuer.is_none() { 1 } else { 2 }).expect("serial"),
         not_before: UnixTime(now.0 - 86_400),
         days: 3650,
     };
