@@ -21,7 +21,7 @@ fn point() -> &'static [u8] {
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Ok(job) = trustfab_station::JobPackage::open(data, point()) {
+    if let Ok(job) = trustfab_formats::JobPackage::open(data, point()) {
         assert_eq!(job.as_bytes(), data);
     }
 });

@@ -187,15 +187,15 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         created_at: now.0,
         firmware: None,
     };
-    let job = trustfab_station::create_job(&hsm, spec)?;
+    let job = hsm.reserve(spec)?;
     let opts = RunOptions::new(2, Arc::new(SystemClock));
     let s2 = trustfab_station::run(
         &hsm,
-        &job.package,
+        &job,
         &FileSupply::open(&parts, Faults::none())?,
         &opts,
     )?;
-    trustfab_station::close_job(&hsm, &job.package, SystemClock.now())?;
+    hsm.close(job)?;
     println!(
         "8. a job of 2 provisioned device files ({} good): {}/device-1.dev, device-2.dev",
         s2.good,
@@ -208,7 +208,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             SoftKey::generate(Curve::P256)?.public_point(),
         )?,
     };
-    match hsm.issue(&product_key, &[extra]) {
+    match hsm.issue_direct(&product_key, &[extra]) {
         Err(e) => println!("   one more certificate is refused: {e}"),
         Ok(_) => anyhow::bail!("the HSM issued past the count"),
     }
@@ -348,16 +348,16 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             5,
         )?),
     };
-    let job = trustfab_station::create_job(&hsm, spec)?;
+    let job = hsm.reserve(spec)?;
     let mut opts = RunOptions::new(3, Arc::new(SystemClock));
     opts.image = Some(image);
     let s3 = trustfab_station::run(
         &hsm,
-        &job.package,
+        &job,
         &FileSupply::open(&mcu_parts, Faults::none())?,
         &opts,
     )?;
-    trustfab_station::close_job(&hsm, &job.package, SystemClock.now())?;
+    hsm.close(job)?;
     if s3.good != 3 {
         anyhow::bail!("the MCU job provisioned {} of 3 parts", s3.good);
     }

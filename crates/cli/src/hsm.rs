@@ -409,7 +409,7 @@ pub(crate) fn run(cmd: HsmCommand) -> Result<()> {
             let public_key =
                 PublicKey::from_pem(&files::read_text(&a.public_key, limits::CERTIFICATE_BYTES)?)
                     .with_context(|| format!("reading {}", a.public_key.display()))?;
-            let issued = hsm.issue(
+            let issued = hsm.issue_direct(
                 &a.product,
                 &[DeviceKey {
                     uid: a.uid.clone(),

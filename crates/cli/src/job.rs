@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use trustfab_device::{file, DeviceKind, SiliconVendor};
+use trustfab_hsm::Reservation;
 use trustfab_hsm::{wrap_info, Hsm};
 use trustfab_ledger::SqliteStore;
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
@@ -21,8 +22,8 @@ use trustfab_pki::{
     Template,
 };
 use trustfab_station::{
-    close_job, create_job, open_job, run as run_job, Faults, FileSupply, JobPackage, JobSpec,
-    JobState, LockPolicy, MadeSupply, PartKind, Progress, RunOptions, SlotMap, Summary,
+    device_kind, run as run_job, Faults, FileSupply, JobSpec, LockPolicy, MadeSupply, PartKind,
+    Progress, RunOptions, SlotMap, Summary,
 };
 use trustfab_token_soft::{Argon2Cost, SoftToken};
 use trustfab_types::{
@@ -33,7 +34,7 @@ use crate::files;
 use crate::hsm::{self, HsmDir};
 
 /// The largest job package read from a file.
-const JOB_FILE_MAX: usize = trustfab_station::job::MAX_PACKAGE_BYTES;
+const JOB_FILE_MAX: usize = trustfab_formats::job::MAX_PACKAGE_BYTES;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum JobCommand {
@@ -251,7 +252,7 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
         JobCommand::Close(a) => {
             let hsm = hsm::open(&a.at)?;
             let job = read_job(&hsm, &a.job)?;
-            let c = close_job(&hsm, &job, SystemClock.now())?;
+            let c = hsm.close(job)?;
             println!(
                 "closed job {}: {} issued, {} good, {} failed after issue, {} credited back to {}",
                 c.job, c.issued, c.good, c.failed_after_issue, c.credited, c.product
@@ -261,15 +262,15 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
         JobCommand::Status(a) => {
             let hsm = hsm::open(&a.at)?;
             let job = read_job(&hsm, &a.job)?;
-            let st = JobState::load(&**hsm.ledger(), &job)?;
+            let st = hsm.job_status(&job)?;
             let s = job.spec();
             println!(
                 "job {} for {} (quantity {})",
                 s.job_id, s.product, s.quantity
             );
             println!("  created   ledger record {}", st.created_seq);
-            println!("  released  {}", st.released);
             println!("  issued    {}", st.issued.len());
+            println!("  reserved  {} units left", st.remaining);
             println!("  good      {}", st.good.len());
             println!("  failures  {} recorded attempts", st.failures);
             match st.closed_seq {
@@ -281,10 +282,11 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
     }
 }
 
-fn read_job(hsm: &Hsm, path: &Path) -> Result<JobPackage> {
+fn read_job(hsm: &Hsm, path: &Path) -> Result<Reservation> {
     let bytes = files::read_limited(path, JOB_FILE_MAX)
         .with_context(|| format!("reading job package {}", path.display()))?;
-    open_job(hsm, &bytes).with_context(|| format!("opening job package {}", path.display()))
+    hsm.attach(&bytes)
+        .with_context(|| format!("opening job package {}", path.display()))
 }
 
 fn create(a: &CreateArgs) -> Result<()> {
@@ -293,7 +295,7 @@ fn create(a: &CreateArgs) -> Result<()> {
     let attestation_root = match &a.attestation_root {
         Some(p) => {
             let text = files::read_text(p, 64 * 1024)?;
-            Some(trustfab_station::job::serde_bytes_vec::Bytes(
+            Some(trustfab_formats::records::Bytes(
                 trustfab_pki::pem::decode_one(&text, "CERTIFICATE")
                     .with_context(|| format!("reading {}", p.display()))?,
             ))
@@ -336,16 +338,16 @@ fn create(a: &CreateArgs) -> Result<()> {
     if a.out.exists() {
         bail!("{} exists; not overwriting it", a.out.display());
     }
-    let created = create_job(&hsm, spec)?;
-    files::write_atomic(&a.out, created.package.as_bytes(), false)
+    let created = hsm.reserve(spec)?;
+    files::write_atomic(&a.out, created.package().as_bytes(), false)
         .with_context(|| format!("writing job package {}", a.out.display()))?;
-    let s = created.package.spec();
+    let s = created.spec();
     println!(
         "job {} for {}: {} devices reserved (ledger record {}), package {}",
         s.job_id,
         s.product,
         s.quantity,
-        created.seq,
+        created.created_seq(),
         a.out.display()
     );
     Ok(())
@@ -399,7 +401,7 @@ fn run_cmd(a: &RunArgs) -> Result<()> {
     let hsm = hsm::open(&a.at)?;
     let job = read_job(&hsm, &a.job)?;
     let spec = job.spec().clone();
-    let st = JobState::load(&**hsm.ledger(), &job)?;
+    let st = hsm.job_status(&job)?;
     let pb = (!a.json).then(|| progress_bar(spec.quantity, st.good.len() as u64));
     let mut opts = options(a.sockets, a.batch, pb.clone());
     if let Some(path) = &a.image {
@@ -415,7 +417,7 @@ fn run_cmd(a: &RunArgs) -> Result<()> {
         run_job(&hsm, &job, &supply, &opts)?
     } else {
         let n = a.simulate.unwrap_or(spec.quantity);
-        let kind = DeviceKind::from(spec.device_kind);
+        let kind = device_kind(spec.device_kind);
         let now = SystemClock.now();
         let vendors = match &a.vendor {
             Some(p) => vec![file::load_vendor(p)
@@ -438,7 +440,7 @@ fn run_cmd(a: &RunArgs) -> Result<()> {
         pb.finish_and_clear();
     }
     let closed = if a.close && summary.complete() {
-        Some(close_job(&hsm, &job, SystemClock.now())?)
+        Some(hsm.close(job)?)
     } else {
         None
     };
@@ -541,13 +543,13 @@ pub(crate) fn demo_job(hsm: &Hsm, dir: &Path, product: &str, devices: u64) -> Re
         created_at: now.0,
         firmware: None,
     };
-    let created = create_job(hsm, spec)?;
-    let path = dir.join(format!("job-{}.bin", created.package.spec().job_id));
-    files::write_atomic(&path, created.package.as_bytes(), false)
+    let created = hsm.reserve(spec)?;
+    let path = dir.join(format!("job-{}.bin", created.job_id()));
+    files::write_atomic(&path, created.package().as_bytes(), false)
         .with_context(|| format!("writing job package {}", path.display()))?;
     println!(
         "job {}: {devices} devices of {product} reserved, package {}",
-        created.package.spec().job_id,
+        created.job_id(),
         path.display()
     );
     let sockets = 8;
@@ -564,13 +566,13 @@ pub(crate) fn demo_job(hsm: &Hsm, dir: &Path, product: &str, devices: u64) -> Re
     let pb = progress_bar(devices, 0);
     let s = run_job(
         hsm,
-        &created.package,
+        &created,
         &supply,
         &options(sockets, 64, Some(pb.clone())),
     )?;
     pb.finish_and_clear();
     print_summary(&s);
-    let c = close_job(hsm, &created.package, SystemClock.now())?;
+    let c = hsm.close(created)?;
     println!(
         "  closed: {} credited back; every device has its key inside, its certificate and the root in write-protected slots, locked and verified",
         c.credited
@@ -886,31 +888,30 @@ pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
     } else {
         DeviceKind::SecureElement
     };
-    let job = create_job(
-        &hsm,
-        JobSpec {
-            job_id: format!("bench-{}", now.0),
-            hsm_id: hsm.hsm_id().to_owned(),
-            product: BENCH_PRODUCT.into(),
-            quantity: a.devices,
-            device_kind: kind.into(),
-            slots: SlotMap::default(),
-            attestation_root: None,
-            lock: LockPolicy::Data,
-            created_at: now.0,
-            firmware: match &fw {
-                Some(fw) => Some(trustfab_station::job_firmware(
-                    &hsm,
-                    BENCH_PRODUCT,
-                    "bench.bin",
-                    &fw.image,
-                    5,
-                )?),
-                None => None,
-            },
+    let job = hsm.reserve(JobSpec {
+        job_id: format!("bench-{}", now.0),
+        hsm_id: hsm.hsm_id().to_owned(),
+        product: BENCH_PRODUCT.into(),
+        quantity: a.devices,
+        device_kind: match kind {
+            DeviceKind::SecureElement => PartKind::SecureElement,
+            DeviceKind::SecureMcu => PartKind::SecureMcu,
         },
-    )?
-    .package;
+        slots: SlotMap::default(),
+        attestation_root: None,
+        lock: LockPolicy::Data,
+        created_at: now.0,
+        firmware: match &fw {
+            Some(fw) => Some(trustfab_station::job_firmware(
+                &hsm,
+                BENCH_PRODUCT,
+                "bench.bin",
+                &fw.image,
+                5,
+            )?),
+            None => None,
+        },
+    })?;
     let vendors = (0..sockets)
         .map(|_| SiliconVendor::new(now, &trustfab_types::OsRng))
         .collect::<Result<_, _>>()?;

@@ -188,4 +188,119 @@ pub enum IssueError {
     /// A token error.
     #[error(transparent)]
     Token(#[from] trustfab_token::Error),
+    /// The reservation was made by another HSM.
+    #[error("job {job} was reserved by another HSM")]
+    ForeignReservation {
+        /// The job.
+        job: String,
+    },
+    /// The job's reservation has fewer units left than the batch asks.
+    #[error("job {job} has {remaining} of its reserved units left, {asked} asked")]
+    ReservationExhausted {
+        /// The job.
+        job: String,
+        /// Units left in the reservation.
+        remaining: u64,
+        /// Units asked.
+        asked: u64,
+    },
+    /// The job is closed: its reservation went back to the product.
+    #[error("job {job} is closed (ledger record {seq})")]
+    JobClosed {
+        /// The job.
+        job: String,
+        /// The `JobClosed` record.
+        seq: u64,
+    },
+    /// The job was created by an earlier release, which kept its reservation in the product's
+    /// counter: it can only be closed.
+    #[error("job {job} was created by an earlier release and can only be closed (`trustfab job close`); create a new job for the rest")]
+    LegacyJob {
+        /// The job.
+        job: String,
+    },
+}
+
+/// Why a job could not be reserved, attached, read or closed. Nothing was reserved or
+/// credited then.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobOpError {
+    /// The package itself.
+    #[error(transparent)]
+    Job(#[from] trustfab_formats::JobError),
+    /// The job names another HSM.
+    #[error("job {job} was made for HSM {expected}, this is {actual}")]
+    WrongHsm {
+        /// The job.
+        job: String,
+        /// The HSM the job names.
+        expected: String,
+        /// This HSM.
+        actual: String,
+    },
+    /// The product is not in the HSM.
+    #[error("product {product} is not imported in this HSM")]
+    UnknownProduct {
+        /// The product key.
+        product: String,
+    },
+    /// The job's firmware step does not match the product.
+    #[error("job firmware: {0}")]
+    Firmware(String),
+    /// The job asks for more than the product has left.
+    #[error("job asks for {asked} devices, product {product} has {remaining} left")]
+    OverRemaining {
+        /// The product key.
+        product: String,
+        /// Left.
+        remaining: u64,
+        /// Asked.
+        asked: u64,
+    },
+    /// The job id is taken.
+    #[error("job {job} exists already (ledger record {seq})")]
+    Exists {
+        /// The job id.
+        job: String,
+        /// The record that created it.
+        seq: u64,
+    },
+    /// The ledger has no `JobCreated` record for this job.
+    #[error("job {job} is not in the ledger (was it created here?)")]
+    UnknownJob {
+        /// The job.
+        job: String,
+    },
+    /// The ledger's record of the job is for another package.
+    #[error("job {job} in the ledger was created from another package")]
+    OtherPackage {
+        /// The job.
+        job: String,
+    },
+    /// The job is closed.
+    #[error("job {job} is closed (ledger record {seq})")]
+    Closed {
+        /// The job.
+        job: String,
+        /// The `JobClosed` record.
+        seq: u64,
+    },
+    /// A ledger record of this job does not decode.
+    #[error("ledger record {seq} of job {job} does not decode")]
+    BadRecord {
+        /// The job.
+        job: String,
+        /// The record.
+        seq: u64,
+    },
+    /// The reservation or the product.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+    /// The identity key could not be reached.
+    #[error("HSM identity key")]
+    Token(#[source] trustfab_token::Error),
+    /// A ledger error.
+    #[error(transparent)]
+    Ledger(trustfab_ledger::Error),
 }

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+mod client;
 mod error;
+mod jobs;
 mod records;
 pub mod report;
 
@@ -18,7 +20,9 @@ use trustfab_token::{
 };
 use trustfab_types::{Clock, DeviceUid, OemId, ProductId, Serial};
 
-pub use error::{ImportError, InitError, IssueError};
+pub use client::HsmClient;
+pub use error::{ImportError, InitError, IssueError, JobOpError};
+pub use jobs::{DeviceOutcome, JobStatus, Reservation};
 pub use records::IssuanceRecord;
 
 /// Token label of the HSM identity key (signs requests, reports, checkpoints).
@@ -32,7 +36,7 @@ pub const BATCH_MAX: usize = 4000;
 const CLAIM_PACKAGE: &str = "package";
 const CLAIM_PRODUCT: &str = "product";
 const CLAIM_OEM: &str = "oem";
-const CLAIM_UID: &str = "uid";
+pub(crate) const CLAIM_UID: &str = "uid";
 const CLAIM_SERIAL: &str = "serial";
 
 fn pki_curve(c: Curve) -> trustfab_pki::Curve {
@@ -168,6 +172,8 @@ pub struct Hsm {
     clock: Arc<dyn Clock>,
     hsm_id: String,
     identity: KeyHandle,
+    /// The identity key's uncompressed point: what job packages are checked against.
+    identity_point: Vec<u8>,
     kt: KeyHandle,
     fingerprint: Option<[u8; 32]>,
     certs: Option<HsmCertificates>,
@@ -241,12 +247,14 @@ impl Hsm {
             }
             None => None,
         };
+        let identity_point = token.public_key(identity)?.point().to_vec();
         Ok(Self {
             token,
             ledger,
             clock,
             hsm_id: hsm_id.to_owned(),
             identity,
+            identity_point,
             kt,
             fingerprint,
             certs: certs.cloned(),
@@ -283,9 +291,9 @@ impl Hsm {
         TokenSigner::new(&*self.token, self.identity)
     }
 
-    /// The ledger this HSM records into.
-    pub fn ledger(&self) -> &Arc<dyn Store> {
-        &self.ledger
+    /// The uncompressed point of the identity key: what job packages are checked against.
+    pub fn identity_point(&self) -> &[u8] {
+        &self.identity_point
     }
 
     /// Imports a provisioning package (see the crate doc for the checks, in order).
@@ -692,7 +700,27 @@ impl Hsm {
         Ok((p.def.root_cert.clone(), p.def.device_ca_cert.clone()))
     }
 
-    /// Issues certificates for a batch of devices of one product.
+    /// Issues certificates for a batch of devices within a job's reservation: the units are
+    /// spent from the job's reservation, never from the product directly, so the job never has
+    /// more certificates than its quantity, whoever calls and however often.
+    ///
+    /// # Errors
+    /// [`IssueError::ForeignReservation`], [`IssueError::LegacyJob`],
+    /// [`IssueError::ReservationExhausted`], [`IssueError::JobClosed`], or any error of
+    /// [`Self::issue_direct`].
+    pub fn issue(&self, r: &Reservation, devices: &[DeviceKey]) -> Result<Vec<Issued>, IssueError> {
+        self.own(r)?;
+        if r.is_legacy() {
+            return Err(IssueError::LegacyJob {
+                job: r.job_id().to_owned(),
+            });
+        }
+        self.issue_within(r.product(), Some(r.job_id()), devices)
+    }
+
+    /// Issues certificates for a batch of devices of one product outside any job, spending
+    /// from the product's count directly: the HSM operator's own issuance (`trustfab hsm
+    /// issue`). Stations hold only an [`HsmClient`], which has no such call.
     ///
     /// The count is spent and every issuance recorded in ONE ledger append before any
     /// signature is made; the batch succeeds or fails whole. A UID issued before (by any
@@ -701,7 +729,20 @@ impl Hsm {
     ///
     /// # Errors
     /// An [`IssueError`]; unless it is [`IssueError::Sign`], nothing was spent or recorded.
-    pub fn issue(&self, product: &str, devices: &[DeviceKey]) -> Result<Vec<Issued>, IssueError> {
+    pub fn issue_direct(
+        &self,
+        product: &str,
+        devices: &[DeviceKey],
+    ) -> Result<Vec<Issued>, IssueError> {
+        self.issue_within(product, None, devices)
+    }
+
+    fn issue_within(
+        &self,
+        product: &str,
+        job: Option<&str>,
+        devices: &[DeviceKey],
+    ) -> Result<Vec<Issued>, IssueError> {
         if devices.len() > BATCH_MAX {
             return Err(IssueError::BadRequest {
                 uid: "-".into(),
@@ -726,7 +767,7 @@ impl Hsm {
         let mut out: Vec<Option<Issued>> = vec![None; devices.len()];
         // Fast path: every device is new. The UID claims in the append enforce that; only when
         // one is refused are the devices looked up one by one (a device put back in a socket).
-        match self.issue_fresh(&p, &issuer, devices, &all, &mut out) {
+        match self.issue_fresh(&p, job, &issuer, devices, &all, &mut out) {
             Err(IssueError::Ledger(trustfab_ledger::Error::Duplicate { namespace, .. }))
                 if namespace == CLAIM_UID => {}
             other => {
@@ -758,15 +799,17 @@ impl Hsm {
             }
         }
         if !fresh.is_empty() {
-            self.issue_fresh(&p, &issuer, devices, &fresh, &mut out)?;
+            self.issue_fresh(&p, job, &issuer, devices, &fresh, &mut out)?;
         }
         Ok(out.into_iter().flatten().collect())
     }
 
-    /// Spends, records and claims the `which` devices in one append, then signs them into `out`.
+    /// Spends (from the job's reservation, or the product's count without a job), records and
+    /// claims the `which` devices in one append, then signs them into `out`.
     fn issue_fresh(
         &self,
         p: &Product,
+        job: Option<&str>,
         issuer: &Issuer<'_>,
         devices: &[DeviceKey],
         which: &[usize],
@@ -782,8 +825,9 @@ impl Hsm {
         let serials = self.allocate_serials(p, which.len())?;
         let mut recs = Vec::with_capacity(which.len());
         let n = u64::try_from(which.len()).unwrap_or(u64::MAX);
+        let spend_from = job.map_or_else(|| p.key.clone(), jobs::job_counter);
         let mut append = Append::default().with_counter(CounterOp::Spend {
-            product: p.key.clone(),
+            product: spend_from.clone(),
             n,
         });
         if sequential {
@@ -800,6 +844,7 @@ impl Hsm {
                 serial,
                 spki: d.public_key.to_spki_der(),
                 not_before: now,
+                job: job.map(str::to_owned),
             };
             // Render now, so a template that cannot hold this device fails before any count
             // is spent.
@@ -831,6 +876,22 @@ impl Hsm {
             {
                 IssueError::SerialsExhausted {
                     product: p.key.clone(),
+                }
+            }
+            trustfab_ledger::Error::Exhausted {
+                product,
+                remaining,
+                asked,
+            } if product == spend_from && job.is_some() => {
+                let job = job.unwrap_or_default().to_owned();
+                match self.ledger.claimed(jobs::CLAIM_JOB_CLOSED, job.as_bytes()) {
+                    Ok(Some(seq)) => IssueError::JobClosed { job, seq },
+                    Ok(None) => IssueError::ReservationExhausted {
+                        job,
+                        remaining,
+                        asked,
+                    },
+                    Err(e) => IssueError::Ledger(e),
                 }
             }
             trustfab_ledger::Error::Exhausted {
@@ -1058,7 +1119,7 @@ impl Hsm {
             .ledger
             .counters()?
             .into_iter()
-            .filter(|(product, _)| !product.starts_with("serials:"))
+            .filter(|(product, _)| !product.contains(':'))
             .map(|(product, c)| ProductStatus {
                 product,
                 ordered: c.total,
@@ -1162,7 +1223,7 @@ fn serial_counter(product: &str) -> String {
     format!("serials:{product}")
 }
 
-fn uid_claim(product: &str, uid: &DeviceUid) -> Vec<u8> {
+pub(crate) fn uid_claim(product: &str, uid: &DeviceUid) -> Vec<u8> {
     let mut v = product.as_bytes().to_vec();
     v.push(0);
     v.extend_from_slice(uid.as_bytes());

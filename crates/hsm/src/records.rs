@@ -44,6 +44,9 @@ pub struct IssuanceRecord {
     pub spki: Vec<u8>,
     /// notBefore.
     pub not_before: UnixTime,
+    /// The job whose reservation the certificate was spent from; `None` for the HSM
+    /// operator's issuance outside a job, and for records of an earlier release.
+    pub job: Option<String>,
 }
 
 fn int(n: u64) -> Value {
@@ -177,13 +180,17 @@ pub(crate) fn package_imported(
 impl IssuanceRecord {
     /// Canonical CBOR.
     pub fn encode(&self) -> Vec<u8> {
-        to_bytes(&Value::Map(vec![
+        let mut m = vec![
             (int(0), Value::Text(self.product.clone())),
             (int(1), Value::Bytes(self.uid.as_bytes().to_vec())),
             (int(2), Value::Bytes(self.serial.as_be_bytes().to_vec())),
             (int(3), Value::Bytes(self.spki.clone())),
             (int(4), int(self.not_before.0)),
-        ]))
+        ];
+        if let Some(job) = &self.job {
+            m.push((int(5), Value::Text(job.clone())));
+        }
+        to_bytes(&Value::Map(m))
     }
 
     /// Parses a record body.
@@ -195,6 +202,10 @@ impl IssuanceRecord {
             serial: Serial::from_be_bytes(&bytes(&m, 2)?).ok()?,
             spki: bytes(&m, 3)?,
             not_before: UnixTime(uint(&m, 4)?),
+            job: match get(&m, 5) {
+                Some(v) => Some(v.as_text()?.to_owned()),
+                None => None,
+            },
         })
     }
 }

@@ -21,7 +21,7 @@ mod import {
             .unwrap();
         assert!(imported.created);
         assert_eq!(imported.product, "acme/thermo");
-        let issued = s.hsm.issue("acme/thermo", &[device(1), device(2)]).unwrap();
+        let issued = s.hsm.issue_direct("acme/thermo", &[device(1), device(2)]).unwrap();
         let ints = [oem.ca.clone()];
         for i in &issued {
             validate(
@@ -230,7 +230,7 @@ mod issue {
                 std::thread::spawn(move || {
                     let (mut ok, mut refused) = (Vec::new(), 0);
                     for d in devices.iter().skip(th).step_by(8) {
-                        match hsm.issue("acme/thermo", std::slice::from_ref(d)) {
+                        match hsm.issue_direct("acme/thermo", std::slice::from_ref(d)) {
                             Ok(mut v) => ok.push(v.remove(0)),
                             Err(IssueError::CountExhausted { remaining: 0, .. }) => refused += 1,
                             Err(e) => panic!("{e}"),
@@ -262,7 +262,7 @@ mod issue {
         let t = tempfile::tempdir().unwrap();
         let (s, _) = ready(t.path(), 5);
         let batch: Vec<_> = (0..6).map(device).collect();
-        match s.hsm.issue("acme/thermo", &batch) {
+        match s.hsm.issue_direct("acme/thermo", &batch) {
             Err(IssueError::CountExhausted {
                 remaining: 5,
                 asked: 6,
@@ -270,7 +270,7 @@ mod issue {
             }) => {}
             other => panic!("{other:?}"),
         }
-        assert_eq!(s.hsm.issue("acme/thermo", &batch[..5]).unwrap().len(), 5);
+        assert_eq!(s.hsm.issue_direct("acme/thermo", &batch[..5]).unwrap().len(), 5);
         assert_eq!(s.hsm.products().unwrap()[0].remaining, 0);
     }
 
@@ -281,12 +281,12 @@ mod issue {
         let d = device(9);
         let first = s
             .hsm
-            .issue("acme/thermo", std::slice::from_ref(&d))
+            .issue_direct("acme/thermo", std::slice::from_ref(&d))
             .unwrap()
             .remove(0);
         let again = s
             .hsm
-            .issue("acme/thermo", std::slice::from_ref(&d))
+            .issue_direct("acme/thermo", std::slice::from_ref(&d))
             .unwrap()
             .remove(0);
         assert!(again.reissued && !first.reissued);
@@ -303,7 +303,7 @@ mod issue {
             public_key: device(10).public_key,
         };
         assert!(matches!(
-            s.hsm.issue("acme/thermo", &[other]),
+            s.hsm.issue_direct("acme/thermo", &[other]),
             Err(IssueError::BadRequest { .. })
         ));
         assert!(s
@@ -326,11 +326,11 @@ mod issue {
         let key = product_key(&oem.id, &ProductId::new("seq").unwrap());
         let a = s
             .hsm
-            .issue(&key, &(0..4).map(device).collect::<Vec<_>>())
+            .issue_direct(&key, &(0..4).map(device).collect::<Vec<_>>())
             .unwrap();
         let b = s
             .hsm
-            .issue(&key, &(4..10).map(device).collect::<Vec<_>>())
+            .issue_direct(&key, &(4..10).map(device).collect::<Vec<_>>())
             .unwrap();
         let serials: Vec<u64> = a
             .iter()
@@ -340,27 +340,30 @@ mod issue {
         assert_eq!(serials, (5000..5010).collect::<Vec<_>>());
     }
 
-    /// A job reserves count (a spend) and releases it back before issuing (a credit), as the
-    /// station does: sequential serials still start at the range's first and never repeat.
+    /// Jobs reserve count from the product and spend it from their reservations, interleaved
+    /// with the operator's direct issuance: sequential serials still start at the range's first
+    /// and never repeat.
     #[test]
     fn sequential_serials_ignore_job_reservations() {
-        use trustfab_ledger::{Append, CounterOp, Kind};
         let t = tempfile::tempdir().unwrap();
         let (vendor, s, oem) = acme_site(t.path());
         let range = SerialRange { first: 700, last: 709 };
         let p = oem.package(&s.certs, &vendor.root, &spec("seq", 10, 1).serials(range));
         s.hsm.import(&p).unwrap();
-        let ledger = s.hsm.ledger();
-        let spend = |n| Append::record(Kind::JobCreated, vec![0xa0]).with_counter(CounterOp::Spend { product: "acme/seq".into(), n });
-        let credit = |n| Append::record(Kind::CreditBack, vec![0xa0]).with_counter(CounterOp::Credit { product: "acme/seq".into(), n });
-        ledger.append(spend(6)).unwrap();
-        ledger.append(credit(3)).unwrap();
-        let a = s.hsm.issue("acme/seq", &(0..3).map(device).collect::<Vec<_>>()).unwrap();
-        ledger.append(credit(3)).unwrap();
-        let b = s.hsm.issue("acme/seq", &(3..10).map(device).collect::<Vec<_>>()).unwrap();
-        let serials: Vec<u64> = a.iter().chain(&b).map(|i| i.serial.to_u64().unwrap()).collect();
+        let a = s.hsm.reserve(job("hsm-1", "job-a", "acme/seq", 6)).unwrap();
+        let first = s.hsm.issue(&a, &(0..3).map(device).collect::<Vec<_>>()).unwrap();
+        let b = s.hsm.reserve(job("hsm-1", "job-b", "acme/seq", 3)).unwrap();
+        let second = s.hsm.issue(&b, &(3..6).map(device).collect::<Vec<_>>()).unwrap();
+        s.hsm.close(a).unwrap();
+        let third = s.hsm.issue_direct("acme/seq", &(6..10).map(device).collect::<Vec<_>>()).unwrap();
+        let serials: Vec<u64> = first
+            .iter()
+            .chain(&second)
+            .chain(&third)
+            .map(|i| i.serial.to_u64().unwrap())
+            .collect();
         assert_eq!(serials, (700..710).collect::<Vec<_>>());
-        assert!(s.hsm.products().unwrap().iter().all(|p| !p.product.starts_with("serials:")));
+        assert!(s.hsm.products().unwrap().iter().all(|p| !p.product.contains(':')));
     }
 
     #[test]
@@ -368,7 +371,7 @@ mod issue {
         let t = tempfile::tempdir().unwrap();
         let (s, _) = ready(t.path(), 3);
         assert!(matches!(
-            s.hsm.issue("acme/nope", &[device(1)]),
+            s.hsm.issue_direct("acme/nope", &[device(1)]),
             Err(IssueError::UnknownProduct { .. })
         ));
     }
@@ -409,7 +412,7 @@ mod family_key {
 
         let (d1, k1) = device_with_key(1);
         let (d2, k2) = device_with_key(2);
-        s.hsm.issue("acme/thermo", std::slice::from_ref(&d1)).unwrap();
+        s.hsm.issue_direct("acme/thermo", std::slice::from_ref(&d1)).unwrap();
         let blob = s.hsm.family_key_for("acme/thermo", &d1.uid).unwrap();
         let wrapped = WrappedKey::from_bytes(&blob).unwrap();
         assert_eq!(
@@ -460,7 +463,7 @@ mod family_key {
         );
         for product in ["acme/plain", "acme/signed"] {
             let (d, _) = device_with_key(1);
-            s.hsm.issue(product, std::slice::from_ref(&d)).unwrap();
+            s.hsm.issue_direct(product, std::slice::from_ref(&d)).unwrap();
             match s.hsm.family_key_for(product, &d.uid) {
                 Err(IssueError::NoFamilyKey { .. }) => {}
                 other => panic!("{product}: {other:?}"),
@@ -552,5 +555,242 @@ mod family_key {
             other => panic!("{other:?}"),
         }
         assert_eq!(s.hsm.products().unwrap()[0].ordered, 15);
+    }
+}
+
+/// The HSM alone owns the count: a job's quantity moves from its product to its reservation,
+/// issuance spends only from the reservation, and close gives back exactly what was not spent,
+/// however many callers race on it.
+mod reservation {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use trustfab_hsm::{JobOpError, Reservation};
+
+    fn thermo(dir: &Path, count: u64) -> Site {
+        let (vendor, s, oem) = acme_site(dir);
+        s.hsm
+            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", count, 1)))
+            .unwrap();
+        s
+    }
+
+    fn counter(s: &Site, key: &str) -> (u64, u64) {
+        let c = s.ledger.counter(key).unwrap().unwrap();
+        (c.total, c.issued)
+    }
+
+    /// Certificates on record for `job`.
+    fn certificates_of(s: &Site, job: &str) -> u64 {
+        let mut n = 0;
+        for r in s.ledger.records(1) {
+            let r = r.unwrap();
+            if r.kind == trustfab_ledger::Kind::CertificateIssued {
+                let rec = trustfab_hsm::IssuanceRecord::decode(&r.body).unwrap();
+                if rec.job.as_deref() == Some(job) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    static NEXT_DEVICE: AtomicU32 = AtomicU32::new(1_000_000);
+
+    fn fresh(n: usize) -> Vec<DeviceKey> {
+        (0..n)
+            .map(|_| device(NEXT_DEVICE.fetch_add(1, Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Issues batches of `batch` within `r` until the HSM says the reservation is used up or
+    /// closed; returns how many certificates it was given.
+    fn issue_until_refused(s: &Site, r: &Reservation, batch: usize) -> u64 {
+        issue_until_refused_pausing(s, r, batch, std::time::Duration::ZERO)
+    }
+
+    /// The same, pausing between batches as a station does while its sockets work.
+    fn issue_until_refused_pausing(
+        s: &Site,
+        r: &Reservation,
+        batch: usize,
+        pause: std::time::Duration,
+    ) -> u64 {
+        let mut got = 0;
+        let mut cap = batch;
+        loop {
+            std::thread::sleep(pause);
+            match s.hsm.issue(r, &fresh(cap)) {
+                Ok(v) => got += v.len() as u64,
+                Err(IssueError::ReservationExhausted { remaining, .. }) if remaining > 0 => {
+                    cap = usize::try_from(remaining).unwrap();
+                }
+                Err(IssueError::ReservationExhausted { .. } | IssueError::JobClosed { .. }) => {
+                    return got
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_reservation_moves_the_quantity_to_the_job_and_back_at_close() {
+        let t = tempfile::tempdir().unwrap();
+        let s = thermo(t.path(), 100);
+        let r = s.hsm.reserve(job("hsm-1", "job-a", "acme/thermo", 10)).unwrap();
+        assert_eq!(counter(&s, "acme/thermo"), (100, 10));
+        assert_eq!(counter(&s, "job:job-a"), (10, 0));
+        assert_eq!(s.hsm.issue(&r, &fresh(4)).unwrap().len(), 4);
+        // The product is not spent again: the job's units are.
+        assert_eq!(counter(&s, "acme/thermo"), (100, 10));
+        let st = s.hsm.job_status(&r).unwrap();
+        assert_eq!((st.issued.len(), st.remaining), (4, 6));
+        let closed = s.hsm.close(r).unwrap();
+        assert_eq!((closed.issued, closed.credited), (4, 6));
+        assert_eq!(counter(&s, "acme/thermo"), (100, 4));
+        assert_eq!(counter(&s, "job:job-a"), (10, 10), "drained at close");
+        assert_eq!(certificates_of(&s, "job-a"), 4);
+        s.hsm.verify_ledger().unwrap();
+        let p = s.hsm.products().unwrap();
+        assert_eq!(p.len(), 1, "job counters are not products: {p:?}");
+        assert_eq!((p[0].ordered, p[0].issued, p[0].remaining), (100, 4, 96));
+    }
+
+    #[test]
+    fn eight_threads_on_one_reservation_spend_at_most_its_quantity() {
+        let t = tempfile::tempdir().unwrap();
+        let s = thermo(t.path(), 200);
+        let r = s.hsm.reserve(job("hsm-1", "job-a", "acme/thermo", 50)).unwrap();
+        let bytes = r.package().as_bytes().to_vec();
+        let got: u64 = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let (s, bytes) = (&s, &bytes);
+                    scope.spawn(move || {
+                        // Each thread is its own station: it attaches to the job from its package.
+                        let mine = s.hsm.attach(bytes).unwrap();
+                        issue_until_refused(s, &mine, 3)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(got, 50);
+        assert_eq!(certificates_of(&s, "job-a"), 50);
+        assert_eq!(counter(&s, "job:job-a"), (50, 50));
+        let closed = s.hsm.close(r).unwrap();
+        assert_eq!((closed.issued, closed.credited), (50, 0));
+        assert_eq!(counter(&s, "acme/thermo"), (200, 50));
+    }
+
+    #[test]
+    fn a_close_during_issuance_credits_back_only_what_was_not_spent() {
+        let t = tempfile::tempdir().unwrap();
+        let s = thermo(t.path(), 400);
+        let r = s.hsm.reserve(job("hsm-1", "job-a", "acme/thermo", 400)).unwrap();
+        let bytes = r.package().as_bytes().to_vec();
+        let (got, closed) = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let (s, bytes) = (&s, &bytes);
+                    scope.spawn(move || {
+                        let mine = s.hsm.attach(bytes).unwrap();
+                        issue_until_refused_pausing(s, &mine, 2, std::time::Duration::from_millis(5))
+                    })
+                })
+                .collect();
+            // Close once issuance is well under way.
+            while counter(&s, "job:job-a").1 < 20 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            let closed = s.hsm.close(r).unwrap();
+            let got: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+            (got, closed)
+        });
+        assert!(got < 400, "the close landed after everything was issued");
+        assert_eq!(certificates_of(&s, "job-a"), got);
+        assert_eq!(closed.issued, got, "the close saw every certificate before it");
+        assert_eq!(closed.credited + got, 400);
+        assert_eq!(counter(&s, "acme/thermo"), (400, got));
+        // A job for the rest fits exactly; one more unit does not.
+        let rest = 400 - got;
+        let e = s
+            .hsm
+            .reserve(job("hsm-1", "job-b", "acme/thermo", rest + 1))
+            .unwrap_err();
+        assert!(matches!(e, JobOpError::OverRemaining { .. }), "{e}");
+        let b = s.hsm.reserve(job("hsm-1", "job-b", "acme/thermo", rest)).unwrap();
+        assert_eq!(issue_until_refused(&s, &b, 64), rest);
+        s.hsm.close(b).unwrap();
+        assert_eq!(counter(&s, "acme/thermo"), (400, 400));
+        s.hsm.verify_ledger().unwrap();
+    }
+
+    #[test]
+    fn eight_jobs_racing_on_one_product_never_pass_its_count() {
+        let t = tempfile::tempdir().unwrap();
+        let s = thermo(t.path(), 100);
+        let got: u64 = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let s = &s;
+                    scope.spawn(move || {
+                        match s.hsm.reserve(job("hsm-1", &format!("job-{i}"), "acme/thermo", 30)) {
+                            Ok(r) => {
+                                let n = issue_until_refused(s, &r, 4);
+                                s.hsm.close(r).unwrap();
+                                n
+                            }
+                            Err(JobOpError::OverRemaining { .. }) => 0,
+                            Err(e) => panic!("{e}"),
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(got, 90, "three jobs of 30 fit in 100");
+        assert_eq!(counter(&s, "acme/thermo"), (100, 90));
+        s.hsm.verify_ledger().unwrap();
+    }
+
+    #[test]
+    fn a_closed_or_foreign_reservation_cannot_issue() {
+        let t = tempfile::tempdir().unwrap();
+        let s = thermo(t.path(), 100);
+        let r = s.hsm.reserve(job("hsm-1", "job-a", "acme/thermo", 10)).unwrap();
+        let again = s.hsm.attach(r.package().as_bytes()).unwrap();
+        s.hsm.close(r).unwrap();
+        match s.hsm.issue(&again, &fresh(1)) {
+            Err(IssueError::JobClosed { job, .. }) => assert_eq!(job, "job-a"),
+            other => panic!("{other:?}"),
+        }
+        let e = s.hsm.close(again).unwrap_err();
+        assert!(matches!(e, JobOpError::Closed { .. }), "{e}");
+        // A job for another HSM is not reserved here.
+        let e = s.hsm.reserve(job("hsm-2", "job-b", "acme/thermo", 1)).unwrap_err();
+        assert!(matches!(e, JobOpError::WrongHsm { .. }), "{e}");
+
+        // Another HSM with the same product: its reservation is refused here, and its package
+        // does not open here.
+        let t2 = tempfile::tempdir().unwrap();
+        let vendor = Vendor::new(NOW);
+        // (A soft token: one SoftHSM2 at a time per test process.)
+        let other = site(t2.path(), "hsm-1", &vendor, Backend::Soft);
+        other
+            .hsm
+            .import(&Oem::new("acme", NOW).package(&other.certs, &vendor.root, &spec("thermo", 10, 1)))
+            .unwrap();
+        let foreign = other.hsm.reserve(job("hsm-1", "job-c", "acme/thermo", 5)).unwrap();
+        match s.hsm.issue(&foreign, &fresh(1)) {
+            Err(IssueError::ForeignReservation { job }) => assert_eq!(job, "job-c"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            s.hsm.job_status(&foreign),
+            Err(JobOpError::Issue(IssueError::ForeignReservation { .. }))
+        ));
+        let e = s.hsm.attach(foreign.package().as_bytes()).unwrap_err();
+        assert_eq!(e.to_string(), "job package signature does not verify");
+        assert_eq!(counter(&s, "acme/thermo"), (100, 0));
     }
 }

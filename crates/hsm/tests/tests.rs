@@ -46,6 +46,8 @@ enum Backend {
 /// One HSM at a programming center: a token and a SQLite ledger in `dir`.
 struct Site {
     hsm: Hsm,
+    /// The HSM's ledger, for the tests' own audit.
+    ledger: Arc<dyn trustfab_ledger::Store>,
     certs: HsmCertificates,
     clock: Arc<FixedClock>,
     // Dropped last: the SoftHSM2 lock outlives the token that uses it.
@@ -96,9 +98,10 @@ fn reopen(dir: &Path, id: &str, certs: &HsmCertificates, backend: Backend) -> Si
     let (token, guard) = open_token(dir, backend, false);
     let ledger = open_ledger(dir);
     let clock = Arc::new(FixedClock::new(NOW));
-    let hsm = Hsm::open(token, ledger, clock.clone(), id, Some(certs)).unwrap();
+    let hsm = Hsm::open(token, Arc::clone(&ledger), clock.clone(), id, Some(certs)).unwrap();
     Site {
         hsm,
+        ledger,
         certs: certs.clone(),
         clock,
         _softhsm: guard,
@@ -108,6 +111,22 @@ fn reopen(dir: &Path, id: &str, certs: &HsmCertificates, backend: Backend) -> Si
 /// A package of `count` of `product` with id `[id; 16]`, as the OEM makes it at `NOW`.
 fn spec(product: &str, count: u64, id: u8) -> PackageSpec<'_> {
     PackageSpec::new(product, count, NOW).id(id)
+}
+
+/// A job of `quantity` of `product` (`oem/product`) on HSM `hsm`.
+fn job(hsm: &str, id: &str, product: &str, quantity: u64) -> trustfab_formats::JobSpec {
+    trustfab_formats::JobSpec {
+        job_id: id.into(),
+        hsm_id: hsm.into(),
+        product: product.into(),
+        quantity,
+        device_kind: trustfab_formats::PartKind::SecureElement,
+        slots: trustfab_formats::SlotMap::default(),
+        attestation_root: None,
+        lock: trustfab_formats::LockPolicy::Data,
+        created_at: NOW.0,
+        firmware: None,
+    }
 }
 
 fn device(i: u32) -> DeviceKey {
@@ -145,6 +164,7 @@ mod crash {
     use trustfab_types::Rng;
 
     const CHILD_ENV: &str = "TRUSTFAB_HSM_CRASH_CHILD";
+    const CHILD_JOB_ENV: &str = "TRUSTFAB_HSM_CHILD_JOB";
     const COUNT: u64 = 1000;
 
     fn random_below(n: u64) -> u64 {
@@ -173,6 +193,10 @@ mod crash {
         let fixed: Option<u64> = std::env::var("TRUSTFAB_HSM_CHILD_BATCH")
             .ok()
             .and_then(|b| b.parse().ok());
+        // With a job package: a station issuing within the job's reservation.
+        let job = std::env::var(CHILD_JOB_ENV)
+            .ok()
+            .map(|p| s.hsm.attach(&std::fs::read(p).unwrap()).unwrap());
         loop {
             let n = fixed.unwrap_or_else(|| 1 + random_below(4)).min(cap);
             let batch: Vec<DeviceKey> = (0..n)
@@ -185,17 +209,26 @@ mod crash {
                     }
                 })
                 .collect();
-            match s.hsm.issue("acme/thermo", &batch) {
+            let result = match &job {
+                Some(r) => s.hsm.issue(r, &batch),
+                None => s.hsm.issue_direct("acme/thermo", &batch),
+            };
+            match result {
                 Ok(issued) => {
                     for i in issued {
                         writeln!(out, "ISSUED {}", i.serial.to_hex()).unwrap();
                     }
                     out.flush().unwrap();
                 }
-                Err(IssueError::CountExhausted { remaining, .. }) if remaining > 0 => {
+                Err(
+                    IssueError::CountExhausted { remaining, .. }
+                    | IssueError::ReservationExhausted { remaining, .. },
+                ) if remaining > 0 => {
                     cap = remaining;
                 }
-                Err(IssueError::CountExhausted { .. }) => {
+                Err(
+                    IssueError::CountExhausted { .. } | IssueError::ReservationExhausted { .. },
+                ) => {
                     writeln!(out, "DONE").unwrap();
                     out.flush().unwrap();
                     return;
@@ -342,6 +375,110 @@ mod crash {
         assert_eq!(summary.certificates, 10_000);
     }
 
+    /// A job's reservation across crashes: two station processes issue within one reservation of
+    /// 1,500 and are SIGKILLed at random moments, 20 times; after every round the product has
+    /// spent the reservation and nothing more, the job's certificates are what its counter
+    /// spent, never past 300, and every certificate a process was given is on record.
+    #[test]
+    fn sigkill_at_random_moments_never_spends_past_a_reservation() {
+        const QUANTITY: u64 = 1500;
+        let t = tempfile::tempdir().unwrap();
+        let vendor = Vendor::new(NOW);
+        let s = site(t.path(), "hsm-1", &vendor, Backend::Soft);
+        std::fs::write(t.path().join("hsm.pem"), s.certs.to_pem()).unwrap();
+        let oem = Oem::new("acme", NOW);
+        s.hsm
+            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 2 * QUANTITY, 1)))
+            .unwrap();
+        let r = s
+            .hsm
+            .reserve(job("hsm-1", "job-k", "acme/thermo", QUANTITY))
+            .unwrap();
+        let job_file = t.path().join("job.bin");
+        std::fs::write(&job_file, r.package().as_bytes()).unwrap();
+        drop(s);
+        let dir = t.path().to_string_lossy().into_owned();
+        let job_path = job_file.to_string_lossy().into_owned();
+        let round = |kill: bool| -> Vec<String> {
+            std::thread::scope(|scope| {
+                let children: Vec<_> = (0..2)
+                    .map(|_| {
+                        let (dir, job_path) = (&dir, &job_path);
+                        scope.spawn(move || {
+                            let wait = kill.then(|| Duration::from_millis(20 + random_below(200)));
+                            trustfab_test_support::child::run(
+                                "crash::child",
+                                &[
+                                    (CHILD_ENV, dir.as_str()),
+                                    (CHILD_JOB_ENV, job_path.as_str()),
+                                ],
+                                wait,
+                            )
+                        })
+                    })
+                    .collect();
+                children
+                    .into_iter()
+                    .flat_map(|c| c.join().unwrap())
+                    .collect()
+            })
+        };
+        let check = |returned: &[String]| -> u64 {
+            let ledger = open_ledger(t.path());
+            ledger.verify(&|_, _| false).unwrap();
+            assert_eq!(
+                ledger.counter("acme/thermo").unwrap().unwrap().issued,
+                QUANTITY
+            );
+            let spent = ledger.counter("job:job-k").unwrap().unwrap().issued;
+            assert!(spent <= QUANTITY, "the job spent {spent}");
+            let mut recorded = std::collections::HashSet::new();
+            for r in ledger.records(1) {
+                let r = r.unwrap();
+                if r.kind == Kind::CertificateIssued {
+                    let rec = trustfab_hsm::IssuanceRecord::decode(&r.body).unwrap();
+                    assert_eq!(rec.job.as_deref(), Some("job-k"));
+                    assert!(
+                        recorded.insert(rec.serial.to_hex()),
+                        "serial recorded twice"
+                    );
+                }
+            }
+            assert_eq!(
+                recorded.len() as u64,
+                spent,
+                "one record per unit the job spent"
+            );
+            for s in returned {
+                assert!(
+                    recorded.contains(s),
+                    "certificate {s} returned but not on record"
+                );
+            }
+            spent
+        };
+        let mut returned = Vec::new();
+        // 20 rounds in which a kill landed before the reservation was used up.
+        let (mut landed, mut rounds) = (0, 0);
+        while landed < 20 {
+            rounds += 1;
+            assert!(
+                rounds <= 200,
+                "the reservation ran out before 20 kills landed"
+            );
+            let lines = round(true);
+            if lines.iter().filter(|l| l.ends_with("DONE")).count() < 2 {
+                landed += 1;
+            }
+            returned.extend(serials(&lines));
+            check(&returned);
+        }
+        let lines = round(false);
+        assert!(lines.iter().any(|l| l.ends_with("DONE")), "{lines:?}");
+        returned.extend(serials(&lines));
+        assert_eq!(check(&returned), QUANTITY);
+    }
+
     #[test]
     fn sigkill_at_random_moments_loses_nothing() {
         let t = tempfile::tempdir().unwrap();
@@ -383,12 +520,14 @@ mod report {
         // Interleave the two OEMs' production so the chain mixes their records.
         for i in 0..4u32 {
             s.hsm
-                .issue(
+                .issue_direct(
                     "acme/thermo",
                     &(i * 5..i * 5 + 5).map(device).collect::<Vec<_>>(),
                 )
                 .unwrap();
-            s.hsm.issue("globex/valve", &[device(1000 + i)]).unwrap();
+            s.hsm
+                .issue_direct("globex/valve", &[device(1000 + i)])
+                .unwrap();
         }
         let mut report = Vec::new();
         s.hsm.report("acme/thermo", &mut report).unwrap();

@@ -1,21 +1,19 @@
-//! Creating, running and closing a job.
+//! Running a job on many sockets, against the HSM's client boundary.
 //!
-//! Ordering against the HSM and the ledger, which is what makes a crash at any point safe:
+//! The station holds a `&dyn HsmClient` and the job's [`Reservation`], nothing that reaches the
+//! ledger: the HSM spends a certificate from the job's reservation in the same append that
+//! records it, and records every device outcome the station reports. So the count is the HSM's
+//! by construction; what the station keeps below (how many devices to start) only saves parts
+//! from a key generation that the HSM would refuse to certify.
 //!
-//! 1. `create_job`: one append — `JobCreated`, the job claim, and a spend of the job's quantity
-//!    from the product (the reservation).
-//! 2. Before each issuance batch ([`ISSUERS`] batches in flight): one append — `CreditBack` (release) naming the batch's UIDs and
-//!    crediting to the product only what the HSM is about to spend beyond the job's earlier,
-//!    unused releases. Then the HSM spends, records and signs (its own single append).
-//!    On a job with firmware, between writing the root and locking: the family key the HSM wraps
-//!    for the device's certified key (nothing is recorded: the issuance record is the account of
-//!    who may receive it), the root-of-trust fuse, the image as an update, one verified boot.
-//! 3. After each device: `DeviceProgrammed` + `DeviceLocked` with a unique (product, UID) claim,
-//!    or `DeviceFailed` with the step and the reason.
-//! 4. `close_job`: `JobClosed`, and a credit of the reservation never released.
+//! Per device: 1 read the UID, 2 key generation inside the device, 3 issuance (batched,
+//! [`ISSUERS`] batches in flight), 4 and 5 certificates into write-protected slots, on a job with
+//! firmware the family key the HSM wraps for the device's certified key, the root-of-trust
+//! fuse, the image as an update and one verified boot, 6 lock, 7 verify. Each device's outcome
+//! goes to the HSM, many per transaction.
 //!
-//! A run rebuilds the job's state from the ledger alone (released UIDs, issued UIDs, good UIDs),
-//! so the station keeps nothing of its own that a crash could lose.
+//! A run rebuilds the job's state from the HSM alone (its certificates and good devices), so the
+//! station keeps nothing of its own that a crash could lose.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,18 +25,24 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 use trustfab_device::sim::{BootOutcome, BootSlot, SwapOutcome, UpdateRequest};
 use trustfab_device::{Device, Error as DeviceError, SlotKind, Zone};
-use trustfab_hsm::{DeviceKey, Hsm, IssuanceRecord, IssueError, Issued};
-use trustfab_ledger::{Append, CounterOp, Kind, Store};
-use trustfab_pki::{validate, Policy, PublicKey, Purpose, Signer};
-use trustfab_types::{Clock, DeviceUid, Serial, UnixTime};
+use trustfab_formats::records::{Bytes, DeviceFailed, DeviceGood};
+use trustfab_formats::{JobFirmware, JobSpec, LockPolicy, PartKind};
+use trustfab_hsm::{DeviceKey, DeviceOutcome, HsmClient, IssueError, Issued, Reservation};
+use trustfab_pki::{validate, Policy, PublicKey, Purpose};
+use trustfab_types::{Clock, DeviceUid, Serial};
 
-use crate::error::{CreateError, RunError};
-use crate::job::{serde_bytes_vec::Bytes, JobFirmware, JobPackage, JobSpec, LockPolicy};
-use crate::records::{
-    self, CreditBack, CreditReason, DeviceFailed, DeviceGood, JobClosed, JobCreated, CLAIM_GOOD,
-    CLAIM_JOB, CLAIM_JOB_CLOSED,
-};
+use trustfab_hsm::JobOpError;
+
+use crate::error::RunError;
 use crate::supply::Supply;
+
+/// The device kind a job's part kind names.
+pub fn device_kind(k: PartKind) -> trustfab_device::DeviceKind {
+    match k {
+        PartKind::SecureElement => trustfab_device::DeviceKind::SecureElement,
+        PartKind::SecureMcu => trustfab_device::DeviceKind::SecureMcu,
+    }
+}
 
 /// The per-device steps, numbered as in DESIGN.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,100 +85,21 @@ impl Step {
     }
 }
 
-/// What [`create_job`] made.
-#[derive(Debug)]
-pub struct CreatedJob {
-    /// The signed package.
-    pub package: JobPackage,
-    /// The ledger record of `JobCreated`.
-    pub seq: u64,
-}
-
-/// Creates a job: checks the spec, signs it with the HSM identity key, and reserves its
-/// quantity from the product in one ledger append.
-///
-/// # Errors
-/// [`CreateError::UnknownProduct`], [`CreateError::OverRemaining`], [`CreateError::Exists`],
-/// a package error, or a token or ledger error. Nothing is reserved then.
-pub fn create_job(hsm: &Hsm, spec: JobSpec) -> Result<CreatedJob, CreateError> {
-    if let Some(fw) = &spec.firmware {
-        check_job_firmware(hsm, &spec.product, fw)?;
-    }
-    let ledger = hsm.ledger();
-    let product = spec.product.clone();
-    let remaining = match ledger.counter(&product).map_err(CreateError::Ledger)? {
-        Some(c) => c.remaining(),
-        None => return Err(CreateError::UnknownProduct { product }),
-    };
-    if spec.quantity > remaining {
-        return Err(CreateError::OverRemaining {
-            product,
-            remaining,
-            asked: spec.quantity,
-        });
-    }
-    if let Some(seq) = ledger
-        .claimed(CLAIM_JOB, spec.job_id.as_bytes())
-        .map_err(CreateError::Ledger)?
-    {
-        return Err(CreateError::Exists {
-            job: spec.job_id,
-            seq,
-        });
-    }
-    let signer = hsm.identity_signer().map_err(CreateError::Token)?;
-    let package = JobPackage::seal(spec, &signer)?;
-    let s = package.spec();
-    let body = JobCreated {
-        job: s.job_id.clone(),
-        product: s.product.clone(),
-        quantity: s.quantity,
-        package_sha256: Bytes(package.digest().to_vec()),
-        time: s.created_at,
-    };
-    let append = Append::record(Kind::JobCreated, records::encode(&body))
-        .with_counter(CounterOp::Spend {
-            product: s.product.clone(),
-            n: s.quantity,
-        })
-        .with_claim(CLAIM_JOB, s.job_id.as_bytes().to_vec());
-    let recs = ledger.append(append).map_err(|e| match e {
-        trustfab_ledger::Error::Exhausted {
-            product,
-            remaining,
-            asked,
-        } => CreateError::OverRemaining {
-            product,
-            remaining,
-            asked,
-        },
-        trustfab_ledger::Error::Duplicate { first_seq, .. } => CreateError::Exists {
-            job: s.job_id.clone(),
-            seq: first_seq,
-        },
-        other => CreateError::Ledger(other),
-    })?;
-    Ok(CreatedJob {
-        seq: recs.first().map_or(0, |r| r.seq),
-        package,
-    })
-}
-
 /// The firmware step of a job for `product`, from the image file `image` named `name`: the image
 /// must be signed by the product's boot key (checked as far as its ciphertext allows, see
 /// [`trustfab_firmware::verify_sealed`]) and carry a security counter; an encrypted image needs
 /// the product's family key, which the station installs into `secret_slot`.
 ///
 /// # Errors
-/// [`CreateError::Firmware`] naming what does not fit, or an HSM error.
+/// [`JobOpError::Firmware`] naming what does not fit, or an HSM error.
 pub fn job_firmware(
-    hsm: &Hsm,
+    hsm: &dyn HsmClient,
     product: &str,
     name: &str,
     image: &[u8],
     secret_slot: trustfab_device::SlotId,
-) -> Result<JobFirmware, CreateError> {
-    let bad = |m: String| CreateError::Firmware(m);
+) -> Result<JobFirmware, JobOpError> {
+    let bad = |m: String| JobOpError::Firmware(m);
     let fw = hsm
         .firmware(product)
         .map_err(|e| bad(format!("{e}")))?
@@ -205,190 +130,10 @@ pub fn job_firmware(
     })
 }
 
-/// The HSM signs a job's firmware step only when it is the product's.
-fn check_job_firmware(hsm: &Hsm, product: &str, fw: &JobFirmware) -> Result<(), CreateError> {
-    let bad = |m: &str| CreateError::Firmware(m.to_owned());
-    let Some(p) = hsm.firmware(product).map_err(|e| bad(&e.to_string()))? else {
-        return Err(bad(&format!(
-            "product {product} has no firmware in its package"
-        )));
-    };
-    if fw.boot_key_hash.0 != p.boot_key_hash {
-        return Err(bad("the boot key hash is not the product's"));
-    }
-    if fw.family != p.family {
-        return Err(bad(&format!(
-            "the family {} is not the product's ({})",
-            fw.family, p.family
-        )));
-    }
-    if fw.encrypted && p.family_key.is_none() {
-        return Err(bad(
-            "the image is encrypted and the product has no family key",
-        ));
-    }
-    Ok(())
-}
-
 fn sha256(b: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref());
     out
-}
-
-/// Opens a job package against the HSM that signed it.
-///
-/// # Errors
-/// A [`crate::JobError`] when the package is refused, or a token error.
-pub fn open_job(hsm: &Hsm, bytes: &[u8]) -> Result<JobPackage, CreateError> {
-    let signer = hsm.identity_signer().map_err(CreateError::Token)?;
-    Ok(JobPackage::open(bytes, signer.public_point())?)
-}
-
-/// A job's state, rebuilt from the ledger.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct JobState {
-    /// The `JobCreated` record.
-    pub created_seq: u64,
-    /// The `JobClosed` record, once closed.
-    pub closed_seq: Option<u64>,
-    /// Units released to the product for issuance.
-    pub released: u64,
-    /// UIDs named by releases.
-    pub released_uids: HashSet<Vec<u8>>,
-    /// UIDs of the job with a certificate.
-    pub issued: HashSet<Vec<u8>>,
-    /// UIDs of the job that ended good.
-    pub good: HashSet<Vec<u8>>,
-    /// `DeviceFailed` records of the job.
-    pub failures: u64,
-}
-
-impl JobState {
-    /// Reads the job's records from the ledger.
-    ///
-    /// # Errors
-    /// [`RunError::UnknownJob`], [`RunError::OtherPackage`], [`RunError::BadRecord`], or a
-    /// ledger error.
-    pub fn load(ledger: &dyn Store, job: &JobPackage) -> Result<Self, RunError> {
-        let spec = job.spec();
-        let id = spec.job_id.as_str();
-        let created_seq = ledger
-            .claimed(CLAIM_JOB, id.as_bytes())?
-            .ok_or_else(|| RunError::UnknownJob { job: id.into() })?;
-        let closed_seq = ledger.claimed(CLAIM_JOB_CLOSED, id.as_bytes())?;
-        let mut st = Self {
-            created_seq,
-            closed_seq,
-            ..Self::default()
-        };
-        let bad = |seq| RunError::BadRecord {
-            job: id.into(),
-            seq,
-        };
-        for r in ledger.records(created_seq) {
-            let r = r?;
-            match r.kind {
-                Kind::JobCreated if r.seq == created_seq => {
-                    let b: JobCreated = records::decode(&r.body).ok_or_else(|| bad(r.seq))?;
-                    if b.job != id || b.package_sha256.0 != job.digest() {
-                        return Err(RunError::OtherPackage { job: id.into() });
-                    }
-                }
-                Kind::CreditBack => {
-                    let Some(b) = records::decode::<CreditBack>(&r.body) else {
-                        continue;
-                    };
-                    if b.job == id && b.reason == CreditReason::Release {
-                        st.released += b.n;
-                        st.released_uids.extend(b.uids.into_iter().map(|u| u.0));
-                    }
-                }
-                Kind::CertificateIssued => {
-                    if let Some(rec) = IssuanceRecord::decode(&r.body) {
-                        if rec.product == spec.product
-                            && st.released_uids.contains(rec.uid.as_bytes())
-                        {
-                            st.issued.insert(rec.uid.as_bytes().to_vec());
-                        }
-                    }
-                }
-                Kind::DeviceLocked => {
-                    if let Some(b) = records::decode::<DeviceGood>(&r.body) {
-                        if b.job == id {
-                            st.good.insert(b.uid.0);
-                        }
-                    }
-                }
-                Kind::DeviceFailed => {
-                    if let Some(b) = records::decode::<DeviceFailed>(&r.body) {
-                        if b.job == id {
-                            st.failures += 1;
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(st)
-    }
-}
-
-/// Closes a job: records `JobClosed` and credits back the reservation never released, so that
-/// the product's issued count is exactly its certificates.
-///
-/// # Errors
-/// [`RunError::Closed`] when it is closed already, or a load or ledger error.
-pub fn close_job(hsm: &Hsm, job: &JobPackage, now: UnixTime) -> Result<JobClosed, RunError> {
-    let ledger = hsm.ledger();
-    let spec = job.spec();
-    let st = JobState::load(&**ledger, job)?;
-    if let Some(seq) = st.closed_seq {
-        return Err(RunError::Closed {
-            job: spec.job_id.clone(),
-            seq,
-        });
-    }
-    let credited = spec.quantity.saturating_sub(st.released);
-    let issued = len64(&st.issued);
-    let good = len64(&st.good);
-    let body = JobClosed {
-        job: spec.job_id.clone(),
-        product: spec.product.clone(),
-        quantity: spec.quantity,
-        issued,
-        good,
-        failed_after_issue: issued.saturating_sub(good),
-        credited,
-        time: now.0,
-    };
-    let mut append = Append::record(Kind::JobClosed, records::encode(&body))
-        .with_claim(CLAIM_JOB_CLOSED, spec.job_id.as_bytes().to_vec());
-    if credited > 0 {
-        append = append
-            .with_record(
-                Kind::CreditBack,
-                records::encode(&CreditBack {
-                    job: spec.job_id.clone(),
-                    product: spec.product.clone(),
-                    n: credited,
-                    reason: CreditReason::Close,
-                    uids: Vec::new(),
-                }),
-            )
-            .with_counter(CounterOp::Credit {
-                product: spec.product.clone(),
-                n: credited,
-            });
-    }
-    ledger.append(append).map_err(|e| match e {
-        trustfab_ledger::Error::Duplicate { first_seq, .. } => RunError::Closed {
-            job: spec.job_id.clone(),
-            seq: first_seq,
-        },
-        other => RunError::Ledger(other),
-    })?;
-    Ok(body)
 }
 
 fn len64<T>(s: &HashSet<T>) -> u64 {
@@ -587,17 +332,30 @@ impl Outcome {
 
 struct IssueRequest {
     key: DeviceKey,
-    reply: Sender<Result<Issued, String>>,
+    reply: Sender<IssueReply>,
 }
 
+/// The HSM's answer for one device.
+enum IssueReply {
+    Issued(Issued),
+    /// The job's reservation has no unit left for it (other stations used them).
+    Full,
+    Refused(String),
+}
+
+/// How many fresh devices the station may still start: the reservation's units left when the
+/// run began, less the devices in flight. Scheduling only, never accounting: the HSM refuses
+/// what the reservation does not hold whatever this says; it only spares parts a key
+/// generation that could not be certified.
 #[derive(Default)]
-struct Permits {
+struct StartBudget {
     available: u64,
     in_flight: u64,
 }
 
 struct Shared<'a> {
-    hsm: &'a Hsm,
+    hsm: &'a dyn HsmClient,
+    reservation: &'a Reservation,
     spec: &'a JobSpec,
     opts: &'a RunOptions,
     root: Vec<u8>,
@@ -606,8 +364,8 @@ struct Shared<'a> {
     /// For a job with firmware: the product's family key point (empty when not encrypted).
     family_point: Option<Vec<u8>>,
     good: Mutex<HashSet<Vec<u8>>>,
-    permits: Mutex<Permits>,
-    permits_cv: Condvar,
+    budget: Mutex<StartBudget>,
+    budget_cv: Condvar,
     attempts: Mutex<HashMap<Vec<u8>, u32>>,
     issued: AtomicU64,
     good_count: AtomicU64,
@@ -619,7 +377,7 @@ struct Shared<'a> {
 /// The image given for a job with firmware is the one it names; returns the family key point
 /// the devices must report (empty for a plaintext image).
 fn check_image(
-    hsm: &Hsm,
+    hsm: &dyn HsmClient,
     spec: &JobSpec,
     fw: &JobFirmware,
     image: Option<&[u8]>,
@@ -665,7 +423,7 @@ impl Shared<'_> {
 
     /// Takes a unit of the job's quantity for a fresh device; `false` when the job needs no more.
     fn acquire(&self) -> bool {
-        let mut p = guard(&self.permits);
+        let mut p = guard(&self.budget);
         loop {
             if p.available > 0 {
                 p.available -= 1;
@@ -676,59 +434,62 @@ impl Shared<'_> {
                 return false;
             }
             p = self
-                .permits_cv
+                .budget_cv
                 .wait_timeout(p, Duration::from_millis(50))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
     }
 
+    /// The reservation is used up (by other stations too): start no more fresh devices.
+    fn exhausted(&self) {
+        guard(&self.budget).available = 0;
+        self.budget_cv.notify_all();
+    }
+
     /// Ends a fresh device's hold: `spent` when its certificate was issued.
     fn release(&self, spent: bool) {
-        let mut p = guard(&self.permits);
+        let mut p = guard(&self.budget);
         p.in_flight = p.in_flight.saturating_sub(1);
         if !spent {
             p.available += 1;
         }
         drop(p);
-        self.permits_cv.notify_all();
+        self.budget_cv.notify_all();
     }
 
     fn fail(&self, e: RunError) {
         guard(&self.fatal).get_or_insert(e);
         self.opts.stop.store(true, Ordering::Relaxed);
-        self.permits_cv.notify_all();
+        self.budget_cv.notify_all();
     }
 }
 
 /// Runs a job on the parts of `supply`, `opts.sockets` at a time, until the job has its
 /// quantity, the supply is used up, or `opts.stop` is set. Resumes where any earlier run
-/// stopped.
+/// stopped; other stations may run the same job at once.
 ///
 /// # Errors
-/// [`RunError::WrongHsm`], [`RunError::Closed`], a load error, or a ledger or supply error
-/// that stopped the run. Device failures are not errors: they are in the [`Summary`].
+/// [`RunError::Job`] (another HSM's job, or a closed one), or an HSM or supply error that
+/// stopped the run. Device failures are not errors: they are in the [`Summary`].
 pub fn run<S: Supply>(
-    hsm: &Hsm,
-    job: &JobPackage,
+    hsm: &dyn HsmClient,
+    reservation: &Reservation,
     supply: &S,
     opts: &RunOptions,
 ) -> Result<Summary, RunError> {
-    let spec = job.spec();
-    if spec.hsm_id != hsm.hsm_id() {
-        return Err(RunError::WrongHsm {
+    let spec = reservation.spec();
+    if reservation.is_legacy() {
+        return Err(RunError::Issue(IssueError::LegacyJob {
             job: spec.job_id.clone(),
-            expected: spec.hsm_id.clone(),
-            actual: hsm.hsm_id().into(),
-        });
+        }));
     }
-    let ledger = hsm.ledger();
-    let st = JobState::load(&**ledger, job)?;
+    let st = hsm.job_status(reservation)?;
     if let Some(seq) = st.closed_seq {
-        return Err(RunError::Closed {
+        return Err(RunError::Job(JobOpError::Closed {
             job: spec.job_id.clone(),
             seq,
-        });
+        }));
     }
     let (root, device_ca) = hsm.chain(&spec.product)?;
     let family_point = match &spec.firmware {
@@ -738,39 +499,36 @@ pub fn run<S: Supply>(
     let issued_start = len64(&st.issued);
     let shared = Shared {
         hsm,
+        reservation,
         spec,
         opts,
         root,
         intermediates: device_ca.into_iter().collect(),
         family_point,
-        permits: Mutex::new(Permits {
-            available: spec.quantity.saturating_sub(issued_start),
+        budget: Mutex::new(StartBudget {
+            available: st.remaining,
             in_flight: 0,
         }),
-        permits_cv: Condvar::new(),
+        budget_cv: Condvar::new(),
         attempts: Mutex::new(HashMap::new()),
         issued: AtomicU64::new(issued_start),
         good_count: AtomicU64::new(len64(&st.good)),
         failed_attempts: AtomicU64::new(0),
         handled: AtomicU64::new(0),
         fatal: Mutex::new(None),
-        good: Mutex::new(st.good.clone()),
+        good: Mutex::new(st.good),
     };
     let started = Instant::now();
     let (issue_tx, issue_rx) = mpsc::channel::<IssueRequest>();
-    let (record_tx, record_rx) = mpsc::channel::<Append>();
+    let (record_tx, record_rx) = mpsc::channel::<DeviceOutcome>();
     let results = Mutex::new(RunTally::default());
 
     let issue_rx = Mutex::new(issue_rx);
-    let accounts = Mutex::new(Accounts {
-        released: st.released,
-        committed: issued_start,
-    });
     thread::scope(|scope| {
         let sh = &shared;
-        let (issue_rx, accounts) = (&issue_rx, &accounts);
+        let issue_rx = &issue_rx;
         let issuers: Vec<_> = (0..ISSUERS)
-            .map(|_| scope.spawn(move || issuer_loop(sh, issue_rx, accounts)))
+            .map(|_| scope.spawn(move || issuer_loop(sh, issue_rx)))
             .collect();
         let recorder = scope.spawn(move || recorder_loop(sh, &record_rx));
         let mut sockets = Vec::new();
@@ -835,26 +593,17 @@ struct RunTally {
     latencies_us: Vec<u32>,
 }
 
-/// How many batches are in flight at once: while the HSM signs one, the next one's release and
-/// issuance records are being made durable (they share fsyncs through the ledger's group commit).
+/// How many batches are in flight at once: while the HSM signs one, the next one's issuance
+/// records are being made durable (they share fsyncs through the ledger's group commit).
 pub const ISSUERS: usize = 3;
 
-/// The job's reservation accounting shared by the issuers.
-struct Accounts {
-    /// Units released to the product (durable or being appended).
-    released: u64,
-    /// Certificates issued plus devices in batches not yet answered.
-    committed: u64,
-}
-
-/// One of the HSM's feeders: collects requests from the sockets into a batch, releases the
-/// job's reservation for it, and issues. A batch is released only for devices that hold a unit
-/// of the job's quantity, so `committed` never passes the quantity and neither does `released`.
-fn issuer_loop(sh: &Shared<'_>, rx: &Mutex<Receiver<IssueRequest>>, acc: &Mutex<Accounts>) {
-    let spec = sh.spec;
-    let ledger = sh.hsm.ledger();
+/// One of the HSM's feeders: collects requests from the sockets into a batch and has the HSM
+/// issue it within the job's reservation. When the reservation has fewer units left than the
+/// batch (other stations of the job spent them), the HSM is asked again for what it has left and
+/// the rest are told the job is full.
+fn issuer_loop(sh: &Shared<'_>, rx: &Mutex<Receiver<IssueRequest>>) {
     loop {
-        let batch = {
+        let mut batch = {
             let rx = guard(rx);
             let Ok(first) = rx.recv() else {
                 break;
@@ -868,85 +617,61 @@ fn issuer_loop(sh: &Shared<'_>, rx: &Mutex<Receiver<IssueRequest>>, acc: &Mutex<
             }
             batch
         };
-        let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-        let need = {
-            let mut a = guard(acc);
-            let need = (a.committed + n).saturating_sub(a.released);
-            a.released += need;
-            a.committed += n;
-            need
-        };
-        let release = Append::record(
-            Kind::CreditBack,
-            records::encode(&CreditBack {
-                job: spec.job_id.clone(),
-                product: spec.product.clone(),
-                n: need,
-                reason: CreditReason::Release,
-                uids: batch
-                    .iter()
-                    .map(|r| Bytes(r.key.uid.as_bytes().to_vec()))
-                    .collect(),
-            }),
-        );
-        let release = if need > 0 {
-            release.with_counter(CounterOp::Credit {
-                product: spec.product.clone(),
-                n: need,
-            })
-        } else {
-            release
-        };
-        if let Err(e) = ledger.append(release) {
-            {
-                let mut a = guard(acc);
-                a.released -= need;
-                a.committed -= n;
-            }
-            let msg = format!("recording the release: {e}");
-            for r in batch {
-                let _ = r.reply.send(Err(msg.clone()));
-            }
-            sh.fail(RunError::Ledger(e));
-            continue;
-        }
-        let keys: Vec<DeviceKey> = batch.iter().map(|r| r.key.clone()).collect();
-        match sh.hsm.issue(&spec.product, &keys) {
-            Ok(out) => {
-                let fresh =
-                    u64::try_from(out.iter().filter(|i| !i.reissued).count()).unwrap_or(u64::MAX);
-                guard(acc).committed -= n - fresh.min(n);
-                sh.issued.fetch_add(fresh, Ordering::Relaxed);
-                let mut by_uid: HashMap<DeviceUid, Issued> =
-                    out.into_iter().map(|i| (i.uid.clone(), i)).collect();
-                for r in batch {
-                    let _ = r.reply.send(
-                        by_uid
-                            .remove(&r.key.uid)
-                            .ok_or_else(|| "the HSM returned no certificate".to_owned()),
-                    );
+        loop {
+            let keys: Vec<DeviceKey> = batch.iter().map(|r| r.key.clone()).collect();
+            match sh.hsm.issue(sh.reservation, &keys) {
+                Ok(out) => {
+                    let fresh = u64::try_from(out.iter().filter(|i| !i.reissued).count())
+                        .unwrap_or(u64::MAX);
+                    sh.issued.fetch_add(fresh, Ordering::Relaxed);
+                    let mut by_uid: HashMap<DeviceUid, Issued> =
+                        out.into_iter().map(|i| (i.uid.clone(), i)).collect();
+                    for r in batch {
+                        let _ = r.reply.send(by_uid.remove(&r.key.uid).map_or_else(
+                            || IssueReply::Refused("the HSM returned no certificate".into()),
+                            IssueReply::Issued,
+                        ));
+                    }
+                }
+                Err(IssueError::ReservationExhausted { remaining, .. }) => {
+                    sh.exhausted();
+                    let keep = usize::try_from(remaining).unwrap_or(usize::MAX);
+                    if keep > 0 && keep < batch.len() {
+                        for r in batch.split_off(keep) {
+                            let _ = r.reply.send(IssueReply::Full);
+                        }
+                        continue;
+                    }
+                    for r in batch {
+                        let _ = r.reply.send(IssueReply::Full);
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if matches!(e, IssueError::Sign(_)) {
+                        // The count was spent and recorded: the devices resume on their next
+                        // attempt from the recorded certificate.
+                        sh.issued.fetch_add(len64_slice(&batch), Ordering::Relaxed);
+                    }
+                    if matches!(e, IssueError::JobClosed { .. }) {
+                        sh.exhausted();
+                    }
+                    for r in batch {
+                        let _ = r.reply.send(IssueReply::Refused(msg.clone()));
+                    }
                 }
             }
-            Err(e) => {
-                let msg = e.to_string();
-                if matches!(e, IssueError::Sign(_)) {
-                    // The count was spent and recorded: the devices resume on their next
-                    // attempt from the recorded certificate.
-                    sh.issued.fetch_add(n, Ordering::Relaxed);
-                } else {
-                    guard(acc).committed -= n;
-                }
-                for r in batch {
-                    let _ = r.reply.send(Err(msg.clone()));
-                }
-            }
+            break;
         }
     }
 }
 
-/// Appends device outcomes, many per transaction (group commit).
-fn recorder_loop(sh: &Shared<'_>, rx: &Receiver<Append>) {
-    let ledger = sh.hsm.ledger();
+fn len64_slice<T>(v: &[T]) -> u64 {
+    u64::try_from(v.len()).unwrap_or(u64::MAX)
+}
+
+/// Hands device outcomes to the HSM, many per call (one transaction: group commit).
+fn recorder_loop(sh: &Shared<'_>, rx: &Receiver<DeviceOutcome>) {
     while let Ok(first) = rx.recv() {
         let mut v = vec![first];
         while v.len() < 512 {
@@ -955,11 +680,8 @@ fn recorder_loop(sh: &Shared<'_>, rx: &Receiver<Append>) {
                 Err(_) => break,
             }
         }
-        for r in ledger.append_all(v) {
-            match r {
-                Ok(_) | Err(trustfab_ledger::Error::Duplicate { .. }) => {}
-                Err(e) => sh.fail(RunError::Ledger(e)),
-            }
+        if let Err(e) = sh.hsm.record_outcomes(sh.reservation, v) {
+            sh.fail(RunError::Issue(e));
         }
     }
 }
@@ -968,7 +690,7 @@ fn socket_loop<S: Supply>(
     sh: &Shared<'_>,
     supply: &S,
     issue_tx: &Sender<IssueRequest>,
-    record_tx: &Sender<Append>,
+    record_tx: &Sender<DeviceOutcome>,
     tally: &Mutex<RunTally>,
 ) {
     while !sh.opts.stop.load(Ordering::Relaxed) {
@@ -994,15 +716,9 @@ fn socket_loop<S: Supply>(
                 t.last_failure.remove(&g.uid.0);
                 t.latencies_us
                     .push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
-                let claim = records::good_claim(&spec.product, &g.uid.0);
                 guard(&sh.good).insert(g.uid.0.clone());
                 sh.good_count.fetch_add(1, Ordering::Relaxed);
-                let body = records::encode(&g);
-                let _ = record_tx.send(
-                    Append::record(Kind::DeviceProgrammed, body.clone())
-                        .with_record(Kind::DeviceLocked, body)
-                        .with_claim(CLAIM_GOOD, claim),
-                );
+                let _ = record_tx.send(DeviceOutcome::Good(g));
             }
             Outcome::Failed {
                 uid,
@@ -1032,7 +748,7 @@ fn socket_loop<S: Supply>(
                     serial: serial.as_ref().map(|s| Bytes(s.as_be_bytes().to_vec())),
                     retry: again,
                 };
-                let _ = record_tx.send(Append::record(Kind::DeviceFailed, records::encode(&body)));
+                let _ = record_tx.send(DeviceOutcome::Failed(body));
                 if let Some(k) = key {
                     t.last_failure.insert(
                         k,
@@ -1100,7 +816,7 @@ fn provision<D: Device>(sh: &Shared<'_>, dev: &mut D, issue_tx: &Sender<IssueReq
     if guard(&sh.good).contains(uid.as_bytes()) {
         return Outcome::AlreadyGood;
     }
-    let want_kind: trustfab_device::DeviceKind = spec.device_kind.into();
+    let want_kind = device_kind(spec.device_kind);
     if dev.kind() != want_kind {
         return refuse(
             &uid,
@@ -1109,7 +825,7 @@ fn provision<D: Device>(sh: &Shared<'_>, dev: &mut D, issue_tx: &Sender<IssueReq
             None,
         );
     }
-    let recorded = match sh.hsm.certificate_for(&spec.product, &uid) {
+    let recorded = match sh.hsm.certificate_for(sh.reservation, &uid) {
         Ok(r) => r,
         Err(e) => return refuse(&uid, Step::Issue, format!("HSM: {e}"), None),
     };
@@ -1164,7 +880,8 @@ fn provision<D: Device>(sh: &Shared<'_>, dev: &mut D, issue_tx: &Sender<IssueReq
                 (i, false)
             }
             Err(o) => {
-                sh.release(false);
+                // A full reservation gives no unit back to start another device with.
+                sh.release(matches!(o, Outcome::NotNeeded));
                 return o;
             }
         }
@@ -1284,8 +1001,9 @@ fn keygen_and_issue<D: Device>(
         })
         .map_err(|_| refuse(Step::Issue, "the HSM feeder stopped".into()))?;
     match rx.recv() {
-        Ok(Ok(i)) => Ok(i),
-        Ok(Err(reason)) => Err(refuse(Step::Issue, reason)),
+        Ok(IssueReply::Issued(i)) => Ok(i),
+        Ok(IssueReply::Full) => Err(Outcome::NotNeeded),
+        Ok(IssueReply::Refused(reason)) => Err(refuse(Step::Issue, reason)),
         Err(_) => Err(refuse(Step::Issue, "the HSM feeder stopped".into())),
     }
 }
@@ -1310,7 +1028,7 @@ fn program_firmware<D: Device>(
     if fw.encrypted {
         let wrapped = sh
             .hsm
-            .family_key_for(&sh.spec.product, uid)
+            .family_key_for(sh.reservation, uid)
             .map_err(|e| refuse(format!("HSM: {e}")))?;
         let installed = dev
             .install_wrapped_secret(fw.secret_slot, &wrapped)
@@ -1442,13 +1160,4 @@ fn same_tbs(a: &[u8], b: &[u8]) -> bool {
         (Ok((_, x)), Ok((_, y))) => x.tbs_certificate.as_ref() == y.tbs_certificate.as_ref(),
         _ => false,
     }
-}
-
-/// The uncompressed point of the HSM identity key: what a job package's signature is checked
-/// against.
-///
-/// # Errors
-/// A token error.
-pub fn identity_point(hsm: &Hsm) -> Result<Vec<u8>, trustfab_token::Error> {
-    Ok(hsm.identity_signer()?.public_point().to_vec())
 }

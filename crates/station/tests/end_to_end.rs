@@ -20,7 +20,7 @@ fn a_job_of_1000_devices_locks_every_device_and_the_ledger_counts_match() {
     assert!(sum.failures.is_empty(), "{:?}", sum.failures);
     assert_eq!(sum.latencies_us.len(), 1000);
 
-    let ledger = s.hsm.ledger();
+    let ledger = &s.ledger;
     let a = audit(&**ledger, "job-1000");
     assert_eq!(a.issued.len(), 1000);
     assert_eq!(a.good.len(), 1000);

@@ -14,7 +14,7 @@ fn with_5_percent_socket_faults_every_device_is_accounted_for() {
     let (sum, _) = run_fleet(&s, &job, fl, Faults::line(0.05, 42), 6);
     assert!(sum.failed_attempts > 0, "no fault fired: {sum:?}");
 
-    let ledger = s.hsm.ledger();
+    let ledger = &s.ledger;
     let a = audit(&**ledger, "job-faults");
     let job_issued: HashSet<&Vec<u8>> = uids.iter().filter(|u| a.issued.contains_key(*u)).collect();
     let mut failed_after_issue = 0u64;

@@ -4,7 +4,8 @@
 
 use trustfab_device::sim::{BootOutcome, BootSlot, Lifecycle, SwapOutcome, UpdateRequest};
 use trustfab_device::Device as _;
-use trustfab_station::{job_firmware, CreateError, JobFirmware, RunError, Step};
+use trustfab_hsm::JobOpError;
+use trustfab_station::{job_firmware, JobFirmware, RunError, Step};
 
 use super::*;
 
@@ -37,9 +38,7 @@ fn a_firmware_job_installs_the_family_image_on_every_mcu_before_the_lock() {
     let fw = job_firmware(&s.hsm, PRODUCT, "app-1.0.0.bin", &image, 5).unwrap();
     assert!(fw.encrypted);
     assert_eq!(fw.security_counter, 4);
-    let job = create_job(&s.hsm, mcu_spec("job-fw", 50, fw.clone()))
-        .unwrap()
-        .package;
+    let job = s.hsm.reserve(mcu_spec("job-fw", 50, fw.clone())).unwrap();
     let mut v = vendor();
     let supply = FleetSupply::new(mcu_fleet(&mut v, 50), Faults::none());
     let sum = run(&s.hsm, &job, &supply, &with_image(&image)).unwrap();
@@ -80,13 +79,13 @@ fn a_firmware_job_installs_the_family_image_on_every_mcu_before_the_lock() {
             }
         ));
     }
-    let a = audit(&**s.hsm.ledger(), "job-fw");
+    let a = audit(&*s.ledger, "job-fw");
     assert_eq!(a.good.len(), 50);
     // Nothing the ledger holds is the family private key.
     let scalar = keys.family.secret_pkcs8_der().unwrap();
     let der = scalar.secret_pkcs8_der();
     let secret = &der[der.len() - 32 - 68..der.len() - 68];
-    for r in s.hsm.ledger().records(1) {
+    for r in s.ledger.records(1) {
         assert!(!r.unwrap().body.windows(32).any(|w| w == secret));
     }
 }
@@ -98,9 +97,7 @@ fn the_image_given_to_a_run_must_be_the_one_the_job_names() {
     let s = site_with(dir.path(), 10, Some(&keys));
     let (image, _) = keys.master(3_000, 1, None);
     let fw = job_firmware(&s.hsm, PRODUCT, "app.bin", &image, 5).unwrap();
-    let job = create_job(&s.hsm, mcu_spec("job-img", 5, fw))
-        .unwrap()
-        .package;
+    let job = s.hsm.reserve(mcu_spec("job-img", 5, fw)).unwrap();
     let (other, _) = keys.master(3_000, 1, None);
     let supply = FleetSupply::new(mcu_fleet(&mut vendor(), 5), Faults::none());
     for opts in [options(2), with_image(&other)] {
@@ -110,8 +107,8 @@ fn the_image_given_to_a_run_must_be_the_one_the_job_names() {
         }
     }
     // Nothing was issued: the refusal comes before any device.
-    assert_eq!(s.hsm.ledger().counter(PRODUCT).unwrap().unwrap().issued, 5);
-    assert!(audit(&**s.hsm.ledger(), "job-img").issued.is_empty());
+    assert_eq!(s.ledger.counter(PRODUCT).unwrap().unwrap().issued, 5);
+    assert!(audit(&*s.ledger, "job-img").issued.is_empty());
 }
 
 #[test]
@@ -123,27 +120,26 @@ fn a_job_names_only_an_image_the_products_boot_key_signed() {
     let stranger = FwKeys::new();
     let (foreign, _) = stranger.master(1_000, 1, None);
     match job_firmware(&s.hsm, PRODUCT, "foreign.bin", &foreign, 5) {
-        Err(CreateError::Firmware(m)) => assert!(m.contains("foreign.bin"), "{m}"),
+        Err(JobOpError::Firmware(m)) => assert!(m.contains("foreign.bin"), "{m}"),
         other => panic!("{other:?}"),
     }
     // A forged firmware step (another root-of-trust hash) is not signed by the HSM.
     let (image, _) = keys.master(1_000, 1, None);
     let mut fw = job_firmware(&s.hsm, PRODUCT, "app.bin", &image, 5).unwrap();
-    fw.boot_key_hash =
-        trustfab_station::job::serde_bytes_vec::Bytes(stranger.boot_key_hash().to_vec());
-    match create_job(&s.hsm, mcu_spec("job-forged", 5, fw)) {
-        Err(CreateError::Firmware(m)) => assert!(m.contains("boot key hash"), "{m}"),
+    fw.boot_key_hash = trustfab_formats::records::Bytes(stranger.boot_key_hash().to_vec());
+    match s.hsm.reserve(mcu_spec("job-forged", 5, fw)) {
+        Err(JobOpError::Firmware(m)) => assert!(m.contains("boot key hash"), "{m}"),
         other => panic!("{other:?}"),
     }
     // A product without firmware has none to program.
     let dir2 = tempfile::tempdir().unwrap();
     let plain = site(dir2.path(), 10);
     match job_firmware(&plain.hsm, PRODUCT, "app.bin", &image, 5) {
-        Err(CreateError::Firmware(m)) => assert!(m.contains("no firmware"), "{m}"),
+        Err(JobOpError::Firmware(m)) => assert!(m.contains("no firmware"), "{m}"),
         other => panic!("{other:?}"),
     }
     // Nothing was reserved by the refusals.
-    assert_eq!(s.hsm.ledger().counter(PRODUCT).unwrap().unwrap().issued, 0);
+    assert_eq!(s.ledger.counter(PRODUCT).unwrap().unwrap().issued, 0);
 }
 
 /// An image the boot key signed but encrypted for another family cannot be told apart by the
@@ -161,13 +157,11 @@ fn an_image_for_another_family_fails_at_the_firmware_step_and_leaves_devices_unl
     .unwrap();
     let (image, _) = keys.master(2_000, 1, Some(&other_family));
     let fw = job_firmware(&s.hsm, PRODUCT, "wrong-family.bin", &image, 5).unwrap();
-    let job = create_job(&s.hsm, mcu_spec("job-wrong", 3, fw))
-        .unwrap()
-        .package;
+    let job = s.hsm.reserve(mcu_spec("job-wrong", 3, fw)).unwrap();
     let supply = FleetSupply::new(mcu_fleet(&mut vendor(), 3), Faults::none());
     let sum = run(&s.hsm, &job, &supply, &with_image(&image)).unwrap();
     assert_eq!((sum.good, sum.failed_after_issue), (0, 3), "{sum:?}");
-    let a = audit(&**s.hsm.ledger(), "job-wrong");
+    let a = audit(&*s.ledger, "job-wrong");
     for f in a.failed.values() {
         assert_eq!(f.step, Step::Firmware as u8);
         assert!(f.reason.contains("secure boot refused"), "{}", f.reason);
@@ -190,13 +184,14 @@ fn with_socket_faults_every_mcu_ends_booting_the_image_or_failed_with_a_reason()
     let s = site_with(dir.path(), 120, Some(&keys));
     let (image, _) = keys.master(4_000, 2, None);
     let fw = job_firmware(&s.hsm, PRODUCT, "app.bin", &image, 5).unwrap();
-    let job = create_job(&s.hsm, mcu_spec("job-fw-faults", 100, fw.clone()))
-        .unwrap()
-        .package;
+    let job = s
+        .hsm
+        .reserve(mcu_spec("job-fw-faults", 100, fw.clone()))
+        .unwrap();
     let supply = FleetSupply::new(mcu_fleet(&mut vendor(), 100), Faults::line(0.03, 7));
     let sum = run(&s.hsm, &job, &supply, &with_image(&image)).unwrap();
     assert!(sum.failed_attempts > 0, "no fault fired: {sum:?}");
-    let a = audit(&**s.hsm.ledger(), "job-fw-faults");
+    let a = audit(&*s.ledger, "job-fw-faults");
     let mut fleet = supply.into_fleet();
     let uids: Vec<_> = fleet.uids().cloned().collect();
     for uid in uids {

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use trustfab_station::job::serde_bytes_vec::Bytes;
+use trustfab_formats::records::Bytes;
 use trustfab_station::JobFirmware;
 
 use super::*;

@@ -1,14 +1,15 @@
 //! Creating and closing jobs: the reservation, the refusals, the credit-back.
 
 use super::*;
-use trustfab_station::{open_job, CreateError, RunError};
+use trustfab_hsm::JobOpError;
+use trustfab_station::RunError;
 
 #[test]
 fn creating_a_job_reserves_its_quantity_and_closing_credits_back_the_unused() {
     let dir = tempfile::tempdir().unwrap();
     let s = site(dir.path(), 100);
     let job = create(&s, "job-a", 10);
-    let ledger = s.hsm.ledger();
+    let ledger = &s.ledger;
     let c = ledger.counter(PRODUCT).unwrap().unwrap();
     assert_eq!((c.total, c.issued, c.remaining()), (100, 10, 90));
 
@@ -32,8 +33,8 @@ fn creating_a_job_reserves_its_quantity_and_closing_credits_back_the_unused() {
     // A closed job neither runs nor closes again.
     let supply = FleetSupply::new(fleet(&mut v, 1), Faults::none());
     let e = run(&s.hsm, &job, &supply, &options(1)).unwrap_err();
-    assert!(matches!(e, RunError::Closed { .. }), "{e}");
-    let e = close_job(&s.hsm, &job, NOW).unwrap_err();
+    assert!(matches!(e, RunError::Job(JobOpError::Closed { .. })), "{e}");
+    let e = s.hsm.close(attach(&s, &job)).unwrap_err();
     assert!(
         e.to_string()
             .starts_with("job job-a is closed (ledger record"),
@@ -46,10 +47,10 @@ fn a_job_over_the_remaining_count_or_with_a_taken_id_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = site(dir.path(), 20);
     create(&s, "job-a", 15);
-    let e = create_job(&s.hsm, spec("job-b", 6)).unwrap_err();
+    let e = s.hsm.reserve(spec("job-b", 6)).unwrap_err();
     assert!(matches!(
         e,
-        CreateError::OverRemaining {
+        JobOpError::OverRemaining {
             remaining: 5,
             asked: 6,
             ..
@@ -59,17 +60,17 @@ fn a_job_over_the_remaining_count_or_with_a_taken_id_is_refused() {
         e.to_string(),
         "job asks for 6 devices, product acme/thermo has 5 left"
     );
-    let e = create_job(&s.hsm, spec("job-a", 1)).unwrap_err();
-    assert!(matches!(e, CreateError::Exists { .. }), "{e}");
+    let e = s.hsm.reserve(spec("job-a", 1)).unwrap_err();
+    assert!(matches!(e, JobOpError::Exists { .. }), "{e}");
     let mut other = spec("job-c", 1);
     other.product = "acme/other".into();
-    let e = create_job(&s.hsm, other).unwrap_err();
+    let e = s.hsm.reserve(other).unwrap_err();
     assert_eq!(
         e.to_string(),
         "product acme/other is not imported in this HSM"
     );
     // Nothing of the refusals was reserved.
-    assert_eq!(s.hsm.ledger().counter(PRODUCT).unwrap().unwrap().issued, 15);
+    assert_eq!(s.ledger.counter(PRODUCT).unwrap().unwrap().issued, 15);
 }
 
 #[test]
@@ -77,17 +78,16 @@ fn a_station_accepts_only_packages_signed_by_its_hsm() {
     let dir = tempfile::tempdir().unwrap();
     let s = site(dir.path(), 20);
     let job = create(&s, "job-a", 5);
-    assert_eq!(open_job(&s.hsm, job.as_bytes()).unwrap(), job);
+    assert_eq!(attach(&s, &job).package(), job.package());
     // The same contents signed by another key.
     let forged =
         JobPackage::seal(job.spec().clone(), &SoftKey::generate(Curve::P256).unwrap()).unwrap();
-    let e = open_job(&s.hsm, forged.as_bytes()).unwrap_err();
+    let e = s.hsm.attach(forged.as_bytes()).unwrap_err();
     assert_eq!(e.to_string(), "job package signature does not verify");
     // A package of a job the ledger does not know does not run.
     let signer = s.hsm.identity_signer().unwrap();
     let unknown = JobPackage::seal(spec("job-z", 5), &signer).unwrap();
-    let supply = FleetSupply::new(fleet(&mut vendor(), 1), Faults::none());
-    let e = run(&s.hsm, &unknown, &supply, &options(1)).unwrap_err();
+    let e = s.hsm.attach(unknown.as_bytes()).unwrap_err();
     assert_eq!(
         e.to_string(),
         "job job-z is not in the ledger (was it created here?)"
@@ -100,11 +100,11 @@ fn attestation_is_checked_when_the_job_requires_it() {
     let s = site(dir.path(), 20);
     let mut genuine = vendor();
     let mut sp = spec("job-att", 6);
-    sp.attestation_root = Some(trustfab_station::job::serde_bytes_vec::Bytes(
+    sp.attestation_root = Some(trustfab_formats::records::Bytes(
         genuine.root_der().to_vec(),
     ));
     sp.lock = LockPolicy::SlotsAndData;
-    let job = create_job(&s.hsm, sp).unwrap().package;
+    let job = s.hsm.reserve(sp).unwrap();
     let (sum, _) = run_fleet(&s, &job, fleet(&mut genuine, 3), Faults::none(), 2);
     assert_eq!(sum.good, 3);
     // Parts of another silicon vendor are refused at keygen, before any count is spent.

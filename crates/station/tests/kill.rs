@@ -6,7 +6,7 @@
 use super::*;
 use std::time::{Duration, Instant};
 use trustfab_device::{file, Device};
-use trustfab_station::{open_job, FileSupply, JobState};
+use trustfab_station::FileSupply;
 use trustfab_types::Rng;
 
 const CHILD_ENV: &str = "TRUSTFAB_STATION_KILL_CHILD";
@@ -29,7 +29,9 @@ fn child() {
     };
     let dir = Path::new(&dir);
     let hsm = open_site(dir);
-    let job = open_job(&hsm, &std::fs::read(dir.join("job.bin")).unwrap()).unwrap();
+    let job = hsm
+        .attach(&std::fs::read(dir.join("job.bin")).unwrap())
+        .unwrap();
     let supply = FileSupply::open(&dir.join("parts"), Faults::none()).unwrap();
     let sum = run(&hsm, &job, &supply, &options(4)).unwrap();
     for f in &sum.failures {
@@ -44,20 +46,20 @@ fn run_child(dir: &Path, kill_after: Option<Duration>) -> Vec<String> {
 }
 
 /// The invariants after any run, killed or not. Returns (issued, good) of the job.
-fn check(dir: &Path, job: &JobPackage, parts: &HashMap<Vec<u8>, std::path::PathBuf>) -> (u64, u64) {
-    let ledger = SqliteStore::open(&dir.join("ledger.sqlite")).unwrap();
-    let a = audit(&ledger, "job-kill");
+fn check(dir: &Path, job: &[u8], parts: &HashMap<Vec<u8>, std::path::PathBuf>) -> (u64, u64) {
+    let (hsm, ledger) = open_site_with_ledger(dir);
+    let a = audit(&*ledger, "job-kill");
     let c = ledger.counter(PRODUCT).unwrap().unwrap();
     assert!(c.issued <= c.total, "over the count: {c:?}");
-    let st = JobState::load(&ledger, job).unwrap();
+    let st = hsm.job_status(&hsm.attach(job).unwrap()).unwrap();
     assert!(
         st.issued.len() as u64 <= QUANTITY,
         "the job has {} certificates",
         st.issued.len()
     );
-    assert!(st.released <= QUANTITY);
-    // Spent = the job's reservation not yet released + every certificate issued.
-    assert_eq!(c.issued, QUANTITY - st.released + a.issued.len() as u64);
+    // The product spent the whole reservation; the reservation spent one unit per certificate.
+    assert_eq!(c.issued, QUANTITY);
+    assert_eq!(st.remaining, QUANTITY - a.issued.len() as u64);
     for uid in a.issued.keys() {
         assert!(
             parts.contains_key(uid),
@@ -94,7 +96,7 @@ fn sigkill_at_random_moments_then_resume_ends_with_exactly_the_quantity() {
     let dir = tempfile::tempdir().unwrap();
     let s = site(dir.path(), QUANTITY + 50);
     let job = create(&s, "job-kill", QUANTITY);
-    std::fs::write(dir.path().join("job.bin"), job.as_bytes()).unwrap();
+    std::fs::write(dir.path().join("job.bin"), job.package().as_bytes()).unwrap();
     let parts_dir = dir.path().join("parts");
     std::fs::create_dir(&parts_dir).unwrap();
     let mut v = vendor();
@@ -122,23 +124,22 @@ fn sigkill_at_random_moments_then_resume_ends_with_exactly_the_quantity() {
             landed += 1;
         }
         eprintln!("run {runs}: {:?} landed {landed}", t0.elapsed());
-        check(dir.path(), &job, &parts);
+        check(dir.path(), job.package().as_bytes(), &parts);
     }
     let out = run_child(dir.path(), None);
     assert!(out.iter().any(|l| l.contains("DONE")), "{out:?}");
     assert!(!out.iter().any(|l| l.contains("FAILED")), "{out:?}");
-    let (issued, good) = check(dir.path(), &job, &parts);
+    let (issued, good) = check(dir.path(), job.package().as_bytes(), &parts);
     assert_eq!((issued, good), (QUANTITY, QUANTITY));
 
+    let (hsm, ledger) = open_site_with_ledger(dir.path());
     let s = Site {
-        hsm: open_site(dir.path()),
+        hsm,
+        ledger,
         root: Vec::new(),
         device_ca: Vec::new(),
     };
     let closed = close(&s, &job);
     assert_eq!((closed.issued, closed.good), (QUANTITY, QUANTITY));
-    assert_eq!(
-        s.hsm.ledger().counter(PRODUCT).unwrap().unwrap().issued,
-        QUANTITY
-    );
+    assert_eq!(s.ledger.counter(PRODUCT).unwrap().unwrap().issued, QUANTITY);
 }

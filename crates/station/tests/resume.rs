@@ -36,19 +36,16 @@ fn a_device_put_back_after_a_failure_resumes_without_a_second_unit() {
         .iter()
         .map(|f| (f.uid.clone().unwrap(), f.serial.clone().unwrap()))
         .collect();
-    let spent = s.hsm.ledger().counter(PRODUCT).unwrap().unwrap().issued;
+    let spent = s.ledger.counter(PRODUCT).unwrap().unwrap().issued;
 
     // Put back into sockets without faults: the same certificates, no count spent.
     let supply = FleetSupply::new(supply.into_fleet(), Faults::none());
     let second = run(&s.hsm, &job, &supply, &options(3)).unwrap();
     assert_eq!((second.good, second.issued, second.resumed), (10, 10, 10));
-    assert_eq!(
-        s.hsm.ledger().counter(PRODUCT).unwrap().unwrap().issued,
-        spent
-    );
+    assert_eq!(s.ledger.counter(PRODUCT).unwrap().unwrap().issued, spent);
     let mut fleet = supply.into_fleet();
     let uids: Vec<_> = fleet.uids().cloned().collect();
-    let a = audit(&**s.hsm.ledger(), "job-r");
+    let a = audit(&*s.ledger, "job-r");
     for u in uids {
         let d = fleet.get_mut(&u).unwrap();
         assert!(d.lock_state().unwrap().data);
@@ -81,8 +78,8 @@ fn a_stopped_run_resumes_and_ends_with_exactly_the_quantity() {
     assert_eq!((second.good, second.issued), (40, 40));
     assert_eq!(first.good_this_run + second.good_this_run, 40);
     assert_eq!(second.already_good, 0, "good devices were not put back");
-    let a = audit(&**s.hsm.ledger(), "job-s");
+    let a = audit(&*s.ledger, "job-s");
     assert_eq!((a.good.len(), a.issued.len()), (40, 40));
     close(&s, &job);
-    assert_eq!(s.hsm.ledger().counter(PRODUCT).unwrap().unwrap().issued, 40);
+    assert_eq!(s.ledger.counter(PRODUCT).unwrap().unwrap().issued, 40);
 }

@@ -14,13 +14,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use trustfab_device::{DeviceKind, Fleet, SiliconVendor};
+use trustfab_formats::records::{DeviceFailed, DeviceGood};
 use trustfab_hsm::{Hsm, IssuanceRecord};
 use trustfab_ledger::{Kind, SqliteStore, Store};
 use trustfab_pki::{Curve, HsmCertificates, PublicKey, Signer, SoftKey};
-use trustfab_station::records::{DeviceFailed, DeviceGood};
 use trustfab_station::{
-    close_job, create_job, run, Faults, FleetSupply, JobPackage, JobSpec, LockPolicy, PartKind,
-    RunOptions, SlotMap, Summary,
+    run, Faults, FleetSupply, JobPackage, JobSpec, LockPolicy, PartKind, Reservation, RunOptions,
+    SlotMap, Summary,
 };
 use trustfab_test_support::site::{self as fixture, Firmware, PackageSpec};
 use trustfab_token_soft::{Argon2Cost, SoftToken};
@@ -51,23 +51,31 @@ fn pass() -> Passphrase {
 /// ledger in `dir`. The HSM certificates are saved to `dir/hsm.pem` for reopening.
 struct Site {
     hsm: Hsm,
+    /// The HSM's ledger, for the tests' own audit.
+    ledger: Arc<dyn Store>,
     root: Vec<u8>,
     device_ca: Vec<u8>,
 }
 
 fn open_site(dir: &Path) -> Hsm {
+    open_site_with_ledger(dir).0
+}
+
+/// The HSM of [`site`] reopened from `dir`, with its ledger.
+fn open_site_with_ledger(dir: &Path) -> (Hsm, Arc<dyn Store>) {
     let certs =
         HsmCertificates::from_pem(&std::fs::read_to_string(dir.join("hsm.pem")).unwrap()).unwrap();
     let token = SoftToken::open(&dir.join("token"), &pass()).unwrap();
-    let ledger = Arc::new(SqliteStore::open(&dir.join("ledger.sqlite")).unwrap());
-    Hsm::open(
+    let ledger: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("ledger.sqlite")).unwrap());
+    let hsm = Hsm::open(
         Arc::new(token),
-        ledger,
+        Arc::clone(&ledger),
         Arc::new(FixedClock::new(NOW)),
         HSM_ID,
         Some(&certs),
     )
-    .unwrap()
+    .unwrap();
+    (hsm, ledger)
 }
 
 fn site(dir: &Path, count: u64) -> Site {
@@ -141,6 +149,7 @@ fn site_with(dir: &Path, count: u64, fw: Option<&FwKeys>) -> Site {
     std::fs::write(dir.join("hsm.pem"), site.certs.to_pem()).unwrap();
     Site {
         hsm: site.hsm,
+        ledger: site.ledger,
         root: site.oem.root,
         device_ca: site.oem.ca,
     }
@@ -221,13 +230,18 @@ fn audit(ledger: &dyn Store, job: &str) -> Audit {
     a
 }
 
-fn create(site: &Site, job: &str, quantity: u64) -> JobPackage {
-    create_job(&site.hsm, spec(job, quantity)).unwrap().package
+fn create(site: &Site, job: &str, quantity: u64) -> Reservation {
+    site.hsm.reserve(spec(job, quantity)).unwrap()
+}
+
+/// The job's reservation again, from its package: what a second station process holds.
+fn attach(site: &Site, job: &Reservation) -> Reservation {
+    site.hsm.attach(job.package().as_bytes()).unwrap()
 }
 
 fn run_fleet(
     site: &Site,
-    job: &JobPackage,
+    job: &Reservation,
     fleet: Fleet,
     faults: Faults,
     sockets: usize,
@@ -237,6 +251,6 @@ fn run_fleet(
     (s, supply.into_fleet())
 }
 
-fn close(site: &Site, job: &JobPackage) -> trustfab_station::records::JobClosed {
-    close_job(&site.hsm, job, NOW).unwrap()
+fn close(site: &Site, job: &Reservation) -> trustfab_formats::records::JobClosed {
+    site.hsm.close(attach(site, job)).unwrap()
 }

@@ -277,6 +277,8 @@ impl<'a> PackageSpec<'a> {
 pub struct Site {
     /// The HSM, open on the caller's token, ledger and clock.
     pub hsm: Hsm,
+    /// The ledger the HSM records into: what a test audits (a station never holds it).
+    pub ledger: Arc<dyn Store>,
     /// Its certificates.
     pub certs: HsmCertificates,
     /// The vendor that certified it.
@@ -302,12 +304,14 @@ impl Site {
         let vendor = Vendor::new(spec.now);
         let req = Hsm::init(&*token, hsm_id).expect("HSM init");
         let certs = vendor.certify(&req, spec.now);
-        let hsm = Hsm::open(token, ledger, clock, hsm_id, Some(&certs)).expect("HSM open");
+        let hsm =
+            Hsm::open(token, Arc::clone(&ledger), clock, hsm_id, Some(&certs)).expect("HSM open");
         let oem = Oem::new(oem_id, spec.now);
         let package = oem.package(&certs, &vendor.root, spec);
         hsm.import(&package).expect("package import");
         Self {
             hsm,
+            ledger,
             certs,
             vendor,
             oem,

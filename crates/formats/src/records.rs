@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::serde_bytes_vec::Bytes;
+pub use crate::job::serde_bytes_vec::Bytes;
 
 /// Claim namespace: one `JobCreated` per job id.
 pub const CLAIM_JOB: &str = "job";
@@ -109,7 +109,7 @@ pub struct JobClosed {
 }
 
 /// Encodes a record body.
-pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = Vec::new();
     // Writing plain structs of strings, integers and byte strings to a Vec cannot fail.
     ciborium::into_writer(v, &mut out).ok();
@@ -117,12 +117,12 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 /// Decodes a record body.
-pub(crate) fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Option<T> {
+pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Option<T> {
     ciborium::from_reader(b).ok()
 }
 
 /// The claim key of a good device: `product ‖ 0x00 ‖ uid`.
-pub(crate) fn good_claim(product: &str, uid: &[u8]) -> Vec<u8> {
+pub fn good_claim(product: &str, uid: &[u8]) -> Vec<u8> {
     let mut v = product.as_bytes().to_vec();
     v.push(0);
     v.extend_from_slice(uid);

@@ -6,10 +6,12 @@
 
 use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 use serde::{Deserialize, Serialize};
-use trustfab_device::{DeviceKind, SlotId};
 use trustfab_pki::Signer;
 
 use crate::error::JobError;
+
+/// A device slot number (`docs/devices.md`, "Slot layouts").
+pub type SlotId = u8;
 
 /// The magic string that starts a job package.
 pub const MAGIC: &str = "trustfab-job";
@@ -67,24 +69,6 @@ pub enum PartKind {
     SecureElement,
     /// A secure MCU.
     SecureMcu,
-}
-
-impl From<PartKind> for DeviceKind {
-    fn from(k: PartKind) -> Self {
-        match k {
-            PartKind::SecureElement => Self::SecureElement,
-            PartKind::SecureMcu => Self::SecureMcu,
-        }
-    }
-}
-
-impl From<DeviceKind> for PartKind {
-    fn from(k: DeviceKind) -> Self {
-        match k {
-            DeviceKind::SecureElement => Self::SecureElement,
-            DeviceKind::SecureMcu => Self::SecureMcu,
-        }
-    }
 }
 
 /// The contents of a job package.

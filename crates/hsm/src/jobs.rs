@@ -1,0 +1,534 @@
+//! Jobs: a job's quantity reserved from its product, spent only by issuance within the
+//! reservation, and the rest credited back at close. The HSM alone writes these records and
+//! their counter operations; a station holds a [`Reservation`] and nothing that reaches the
+//! ledger.
+//!
+//! Each job has its own ledger counter, `job:<id>`, so that the ledger's transaction, not the
+//! station's bookkeeping, decides how many certificates a job may still have:
+//!
+//! 1. reserve: one append — `JobCreated`, the job claim, a spend of the quantity from the
+//!    product's counter and the creation of the job's counter with that quantity;
+//! 2. issue: every issuance append spends from the job's counter (never the product's), so
+//!    however many stations run the same job at once, the job never has more certificates than
+//!    its quantity;
+//! 3. close: one append — `JobClosed`, the close claim, a credit of what the job's counter has
+//!    left to the product, and a spend of that rest from the job's counter, which drains it: an
+//!    issuance racing the close either lands first (and the close, whose spend is then refused,
+//!    reads again) or finds the job's counter empty.
+//!
+//! A job created by an earlier release has no counter of its own (it kept its reservation in
+//! the product's counter and released it per batch): it is refused for issuance and can only be
+//! closed, with that release's accounting.
+
+use std::collections::HashSet;
+
+pub(crate) use trustfab_formats::records::CLAIM_JOB_CLOSED;
+use trustfab_formats::records::{
+    self, CreditBack, CreditReason, DeviceFailed, DeviceGood, JobClosed, JobCreated, CLAIM_GOOD,
+    CLAIM_JOB,
+};
+use trustfab_formats::{JobFirmware, JobPackage, JobSpec};
+use trustfab_ledger::{Append, CounterOp, Kind};
+use trustfab_types::DeviceUid;
+
+use crate::error::{IssueError, JobOpError};
+use crate::{uid_claim, Hsm, IssuanceRecord, CLAIM_UID};
+
+/// The ledger counter of a job's reservation. Product keys never hold a `:`, so it cannot name
+/// a product.
+pub(crate) fn job_counter(job: &str) -> String {
+    format!("job:{job}")
+}
+
+/// A job's quantity, held for it by the HSM that signed its package: the only thing a station
+/// issues within. Made only by [`Hsm::reserve`] or [`Hsm::attach`] (its fields are private), and
+/// consumed by [`Hsm::close`]; the HSM checks, on every use, that the reservation is its own.
+#[derive(Debug)]
+pub struct Reservation {
+    package: JobPackage,
+    created_seq: u64,
+    /// The identity point of the HSM that made it.
+    hsm_point: Vec<u8>,
+    /// Made by an earlier release: no job counter, cannot issue.
+    legacy: bool,
+}
+
+impl Reservation {
+    /// The job package.
+    pub fn package(&self) -> &JobPackage {
+        &self.package
+    }
+
+    /// The job's contents.
+    pub fn spec(&self) -> &JobSpec {
+        self.package.spec()
+    }
+
+    /// The job id.
+    pub fn job_id(&self) -> &str {
+        &self.package.spec().job_id
+    }
+
+    /// The product key.
+    pub fn product(&self) -> &str {
+        &self.package.spec().product
+    }
+
+    /// Units reserved.
+    pub fn quantity(&self) -> u64 {
+        self.package.spec().quantity
+    }
+
+    /// The ledger record that created the job.
+    pub fn created_seq(&self) -> u64 {
+        self.created_seq
+    }
+
+    /// Whether an earlier release created the job (it can only be closed).
+    pub fn is_legacy(&self) -> bool {
+        self.legacy
+    }
+}
+
+/// What happened to one device, as the station reports it; the HSM records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceOutcome {
+    /// Programmed, locked and verified.
+    Good(DeviceGood),
+    /// Failed at a step.
+    Failed(DeviceFailed),
+}
+
+/// A job's standing, read from the ledger.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobStatus {
+    /// The `JobCreated` record.
+    pub created_seq: u64,
+    /// The `JobClosed` record, once closed.
+    pub closed_seq: Option<u64>,
+    /// Units reserved.
+    pub quantity: u64,
+    /// Units the reservation has left for issuance (0 once closed).
+    pub remaining: u64,
+    /// UIDs of the job with a certificate.
+    pub issued: HashSet<Vec<u8>>,
+    /// UIDs of the job that ended good.
+    pub good: HashSet<Vec<u8>>,
+    /// `DeviceFailed` records of the job.
+    pub failures: u64,
+}
+
+impl Hsm {
+    /// Reserves a job's quantity from its product and seals the job package with the identity
+    /// key, in one ledger append.
+    ///
+    /// # Errors
+    /// [`JobOpError::WrongHsm`], [`JobOpError::UnknownProduct`], [`JobOpError::Firmware`],
+    /// [`JobOpError::OverRemaining`], [`JobOpError::Exists`], a package, token or ledger error.
+    /// Nothing is reserved then.
+    pub fn reserve(&self, spec: JobSpec) -> Result<Reservation, JobOpError> {
+        if spec.hsm_id != self.hsm_id {
+            return Err(JobOpError::WrongHsm {
+                job: spec.job_id,
+                expected: spec.hsm_id,
+                actual: self.hsm_id.clone(),
+            });
+        }
+        if let Some(fw) = &spec.firmware {
+            self.check_job_firmware(&spec.product, fw)?;
+        }
+        let product = spec.product.clone();
+        let remaining = match self.ledger.counter(&product).map_err(JobOpError::Ledger)? {
+            Some(c) if !product.contains(':') => c.remaining(),
+            _ => return Err(JobOpError::UnknownProduct { product }),
+        };
+        if spec.quantity > remaining {
+            return Err(JobOpError::OverRemaining {
+                product,
+                remaining,
+                asked: spec.quantity,
+            });
+        }
+        if let Some(seq) = self
+            .ledger
+            .claimed(CLAIM_JOB, spec.job_id.as_bytes())
+            .map_err(JobOpError::Ledger)?
+        {
+            return Err(JobOpError::Exists {
+                job: spec.job_id,
+                seq,
+            });
+        }
+        let signer = self.identity_signer().map_err(JobOpError::Token)?;
+        let package = JobPackage::seal(spec, &signer)?;
+        let s = package.spec();
+        let body = JobCreated {
+            job: s.job_id.clone(),
+            product: s.product.clone(),
+            quantity: s.quantity,
+            package_sha256: records::Bytes(package.digest().to_vec()),
+            time: s.created_at,
+        };
+        let append = Append::record(Kind::JobCreated, records::encode(&body))
+            .with_counter(CounterOp::Spend {
+                product: s.product.clone(),
+                n: s.quantity,
+            })
+            .with_counter(CounterOp::Create {
+                product: job_counter(&s.job_id),
+                count: s.quantity,
+            })
+            .with_claim(CLAIM_JOB, s.job_id.as_bytes().to_vec());
+        let recs = self.ledger.append(append).map_err(|e| match e {
+            trustfab_ledger::Error::Exhausted {
+                product,
+                remaining,
+                asked,
+            } => JobOpError::OverRemaining {
+                product,
+                remaining,
+                asked,
+            },
+            trustfab_ledger::Error::Duplicate { first_seq, .. } => JobOpError::Exists {
+                job: s.job_id.clone(),
+                seq: first_seq,
+            },
+            trustfab_ledger::Error::ProductExists { .. } => JobOpError::Exists {
+                job: s.job_id.clone(),
+                seq: 0,
+            },
+            other => JobOpError::Ledger(other),
+        })?;
+        Ok(Reservation {
+            created_seq: recs.first().map_or(0, |r| r.seq),
+            package,
+            hsm_point: self.identity_point.clone(),
+            legacy: false,
+        })
+    }
+
+    /// The reservation of an existing job, from its package: a second station (or process) of
+    /// the same job, or a run after a restart. The package must be signed by this HSM and be
+    /// the one the ledger's `JobCreated` names.
+    ///
+    /// # Errors
+    /// A package error, [`JobOpError::WrongHsm`], [`JobOpError::UnknownJob`],
+    /// [`JobOpError::OtherPackage`], [`JobOpError::BadRecord`], or a ledger error.
+    pub fn attach(&self, package: &[u8]) -> Result<Reservation, JobOpError> {
+        let package = JobPackage::open(package, &self.identity_point)?;
+        let spec = package.spec();
+        let id = spec.job_id.as_str();
+        if spec.hsm_id != self.hsm_id {
+            return Err(JobOpError::WrongHsm {
+                job: id.into(),
+                expected: spec.hsm_id.clone(),
+                actual: self.hsm_id.clone(),
+            });
+        }
+        let created_seq = self
+            .ledger
+            .claimed(CLAIM_JOB, id.as_bytes())
+            .map_err(JobOpError::Ledger)?
+            .ok_or_else(|| JobOpError::UnknownJob { job: id.into() })?;
+        let bad = || JobOpError::BadRecord {
+            job: id.into(),
+            seq: created_seq,
+        };
+        let raw = self
+            .ledger
+            .read_raw(created_seq, 1)
+            .map_err(JobOpError::Ledger)?
+            .into_iter()
+            .next()
+            .ok_or_else(bad)?;
+        let r = raw.into_record().map_err(JobOpError::Ledger)?;
+        let b: JobCreated = records::decode(&r.body).ok_or_else(bad)?;
+        if r.kind != Kind::JobCreated || b.job != id || b.package_sha256.0 != package.digest() {
+            return Err(JobOpError::OtherPackage { job: id.into() });
+        }
+        let legacy = self
+            .ledger
+            .counter(&job_counter(id))
+            .map_err(JobOpError::Ledger)?
+            .is_none();
+        Ok(Reservation {
+            package,
+            created_seq,
+            hsm_point: self.identity_point.clone(),
+            legacy,
+        })
+    }
+
+    /// Refuses a reservation another HSM made.
+    pub(crate) fn own(&self, r: &Reservation) -> Result<(), IssueError> {
+        if r.hsm_point != self.identity_point || r.spec().hsm_id != self.hsm_id {
+            return Err(IssueError::ForeignReservation {
+                job: r.job_id().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The job's standing: its certificates, good devices and failures, and what its
+    /// reservation has left.
+    ///
+    /// # Errors
+    /// [`JobOpError::Issue`] for another HSM's reservation, or a ledger error.
+    pub fn job_status(&self, r: &Reservation) -> Result<JobStatus, JobOpError> {
+        self.own(r)?;
+        let id = r.job_id();
+        let closed_seq = self
+            .ledger
+            .claimed(CLAIM_JOB_CLOSED, id.as_bytes())
+            .map_err(JobOpError::Ledger)?;
+        let remaining = if r.legacy {
+            0
+        } else {
+            self.ledger
+                .counter(&job_counter(id))
+                .map_err(JobOpError::Ledger)?
+                .map_or(0, |c| c.remaining())
+        };
+        let mut st = JobStatus {
+            created_seq: r.created_seq,
+            closed_seq,
+            quantity: r.quantity(),
+            remaining,
+            ..JobStatus::default()
+        };
+        let mut released_uids = HashSet::new();
+        for rec in self.ledger.records(r.created_seq) {
+            let rec = rec.map_err(JobOpError::Ledger)?;
+            match rec.kind {
+                Kind::CreditBack if r.legacy => {
+                    if let Some(b) = records::decode::<CreditBack>(&rec.body) {
+                        if b.job == id && b.reason == CreditReason::Release {
+                            released_uids.extend(b.uids.into_iter().map(|u| u.0));
+                        }
+                    }
+                }
+                Kind::CertificateIssued => {
+                    if let Some(i) = IssuanceRecord::decode(&rec.body) {
+                        let ours = match &i.job {
+                            Some(j) => j == id,
+                            None => r.legacy && released_uids.contains(i.uid.as_bytes()),
+                        };
+                        if ours && i.product == r.product() {
+                            st.issued.insert(i.uid.as_bytes().to_vec());
+                        }
+                    }
+                }
+                Kind::DeviceLocked => {
+                    if let Some(b) = records::decode::<DeviceGood>(&rec.body) {
+                        if b.job == id {
+                            st.good.insert(b.uid.0);
+                        }
+                    }
+                }
+                Kind::DeviceFailed => {
+                    if let Some(b) = records::decode::<DeviceFailed>(&rec.body) {
+                        if b.job == id {
+                            st.failures += 1;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(st)
+    }
+
+    /// Records device outcomes of a job, many per transaction. A good device must hold a
+    /// certificate of the job's product; a device recorded good once is not recorded again.
+    ///
+    /// # Errors
+    /// [`IssueError::ForeignReservation`], [`IssueError::BadRequest`] for an outcome of another
+    /// job or a good device without a certificate (nothing is recorded then), or a ledger error.
+    pub fn record_outcomes(
+        &self,
+        r: &Reservation,
+        outcomes: Vec<DeviceOutcome>,
+    ) -> Result<(), IssueError> {
+        self.own(r)?;
+        let id = r.job_id();
+        let mut appends = Vec::with_capacity(outcomes.len());
+        for o in outcomes {
+            appends.push(match o {
+                DeviceOutcome::Good(g) => {
+                    let uid = DeviceUid::new(&g.uid.0).map_err(|_| IssueError::BadRequest {
+                        uid: "-".into(),
+                        reason: "a good device's UID is not a UID".into(),
+                    })?;
+                    if g.job != id {
+                        return Err(other_job(&uid.to_hex(), &g.job, id));
+                    }
+                    if self
+                        .ledger
+                        .claimed(CLAIM_UID, &uid_claim(r.product(), &uid))
+                        .map_err(IssueError::Ledger)?
+                        .is_none()
+                    {
+                        return Err(IssueError::BadRequest {
+                            uid: uid.to_hex(),
+                            reason: format!(
+                                "reported good but holds no certificate of {}",
+                                r.product()
+                            ),
+                        });
+                    }
+                    let claim = records::good_claim(r.product(), &g.uid.0);
+                    let body = records::encode(&g);
+                    Append::record(Kind::DeviceProgrammed, body.clone())
+                        .with_record(Kind::DeviceLocked, body)
+                        .with_claim(CLAIM_GOOD, claim)
+                }
+                DeviceOutcome::Failed(f) => {
+                    if f.job != id {
+                        let uid = f
+                            .uid
+                            .as_ref()
+                            .map_or_else(|| "-".into(), |u| crate::hex(&u.0));
+                        return Err(other_job(&uid, &f.job, id));
+                    }
+                    Append::record(Kind::DeviceFailed, records::encode(&f))
+                }
+            });
+        }
+        for res in self.ledger.append_all(appends) {
+            match res {
+                Ok(_) | Err(trustfab_ledger::Error::Duplicate { .. }) => {}
+                Err(e) => return Err(IssueError::Ledger(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes a job: records `JobClosed` and credits back to the product what the reservation
+    /// has left, draining it in the same append, so that the product's spent count is exactly
+    /// its certificates once every job is closed. Returns the closing record.
+    ///
+    /// # Errors
+    /// [`JobOpError::Closed`] when it is closed already, or a ledger error.
+    pub fn close(&self, r: Reservation) -> Result<JobClosed, JobOpError> {
+        let spec = r.spec();
+        let st = self.job_status(&r)?;
+        let good = u64::try_from(st.good.len()).unwrap_or(u64::MAX);
+        let counter = job_counter(&spec.job_id);
+        // Each refused attempt means an issuance of the job landed in between and spent at
+        // least one unit, so the attempts are bounded by the quantity.
+        let mut attempts = 0u64;
+        loop {
+            if let Some(seq) = self
+                .ledger
+                .claimed(CLAIM_JOB_CLOSED, spec.job_id.as_bytes())
+                .map_err(JobOpError::Ledger)?
+            {
+                return Err(JobOpError::Closed {
+                    job: spec.job_id.clone(),
+                    seq,
+                });
+            }
+            let (credited, issued) = if r.legacy {
+                let issued = u64::try_from(st.issued.len()).unwrap_or(u64::MAX);
+                (self.legacy_unreleased(&r)?, issued)
+            } else {
+                let left = self
+                    .ledger
+                    .counter(&counter)
+                    .map_err(JobOpError::Ledger)?
+                    .map_or(0, |c| c.remaining());
+                (left, spec.quantity.saturating_sub(left))
+            };
+            let body = JobClosed {
+                job: spec.job_id.clone(),
+                product: spec.product.clone(),
+                quantity: spec.quantity,
+                issued,
+                good: good.min(issued),
+                failed_after_issue: issued.saturating_sub(good),
+                credited,
+                time: self.clock.now().0,
+            };
+            let mut append = Append::record(Kind::JobClosed, records::encode(&body))
+                .with_claim(CLAIM_JOB_CLOSED, spec.job_id.as_bytes().to_vec());
+            if credited > 0 {
+                append = append.with_counter(CounterOp::Credit {
+                    product: spec.product.clone(),
+                    n: credited,
+                });
+                if !r.legacy {
+                    append = append.with_counter(CounterOp::Spend {
+                        product: counter.clone(),
+                        n: credited,
+                    });
+                }
+            }
+            match self.ledger.append(append) {
+                Ok(_) => return Ok(body),
+                // An issuance spent from the job after we read it: read again.
+                Err(trustfab_ledger::Error::Exhausted { product, .. })
+                    if product == counter && attempts <= spec.quantity =>
+                {
+                    attempts += 1;
+                }
+                Err(trustfab_ledger::Error::Duplicate { first_seq, .. }) => {
+                    return Err(JobOpError::Closed {
+                        job: spec.job_id.clone(),
+                        seq: first_seq,
+                    })
+                }
+                Err(e) => return Err(JobOpError::Ledger(e)),
+            }
+        }
+    }
+
+    /// What an earlier release's job never released to its product: its quantity less the
+    /// `CreditBack` releases it recorded.
+    fn legacy_unreleased(&self, r: &Reservation) -> Result<u64, JobOpError> {
+        let mut released = 0u64;
+        for rec in self.ledger.records(r.created_seq) {
+            let rec = rec.map_err(JobOpError::Ledger)?;
+            if rec.kind != Kind::CreditBack {
+                continue;
+            }
+            if let Some(b) = records::decode::<CreditBack>(&rec.body) {
+                if b.job == r.job_id() && b.reason == CreditReason::Release {
+                    released = released.saturating_add(b.n);
+                }
+            }
+        }
+        Ok(r.quantity().saturating_sub(released))
+    }
+
+    /// The HSM signs a job's firmware step only when it is the product's.
+    fn check_job_firmware(&self, product: &str, fw: &JobFirmware) -> Result<(), JobOpError> {
+        let bad = |m: &str| JobOpError::Firmware(m.to_owned());
+        let Some(p) = self.firmware(product).map_err(|e| bad(&e.to_string()))? else {
+            return Err(bad(&format!(
+                "product {product} has no firmware in its package"
+            )));
+        };
+        if fw.boot_key_hash.0 != p.boot_key_hash {
+            return Err(bad("the boot key hash is not the product's"));
+        }
+        if fw.family != p.family {
+            return Err(bad(&format!(
+                "the family {} is not the product's ({})",
+                fw.family, p.family
+            )));
+        }
+        if fw.encrypted && p.family_key.is_none() {
+            return Err(bad(
+                "the image is encrypted and the product has no family key",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn other_job(uid: &str, theirs: &str, ours: &str) -> IssueError {
+    IssueError::BadRequest {
+        uid: uid.to_owned(),
+        reason: format!("outcome of job {theirs} given for job {ours}"),
+    }
+}
