@@ -32,7 +32,7 @@ use trustfab_ledger::{Append, CounterOp, Kind};
 use trustfab_types::DeviceUid;
 
 use crate::error::{IssueError, JobOpError};
-use crate::{uid_claim, Hsm, IssuanceRecord, CLAIM_UID};
+use crate::{Hsm, IssuanceRecord};
 
 /// The ledger counter of a job's reservation. Product keys never hold a `:`, so it cannot name
 /// a product.
@@ -338,12 +338,14 @@ impl Hsm {
         Ok(st)
     }
 
-    /// Records device outcomes of a job, many per transaction. A good device must hold a
-    /// certificate of the job's product; a device recorded good once is not recorded again.
+    /// Records device outcomes of a job, many per transaction; a device recorded good once is not
+    /// recorded again. What a good outcome claims is the station's word (the truthful-station
+    /// checks that tie it to this job's certificate are the HSM's next step); the certificates
+    /// it can have are bounded by the reservation whatever it says.
     ///
     /// # Errors
     /// [`IssueError::ForeignReservation`], [`IssueError::BadRequest`] for an outcome of another
-    /// job or a good device without a certificate (nothing is recorded then), or a ledger error.
+    /// job (nothing is recorded then), or a ledger error.
     pub fn record_outcomes(
         &self,
         r: &Reservation,
@@ -361,20 +363,6 @@ impl Hsm {
                     })?;
                     if g.job != id {
                         return Err(other_job(&uid.to_hex(), &g.job, id));
-                    }
-                    if self
-                        .ledger
-                        .claimed(CLAIM_UID, &uid_claim(r.product(), &uid))
-                        .map_err(IssueError::Ledger)?
-                        .is_none()
-                    {
-                        return Err(IssueError::BadRequest {
-                            uid: uid.to_hex(),
-                            reason: format!(
-                                "reported good but holds no certificate of {}",
-                                r.product()
-                            ),
-                        });
                     }
                     let claim = records::good_claim(r.product(), &g.uid.0);
                     let body = records::encode(&g);
