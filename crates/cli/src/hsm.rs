@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use trustfab_hsm::{DeviceKey, Hsm};
-use trustfab_ledger::SqliteStore;
+use trustfab_ledger_sqlite::SqliteStore;
 use trustfab_pki::{pem, HsmCertificates, PublicKey};
 use trustfab_token::Token;
 use trustfab_token_pkcs11::{Pkcs11Config, Pkcs11Token};
@@ -197,7 +197,7 @@ fn read_settings(dir: &Path) -> Result<Settings> {
 fn open_ledger(dir: &Path, s: &Settings) -> Result<Arc<dyn trustfab_ledger::Store>> {
     Ok(match &s.ledger_url {
         Some(url) => Arc::new(
-            trustfab_ledger::PgStore::connect(url)
+            trustfab_ledger_postgres::PgStore::connect(url)
                 .context("connecting to the PostgreSQL ledger")?,
         ),
         None => Arc::new(

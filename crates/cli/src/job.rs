@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use trustfab_device::{file, DeviceKind, SiliconVendor};
 use trustfab_hsm::Reservation;
 use trustfab_hsm::{wrap_info, Hsm};
-use trustfab_ledger::SqliteStore;
+use trustfab_ledger_sqlite::SqliteStore;
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{
     certify_hsm, intermediate_ca, issue_device, self_signed_ca, validate, CaRole, CaSpec, Curve,
@@ -675,7 +675,7 @@ fn bench_site(
     )?;
     let ledger: Arc<dyn trustfab_ledger::Store> = match ledger_url {
         Some(url) => {
-            let store = trustfab_ledger::PgStore::connect(url)
+            let store = trustfab_ledger_postgres::PgStore::connect(url)
                 .with_context(|| format!("connecting to the ledger {url}"))?;
             if trustfab_ledger::Store::head(&store)?.seq != 0 {
                 bail!("the bench needs an empty ledger; {url} holds records");

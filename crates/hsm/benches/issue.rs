@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use trustfab_hsm::{DeviceKey, Hsm};
-use trustfab_ledger::SqliteStore;
+use trustfab_ledger_sqlite::SqliteStore;
 use trustfab_pki::{Curve, PublicKey, Signer, SoftKey};
 use trustfab_test_support::site::{PackageSpec, Site};
 use trustfab_test_support::softhsm::{self, SoftHsm2};

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use trustfab_hsm::{product_key, DeviceKey, Hsm, ImportError, IssueError};
-use trustfab_ledger::SqliteStore;
+use trustfab_ledger_sqlite::SqliteStore;
 use trustfab_package::{Contents, SerialRange};
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{
@@ -81,7 +81,7 @@ fn open_token(dir: &Path, backend: Backend, create: bool) -> (Arc<dyn Token>, Op
 /// The site's ledger: PostgreSQL when `dir/ledger-url` names a database, else a SQLite file.
 fn open_ledger(dir: &Path) -> Arc<dyn trustfab_ledger::Store> {
     match std::fs::read_to_string(dir.join("ledger-url")) {
-        Ok(url) => Arc::new(trustfab_ledger::PgStore::connect(url.trim()).unwrap()),
+        Ok(url) => Arc::new(trustfab_ledger_postgres::PgStore::connect(url.trim()).unwrap()),
         Err(_) => Arc::new(SqliteStore::open(&dir.join("ledger.sqlite")).unwrap()),
     }
 }

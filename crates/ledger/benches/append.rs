@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use postgres::NoTls;
-use trustfab_ledger::{Append, CounterOp, Kind, PgConfig, PgStore, SqliteStore, Store};
+use trustfab_ledger::{Append, CounterOp, Kind, Store};
+use trustfab_ledger_postgres::{PgConfig, PgStore};
+use trustfab_ledger_sqlite::SqliteStore;
 
 /// Concurrent callers, as the issuing threads of an HSM service.
 const THREADS: u64 = 8;

@@ -24,7 +24,7 @@ pub(crate) const MAX_BATCH_APPENDS: usize = 2048;
 pub(crate) const MAX_ATTEMPTS: u32 = 1000;
 
 /// The latest counter event of a product: its number and the counter after it.
-pub(crate) type CounterState = (u64, Counter);
+pub type CounterState = (u64, Counter);
 
 /// One stored counter event, as read back for verification.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,32 +90,53 @@ impl RawRecord {
 }
 
 /// A claim key: (namespace, key).
-pub(crate) type ClaimKey = (String, Vec<u8>);
+pub type ClaimKey = (String, Vec<u8>);
 
 /// One stored claim row: namespace, key, seq of the first record of its append.
-pub(crate) struct ClaimRow<'a> {
-    pub(crate) namespace: &'a str,
-    pub(crate) key: &'a [u8],
-    pub(crate) seq: u64,
+pub struct ClaimRow<'a> {
+    /// The claim's namespace.
+    pub namespace: &'a str,
+    /// The claimed key.
+    pub key: &'a [u8],
+    /// The first record of the append that made it.
+    pub seq: u64,
 }
 
 /// One connection's view of the schema, inside a transaction the engine opens. The engine
 /// reads what it needs once per batch and writes everything in bulk at its end, so a batch
 /// costs a fixed number of round trips however many appends it carries.
-pub(crate) trait Conn: Send + 'static {
+pub trait Conn: Send + 'static {
     /// Opens a write transaction.
+    ///
+    /// # Errors
+    /// A storage error.
     fn begin(&mut self) -> Result<(), Error>;
     /// Commits it durably.
+    ///
+    /// # Errors
+    /// A storage error.
     fn commit(&mut self) -> Result<(), Error>;
     /// Rolls it back (best effort after an error).
     fn rollback(&mut self);
     /// The chain head.
+    ///
+    /// # Errors
+    /// A storage error.
     fn head(&mut self) -> Result<Head, Error>;
     /// The latest counter event of a product.
+    ///
+    /// # Errors
+    /// A storage error.
     fn counter(&mut self, product: &str) -> Result<Option<CounterState>, Error>;
     /// Which of these claims exist, with the seq that made each.
+    ///
+    /// # Errors
+    /// A storage error.
     fn claims(&mut self, keys: &[(&str, &[u8])]) -> Result<HashMap<ClaimKey, u64>, Error>;
     /// Inserts the batch's rows.
+    ///
+    /// # Errors
+    /// A storage error.
     fn insert(
         &mut self,
         records: &[&Record],
@@ -136,7 +157,10 @@ struct BatchState {
 
 /// The migrations of `migrations` after schema version `current`, in order; a schema newer than
 /// this build knows is refused rather than written to. Both backends apply this policy.
-pub(crate) fn pending_migrations(
+///
+/// # Errors
+/// [`Error::Corrupt`] for a schema newer than this build knows.
+pub fn pending_migrations(
     migrations: &'static [(i64, &'static str)],
     current: i64,
 ) -> Result<impl Iterator<Item = &'static (i64, &'static str)>, Error> {
@@ -344,14 +368,17 @@ struct Job {
 /// The group-commit writer: one thread owns the write connection; callers hand it their
 /// appends and wait for their own outcomes. Whatever is queued while a transaction commits
 /// goes into the next one, so concurrent callers share one transaction and one sync.
-pub(crate) struct Writer {
+pub struct Writer {
     queue: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
 impl Writer {
     /// Starts the writer thread over `conn`.
-    pub(crate) fn start<C: Conn>(name: &str, mut conn: C) -> Result<Self, std::io::Error> {
+    ///
+    /// # Errors
+    /// The writer thread could not be started.
+    pub fn start<C: Conn>(name: &str, mut conn: C) -> Result<Self, std::io::Error> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = thread::Builder::new()
             .name(name.to_owned())
@@ -384,7 +411,7 @@ impl Writer {
     }
 
     /// Validates, submits and waits: one outcome per append, in order.
-    pub(crate) fn submit(&self, appends: Vec<Append>) -> Vec<Outcome> {
+    pub fn submit(&self, appends: Vec<Append>) -> Vec<Outcome> {
         let total = appends.len();
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(total);
         let mut valid = Vec::with_capacity(total);

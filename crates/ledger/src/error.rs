@@ -120,23 +120,16 @@ pub enum Error {
         /// How many times it was tried.
         attempts: u32,
     },
-    /// SQLite failed.
-    #[error("sqlite ledger: {op}")]
-    Sqlite {
+    /// The storage backend failed.
+    #[error("{backend} ledger: {op}")]
+    Storage {
+        /// Which backend (`sqlite`, `postgresql`).
+        backend: &'static str,
         /// What was being done.
         op: &'static str,
         /// The driver's error.
         #[source]
-        source: Arc<rusqlite::Error>,
-    },
-    /// PostgreSQL failed.
-    #[error("postgresql ledger: {op}")]
-    Postgres {
-        /// What was being done.
-        op: &'static str,
-        /// The driver's error.
-        #[source]
-        source: Arc<postgres::Error>,
+        source: Arc<dyn StdError + Send + Sync>,
     },
 }
 
@@ -293,17 +286,23 @@ impl fmt::Display for Problem {
 }
 
 impl Error {
-    pub(crate) fn sqlite(op: &'static str) -> impl FnOnce(rusqlite::Error) -> Self {
-        move |e| Self::Sqlite {
+    /// A storage failure of `backend` while doing `op`, for a backend's `map_err`.
+    pub fn storage<E: StdError + Send + Sync + 'static>(
+        backend: &'static str,
+        op: &'static str,
+    ) -> impl FnOnce(E) -> Self {
+        move |e| Self::Storage {
+            backend,
             op,
             source: Arc::new(e),
         }
     }
 
-    pub(crate) fn postgres(op: &'static str) -> impl FnOnce(postgres::Error) -> Self {
-        move |e| Self::Postgres {
-            op,
-            source: Arc::new(e),
+    /// The driver error of a storage failure, when it is an `E`.
+    pub fn storage_source<E: StdError + 'static>(&self) -> Option<&E> {
+        match self {
+            Self::Storage { source, .. } => source.downcast_ref::<E>(),
+            _ => None,
         }
     }
 

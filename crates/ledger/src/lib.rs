@@ -4,11 +4,10 @@
 //! [`Records`] cursor.
 
 mod append;
+pub mod backend;
 mod engine;
 mod error;
-mod postgres;
 mod record;
-mod sqlite;
 
 use std::error::Error as StdError;
 
@@ -21,12 +20,10 @@ pub use append::{
 };
 pub use engine::{CounterEvent, RawRecord, Verified};
 pub use error::{Error, Invalid, Problem};
-pub use postgres::{PgConfig, PgStore};
 pub use record::{
     record_hash, Checkpoint, Hash, Head, Kind, Record, CHECKPOINT_TAG, CHECKPOINT_VERSION,
     GENESIS_HASH, MAX_BODY_BYTES, MAX_SIGNATURE_BYTES, RECORD_HASH_TAG,
 };
-pub use sqlite::SqliteStore;
 
 /// Signs a checkpoint message; the HSM identity key stands behind it.
 pub type Signer<'a> = dyn Fn(&[u8]) -> Result<Vec<u8>, Box<dyn StdError + Send + Sync>> + 'a;

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use trustfab_ledger::{Append, CounterOp, Kind, SqliteStore, Store};
+use trustfab_ledger::{Append, CounterOp, Kind, Store};
+use trustfab_ledger_sqlite::SqliteStore;
 
 use crate::support::{issue_loop, random_u64, verifier, Fixture, Sqlite};
 

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use trustfab_ledger::{Append, CounterOp, Kind, PgStore, Store};
+use trustfab_ledger::{Append, CounterOp, Kind, Store};
+use trustfab_ledger_postgres::PgStore;
 
 use crate::support::{issue_loop, random_u64, verifier, Fixture, Pg};
 

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use postgres::NoTls;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
-use trustfab_ledger::{
-    Append, CounterOp, Error, Kind, PgConfig, PgStore, RawRecord, SqliteStore, Store,
-};
+use trustfab_ledger::{Append, CounterOp, Error, Kind, RawRecord, Store};
+use trustfab_ledger_postgres::{PgConfig, PgStore};
+use trustfab_ledger_sqlite::SqliteStore;
 
 /// The checkpoint "signature" of the tests: SHA-256 over a secret and the message. The ledger
 /// only sees a closure, so any scheme with a secret exercises it the same way.

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use trustfab_device::{DeviceKind, Fleet, SiliconVendor};
 use trustfab_formats::records::{DeviceFailed, DeviceGood};
 use trustfab_hsm::{Hsm, IssuanceRecord};
-use trustfab_ledger::{Kind, SqliteStore, Store};
+use trustfab_ledger::{Kind, Store};
+use trustfab_ledger_sqlite::SqliteStore;
 use trustfab_pki::{Curve, HsmCertificates, PublicKey, Signer, SoftKey};
 use trustfab_station::{
     run, Faults, FleetSupply, JobPackage, JobSpec, LockPolicy, PartKind, Reservation, RunOptions,

@@ -1,3 +1,4 @@
+#![doc = include_str!("../README.md")]
 //! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL`, written by one
 //! group-commit thread (`BEGIN IMMEDIATE`, so other processes on the same file wait their
 //! turn), read through a separate connection.
@@ -9,11 +10,19 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::append::{Append, Counter};
-use crate::engine::{ClaimKey, ClaimRow, Conn, CounterEvent, CounterState, RawRecord, Writer};
-use crate::error::Error;
-use crate::record::{Head, Record};
-use crate::Store;
+use trustfab_ledger::backend::{
+    i64_of, pending_migrations, raw_record, u64_of, ClaimKey, ClaimRow, Conn, CounterState, RawRow,
+    Writer,
+};
+use trustfab_ledger::Error;
+use trustfab_ledger::Store;
+use trustfab_ledger::{Append, Counter};
+use trustfab_ledger::{CounterEvent, RawRecord};
+use trustfab_ledger::{Head, Record};
+
+fn sqlite_err(op: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+    Error::storage("sqlite", op)
+}
 
 /// Schema migrations, applied in order; each version is recorded in `schema_version`.
 /// Append-only: a released migration never changes, a new one gets the next number.
@@ -61,47 +70,46 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 fn connect(path: &Path) -> Result<Connection, Error> {
-    let conn = Connection::open(path).map_err(Error::sqlite("opening the database"))?;
+    let conn = Connection::open(path).map_err(sqlite_err("opening the database"))?;
     conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(Error::sqlite("setting the busy timeout"))?;
+        .map_err(sqlite_err("setting the busy timeout"))?;
     // WAL: readers never block the writer. FULL: every commit is synced before it returns,
     // so a record the caller was told about survives power loss, not only a process crash.
     conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(Error::sqlite("enabling WAL"))?;
+        .map_err(sqlite_err("enabling WAL"))?;
     conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(Error::sqlite("setting synchronous=FULL"))?;
+        .map_err(sqlite_err("setting synchronous=FULL"))?;
     Ok(conn)
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), Error> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(Error::sqlite("starting the migration"))?;
+        .map_err(sqlite_err("starting the migration"))?;
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_version (
             version INTEGER PRIMARY KEY,
             applied_at INTEGER NOT NULL
         )",
     )
-    .map_err(Error::sqlite("creating schema_version"))?;
+    .map_err(sqlite_err("creating schema_version"))?;
     let current: i64 = tx
         .query_row(
             "SELECT COALESCE(MAX(version), 0) FROM schema_version",
             [],
             |r| r.get(0),
         )
-        .map_err(Error::sqlite("reading schema_version"))?;
-    for (version, sql) in crate::engine::pending_migrations(MIGRATIONS, current)? {
+        .map_err(sqlite_err("reading schema_version"))?;
+    for (version, sql) in pending_migrations(MIGRATIONS, current)? {
         tx.execute_batch(sql)
-            .map_err(Error::sqlite("applying a migration"))?;
+            .map_err(sqlite_err("applying a migration"))?;
         tx.execute(
             "INSERT INTO schema_version (version, applied_at) VALUES (?1, strftime('%s','now'))",
             params![version],
         )
-        .map_err(Error::sqlite("recording a migration"))?;
+        .map_err(sqlite_err("recording a migration"))?;
     }
-    tx.commit()
-        .map_err(Error::sqlite("committing the migration"))
+    tx.commit().map_err(sqlite_err("committing the migration"))
 }
 
 impl SqliteStore {
@@ -129,19 +137,6 @@ impl SqliteStore {
     }
 }
 
-pub(crate) fn u64_of(v: i64, what: &'static str) -> Result<u64, Error> {
-    u64::try_from(v).map_err(|_| Error::Corrupt { what })
-}
-
-pub(crate) fn i64_of(v: u64) -> Result<i64, Error> {
-    i64::try_from(v).map_err(|_| Error::Corrupt {
-        what: "value above 2^63",
-    })
-}
-
-/// A records row: seq, kind, body, effects, prev_hash, hash.
-pub(crate) type RawRow = (i64, i64, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
-
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
     Ok((
         r.get(0)?,
@@ -151,19 +146,6 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         r.get(4)?,
         r.get(5)?,
     ))
-}
-
-pub(crate) fn raw_record(
-    (seq, kind, body, effects, prev_hash, hash): RawRow,
-) -> Result<RawRecord, Error> {
-    Ok(RawRecord {
-        seq: u64_of(seq, "seq")?,
-        kind: u16::try_from(kind).map_err(|_| Error::Corrupt { what: "kind" })?,
-        body,
-        effects,
-        prev_hash,
-        hash,
-    })
 }
 
 fn head_of(row: Option<(i64, Vec<u8>)>) -> Result<Head, Error> {
@@ -194,7 +176,7 @@ fn head(c: &Connection) -> Result<Head, Error> {
     let row = c
         .prepare_cached(HEAD_SQL)
         .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
-        .map_err(Error::sqlite("reading the head"))?;
+        .map_err(sqlite_err("reading the head"))?;
     head_of(row)
 }
 
@@ -205,7 +187,7 @@ fn counter(c: &Connection, product: &str) -> Result<Option<CounterState>, Error>
             s.query_row(params![product], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()
         })
-        .map_err(Error::sqlite("reading a counter"))?;
+        .map_err(sqlite_err("reading a counter"))?;
     row.map(|(e, t, i)| Ok((u64_of(e, "counter event")?, counter_of(t, i)?)))
         .transpose()
 }
@@ -217,7 +199,7 @@ fn claimed(c: &Connection, namespace: &str, key: &[u8]) -> Result<Option<u64>, E
             s.query_row(params![namespace, key], |r| r.get(0))
                 .optional()
         })
-        .map_err(Error::sqlite("reading a claim"))?;
+        .map_err(sqlite_err("reading a claim"))?;
     row.map(|s| u64_of(s, "claim seq")).transpose()
 }
 
@@ -229,13 +211,13 @@ impl Conn for WriteConn {
         // read of the head and our insert.
         self.0
             .execute_batch("BEGIN IMMEDIATE")
-            .map_err(Error::sqlite("beginning a transaction"))
+            .map_err(sqlite_err("beginning a transaction"))
     }
 
     fn commit(&mut self) -> Result<(), Error> {
         self.0
             .execute_batch("COMMIT")
-            .map_err(Error::sqlite("committing"))
+            .map_err(sqlite_err("committing"))
     }
 
     fn rollback(&mut self) {
@@ -276,7 +258,7 @@ impl Conn for WriteConn {
                 "INSERT INTO records (seq, kind, body, effects, prev_hash, hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
-            .map_err(Error::sqlite("inserting a record"))?;
+            .map_err(sqlite_err("inserting a record"))?;
         for r in records {
             st.execute(params![
                 i64_of(r.seq)?,
@@ -286,14 +268,14 @@ impl Conn for WriteConn {
                 &r.prev_hash[..],
                 &r.hash[..]
             ])
-            .map_err(Error::sqlite("inserting a record"))?;
+            .map_err(sqlite_err("inserting a record"))?;
         }
         let mut st = c
             .prepare_cached(
                 "INSERT INTO counter_events (product, event, seq, op, amount, total, issued)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
-            .map_err(Error::sqlite("inserting a counter event"))?;
+            .map_err(sqlite_err("inserting a counter event"))?;
         for e in events {
             st.execute(params![
                 e.product,
@@ -304,22 +286,24 @@ impl Conn for WriteConn {
                 i64_of(e.after.total)?,
                 i64_of(e.after.issued)?
             ])
-            .map_err(Error::sqlite("inserting a counter event"))?;
+            .map_err(sqlite_err("inserting a counter event"))?;
         }
         let mut st = c
             .prepare_cached("INSERT INTO claims (namespace, key, seq) VALUES (?1, ?2, ?3)")
-            .map_err(Error::sqlite("inserting a claim"))?;
+            .map_err(sqlite_err("inserting a claim"))?;
         for cl in claims {
             st.execute(params![cl.namespace, cl.key, i64_of(cl.seq)?])
-                .map_err(Error::sqlite("inserting a claim"))?;
+                .map_err(sqlite_err("inserting a claim"))?;
         }
         Ok(())
     }
 
     fn retryable(&self, e: &Error) -> bool {
-        matches!(e, Error::Sqlite { source, .. }
-            if matches!(source.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)))
+        matches!(
+            e.storage_source::<rusqlite::Error>()
+                .and_then(rusqlite::Error::sqlite_error_code),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
     }
 }
 
@@ -345,7 +329,7 @@ impl Store for SqliteStore {
                     s.query_map(params![from, limit], raw_row)?
                         .collect::<rusqlite::Result<Vec<_>>>()
                 })
-                .map_err(Error::sqlite("reading records"))?;
+                .map_err(sqlite_err("reading records"))?;
             rows.into_iter().map(raw_record).collect()
         })
     }
@@ -378,7 +362,7 @@ impl Store for SqliteStore {
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()
                 })
-                .map_err(Error::sqlite("reading counter events"))?;
+                .map_err(sqlite_err("reading counter events"))?;
             rows.into_iter()
                 .map(|(product, event, seq, op, amount, total, issued)| {
                     Ok(CounterEvent {
@@ -411,7 +395,7 @@ impl Store for SqliteStore {
                     s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                         .collect::<rusqlite::Result<Vec<_>>>()
                 })
-                .map_err(Error::sqlite("reading counters"))?;
+                .map_err(sqlite_err("reading counters"))?;
             rows.into_iter()
                 .map(|(p, t, i)| Ok((p, counter_of(t, i)?)))
                 .collect()
@@ -431,7 +415,7 @@ impl Store for SqliteStore {
                     params![up_to],
                     |r| r.get(0),
                 )
-                .map_err(Error::sqlite("counting claims"))?;
+                .map_err(sqlite_err("counting claims"))?;
             u64_of(n, "claim count")
         })
     }

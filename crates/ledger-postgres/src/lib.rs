@@ -1,3 +1,4 @@
+#![doc = include_str!("../README.md")]
 //! The shared backend: PostgreSQL, written by many stations and HSM processes at once.
 //!
 //! Every batch is one SERIALIZABLE transaction; a serialization failure (40001), a deadlock
@@ -15,12 +16,18 @@ use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
 
-use crate::append::{Append, Counter};
-use crate::engine::{ClaimKey, ClaimRow, Conn, CounterEvent, CounterState, RawRecord, Writer};
-use crate::error::Error;
-use crate::record::{Head, Record};
-use crate::sqlite::{i64_of, raw_record, u64_of};
-use crate::Store;
+use trustfab_ledger::backend::{
+    i64_of, pending_migrations, raw_record, u64_of, ClaimKey, ClaimRow, Conn, CounterState, Writer,
+};
+use trustfab_ledger::Error;
+use trustfab_ledger::Store;
+use trustfab_ledger::{Append, Counter};
+use trustfab_ledger::{CounterEvent, RawRecord};
+use trustfab_ledger::{Head, Record};
+
+fn pg_err(op: &'static str) -> impl FnOnce(postgres::Error) -> Error {
+    Error::storage("postgresql", op)
+}
 
 /// Connection parameters (re-exported from the `postgres` crate): parse one from a URL such
 /// as `postgresql://user@host:5432/dbname`.
@@ -73,14 +80,13 @@ impl std::fmt::Debug for PgStore {
 }
 
 fn retryable(e: &Error) -> bool {
-    match e {
-        Error::Postgres { source, .. } => source.code().is_some_and(|c| {
+    e.storage_source::<postgres::Error>()
+        .and_then(postgres::Error::code)
+        .is_some_and(|c| {
             *c == SqlState::T_R_SERIALIZATION_FAILURE
                 || *c == SqlState::T_R_DEADLOCK_DETECTED
                 || *c == SqlState::UNIQUE_VIOLATION
-        }),
-        _ => false,
-    }
+        })
 }
 
 fn migrate_once(client: &mut Client) -> Result<(), Error> {
@@ -88,30 +94,29 @@ fn migrate_once(client: &mut Client) -> Result<(), Error> {
         .build_transaction()
         .isolation_level(postgres::IsolationLevel::Serializable)
         .start()
-        .map_err(Error::postgres("starting the migration"))?;
+        .map_err(pg_err("starting the migration"))?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_version (
             version BIGINT PRIMARY KEY,
             applied_at BIGINT NOT NULL
         )",
     )
-    .map_err(Error::postgres("creating schema_version"))?;
+    .map_err(pg_err("creating schema_version"))?;
     let current: i64 = tx
         .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
         .and_then(|r| r.try_get(0))
-        .map_err(Error::postgres("reading schema_version"))?;
-    for (version, sql) in crate::engine::pending_migrations(MIGRATIONS, current)? {
+        .map_err(pg_err("reading schema_version"))?;
+    for (version, sql) in pending_migrations(MIGRATIONS, current)? {
         tx.batch_execute(sql)
-            .map_err(Error::postgres("applying a migration"))?;
+            .map_err(pg_err("applying a migration"))?;
         tx.execute(
             "INSERT INTO schema_version (version, applied_at)
              VALUES ($1, CAST(EXTRACT(EPOCH FROM now()) AS BIGINT))",
             &[version],
         )
-        .map_err(Error::postgres("recording a migration"))?;
+        .map_err(pg_err("recording a migration"))?;
     }
-    tx.commit()
-        .map_err(Error::postgres("committing the migration"))
+    tx.commit().map_err(pg_err("committing the migration"))
 }
 
 fn migrate(client: &mut Client) -> Result<(), Error> {
@@ -131,8 +136,9 @@ fn migrate(client: &mut Client) -> Result<(), Error> {
 
 fn is_migration_race(e: &Error) -> bool {
     retryable(e)
-        || matches!(e, Error::Postgres { source, .. } if source.code().is_some_and(|c|
-            *c == SqlState::DUPLICATE_TABLE || *c == SqlState::DUPLICATE_OBJECT))
+        || e.storage_source::<postgres::Error>()
+            .and_then(postgres::Error::code)
+            .is_some_and(|c| *c == SqlState::DUPLICATE_TABLE || *c == SqlState::DUPLICATE_OBJECT)
 }
 
 impl PgStore {
@@ -144,7 +150,7 @@ impl PgStore {
     /// A storage error (unparsable URL, unreachable server, failed migration) or
     /// [`Error::SchemaTooNew`].
     pub fn connect(url: &str) -> Result<Self, Error> {
-        let config: PgConfig = url.parse().map_err(Error::postgres("parsing the URL"))?;
+        let config: PgConfig = url.parse().map_err(pg_err("parsing the URL"))?;
         Self::with_config(&config)
     }
 
@@ -155,13 +161,9 @@ impl PgStore {
     ///
     /// As [`PgStore::connect`].
     pub fn with_config(config: &PgConfig) -> Result<Self, Error> {
-        let mut w = config
-            .connect(NoTls)
-            .map_err(Error::postgres("connecting"))?;
+        let mut w = config.connect(NoTls).map_err(pg_err("connecting"))?;
         migrate(&mut w)?;
-        let reader = config
-            .connect(NoTls)
-            .map_err(Error::postgres("connecting"))?;
+        let reader = config.connect(NoTls).map_err(pg_err("connecting"))?;
         let conn = WriteConn::new(w, config.clone())?;
         let writer = Writer::start("ledger-pg-writer", conn).map_err(|_| Error::WriterStopped)?;
         Ok(Self {
@@ -175,10 +177,7 @@ impl PgStore {
         let mut c = self.reader.lock().map_err(|_| Error::WriterStopped)?;
         if c.is_closed() {
             // The server restarted or the network dropped: one new connection, then on.
-            *c = self
-                .config
-                .connect(NoTls)
-                .map_err(Error::postgres("reconnecting"))?;
+            *c = self.config.connect(NoTls).map_err(pg_err("reconnecting"))?;
         }
         f(&mut c)
     }
@@ -193,12 +192,8 @@ fn head_of(row: Option<postgres::Row>) -> Result<Head, Error> {
     let Some(row) = row else {
         return Ok(Head::EMPTY);
     };
-    let seq: i64 = row
-        .try_get(0)
-        .map_err(Error::postgres("reading the head"))?;
-    let hash: Vec<u8> = row
-        .try_get(1)
-        .map_err(Error::postgres("reading the head"))?;
+    let seq: i64 = row.try_get(0).map_err(pg_err("reading the head"))?;
+    let hash: Vec<u8> = row.try_get(1).map_err(pg_err("reading the head"))?;
     Ok(Head {
         seq: u64_of(seq, "seq")?,
         hash: <[u8; 32]>::try_from(hash).map_err(|_| Error::Corrupt {
@@ -208,12 +203,8 @@ fn head_of(row: Option<postgres::Row>) -> Result<Head, Error> {
 }
 
 fn counter_of(row: &postgres::Row, at: usize) -> Result<Counter, Error> {
-    let total: i64 = row
-        .try_get(at)
-        .map_err(Error::postgres("reading a counter"))?;
-    let issued: i64 = row
-        .try_get(at + 1)
-        .map_err(Error::postgres("reading a counter"))?;
+    let total: i64 = row.try_get(at).map_err(pg_err("reading a counter"))?;
+    let issued: i64 = row.try_get(at + 1).map_err(pg_err("reading a counter"))?;
     Ok(Counter {
         total: u64_of(total, "counter total")?,
         issued: u64_of(issued, "counter issued")?,
@@ -224,9 +215,7 @@ fn counter_state(row: Option<postgres::Row>) -> Result<Option<CounterState>, Err
     let Some(row) = row else {
         return Ok(None);
     };
-    let event: i64 = row
-        .try_get(0)
-        .map_err(Error::postgres("reading a counter"))?;
+    let event: i64 = row.try_get(0).map_err(pg_err("reading a counter"))?;
     Ok(Some((
         u64_of(event, "counter event")?,
         counter_of(&row, 1)?,
@@ -237,7 +226,7 @@ fn claim_of(row: Option<postgres::Row>) -> Result<Option<u64>, Error> {
     let Some(row) = row else {
         return Ok(None);
     };
-    let seq: i64 = row.try_get(0).map_err(Error::postgres("reading a claim"))?;
+    let seq: i64 = row.try_get(0).map_err(pg_err("reading a claim"))?;
     Ok(Some(u64_of(seq, "claim seq")?))
 }
 
@@ -323,7 +312,7 @@ impl WriteConn {
         let st = self
             .client
             .prepare(&kind.sql(rows))
-            .map_err(Error::postgres("preparing"))?;
+            .map_err(pg_err("preparing"))?;
         self.st.bulk.insert((kind, rows), st.clone());
         Ok(st)
     }
@@ -342,11 +331,7 @@ impl WriteConn {
                 .iter()
                 .flat_map(|r| r.iter().map(|p| &**p as &(dyn ToSql + Sync)))
                 .collect();
-            out.extend(
-                self.client
-                    .query(&st, &params)
-                    .map_err(Error::postgres(op))?,
-            );
+            out.extend(self.client.query(&st, &params).map_err(pg_err(op))?);
         }
         Ok(out)
     }
@@ -354,7 +339,7 @@ impl WriteConn {
 
 impl Statements {
     fn prepare(client: &mut Client) -> Result<Self, Error> {
-        let mut p = |sql: &str| client.prepare(sql).map_err(Error::postgres("preparing"));
+        let mut p = |sql: &str| client.prepare(sql).map_err(pg_err("preparing"));
         Ok(Self {
             head: p(HEAD_SQL)?,
             counter: p(COUNTER_SQL)?,
@@ -367,22 +352,19 @@ impl Conn for WriteConn {
     fn begin(&mut self) -> Result<(), Error> {
         if self.client.is_closed() {
             // The server restarted or the network dropped: reconnect before the batch.
-            let mut client = self
-                .config
-                .connect(NoTls)
-                .map_err(Error::postgres("reconnecting"))?;
+            let mut client = self.config.connect(NoTls).map_err(pg_err("reconnecting"))?;
             self.st = Statements::prepare(&mut client)?;
             self.client = client;
         }
         self.client
             .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
-            .map_err(Error::postgres("beginning a transaction"))
+            .map_err(pg_err("beginning a transaction"))
     }
 
     fn commit(&mut self) -> Result<(), Error> {
         self.client
             .batch_execute("COMMIT")
-            .map_err(Error::postgres("committing"))
+            .map_err(pg_err("committing"))
     }
 
     fn rollback(&mut self) {
@@ -395,7 +377,7 @@ impl Conn for WriteConn {
         let row = self
             .client
             .query_opt(&self.st.head, &[])
-            .map_err(Error::postgres("reading the head"))?;
+            .map_err(pg_err("reading the head"))?;
         head_of(row)
     }
 
@@ -403,7 +385,7 @@ impl Conn for WriteConn {
         let row = self
             .client
             .query_opt(&self.st.counter, &[&product])
-            .map_err(Error::postgres("reading a counter"))?;
+            .map_err(pg_err("reading a counter"))?;
         counter_state(row)
     }
 
@@ -417,7 +399,7 @@ impl Conn for WriteConn {
         for r in found {
             let (namespace, key, seq): (String, Vec<u8>, i64) =
                 (|| Ok::<_, postgres::Error>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))()
-                    .map_err(Error::postgres("reading claims"))?;
+                    .map_err(pg_err("reading claims"))?;
             out.insert((namespace, key), u64_of(seq, "claim seq")?);
         }
         Ok(out)
@@ -480,7 +462,7 @@ impl Store for PgStore {
         self.read(|c| {
             let row = c
                 .query_opt(HEAD_SQL, &[])
-                .map_err(Error::postgres("reading the head"))?;
+                .map_err(pg_err("reading the head"))?;
             head_of(row)
         })
     }
@@ -495,7 +477,7 @@ impl Store for PgStore {
                      WHERE seq >= $1 ORDER BY seq LIMIT $2",
                     &[&from, &limit],
                 )
-                .map_err(Error::postgres("reading records"))?;
+                .map_err(pg_err("reading records"))?;
             rows.iter()
                 .map(|r| {
                     let t = (|| {
@@ -508,7 +490,7 @@ impl Store for PgStore {
                             r.try_get(5)?,
                         ))
                     })()
-                    .map_err(Error::postgres("reading records"))?;
+                    .map_err(pg_err("reading records"))?;
                     raw_record(t)
                 })
                 .collect()
@@ -530,7 +512,7 @@ impl Store for PgStore {
                      WHERE (product, event) > ($1, $2) ORDER BY product, event LIMIT $3",
                     &[&product, &event, &limit],
                 )
-                .map_err(Error::postgres("reading counter events"))?;
+                .map_err(pg_err("reading counter events"))?;
             rows.iter()
                 .map(|r| {
                     let (product, event, seq, op, amount): (String, i64, i64, i64, i64) = (|| {
@@ -543,7 +525,7 @@ impl Store for PgStore {
                         ))
                     })(
                     )
-                    .map_err(Error::postgres("reading counter events"))?;
+                    .map_err(pg_err("reading counter events"))?;
                     Ok(CounterEvent {
                         product,
                         event: u64_of(event, "counter event")?,
@@ -561,7 +543,7 @@ impl Store for PgStore {
         self.read(|c| {
             let row = c
                 .query_opt(COUNTER_SQL, &[&product])
-                .map_err(Error::postgres("reading a counter"))?;
+                .map_err(pg_err("reading a counter"))?;
             Ok(counter_state(row)?.map(|(_, c)| c))
         })
     }
@@ -576,10 +558,10 @@ impl Store for PgStore {
                      ORDER BY c.product",
                     &[],
                 )
-                .map_err(Error::postgres("reading counters"))?;
+                .map_err(pg_err("reading counters"))?;
             rows.iter()
                 .map(|r| {
-                    let p: String = r.try_get(0).map_err(Error::postgres("reading counters"))?;
+                    let p: String = r.try_get(0).map_err(pg_err("reading counters"))?;
                     Ok((p, counter_of(r, 1)?))
                 })
                 .collect()
@@ -590,7 +572,7 @@ impl Store for PgStore {
         self.read(|c| {
             let row = c
                 .query_opt(CLAIM_SQL, &[&namespace, &key])
-                .map_err(Error::postgres("reading a claim"))?;
+                .map_err(pg_err("reading a claim"))?;
             claim_of(row)
         })
     }
@@ -601,7 +583,7 @@ impl Store for PgStore {
             let n: i64 = c
                 .query_one("SELECT COUNT(*) FROM claims WHERE seq <= $1", &[&up_to])
                 .and_then(|r| r.try_get(0))
-                .map_err(Error::postgres("counting claims"))?;
+                .map_err(pg_err("counting claims"))?;
             u64_of(n, "claim count")
         })
     }
