@@ -441,12 +441,12 @@ fn issue_test(a: &IssueTestArgs) -> Result<()> {
     };
     let serial = match &a.serial {
         Some(s) => s.clone(),
-        None => match template.serial {
+        None => match template.serial() {
             trustfab_pki::template::SerialScheme::Random { .. } => {
-                template.serial.random_serial(&OsRng)?
+                template.serial().random_serial(&OsRng)?
             }
             trustfab_pki::template::SerialScheme::Sequential { .. } => {
-                template.serial.sequential_serial(0)?
+                template.serial().sequential_serial(0)?
             }
         },
     };

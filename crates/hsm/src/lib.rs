@@ -352,7 +352,7 @@ impl Hsm {
                 "the wrapped key is bound to another package".into(),
             ));
         }
-        let template_scheme = template.serial;
+        let template_scheme = template.serial();
         drop(template);
         let firmware = match &c.firmware {
             Some(fw) => Some(check_firmware(fw, &c.package_id, &fingerprint)?),
@@ -666,7 +666,7 @@ impl Hsm {
         };
         let serials = match def.serial_range {
             Some((first, last)) => SerialScheme::Sequential { first, last },
-            None => template.serial,
+            None => template.serial(),
         };
         let issuer_cert = def
             .device_ca_cert

@@ -397,25 +397,77 @@ pub struct HardwareModuleName {
     pub hw_serial: Pattern,
 }
 
-/// A checked device certificate template.
+/// A checked device certificate template. The only way to one is [`Template::from_toml`], which
+/// refuses CA:true, CA key usages, unknown keys and placeholders and an empty subject: its fields
+/// are private, so no caller can put a CA key usage into a device certificate by building or
+/// changing a `Template` itself.
+///
+/// ```compile_fail
+/// # use trustfab_pki::template::*;
+/// fn grant_cert_sign(t: &mut trustfab_pki::Template) {
+///     t.key_usage.push(KeyUsage::KeyCertSign); // private: refused at compile time
+/// }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Template {
     /// Subject attributes in name order.
-    pub subject: Vec<(Attr, Pattern)>,
+    pub(crate) subject: Vec<(Attr, Pattern)>,
     /// SAN hardwareModuleName.
-    pub hardware_module_name: Option<HardwareModuleName>,
+    pub(crate) hardware_module_name: Option<HardwareModuleName>,
     /// SAN uniformResourceIdentifier entries.
-    pub uris: Vec<Pattern>,
+    pub(crate) uris: Vec<Pattern>,
     /// SAN dNSName entries.
-    pub dns_names: Vec<Pattern>,
+    pub(crate) dns_names: Vec<Pattern>,
     /// Validity.
-    pub validity: Validity,
+    pub(crate) validity: Validity,
     /// Key usage bits.
-    pub key_usage: Vec<KeyUsage>,
+    pub(crate) key_usage: Vec<KeyUsage>,
     /// Extended key usages (none: the extension is left out).
-    pub extended_key_usage: Vec<Eku>,
+    pub(crate) extended_key_usage: Vec<Eku>,
     /// Serial number scheme.
-    pub serial: SerialScheme,
+    pub(crate) serial: SerialScheme,
+}
+
+impl Template {
+    /// Subject attributes in name order.
+    pub fn subject(&self) -> &[(Attr, Pattern)] {
+        &self.subject
+    }
+
+    /// SAN hardwareModuleName.
+    pub fn hardware_module_name(&self) -> Option<&HardwareModuleName> {
+        self.hardware_module_name.as_ref()
+    }
+
+    /// SAN uniformResourceIdentifier entries.
+    pub fn uris(&self) -> &[Pattern] {
+        &self.uris
+    }
+
+    /// SAN dNSName entries.
+    pub fn dns_names(&self) -> &[Pattern] {
+        &self.dns_names
+    }
+
+    /// Validity.
+    pub fn validity(&self) -> &Validity {
+        &self.validity
+    }
+
+    /// Key usage bits (never a CA usage).
+    pub fn key_usage(&self) -> &[KeyUsage] {
+        &self.key_usage
+    }
+
+    /// Extended key usages (none: the extension is left out).
+    pub fn extended_key_usage(&self) -> &[Eku] {
+        &self.extended_key_usage
+    }
+
+    /// Serial number scheme.
+    pub fn serial(&self) -> SerialScheme {
+        self.serial
+    }
 }
 
 fn line_of(text: &str, span: &Range<usize>) -> usize {
