@@ -193,10 +193,6 @@ impl Hsm {
                 job: s.job_id.clone(),
                 seq: first_seq,
             },
-            trustfab_ledger::Error::ProductExists { .. } => JobOpError::Exists {
-                job: s.job_id.clone(),
-                seq: 0,
-            },
             other => JobOpError::Ledger(other),
         })?;
         Ok(Reservation {
@@ -275,6 +271,12 @@ impl Hsm {
     /// # Errors
     /// [`JobOpError::Issue`] for another HSM's reservation, or a ledger error.
     pub fn job_status(&self, r: &Reservation) -> Result<JobStatus, JobOpError> {
+        Ok(self.scan(r)?.0)
+    }
+
+    /// The job's standing, and for an earlier release's job the units its `CreditBack`
+    /// releases handed to the product (0 otherwise): one walk of the job's records.
+    fn scan(&self, r: &Reservation) -> Result<(JobStatus, u64), JobOpError> {
         self.own(r)?;
         let id = r.job_id();
         let closed_seq = self
@@ -297,12 +299,14 @@ impl Hsm {
             ..JobStatus::default()
         };
         let mut released_uids = HashSet::new();
+        let mut released = 0u64;
         for rec in self.ledger.records(r.created_seq) {
             let rec = rec.map_err(JobOpError::Ledger)?;
             match rec.kind {
                 Kind::CreditBack if r.legacy => {
                     if let Some(b) = records::decode::<CreditBack>(&rec.body) {
                         if b.job == id && b.reason == CreditReason::Release {
+                            released = released.saturating_add(b.n);
                             released_uids.extend(b.uids.into_iter().map(|u| u.0));
                         }
                     }
@@ -335,7 +339,7 @@ impl Hsm {
                 _ => {}
             }
         }
-        Ok(st)
+        Ok((st, released))
     }
 
     /// Records device outcomes of a job, many per transaction; a device recorded good once is not
@@ -399,7 +403,7 @@ impl Hsm {
     /// [`JobOpError::Closed`] when it is closed already, or a ledger error.
     pub fn close(&self, r: Reservation) -> Result<JobClosed, JobOpError> {
         let spec = r.spec();
-        let st = self.job_status(&r)?;
+        let (st, released) = self.scan(&r)?;
         let good = u64::try_from(st.good.len()).unwrap_or(u64::MAX);
         let counter = job_counter(&spec.job_id);
         // Each refused attempt means an issuance of the job landed in between and spent at
@@ -418,7 +422,7 @@ impl Hsm {
             }
             let (credited, issued) = if r.legacy {
                 let issued = u64::try_from(st.issued.len()).unwrap_or(u64::MAX);
-                (self.legacy_unreleased(&r)?, issued)
+                (spec.quantity.saturating_sub(released), issued)
             } else {
                 let left = self
                     .ledger
@@ -432,7 +436,7 @@ impl Hsm {
                 product: spec.product.clone(),
                 quantity: spec.quantity,
                 issued,
-                good: good.min(issued),
+                good,
                 failed_after_issue: issued.saturating_sub(good),
                 credited,
                 time: self.clock.now().0,
@@ -468,24 +472,6 @@ impl Hsm {
                 Err(e) => return Err(JobOpError::Ledger(e)),
             }
         }
-    }
-
-    /// What an earlier release's job never released to its product: its quantity less the
-    /// `CreditBack` releases it recorded.
-    fn legacy_unreleased(&self, r: &Reservation) -> Result<u64, JobOpError> {
-        let mut released = 0u64;
-        for rec in self.ledger.records(r.created_seq) {
-            let rec = rec.map_err(JobOpError::Ledger)?;
-            if rec.kind != Kind::CreditBack {
-                continue;
-            }
-            if let Some(b) = records::decode::<CreditBack>(&rec.body) {
-                if b.job == r.job_id() && b.reason == CreditReason::Release {
-                    released = released.saturating_add(b.n);
-                }
-            }
-        }
-        Ok(r.quantity().saturating_sub(released))
     }
 
     /// The HSM signs a job's firmware step only when it is the product's.

@@ -136,8 +136,8 @@ fn sha256(b: &[u8]) -> [u8; 32] {
     out
 }
 
-fn len64<T>(s: &HashSet<T>) -> u64 {
-    u64::try_from(s.len()).unwrap_or(u64::MAX)
+fn len64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 /// A progress snapshot, given to the callback of [`RunOptions::progress`].
@@ -496,7 +496,7 @@ pub fn run<S: Supply>(
         Some(fw) => Some(check_image(hsm, spec, fw, opts.image.as_deref())?),
         None => None,
     };
-    let issued_start = len64(&st.issued);
+    let issued_start = len64(st.issued.len());
     let shared = Shared {
         hsm,
         reservation,
@@ -512,7 +512,7 @@ pub fn run<S: Supply>(
         budget_cv: Condvar::new(),
         attempts: Mutex::new(HashMap::new()),
         issued: AtomicU64::new(issued_start),
-        good_count: AtomicU64::new(len64(&st.good)),
+        good_count: AtomicU64::new(len64(st.good.len())),
         failed_attempts: AtomicU64::new(0),
         handled: AtomicU64::new(0),
         fatal: Mutex::new(None),
@@ -603,7 +603,7 @@ pub const ISSUERS: usize = 3;
 /// the rest are told the job is full.
 fn issuer_loop(sh: &Shared<'_>, rx: &Mutex<Receiver<IssueRequest>>) {
     loop {
-        let mut batch = {
+        let batch = {
             let rx = guard(rx);
             let Ok(first) = rx.recv() else {
                 break;
@@ -617,57 +617,57 @@ fn issuer_loop(sh: &Shared<'_>, rx: &Mutex<Receiver<IssueRequest>>) {
             }
             batch
         };
-        loop {
-            let keys: Vec<DeviceKey> = batch.iter().map(|r| r.key.clone()).collect();
-            match sh.hsm.issue(sh.reservation, &keys) {
-                Ok(out) => {
-                    let fresh = u64::try_from(out.iter().filter(|i| !i.reissued).count())
-                        .unwrap_or(u64::MAX);
-                    sh.issued.fetch_add(fresh, Ordering::Relaxed);
-                    let mut by_uid: HashMap<DeviceUid, Issued> =
-                        out.into_iter().map(|i| (i.uid.clone(), i)).collect();
-                    for r in batch {
-                        let _ = r.reply.send(by_uid.remove(&r.key.uid).map_or_else(
-                            || IssueReply::Refused("the HSM returned no certificate".into()),
-                            IssueReply::Issued,
-                        ));
-                    }
-                }
-                Err(IssueError::ReservationExhausted { remaining, .. }) => {
-                    sh.exhausted();
-                    let keep = usize::try_from(remaining).unwrap_or(usize::MAX);
-                    if keep > 0 && keep < batch.len() {
-                        for r in batch.split_off(keep) {
-                            let _ = r.reply.send(IssueReply::Full);
-                        }
-                        continue;
-                    }
-                    for r in batch {
-                        let _ = r.reply.send(IssueReply::Full);
-                    }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    if matches!(e, IssueError::Sign(_)) {
-                        // The count was spent and recorded: the devices resume on their next
-                        // attempt from the recorded certificate.
-                        sh.issued.fetch_add(len64_slice(&batch), Ordering::Relaxed);
-                    }
-                    if matches!(e, IssueError::JobClosed { .. }) {
-                        sh.exhausted();
-                    }
-                    for r in batch {
-                        let _ = r.reply.send(IssueReply::Refused(msg.clone()));
-                    }
-                }
-            }
-            break;
-        }
+        issue_batch(sh, batch);
     }
 }
 
-fn len64_slice<T>(v: &[T]) -> u64 {
-    u64::try_from(v.len()).unwrap_or(u64::MAX)
+/// Has the HSM issue one batch and answers every device of it. When the reservation has fewer
+/// units left than the batch, the HSM is asked once more for what it has left.
+fn issue_batch(sh: &Shared<'_>, mut batch: Vec<IssueRequest>) {
+    let keys: Vec<DeviceKey> = batch.iter().map(|r| r.key.clone()).collect();
+    match sh.hsm.issue(sh.reservation, &keys) {
+        Ok(out) => {
+            sh.issued.fetch_add(
+                len64(out.iter().filter(|i| !i.reissued).count()),
+                Ordering::Relaxed,
+            );
+            let mut by_uid: HashMap<DeviceUid, Issued> =
+                out.into_iter().map(|i| (i.uid.clone(), i)).collect();
+            for r in batch {
+                let _ = r.reply.send(by_uid.remove(&r.key.uid).map_or_else(
+                    || IssueReply::Refused("the HSM returned no certificate".into()),
+                    IssueReply::Issued,
+                ));
+            }
+        }
+        Err(IssueError::ReservationExhausted { remaining, .. }) => {
+            sh.exhausted();
+            let keep = usize::try_from(remaining).unwrap_or(usize::MAX);
+            let full = batch.split_off(keep.min(batch.len()));
+            for r in full {
+                let _ = r.reply.send(IssueReply::Full);
+            }
+            // The HSM refused because fewer than the batch are left, so what remains is smaller:
+            // the retries end.
+            if !batch.is_empty() {
+                issue_batch(sh, batch);
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            if matches!(e, IssueError::Sign(_)) {
+                // The count was spent and recorded: the devices resume on their next attempt
+                // from the recorded certificate.
+                sh.issued.fetch_add(len64(batch.len()), Ordering::Relaxed);
+            }
+            if matches!(e, IssueError::JobClosed { .. }) {
+                sh.exhausted();
+            }
+            for r in batch {
+                let _ = r.reply.send(IssueReply::Refused(msg.clone()));
+            }
+        }
+    }
 }
 
 /// Hands device outcomes to the HSM, many per call (one transaction: group commit).
