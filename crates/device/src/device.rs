@@ -9,7 +9,7 @@ use trustfab_types::DeviceUid;
 
 use crate::attest::KeyAttestation;
 use crate::error::Error;
-use crate::sim::{BootOutcome, BootSlot, UpdateRequest};
+use crate::secure_boot::SecureBoot;
 
 /// A slot number, as the part numbers its key and data slots.
 pub type SlotId = u8;
@@ -247,57 +247,9 @@ pub trait Device: Send {
     /// A refusal for an unknown counter.
     fn counter_read(&mut self, counter: u8) -> Result<u32, Error>;
 
-    // A secure MCU's firmware commands (`docs/devices.md`, rules 15–21). A secure element
-    // refuses each of them as `Refusal::Unsupported`.
-
-    /// Programs the root-of-trust public key hash fuse (SHA-256 of the OEM's boot key). OTP:
-    /// once.
-    ///
-    /// # Errors
-    /// A refusal when already programmed (`FuseProgrammed`), once the part is locked
-    /// (`Lifecycle`), or by a secure element.
-    fn program_rot_hash(&mut self, hash: &[u8; 32]) -> Result<(), Error>;
-
-    /// The root-of-trust public key hash fuse, if programmed.
-    ///
-    /// # Errors
-    /// A refusal by a secure element.
-    fn rot_hash(&mut self) -> Result<Option<[u8; 32]>, Error>;
-
-    /// Installs a P-256 private key wrapped to this part's identity key (slot 0, see
-    /// `trustfab_token::WrappedKey`) into secret slot `slot`: unwrapped inside the part, never
-    /// seen by the caller. Returns the installed key's public point (uncompressed SEC1), to
-    /// compare with the key meant to be installed.
-    ///
-    /// # Errors
-    /// A refusal for a slot that is not a writable secret slot, a malformed blob, a key other
-    /// than P-256, no identity key, a blob that does not unwrap under it (`UnwrapFailed`), or
-    /// by a secure element.
-    fn install_wrapped_secret(&mut self, slot: SlotId, wrapped: &[u8]) -> Result<Vec<u8>, Error>;
-
-    /// Writes a firmware image (MCUboot format) to a flash boot slot.
-    ///
-    /// # Errors
-    /// A refusal for an image over the slot size, during a swap, or by a secure element.
-    fn write_boot_slot(&mut self, slot: BootSlot, image: &[u8]) -> Result<(), Error>;
-
-    /// Marks the image in the secondary slot for installation at the next boot.
-    ///
-    /// # Errors
-    /// A refusal when the secondary slot is empty, during a swap, or by a secure element.
-    fn request_update(&mut self, request: UpdateRequest) -> Result<(), Error>;
-
-    /// Boots: settles a pending update or swap, then verifies the primary image under the
-    /// root-of-trust key hash and the security counter.
-    ///
-    /// # Errors
-    /// [`Error::ImageRefused`] for an image that does not verify, a refusal for an older image,
-    /// no image, or by a secure element.
-    fn boot(&mut self) -> Result<BootOutcome, Error>;
-
-    /// The security counter (anti-rollback).
-    ///
-    /// # Errors
-    /// A refusal by a secure element.
-    fn security_counter(&mut self) -> Result<u32, Error>;
+    /// The part's boot stage, for a part that has one (a secure MCU); `None` for a part without
+    /// (a secure element). Asking costs no command: the kind of part says it.
+    fn secure_boot(&mut self) -> Option<&mut dyn SecureBoot> {
+        None
+    }
 }

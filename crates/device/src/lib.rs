@@ -5,6 +5,7 @@ mod device;
 mod error;
 pub mod file;
 mod fleet;
+mod secure_boot;
 pub mod sim;
 mod socket;
 mod vendor;
@@ -16,6 +17,9 @@ pub use device::{
 };
 pub use error::{Error, Op, Refusal, Status};
 pub use fleet::{Fleet, FleetError};
+pub use secure_boot::{
+    BootOutcome, BootSlot, ImageRefusal, SecureBoot, SwapOutcome, UpdateRequest,
+};
 pub use sim::SimDevice;
 pub use socket::{Fault, FaultCounts, FaultRule, Socket, Trigger};
 pub use vendor::{SiliconVendor, VendorError, MAX_UIDS};

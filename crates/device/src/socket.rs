@@ -11,7 +11,8 @@ use trustfab_types::DeviceUid;
 use crate::attest::KeyAttestation;
 use crate::device::{Device, DeviceKind, LockState, SlotId, SlotInfo, Zone};
 use crate::error::{Error, Op};
-use crate::sim::{BootOutcome, BootSlot, SimDevice, UpdateRequest};
+use crate::secure_boot::{BootOutcome, BootSlot, SecureBoot, UpdateRequest};
+use crate::sim::SimDevice;
 
 /// A fault a socket can inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,6 +326,18 @@ impl Device for Socket {
         self.call(Op::Counter, false, |d| d.counter_read(counter))
     }
 
+    fn secure_boot(&mut self) -> Option<&mut dyn SecureBoot> {
+        if self.kind() == DeviceKind::SecureMcu {
+            Some(self)
+        } else {
+            None
+        }
+    }
+}
+
+/// The boot commands through the socket, with its faults; a secure element in the socket
+/// refuses each as `Refusal::Unsupported`, as it would without the socket.
+impl SecureBoot for Socket {
     fn program_rot_hash(&mut self, hash: &[u8; 32]) -> Result<(), Error> {
         self.call(Op::Fuse, true, |d| d.program_rot_hash(hash))
     }

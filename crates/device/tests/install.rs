@@ -10,8 +10,8 @@ use aws_lc_rs::signature::{
 };
 use trustfab_device::sim::{BootOutcome, BootSlot, SwapOutcome, UpdateRequest};
 use trustfab_device::{
-    file, Device, DeviceKind, Error, Fault, Op, Refusal, SimDevice, SlotId, Socket, Status,
-    Trigger, Zone,
+    file, Device, DeviceKind, Error, Fault, Op, Refusal, SecureBoot, SimDevice, SlotId, Socket,
+    Status, Trigger, Zone,
 };
 use trustfab_firmware::{key_hash, master, MasterOptions};
 use trustfab_pki::{Curve, PublicKey, Signer as _, SoftKey};
@@ -393,8 +393,8 @@ fn a_power_loss_at_the_install_write_leaves_the_old_secret_or_the_new_key() {
     );
 }
 
-/// What a station generic over `D: Device` does on a secure MCU.
-fn program<D: Device>(
+/// What a station does on a secure MCU, through its boot stage.
+fn program<D: SecureBoot + ?Sized>(
     d: &mut D,
     rot: &[u8; 32],
     blob: &[u8],

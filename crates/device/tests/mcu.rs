@@ -1,12 +1,30 @@
 //! The secure MCU: fuses, lifecycle, flash boot slots, the security counter and boot.
 
 use trustfab_device::sim::{BootOutcome, BootSlot, Lifecycle};
-use trustfab_device::{Device, DeviceKind, Error, Refusal, Status, Zone};
+use trustfab_device::{Device, DeviceKind, Error, Refusal, SecureBoot, Socket, Status, Zone};
 use trustfab_firmware::{key_hash, master, MasterOptions, Version};
 use trustfab_pki::{Curve, PublicKey, Signer, SoftKey};
 use trustfab_types::OsRng;
 
 use crate::{part, refusal};
+
+#[test]
+fn only_a_secure_mcu_has_a_boot_stage() {
+    let (_, mut se) = part(DeviceKind::SecureElement);
+    assert!(se.secure_boot().is_none());
+    // The boot commands still exist on the simulator, and a secure element refuses them.
+    assert_eq!(refusal(SecureBoot::rot_hash(&mut se)), Refusal::Unsupported);
+    let mut s = Socket::with_device(se, 0);
+    assert!(s.secure_boot().is_none());
+    assert!(Socket::new(0).secure_boot().is_none());
+
+    let (_, mut mcu) = part(DeviceKind::SecureMcu);
+    assert_eq!(mcu.secure_boot().unwrap().rot_hash().unwrap(), None);
+    let mut s = Socket::with_device(mcu, 0);
+    let boot = s.secure_boot().unwrap();
+    boot.program_rot_hash(&[7; 32]).unwrap();
+    assert_eq!(boot.rot_hash().unwrap(), Some([7; 32]));
+}
 
 #[test]
 fn lifecycle_moves_forward_only() {

@@ -1025,12 +1025,17 @@ fn program_firmware<D: Device>(
         .image
         .as_deref()
         .ok_or_else(|| refuse("no image".into()))?;
+    // A job with firmware is for secure MCUs only (the job format refuses others), and the kind
+    // was checked at step 1; a part without a boot stage is refused all the same.
+    let Some(boot) = dev.secure_boot() else {
+        return Err(refuse("the part has no secure boot stage".into()));
+    };
     if fw.encrypted {
         let wrapped = sh
             .hsm
             .family_key_for(sh.reservation, uid)
             .map_err(|e| refuse(format!("HSM: {e}")))?;
-        let installed = dev
+        let installed = boot
             .install_wrapped_secret(fw.secret_slot, &wrapped)
             .map_err(|e| fail(&e))?;
         if Some(&installed) != sh.family_point.as_ref() {
@@ -1045,20 +1050,22 @@ fn program_firmware<D: Device>(
         .as_slice()
         .try_into()
         .map_err(|_| refuse("the job's boot key hash is not 32 bytes".into()))?;
-    match dev.rot_hash().map_err(|e| fail(&e))? {
+    match boot.rot_hash().map_err(|e| fail(&e))? {
         Some(h) if h == boot_key_hash => {}
         Some(_) => {
             return Err(refuse(
                 "the root-of-trust fuse holds another key hash".into(),
             ))
         }
-        None => dev.program_rot_hash(&boot_key_hash).map_err(|e| fail(&e))?,
+        None => boot
+            .program_rot_hash(&boot_key_hash)
+            .map_err(|e| fail(&e))?,
     }
-    dev.write_boot_slot(BootSlot::Secondary, image)
+    boot.write_boot_slot(BootSlot::Secondary, image)
         .map_err(|e| fail(&e))?;
-    dev.request_update(UpdateRequest::Permanent)
+    boot.request_update(UpdateRequest::Permanent)
         .map_err(|e| fail(&e))?;
-    match dev.boot().map_err(|e| fail(&e))? {
+    match boot.boot().map_err(|e| fail(&e))? {
         BootOutcome::Verified {
             image_hash, swap, ..
         } => {

@@ -11,7 +11,7 @@ use trustfab_device::file;
 use trustfab_device::sim::{BootOutcome, BootSlot, UpdateRequest};
 use trustfab_device::{
     Device, DeviceKind, Error as DeviceError, Fault, Fleet, KeyAttestation, LockState, Op,
-    SiliconVendor, SimDevice, SlotId, SlotInfo, Socket, Trigger, Zone,
+    SecureBoot, SiliconVendor, SimDevice, SlotId, SlotInfo, Socket, Trigger, Zone,
 };
 use trustfab_pki::PublicKey;
 use trustfab_types::{DeviceUid, UnixTime};
@@ -365,6 +365,17 @@ impl Device for FilePart {
     fn counter_read(&mut self, counter: u8) -> Result<u32, DeviceError> {
         self.socket.counter_read(counter)
     }
+    fn secure_boot(&mut self) -> Option<&mut dyn SecureBoot> {
+        if self.kind() == DeviceKind::SecureMcu {
+            Some(self)
+        } else {
+            None
+        }
+    }
+}
+
+/// The boot commands of the part in the file; each one that changes the part is saved.
+impl SecureBoot for FilePart {
     fn program_rot_hash(&mut self, hash: &[u8; 32]) -> Result<(), DeviceError> {
         self.write(Op::Fuse, |s| s.program_rot_hash(hash))
     }
@@ -387,7 +398,7 @@ impl Device for FilePart {
         self.write(Op::Flash, |s| s.request_update(request))
     }
     fn boot(&mut self) -> Result<BootOutcome, DeviceError> {
-        self.write(Op::Boot, Socket::boot)
+        self.write(Op::Boot, SecureBoot::boot)
     }
     fn security_counter(&mut self) -> Result<u32, DeviceError> {
         self.socket.security_counter()

@@ -9,6 +9,9 @@ use crate::error::{Error, Op, Refusal};
 use crate::limits::BOOT_SLOT_BYTES;
 use crate::sim::SimDevice;
 
+// The boot stage's types are the `SecureBoot` trait's; re-exported here, where they were first.
+pub use crate::secure_boot::{BootOutcome, BootSlot, ImageRefusal, SwapOutcome, UpdateRequest};
+
 /// The lifecycle, burnt in fuses; it only moves forward (PSA Certified Security Model lifecycle:
 /// Assembly and Test → PSA RoT Provisioning → Secured).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -20,26 +23,6 @@ pub enum Lifecycle {
     Provisioned,
     /// Secured: identity write-protected, debug closed, boot verified.
     Locked,
-}
-
-/// One of the two flash boot slots (MCUboot's primary and secondary).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BootSlot {
-    /// The image that boots.
-    Primary,
-    /// The update candidate.
-    Secondary,
-}
-
-/// What the secondary slot's trailer asks the next boot to do with the image there (MCUboot
-/// `boot_set_pending(permanent)`, design.md "Swap").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum UpdateRequest {
-    /// Swap it in for one boot; revert at the next boot unless the image confirms itself
-    /// (`BOOT_SWAP_TYPE_TEST`).
-    Test,
-    /// Swap it in for good (`BOOT_SWAP_TYPE_PERM`).
-    Permanent,
 }
 
 /// A swap under way, as the swap status area records it: which swap, and the last step done.
@@ -56,15 +39,6 @@ pub(crate) enum SwapKind {
     Test,
     Permanent,
     Revert,
-}
-
-impl std::fmt::Display for BootSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Primary => "primary",
-            Self::Secondary => "secondary",
-        })
-    }
 }
 
 /// The MCU's fuses and flash.
@@ -84,56 +58,6 @@ pub(crate) struct McuState {
     /// The primary slot's trailer after a test swap: copied, not yet confirmed (`image_ok`
     /// unset). The next boot reverts unless [`SimDevice::confirm_image`] is called first.
     pub(crate) unconfirmed: bool,
-}
-
-/// What a boot did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BootOutcome {
-    /// The primary image was verified and booted.
-    Verified {
-        /// The part's security counter after boot.
-        counter: u32,
-        /// The SHA-256 of the booted image (its `IMAGE_TLV_SHA256`).
-        image_hash: [u8; 32],
-        /// What happened to an update or an unconfirmed image first.
-        swap: SwapOutcome,
-    },
-    /// No root of trust is programmed (development part): the image booted unverified.
-    Unverified,
-}
-
-/// What a boot did before booting the primary image.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SwapOutcome {
-    /// Nothing pending.
-    None,
-    /// The update in the secondary slot was installed; `test` when it must still confirm
-    /// itself.
-    Installed {
-        /// Installed for one boot only, until confirmed.
-        test: bool,
-    },
-    /// The unconfirmed image was swapped back for the previous one.
-    Reverted,
-    /// The update was refused and erased; the previous image boots.
-    Refused(ImageRefusal),
-}
-
-/// Why secure boot refused an image.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ImageRefusal {
-    /// The image does not verify (layout, key, hash, signature, decryption, no counter).
-    #[error(transparent)]
-    Image(#[from] trustfab_firmware::VerifyError),
-    /// The image's security counter is below the part's.
-    #[error("image security counter {image} is below the device's {device}")]
-    Rollback {
-        /// The image's counter.
-        image: u32,
-        /// The part's counter.
-        device: u32,
-    },
 }
 
 impl SimDevice {

@@ -26,6 +26,7 @@ use crate::device::{
     Zone,
 };
 use crate::error::{Error, Op, Refusal, Status};
+use crate::secure_boot::SecureBoot;
 use crate::vendor::{generate_pair, public_of};
 
 pub use layout::{default_layout, COUNTERS, COUNTER_LIMIT};
@@ -599,9 +600,18 @@ impl Device for SimDevice {
         })
     }
 
-    // The secure MCU's commands are inherent methods too (usable without the trait in scope);
-    // the trait's are the same commands.
+    fn secure_boot(&mut self) -> Option<&mut dyn SecureBoot> {
+        if self.kind == DeviceKind::SecureMcu {
+            Some(self)
+        } else {
+            None
+        }
+    }
+}
 
+// The secure MCU's commands are inherent methods too (usable without the trait in scope); the
+// trait's are the same commands, and a secure element refuses each as `Refusal::Unsupported`.
+impl SecureBoot for SimDevice {
     fn program_rot_hash(&mut self, hash: &[u8; 32]) -> Result<(), Error> {
         Self::program_rot_hash(self, hash)
     }
