@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::flow::Step;
 use crate::state::Shared;
 
-/// A progress snapshot, given to the callback of [`RunOptions::progress`].
+/// A progress snapshot, given to the callback of [`RunOptions::progress`](crate::RunOptions::progress).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Devices of the job that are good (earlier runs included).
