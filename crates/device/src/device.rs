@@ -1,6 +1,7 @@
-//! The device interface a station drives through a programmer's socket, and the types of its
-//! answers. The interface has no method that returns a private key: a key is generated inside the
-//! device and used there (DESIGN.md property 6).
+//! The device interface a station drives through a programmer's socket (the identity services of
+//! every part; a secure MCU's boot stage is `crate::secure_boot`), and the types of its answers.
+//! The interface has no method that returns a private key: a key is generated inside the device
+//! and used there (DESIGN.md property 6).
 
 use std::fmt;
 
@@ -140,7 +141,9 @@ impl std::str::FromStr for DeviceKind {
 ///
 /// Every method talks to the device, so every method can fail with a socket fault
 /// ([`Error::NoContact`], [`Error::PowerLoss`], ...) besides the device's own refusals.
-/// No method returns private key material.
+/// No method returns private key material. These are the identity services every part has; a
+/// secure MCU's boot stage is the separate [`SecureBoot`] trait, reached through
+/// [`Device::secure_boot`].
 pub trait Device: Send {
     /// The kind of part.
     fn kind(&self) -> DeviceKind;
