@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 
+pub mod binding;
 mod error;
 pub mod job;
+pub mod package;
 pub mod records;
 
 pub use error::JobError;

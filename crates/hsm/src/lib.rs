@@ -24,6 +24,7 @@ pub use client::HsmClient;
 pub use error::{ImportError, InitError, IssueError, JobOpError};
 pub use jobs::{DeviceOutcome, JobStatus, Reservation};
 pub use records::IssuanceRecord;
+pub use trustfab_formats::binding::{family_delivery_info, family_wrap_info, wrap_info};
 
 /// Token label of the HSM identity key (signs requests, reports, checkpoints).
 pub const IDENTITY_LABEL: &str = "hsm-identity";
@@ -301,7 +302,7 @@ impl Hsm {
     /// # Errors
     /// An [`ImportError`] naming the first check that failed; nothing is imported then.
     pub fn import(&self, bytes: &[u8]) -> Result<Imported, ImportError> {
-        let verified = trustfab_package::open(bytes)?;
+        let verified = trustfab_formats::package::open(bytes)?;
         let c = verified.contents();
         let fingerprint = self.fingerprint.ok_or(ImportError::NoIdentity)?;
         if c.target_hsm != fingerprint {
@@ -1160,37 +1161,12 @@ fn sign_record(
     })
 }
 
-/// What the key wrap of a package binds: its id and the target HSM.
-pub fn wrap_info(package_id: &[u8; 16], hsm_fingerprint: &[u8; 32]) -> Vec<u8> {
-    let mut v = b"trustfab-package-key-v1".to_vec();
-    v.extend_from_slice(package_id);
-    v.extend_from_slice(hsm_fingerprint);
-    v
-}
-
-/// What the family key's wrap in a package binds: its id and the target HSM.
-pub fn family_wrap_info(package_id: &[u8; 16], hsm_fingerprint: &[u8; 32]) -> Vec<u8> {
-    let mut v = b"trustfab-package-family-key-v1".to_vec();
-    v.extend_from_slice(package_id);
-    v.extend_from_slice(hsm_fingerprint);
-    v
-}
-
-/// What a family key delivered to a device binds: the product and the device.
-pub fn family_delivery_info(product: &str, uid: &DeviceUid) -> Vec<u8> {
-    let mut v = b"trustfab-family-key-delivery-v1".to_vec();
-    v.extend_from_slice(product.as_bytes());
-    v.push(0);
-    v.extend_from_slice(uid.as_bytes());
-    v
-}
-
-type CheckedFirmware<'a> = (&'a trustfab_package::Firmware, Option<WrappedKey>);
+type CheckedFirmware<'a> = (&'a trustfab_formats::package::Firmware, Option<WrappedKey>);
 
 /// The package's firmware section, checked: the family key (if any) is a P-256 key wrapped for
 /// this package and this HSM.
 fn check_firmware<'a>(
-    fw: &'a trustfab_package::Firmware,
+    fw: &'a trustfab_formats::package::Firmware,
     package_id: &[u8; 16],
     fingerprint: &[u8; 32],
 ) -> Result<CheckedFirmware<'a>, ImportError> {

@@ -12,8 +12,8 @@ use std::io::{BufRead, Read, Write};
 
 use aws_lc_rs::digest::{Context, SHA256};
 use ciborium::Value;
+use trustfab_formats::package::Contents;
 use trustfab_ledger::{record_hash, CounterOp, Kind, Record};
-use trustfab_package::Contents;
 use trustfab_pki::{HsmCertificates, HsmIdentity, Policy, PublicKey, Purpose};
 use trustfab_types::UnixTime;
 

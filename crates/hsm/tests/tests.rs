@@ -9,9 +9,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use trustfab_formats::package::{Contents, SerialRange};
 use trustfab_hsm::{product_key, DeviceKey, Hsm, ImportError, IssueError};
 use trustfab_ledger_sqlite::SqliteStore;
-use trustfab_package::{Contents, SerialRange};
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{
     validate, Curve, HsmCertificates, HsmIdentity, Policy, PublicKey, Purpose, Signer, SoftKey,
@@ -369,7 +369,9 @@ mod crash {
         assert_eq!(check_count(&dir, &returned, 10_000), 10_000);
         let mut report = Vec::new();
         s.hsm.report("acme/thermo", &mut report).unwrap();
-        let order = trustfab_package::open(&package).unwrap().into_contents();
+        let order = trustfab_formats::package::open(&package)
+            .unwrap()
+            .into_contents();
         let summary =
             trustfab_hsm::report::verify_report(&report[..], &vendor.root, &[order], NOW).unwrap();
         assert_eq!(summary.certificates, 10_000);
@@ -531,7 +533,9 @@ mod report {
         }
         let mut report = Vec::new();
         s.hsm.report("acme/thermo", &mut report).unwrap();
-        let order = trustfab_package::open(&p1).unwrap().into_contents();
+        let order = trustfab_formats::package::open(&p1)
+            .unwrap()
+            .into_contents();
         Made {
             report,
             orders: vec![order],
@@ -743,7 +747,8 @@ mod report {
 fn report_fuzz_seeds_verify() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/report");
     let report = std::fs::read(dir.join("demo.report")).unwrap();
-    let order = trustfab_package::open(&std::fs::read(dir.join("demo.order")).unwrap()).unwrap();
+    let order =
+        trustfab_formats::package::open(&std::fs::read(dir.join("demo.order")).unwrap()).unwrap();
     let root = trustfab_pki::pem::decode_one(
         &std::fs::read_to_string(dir.join("vendor-root.pem")).unwrap(),
         "CERTIFICATE",
