@@ -12,7 +12,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     ) else {
         return;
     };
-    let _ = trustfab_hsm::report::verify_report(
+    let _ = trustfab_formats::report::verify_report(
         data,
         &root,
         &[order.into_contents()],

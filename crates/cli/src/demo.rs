@@ -270,7 +270,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         &files::read_text(&vendor_dir.join("root.pem"), 64 * 1024)?,
         "CERTIFICATE",
     )?;
-    let summary = trustfab_hsm::report::verify_report(
+    let summary = trustfab_formats::report::verify_report(
         std::io::BufReader::new(std::fs::File::open(&report_path)?),
         &vendor_root,
         &[order.into_contents()],

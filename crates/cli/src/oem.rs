@@ -578,7 +578,7 @@ fn verify_report(report: &Path, orders: &[PathBuf], vendor_root: &Path) -> Resul
     }
     let file =
         std::fs::File::open(report).with_context(|| format!("opening {}", report.display()))?;
-    let s = trustfab_hsm::report::verify_report(
+    let s = trustfab_formats::report::verify_report(
         std::io::BufReader::new(file),
         &root,
         &contents,

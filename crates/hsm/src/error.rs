@@ -181,7 +181,7 @@ pub enum IssueError {
     NoIdentity,
     /// Writing a report failed.
     #[error(transparent)]
-    Report(#[from] crate::report::ReportError),
+    Report(#[from] trustfab_formats::report::ReportError),
     /// A ledger error.
     #[error(transparent)]
     Ledger(trustfab_ledger::Error),

@@ -373,7 +373,8 @@ mod crash {
             .unwrap()
             .into_contents();
         let summary =
-            trustfab_hsm::report::verify_report(&report[..], &vendor.root, &[order], NOW).unwrap();
+            trustfab_formats::report::verify_report(&report[..], &vendor.root, &[order], NOW)
+                .unwrap();
         assert_eq!(summary.certificates, 10_000);
     }
 
@@ -502,7 +503,7 @@ mod crash {
 mod report {
     use super::*;
     use ciborium::Value;
-    use trustfab_hsm::report::{verify_report, ReportError, ReportSummary};
+    use trustfab_formats::report::{verify_report, ReportError, ReportSummary};
 
     struct Made {
         report: Vec<u8>,
@@ -756,9 +757,11 @@ fn report_fuzz_seeds_verify() {
     .unwrap();
     let orders = [order.into_contents()];
     let at = UnixTime(orders[0].not_before.0 + 3600);
-    let s = trustfab_hsm::report::verify_report(&report[..], &root, &orders, at).unwrap();
+    let s = trustfab_formats::report::verify_report(&report[..], &root, &orders, at).unwrap();
     assert_eq!(s.certificates, 3);
     for cut in (0..report.len()).step_by(97) {
-        assert!(trustfab_hsm::report::verify_report(&report[..cut], &root, &orders, at).is_err());
+        assert!(
+            trustfab_formats::report::verify_report(&report[..cut], &root, &orders, at).is_err()
+        );
     }
 }

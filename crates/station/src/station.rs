@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 use trustfab_device::sim::{BootOutcome, BootSlot, SwapOutcome, UpdateRequest};
 use trustfab_device::{Device, Error as DeviceError, SlotKind, Zone};
-use trustfab_formats::records::{Bytes, DeviceFailed, DeviceGood};
+use trustfab_formats::records::{Bytes, DeviceFailed, DeviceGood, Digest};
 use trustfab_formats::{JobFirmware, JobSpec, LockPolicy, PartKind};
 use trustfab_hsm::{DeviceKey, DeviceOutcome, HsmClient, IssueError, Issued, Reservation};
 use trustfab_pki::{validate, Policy, PublicKey, Purpose};
@@ -951,7 +951,7 @@ fn provision<D: Device>(sh: &Shared<'_>, dev: &mut D, issue_tx: &Sender<IssueReq
         job: spec.job_id.clone(),
         uid: Bytes(uid.as_bytes().to_vec()),
         serial: Bytes(issued.serial.as_be_bytes().to_vec()),
-        cert_sha256: Bytes(sha256(&cert).to_vec()),
+        cert_sha256: Digest(sha256(&cert)),
         resumed,
     })
 }
