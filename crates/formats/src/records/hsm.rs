@@ -1,4 +1,4 @@
-//! The bodies of the HSM's product, package and issuance records: canonical CBOR maps with small
+//! The bodies of the HSM's product, package and issuance records: deterministic CBOR maps with small
 //! unsigned integer keys (`docs/ledger.md`, "Record bodies"). Bodies hold ids, public data and
 //! fingerprints, never a secret.
 
@@ -176,7 +176,7 @@ impl Fields {
 }
 
 impl ProductDef {
-    /// Canonical CBOR.
+    /// The body's CBOR, byte for byte as the earlier release wrote it.
     pub fn encode(&self) -> Vec<u8> {
         let mut m = vec![
             (int(0), Value::Text(self.oem.clone())),
@@ -259,7 +259,7 @@ impl ProductDef {
 }
 
 impl PackageImported {
-    /// Canonical CBOR.
+    /// The body's CBOR, byte for byte as the earlier release wrote it.
     pub fn encode(&self) -> Vec<u8> {
         to_bytes(&Value::Map(vec![
             (int(0), Value::Bytes(self.package_id.to_vec())),
@@ -287,7 +287,7 @@ impl PackageImported {
 }
 
 impl IssuanceRecord {
-    /// Canonical CBOR.
+    /// The body's CBOR, byte for byte as the earlier release wrote it.
     pub fn encode(&self) -> Vec<u8> {
         let mut m = vec![
             (int(0), Value::Text(self.product.clone())),
