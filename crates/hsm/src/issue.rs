@@ -61,7 +61,7 @@ impl Hsm {
 
     /// Issues certificates for a batch of devices of one product outside any job, spending
     /// from the product's count directly: the HSM operator's own issuance (`trustfab hsm
-    /// issue`). Stations hold only an [`HsmClient`], which has no such call.
+    /// issue`). Stations hold only an [`HsmClient`](crate::HsmClient), which has no such call.
     ///
     /// The count is spent and every issuance recorded in ONE ledger append before any
     /// signature is made; the batch succeeds or fails whole. A UID issued before (by any
