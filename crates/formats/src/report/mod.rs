@@ -336,3 +336,90 @@ pub fn verify_signature(key: &PublicKey, message: &[u8], der: &[u8]) -> Result<(
 pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{encode, Bytes, Digest, JobClosed, JobCreated};
+
+    fn record(kind: Kind, body: Vec<u8>) -> Record {
+        Record {
+            seq: 1,
+            kind,
+            body,
+            effects: Vec::new(),
+            prev_hash: [0; 32],
+            hash: [0; 32],
+        }
+    }
+
+    #[test]
+    fn a_record_names_its_product_through_its_typed_body() {
+        let mut jobs = HashMap::new();
+        let created = encode(&JobCreated {
+            job: "j1".into(),
+            product: "acme/thermo".into(),
+            quantity: 5,
+            package_sha256: Digest([1; 32]),
+            time: 0,
+        });
+        let good = encode(&DeviceGood {
+            job: "j1".into(),
+            uid: Bytes(vec![1]),
+            serial: Bytes(vec![2]),
+            cert_sha256: Digest([3; 32]),
+            resumed: false,
+        });
+        // A device record of a job not seen yet belongs to no product.
+        let r = record(Kind::DeviceLocked, good.clone());
+        assert_eq!(product_of(&r, &mut jobs), None);
+        let r = record(Kind::JobCreated, created);
+        assert_eq!(product_of(&r, &mut jobs).as_deref(), Some("acme/thermo"));
+        for kind in [Kind::DeviceProgrammed, Kind::DeviceLocked] {
+            let r = record(kind, good.clone());
+            assert_eq!(product_of(&r, &mut jobs).as_deref(), Some("acme/thermo"));
+        }
+        let closed = encode(&JobClosed {
+            job: "j2".into(),
+            product: "acme/gateway".into(),
+            quantity: 1,
+            issued: 0,
+            good: 0,
+            failed_after_issue: 0,
+            credited: 1,
+            time: 0,
+        });
+        let r = record(Kind::JobClosed, closed);
+        assert_eq!(product_of(&r, &mut jobs).as_deref(), Some("acme/gateway"));
+        let imported = PackageImported {
+            package_id: [0; 16],
+            hsm_fingerprint: [0; 32],
+            product: "acme/thermo".into(),
+            count: 1,
+            time: UnixTime(0),
+        }
+        .encode();
+        let r = record(Kind::ProductToppedUp, imported);
+        assert_eq!(product_of(&r, &mut jobs).as_deref(), Some("acme/thermo"));
+        // A body that does not decode, and a checkpoint, name no product.
+        let r = record(Kind::JobCreated, b"\xa1\x67product\x61x".to_vec());
+        assert_eq!(product_of(&r, &mut jobs), None);
+        assert_eq!(
+            product_of(&record(Kind::Checkpoint, Vec::new()), &mut jobs),
+            None
+        );
+    }
+
+    #[test]
+    fn the_signed_message_is_label_digest_head_and_totals() {
+        let totals = Totals {
+            ordered: 3,
+            issued: 2,
+            remaining: 1,
+        };
+        let m = signed_message(&[7; 32], 9, &[8; 32], &totals);
+        assert_eq!(m.len(), SIGNATURE_LABEL.len() + 32 + 8 + 32 + 24);
+        assert!(m.starts_with(b"trustfab-report-v1"));
+        assert!(m.ends_with(&[0, 0, 0, 0, 0, 0, 0, 1]));
+    }
+}
