@@ -7,12 +7,12 @@ static VENDOR_ROOT: &str = include_str!("../seeds/report/vendor-root.pem");
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let (Ok(order), Ok(root)) = (
-        trustfab_package::open(ORDER),
+        trustfab_formats::package::open(ORDER),
         trustfab_pki::pem::decode_one(VENDOR_ROOT, "CERTIFICATE"),
     ) else {
         return;
     };
-    let _ = trustfab_hsm::report::verify_report(
+    let _ = trustfab_formats::report::verify_report(
         data,
         &root,
         &[order.into_contents()],

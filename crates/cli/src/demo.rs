@@ -143,7 +143,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     let hsm = hsm::open(&hsm_at)?;
     let imported = hsm.import(&files::read_limited(
         &package,
-        trustfab_package::PACKAGE_MAX,
+        trustfab_formats::package::PACKAGE_MAX,
     )?)?;
     println!(
         "6. HSM imported it: product {} with count {} (signing key unwrapped inside the token; ledger record {})",
@@ -151,7 +151,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     );
     match hsm.import(&files::read_limited(
         &package,
-        trustfab_package::PACKAGE_MAX,
+        trustfab_formats::package::PACKAGE_MAX,
     )?) {
         Err(e) => println!("   importing it again is refused: {e}"),
         Ok(_) => anyhow::bail!("a second import of the same package was accepted"),
@@ -262,15 +262,15 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         "acme/thermostat-v2",
         std::io::BufWriter::new(std::fs::File::create(&report_path)?),
     )?;
-    let order = trustfab_package::open(&files::read_limited(
+    let order = trustfab_formats::package::open(&files::read_limited(
         &package,
-        trustfab_package::PACKAGE_MAX,
+        trustfab_formats::package::PACKAGE_MAX,
     )?)?;
     let vendor_root = pem::decode_one(
         &files::read_text(&vendor_dir.join("root.pem"), 64 * 1024)?,
         "CERTIFICATE",
     )?;
-    let summary = trustfab_hsm::report::verify_report(
+    let summary = trustfab_formats::report::verify_report(
         std::io::BufReader::new(std::fs::File::open(&report_path)?),
         &vendor_root,
         &[order.into_contents()],
@@ -312,7 +312,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     })?;
     let imported = hsm.import(&files::read_limited(
         &mcu_package,
-        trustfab_package::PACKAGE_MAX,
+        trustfab_formats::package::PACKAGE_MAX,
     )?)?;
     println!(
         "   OEM wrapped product {} with its firmware (root-of-trust key hash; family key wrapped for the HSM like the signing key): {}; the HSM imported it",

@@ -26,7 +26,7 @@ const TOKEN_FILE: &str = "token";
 const LEDGER_FILE: &str = "ledger.sqlite";
 const IDENTITY_FILE: &str = "identity.pem";
 /// The largest package accepted from a file.
-const PACKAGE_FILE_MAX: usize = trustfab_package::PACKAGE_MAX;
+const PACKAGE_FILE_MAX: usize = trustfab_formats::package::PACKAGE_MAX;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum HsmCommand {

@@ -714,7 +714,7 @@ fn bench_site(
         &wrap_info(&package_id, &identity.fingerprint),
     )?;
     let (oem, product) = BENCH_PRODUCT.split_once('/').unwrap_or(("acme", "bench"));
-    let contents = trustfab_package::Contents {
+    let contents = trustfab_formats::package::Contents {
         package_id,
         target_hsm: identity.fingerprint,
         oem_id: OemId::new(oem)?,
@@ -728,7 +728,7 @@ fn bench_site(
         device_ca_cert: Some(device_ca),
         wrapped_signing_key: wrapped.to_bytes(),
         firmware: match fw {
-            Some(fw) => Some(trustfab_package::Firmware {
+            Some(fw) => Some(trustfab_formats::package::Firmware {
                 family: "bench".into(),
                 boot_key_hash: fw.boot_key_hash,
                 wrapped_family_key: Some(
@@ -743,7 +743,7 @@ fn bench_site(
             None => None,
         },
     };
-    hsm.import(&trustfab_package::seal(&contents, &root_key)?)?;
+    hsm.import(&trustfab_formats::package::seal(&contents, &root_key)?)?;
     Ok(hsm)
 }
 

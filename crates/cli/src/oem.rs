@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use trustfab_package::{Contents, SerialRange};
+use trustfab_formats::package::{Contents, SerialRange};
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{
     pem, Curve, DeviceRequest, HsmCertificates, HsmIdentity, Policy, PublicKey, Purpose, Reason,
@@ -109,7 +109,7 @@ fn firmware_section(
     package_id: &[u8; 16],
     fingerprint: &[u8; 32],
     pass: &trustfab_types::Passphrase,
-) -> Result<Option<trustfab_package::Firmware>> {
+) -> Result<Option<trustfab_formats::package::Firmware>> {
     let (Some(family), Some(boot_key)) = (&a.family, &a.boot_key) else {
         return Ok(None);
     };
@@ -138,7 +138,7 @@ fn firmware_section(
         }
         None => None,
     };
-    Ok(Some(trustfab_package::Firmware {
+    Ok(Some(trustfab_formats::package::Firmware {
         family: family.clone(),
         boot_key_hash: trustfab_firmware::key_hash(&boot_key),
         wrapped_family_key,
@@ -201,7 +201,7 @@ pub(crate) fn wrap(a: &WrapArgs) -> Result<String> {
         wrapped_signing_key: wrapped.to_bytes(),
         firmware,
     };
-    let bytes = trustfab_package::seal(&contents, &root_key)?;
+    let bytes = trustfab_formats::package::seal(&contents, &root_key)?;
     files::write_new(&a.out, &bytes, false)?;
     Ok(format!(
         "package {} for HSM {} ({}): product {}, count {}, {} bytes, written to {}",
@@ -570,15 +570,15 @@ fn verify_report(report: &Path, orders: &[PathBuf], vendor_root: &Path) -> Resul
     .with_context(|| format!("reading {}", vendor_root.display()))?;
     let mut contents = Vec::with_capacity(orders.len());
     for o in orders {
-        let bytes = files::read_limited(o, trustfab_package::PACKAGE_MAX)
+        let bytes = files::read_limited(o, trustfab_formats::package::PACKAGE_MAX)
             .with_context(|| format!("reading {}", o.display()))?;
-        let verified =
-            trustfab_package::open(&bytes).with_context(|| format!("order {}", o.display()))?;
+        let verified = trustfab_formats::package::open(&bytes)
+            .with_context(|| format!("order {}", o.display()))?;
         contents.push(verified.into_contents());
     }
     let file =
         std::fs::File::open(report).with_context(|| format!("opening {}", report.display()))?;
-    let s = trustfab_hsm::report::verify_report(
+    let s = trustfab_formats::report::verify_report(
         std::io::BufReader::new(file),
         &root,
         &contents,

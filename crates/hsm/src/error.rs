@@ -29,7 +29,7 @@ pub enum InitError {
 pub enum ImportError {
     /// The package does not decode or its signature does not verify under its OEM root.
     #[error(transparent)]
-    Package(#[from] trustfab_package::Error),
+    Package(#[from] trustfab_formats::package::Error),
     /// The HSM has no installed identity certificates, so no package can name it.
     #[error(
         "this HSM has no identity certificates installed (run `trustfab hsm install-identity`)"
@@ -181,7 +181,7 @@ pub enum IssueError {
     NoIdentity,
     /// Writing a report failed.
     #[error(transparent)]
-    Report(#[from] crate::report::ReportError),
+    Report(#[from] trustfab_formats::report::ReportError),
     /// A ledger error.
     #[error(transparent)]
     Ledger(trustfab_ledger::Error),

@@ -166,7 +166,7 @@ impl Hsm {
             job: s.job_id.clone(),
             product: s.product.clone(),
             quantity: s.quantity,
-            package_sha256: records::Bytes(package.digest().to_vec()),
+            package_sha256: records::Digest(package.digest()),
             time: s.created_at,
         };
         let append = Append::record(Kind::JobCreated, records::encode(&body))
@@ -238,7 +238,7 @@ impl Hsm {
             .next()
             .ok_or_else(bad)?;
         let r = raw.into_record().map_err(JobOpError::Ledger)?;
-        let b: JobCreated = records::decode(&r.body).ok_or_else(bad)?;
+        let b: JobCreated = records::decode(&r.body).map_err(|_| bad())?;
         if r.kind != Kind::JobCreated || b.job != id || b.package_sha256.0 != package.digest() {
             return Err(JobOpError::OtherPackage { job: id.into() });
         }
@@ -304,7 +304,7 @@ impl Hsm {
             let rec = rec.map_err(JobOpError::Ledger)?;
             match rec.kind {
                 Kind::CreditBack if r.legacy => {
-                    if let Some(b) = records::decode::<CreditBack>(&rec.body) {
+                    if let Ok(b) = records::decode::<CreditBack>(&rec.body) {
                         if b.job == id && b.reason == CreditReason::Release {
                             released = released.saturating_add(b.n);
                             released_uids.extend(b.uids.into_iter().map(|u| u.0));
@@ -312,7 +312,7 @@ impl Hsm {
                     }
                 }
                 Kind::CertificateIssued => {
-                    if let Some(i) = IssuanceRecord::decode(&rec.body) {
+                    if let Ok(i) = IssuanceRecord::decode(&rec.body) {
                         let ours = match &i.job {
                             Some(j) => j == id,
                             None => r.legacy && released_uids.contains(i.uid.as_bytes()),
@@ -323,14 +323,14 @@ impl Hsm {
                     }
                 }
                 Kind::DeviceLocked => {
-                    if let Some(b) = records::decode::<DeviceGood>(&rec.body) {
+                    if let Ok(b) = records::decode::<DeviceGood>(&rec.body) {
                         if b.job == id {
                             st.good.insert(b.uid.0);
                         }
                     }
                 }
                 Kind::DeviceFailed => {
-                    if let Some(b) = records::decode::<DeviceFailed>(&rec.body) {
+                    if let Ok(b) = records::decode::<DeviceFailed>(&rec.body) {
                         if b.job == id {
                             st.failures += 1;
                         }

@@ -1,675 +1,78 @@
-//! The production report (`docs/report.md`): what an HSM issued for one product, streamed record
-//! by record and signed by the HSM identity, and the OEM-side verification against its orders.
-//!
-//! A report is a CBOR sequence (RFC 8742): a header, one item per ledger record from 1 to the
-//! head, and a signed trailer. The product's own records are in full (body, effects, stored hash)
-//! and each certificate issuance carries its certificate; records of other products carry only
-//! their sequence number and hashes, so the chain can be followed without revealing another
-//! OEM's production. Nothing is held in memory per record but the duplicate-detection sets.
+//! The HSM's side of the production report (`docs/report.md`): walk the ledger up to a fresh
+//! checkpoint and sign. The wire format and the OEM's verification are `trustfab_formats::report`.
 
-use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, Read, Write};
+use std::collections::HashMap;
 
-use aws_lc_rs::digest::{Context, SHA256};
-use ciborium::Value;
-use trustfab_ledger::{record_hash, CounterOp, Kind, Record};
-use trustfab_package::Contents;
-use trustfab_pki::{HsmCertificates, HsmIdentity, Policy, PublicKey, Purpose};
-use trustfab_types::UnixTime;
+use trustfab_formats::records::IssuanceRecord;
+use trustfab_formats::report::{self, ReportError, ReportWriter, Totals};
+use trustfab_ledger::Kind;
+use trustfab_pki::{Issuer, PublicKey};
+use trustfab_token::TokenSigner;
 
-use crate::hex;
-use crate::records::{IssuanceRecord, ProductDef};
+use crate::issue::sign_record;
+use crate::{Hsm, IssueError};
 
-/// The report format version this build writes and reads.
-pub const REPORT_VERSION: u64 = 1;
-/// The largest single item of a report (a record with its certificate, or the header).
-pub const ITEM_MAX: u64 = 256 * 1024;
-const SIGNATURE_LABEL: &[u8] = b"trustfab-report-v1";
-
-/// Why a report was refused by the OEM. Each variant names what failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ReportError {
-    /// An item does not decode.
-    #[error("report item {index}: {what}")]
-    Format {
-        /// 0-based item position in the stream.
-        index: u64,
-        /// What is wrong.
-        what: String,
-    },
-    /// The report's version is not one this build reads.
-    #[error("report version {found} is not supported; this build reads version {REPORT_VERSION}")]
-    Version {
-        /// The version found.
-        found: u64,
-    },
-    /// The HSM identity does not chain to the vendor root.
-    #[error("the HSM identity does not validate to the vendor root: {0}")]
-    Identity(trustfab_pki::Error),
-    /// The report is for another product or OEM root than the orders.
-    #[error("the report does not match the orders: {0}")]
-    Order(String),
-    /// A record breaks the chain: removed, changed, reordered or inserted.
-    #[error("ledger record {seq}: {what}")]
-    Record {
-        /// The first bad record.
-        seq: u64,
-        /// What is wrong with it.
-        what: String,
-    },
-    /// A certificate in the report is wrong.
-    #[error("ledger record {seq}: certificate: {what}")]
-    Certificate {
-        /// The record that carries it.
-        seq: u64,
-        /// What is wrong.
-        what: String,
-    },
-    /// The trailer's signature does not verify under the HSM identity key.
-    #[error("report signature does not verify under the HSM identity")]
-    Signature,
-    /// The totals do not add up.
-    #[error("totals: {0}")]
-    Totals(String),
-    /// Reading or writing failed.
-    #[error("report I/O: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-fn int(n: u64) -> Value {
-    Value::Integer(n.into())
-}
-
-/// Writes CBOR items while hashing every byte.
-pub(crate) struct ItemWriter<W: Write> {
-    out: W,
-    digest: Context,
-}
-
-impl<W: Write> ItemWriter<W> {
-    pub(crate) fn new(out: W) -> Self {
-        Self {
-            out,
-            digest: Context::new(&SHA256),
-        }
-    }
-
-    pub(crate) fn item(&mut self, v: &Value) -> Result<(), ReportError> {
-        let mut buf = Vec::new();
-        ciborium::into_writer(v, &mut buf).map_err(|e| ReportError::Format {
-            index: 0,
-            what: e.to_string(),
-        })?;
-        self.digest.update(&buf);
-        self.out.write_all(&buf)?;
-        Ok(())
-    }
-
-    pub(crate) fn digest(&self) -> [u8; 32] {
-        let mut d = [0u8; 32];
-        d.copy_from_slice(self.digest.clone().finish().as_ref());
-        d
-    }
-
-    pub(crate) fn finish(mut self, trailer: &Value) -> Result<W, ReportError> {
-        let mut buf = Vec::new();
-        ciborium::into_writer(trailer, &mut buf).map_err(|e| ReportError::Format {
-            index: 0,
-            what: e.to_string(),
-        })?;
-        self.out.write_all(&buf)?;
-        self.out.flush()?;
-        Ok(self.out)
-    }
-}
-
-/// The message the HSM identity signs: the digest of every item before the trailer and the
-/// totals the trailer states.
-pub(crate) fn signed_message(
-    digest: &[u8; 32],
-    head_seq: u64,
-    head_hash: &[u8],
-    totals: &Totals,
-) -> Vec<u8> {
-    let mut m = SIGNATURE_LABEL.to_vec();
-    m.extend_from_slice(digest);
-    m.extend_from_slice(&head_seq.to_be_bytes());
-    m.extend_from_slice(head_hash);
-    for n in [totals.ordered, totals.issued, totals.remaining] {
-        m.extend_from_slice(&n.to_be_bytes());
-    }
-    m
-}
-
-/// A product's counter as the HSM states it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Totals {
-    /// Created plus topped up.
-    pub ordered: u64,
-    /// Spent.
-    pub issued: u64,
-    /// Left.
-    pub remaining: u64,
-}
-
-impl Totals {
-    /// Applies the counter operations an append carried (its first record's effects) for
-    /// `product`: create and top-up add to `ordered`, spend adds to `issued`, credit takes back.
-    pub(crate) fn apply(&mut self, effects: &[u8], product: &str) -> Result<(), String> {
-        let (ops, _) = trustfab_ledger::decode_effects(effects).map_err(|e| e.to_string())?;
-        for op in ops {
-            if op.product() != product {
-                continue;
+impl Hsm {
+    /// Writes the production report of `product` to `out` (`docs/report.md`): a checkpoint is
+    /// appended first, the whole ledger is verified under this HSM's key, then every record up to
+    /// that checkpoint is streamed, the product's own in full with their certificates.
+    ///
+    /// # Errors
+    /// [`IssueError::UnknownProduct`], a ledger that does not verify, or an I/O error.
+    pub fn report<W: std::io::Write>(&self, product: &str, out: W) -> Result<Totals, IssueError> {
+        let p = self.product(product)?;
+        let certs = self.certs.as_ref().ok_or(IssueError::NoIdentity)?;
+        let checkpoint = self.checkpoint()?;
+        self.verify_ledger()?;
+        let signer = TokenSigner::new(&*self.token, p.signing_key)?;
+        let issuer = Issuer::new(&p.issuer_cert, &signer).map_err(IssueError::Sign)?;
+        let mut w = ReportWriter::new(out);
+        w.item(&report::header(&p.key, certs, &p.def, self.clock.now()))?;
+        let mut jobs = HashMap::new();
+        let mut totals = Totals::default();
+        let mut head_hash = trustfab_ledger::GENESIS_HASH;
+        for r in self.ledger.records(1) {
+            let r = r.map_err(IssueError::Ledger)?;
+            if r.seq > checkpoint.seq {
+                break;
             }
-            match op {
-                CounterOp::Create { count: n, .. } | CounterOp::TopUp { n, .. } => {
-                    self.ordered = self.ordered.checked_add(n).ok_or("ordered overflows")?;
-                }
-                CounterOp::Spend { n, .. } => {
-                    self.issued = self.issued.checked_add(n).ok_or("issued overflows")?;
-                }
-                CounterOp::Credit { n, .. } => {
-                    self.issued = self
-                        .issued
-                        .checked_sub(n)
-                        .ok_or("credit exceeds what was spent")?;
-                }
-            }
-        }
-        self.remaining = self.ordered.saturating_sub(self.issued);
-        Ok(())
-    }
-}
-
-/// Which product a record concerns. Records of the HSM name it; the station's name it or name
-/// their job, whose `JobCreated` (seen earlier in the chain, recorded in `jobs`) names it.
-pub(crate) fn product_of(r: &Record, jobs: &mut HashMap<String, String>) -> Option<String> {
-    use crate::records::{imported_product, text_field};
-    match r.kind {
-        Kind::CertificateIssued => IssuanceRecord::decode(&r.body).map(|x| x.product),
-        Kind::ProductCreated => {
-            ProductDef::decode(&r.body).map(|d| format!("{}/{}", d.oem, d.product))
-        }
-        Kind::PackageImported | Kind::ProductToppedUp => imported_product(&r.body),
-        Kind::Checkpoint => None,
-        _ => {
-            let product = text_field(&r.body, "product");
-            let job = text_field(&r.body, "job");
-            match (product, job) {
-                (Some(p), Some(j)) => {
-                    jobs.insert(j, p.clone());
-                    Some(p)
-                }
-                (Some(p), None) => Some(p),
-                (None, Some(j)) => jobs.get(&j).cloned(),
-                (None, None) => None,
-            }
-        }
-    }
-}
-
-pub(crate) fn header(
-    product: &str,
-    certs: &HsmCertificates,
-    def: &ProductDef,
-    now: UnixTime,
-) -> Value {
-    Value::Map(vec![
-        (int(0), int(REPORT_VERSION)),
-        (int(1), Value::Text(product.to_owned())),
-        (int(2), Value::Bytes(certs.identity.clone())),
-        (int(3), Value::Bytes(certs.key_transport.clone())),
-        (int(4), int(now.0)),
-        (int(5), Value::Bytes(def.root_cert.clone())),
-        (
-            int(6),
-            def.device_ca_cert.clone().map_or(Value::Null, Value::Bytes),
-        ),
-    ])
-}
-
-pub(crate) fn own_item(r: &Record, cert: Option<Vec<u8>>) -> Value {
-    let mut m = vec![
-        (int(0), int(r.seq)),
-        (int(1), int(u64::from(r.kind.code()))),
-        (int(2), Value::Bytes(r.body.clone())),
-        (int(3), Value::Bytes(r.effects.clone())),
-        (int(4), Value::Bytes(r.prev_hash.to_vec())),
-        (int(5), Value::Bytes(r.hash.to_vec())),
-    ];
-    if let Some(c) = cert {
-        m.push((int(6), Value::Bytes(c)));
-    }
-    Value::Map(m)
-}
-
-pub(crate) fn foreign_item(r: &Record) -> Value {
-    Value::Map(vec![
-        (int(0), int(r.seq)),
-        (int(4), Value::Bytes(r.prev_hash.to_vec())),
-        (int(5), Value::Bytes(r.hash.to_vec())),
-    ])
-}
-
-pub(crate) fn trailer(
-    head_seq: u64,
-    head_hash: &[u8],
-    totals: &Totals,
-    signature: Vec<u8>,
-) -> Value {
-    Value::Map(vec![
-        (int(0), int(head_seq)),
-        (int(1), Value::Bytes(head_hash.to_vec())),
-        (int(2), int(totals.ordered)),
-        (int(3), int(totals.issued)),
-        (int(4), int(totals.remaining)),
-        (int(9), Value::Bytes(signature)),
-    ])
-}
-
-/// What a verified report says.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReportSummary {
-    /// The HSM that signed it.
-    pub hsm_id: String,
-    /// The product.
-    pub product: String,
-    /// Ledger records walked.
-    pub records: u64,
-    /// The product's own records among them.
-    pub own_records: u64,
-    /// Certificates issued, each validated.
-    pub certificates: u64,
-    /// Packages imported for the product.
-    pub packages: u64,
-    /// The counter the HSM signed, equal to the one replayed from the records.
-    pub totals: Totals,
-    /// Units spent but not yet issued as certificates (reserved by open jobs).
-    pub reserved: u64,
-    /// Sum of the orders' counts.
-    pub ordered_by_oem: u64,
-}
-
-struct Item {
-    map: Vec<(u64, Value)>,
-    index: u64,
-}
-
-impl Item {
-    fn get(&self, k: u64) -> Option<&Value> {
-        self.map.iter().find(|(key, _)| *key == k).map(|(_, v)| v)
-    }
-
-    fn bad(&self, what: impl Into<String>) -> ReportError {
-        ReportError::Format {
-            index: self.index,
-            what: what.into(),
-        }
-    }
-
-    fn uint(&self, k: u64) -> Result<u64, ReportError> {
-        self.get(k)
-            .and_then(Value::as_integer)
-            .and_then(|i| u64::try_from(i).ok())
-            .ok_or_else(|| self.bad(format!("field {k} is not an unsigned integer")))
-    }
-
-    fn bytes(&self, k: u64) -> Result<&[u8], ReportError> {
-        self.get(k)
-            .and_then(Value::as_bytes)
-            .map(Vec::as_slice)
-            .ok_or_else(|| self.bad(format!("field {k} is not a byte string")))
-    }
-
-    fn hash(&self, k: u64) -> Result<[u8; 32], ReportError> {
-        self.bytes(k)?
-            .try_into()
-            .map_err(|_| self.bad(format!("field {k} is not a 32-byte hash")))
-    }
-}
-
-/// Reads one item, hashing its bytes; `None` at the clean end of the stream.
-fn read_item<R: BufRead>(
-    r: &mut R,
-    digest: &mut Context,
-    index: u64,
-) -> Result<Option<Item>, ReportError> {
-    if r.fill_buf()?.is_empty() {
-        return Ok(None);
-    }
-    let mut tee = Tee {
-        inner: r.take(ITEM_MAX),
-        digest,
-    };
-    let v: Value = ciborium::from_reader(&mut tee).map_err(|e| ReportError::Format {
-        index,
-        what: format!("not a CBOR item within {ITEM_MAX} bytes ({e})"),
-    })?;
-    let Value::Map(m) = v else {
-        return Err(ReportError::Format {
-            index,
-            what: "not a map".into(),
-        });
-    };
-    let mut map = Vec::with_capacity(m.len());
-    for (k, v) in m {
-        let k = k
-            .as_integer()
-            .and_then(|i| u64::try_from(i).ok())
-            .ok_or(ReportError::Format {
-                index,
-                what: "a key is not an unsigned integer".into(),
-            })?;
-        if map.iter().any(|(x, _)| *x == k) {
-            return Err(ReportError::Format {
-                index,
-                what: format!("key {k} appears twice"),
-            });
-        }
-        map.push((k, v));
-    }
-    Ok(Some(Item { map, index }))
-}
-
-struct Tee<'a, R: Read> {
-    inner: R,
-    digest: &'a mut Context,
-}
-
-impl<R: Read> Read for Tee<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(b) = buf.get(..n) {
-            self.digest.update(b);
-        }
-        Ok(n)
-    }
-}
-
-/// Verifies a report on the OEM's side, streaming: the HSM identity chains to `vendor_root`;
-/// the report is for the orders' product and root; every record links to the one before (the
-/// product's own records are re-hashed); every certificate validates to the OEM root, matches
-/// its issuance record and is for this product; no serial or UID twice; every imported package
-/// is one of the orders; the issued total is within the orders; the HSM's signature covers it
-/// all.
-///
-/// # Errors
-/// The first [`ReportError`] found, naming the record.
-pub fn verify_report<R: BufRead>(
-    mut input: R,
-    vendor_root: &[u8],
-    orders: &[Contents],
-    now: UnixTime,
-) -> Result<ReportSummary, ReportError> {
-    let first_order = orders
-        .first()
-        .ok_or_else(|| ReportError::Order("no order given".into()))?;
-    let product = format!("{}/{}", first_order.oem_id, first_order.product_id);
-    for o in orders {
-        if format!("{}/{}", o.oem_id, o.product_id) != product
-            || o.root_cert != first_order.root_cert
-        {
-            return Err(ReportError::Order(
-                "the orders are for different products or roots".into(),
-            ));
-        }
-    }
-    let ordered_by_oem: u64 = orders.iter().map(|o| o.count).sum();
-    let order_ids: HashSet<[u8; 16]> = orders.iter().map(|o| o.package_id).collect();
-
-    let mut digest = Context::new(&SHA256);
-    let head = read_item(&mut input, &mut digest, 0)?.ok_or_else(|| ReportError::Format {
-        index: 0,
-        what: "empty report".into(),
-    })?;
-    let version = head.uint(0)?;
-    if version != REPORT_VERSION {
-        return Err(ReportError::Version { found: version });
-    }
-    let text = |i: &Item, k| {
-        i.get(k)
-            .and_then(Value::as_text)
-            .map(str::to_owned)
-            .ok_or_else(|| i.bad(format!("field {k} is not text")))
-    };
-    if text(&head, 1)? != product {
-        return Err(ReportError::Order(format!(
-            "the report is for {}, the orders for {product}",
-            text(&head, 1)?
-        )));
-    }
-    let certs = HsmCertificates {
-        identity: head.bytes(2)?.to_vec(),
-        key_transport: head.bytes(3)?.to_vec(),
-    };
-    let identity =
-        HsmIdentity::validate(&certs, vendor_root, now).map_err(ReportError::Identity)?;
-    if head.bytes(5)? != first_order.root_cert.as_slice() {
-        return Err(ReportError::Order(
-            "the report's OEM root is not the orders' root".into(),
-        ));
-    }
-    let root = first_order.root_cert.clone();
-    let intermediates: Vec<Vec<u8>> = match head.get(6) {
-        Some(Value::Bytes(b)) => vec![b.clone()],
-        _ => Vec::new(),
-    };
-
-    let mut summary = ReportSummary {
-        hsm_id: identity.hsm_id.clone(),
-        product: product.clone(),
-        ordered_by_oem,
-        ..ReportSummary::default()
-    };
-    let mut prev = trustfab_ledger::GENESIS_HASH;
-    let mut expected_seq = 1u64;
-    let mut serials: HashSet<Vec<u8>> = HashSet::new();
-    let mut uids: HashSet<Vec<u8>> = HashSet::new();
-    let mut index = 1u64;
-    let mut jobs = HashMap::new();
-    let mut replayed = Totals::default();
-    let trailer = loop {
-        let before = digest.clone();
-        let item =
-            read_item(&mut input, &mut digest, index)?.ok_or_else(|| ReportError::Format {
-                index,
-                what: "the report ends without its signed trailer".into(),
-            })?;
-        index += 1;
-        if item.get(9).is_some() {
-            break (item, before);
-        }
-        let seq = item.uint(0)?;
-        if seq != expected_seq {
-            return Err(ReportError::Record {
-                seq: expected_seq,
-                what: format!("missing or out of order (the report has {seq} here)"),
-            });
-        }
-        let stated_prev = item.hash(4)?;
-        if stated_prev != prev {
-            return Err(ReportError::Record {
-                seq,
-                what: "does not commit to the record before it (removed, inserted or reordered)"
-                    .into(),
-            });
-        }
-        let stated = item.hash(5)?;
-        summary.records += 1;
-        if item.get(2).is_some() {
-            summary.own_records += 1;
-            let code = u16::try_from(item.uint(1)?).map_err(|_| item.bad("kind out of range"))?;
-            let body = item.bytes(2)?;
-            let effects = item.bytes(3)?;
-            if record_hash(&prev, seq, code, body, effects) != stated {
-                return Err(ReportError::Record {
-                    seq,
-                    what: "its content does not match its hash (changed)".into(),
-                });
-            }
-            let kind = Kind::from_code(code).ok_or_else(|| ReportError::Record {
-                seq,
-                what: format!("unknown kind {code}"),
-            })?;
-            let record = Record {
-                seq,
-                kind,
-                body: body.to_vec(),
-                effects: effects.to_vec(),
-                prev_hash: prev,
-                hash: stated,
+            let own = r.kind == Kind::Checkpoint
+                || report::product_of(&r, &mut jobs).as_deref() == Some(p.key.as_str());
+            let item = if own {
+                totals
+                    .apply(&r.effects, &p.key)
+                    .map_err(|what| IssueError::Report(ReportError::Record { seq: r.seq, what }))?;
+                let cert = match r.kind {
+                    Kind::CertificateIssued => {
+                        let rec = IssuanceRecord::decode(&r.body).map_err(|_| {
+                            IssueError::MissingRecord {
+                                uid: "-".into(),
+                                seq: r.seq,
+                            }
+                        })?;
+                        let public_key =
+                            PublicKey::from_spki_der(&rec.spki).map_err(IssueError::Sign)?;
+                        Some(sign_record(&p, &issuer, &rec, &public_key, true)?.cert)
+                    }
+                    _ => None,
+                };
+                report::own_item(&r, cert)
+            } else {
+                report::foreign_item(&r)
             };
-            if kind != Kind::Checkpoint
-                && product_of(&record, &mut jobs).as_deref() != Some(product.as_str())
-            {
-                return Err(ReportError::Record {
-                    seq,
-                    what: "included in full but not a record of this product".into(),
-                });
-            }
-            replayed
-                .apply(effects, &product)
-                .map_err(|what| ReportError::Record { seq, what })?;
-            match kind {
-                Kind::CertificateIssued => {
-                    let rec = IssuanceRecord::decode(body).ok_or_else(|| ReportError::Record {
-                        seq,
-                        what: "issuance record does not decode".into(),
-                    })?;
-                    let cert = item.bytes(6).map_err(|_| ReportError::Certificate {
-                        seq,
-                        what: "missing".into(),
-                    })?;
-                    check_certificate(seq, cert, &rec, &root, &intermediates, now)?;
-                    if !serials.insert(rec.serial.as_be_bytes().to_vec()) {
-                        return Err(ReportError::Certificate {
-                            seq,
-                            what: format!("serial {} appears twice", rec.serial),
-                        });
-                    }
-                    if !uids.insert(rec.uid.as_bytes().to_vec()) {
-                        return Err(ReportError::Certificate {
-                            seq,
-                            what: format!("device {} has a second certificate", rec.uid),
-                        });
-                    }
-                    summary.certificates += 1;
-                }
-                Kind::PackageImported => {
-                    let id = crate::records::imported_package_id(body).ok_or_else(|| {
-                        ReportError::Record {
-                            seq,
-                            what: "package record does not decode".into(),
-                        }
-                    })?;
-                    if !order_ids.contains(&id) {
-                        return Err(ReportError::Order(format!(
-                            "record {seq} imports package {} which is not among the orders",
-                            hex(&id)
-                        )));
-                    }
-                    summary.packages += 1;
-                }
-                _ => {}
-            }
+            w.item(&item)?;
+            head_hash = r.hash;
         }
-        prev = stated;
-        expected_seq += 1;
-    };
-    let (t, before) = trailer;
-    let head_seq = t.uint(0)?;
-    let head_hash = t.hash(1)?;
-    if head_seq != expected_seq - 1 || head_hash != prev {
-        return Err(ReportError::Record {
-            seq: expected_seq,
-            what: "the trailer's head is not the last record walked (records removed at the end)"
-                .into(),
-        });
+        let message = report::signed_message(&w.digest(), checkpoint.seq, &head_hash, &totals);
+        let id_signer = TokenSigner::new(&*self.token, self.identity)?;
+        let signature =
+            trustfab_pki::Signer::sign_der(&id_signer, &message).map_err(IssueError::Sign)?;
+        w.finish(&report::trailer(
+            checkpoint.seq,
+            &head_hash,
+            &totals,
+            signature,
+        ))?;
+        Ok(totals)
     }
-    let totals = Totals {
-        ordered: t.uint(2)?,
-        issued: t.uint(3)?,
-        remaining: t.uint(4)?,
-    };
-    let mut d = [0u8; 32];
-    d.copy_from_slice(before.finish().as_ref());
-    let message = signed_message(&d, head_seq, &head_hash, &totals);
-    let signature = t.bytes(9)?;
-    verify_signature(&identity.identity_key, &message, signature)?;
-    if totals != replayed {
-        return Err(ReportError::Totals(format!(
-            "the HSM signed {totals:?}, the records add up to {replayed:?}"
-        )));
-    }
-    summary.reserved = totals
-        .issued
-        .checked_sub(summary.certificates)
-        .ok_or_else(|| {
-            ReportError::Totals(format!(
-                "{} certificates in the report, but only {} units spent",
-                summary.certificates, totals.issued
-            ))
-        })?;
-    if totals.ordered > ordered_by_oem || totals.issued > ordered_by_oem {
-        return Err(ReportError::Totals(format!(
-            "{} ordered and {} issued at the HSM, but the orders total {ordered_by_oem}",
-            totals.ordered, totals.issued
-        )));
-    }
-    if read_item(&mut input, &mut Context::new(&SHA256), index)?.is_some() {
-        return Err(ReportError::Format {
-            index,
-            what: "data after the signed trailer".into(),
-        });
-    }
-    summary.totals = totals;
-    Ok(summary)
-}
-
-pub(crate) fn verify_signature(
-    key: &PublicKey,
-    message: &[u8],
-    der: &[u8],
-) -> Result<(), ReportError> {
-    aws_lc_rs::signature::UnparsedPublicKey::new(key.curve().verify_alg(), key.point())
-        .verify(message, der)
-        .map_err(|_| ReportError::Signature)
-}
-
-fn check_certificate(
-    seq: u64,
-    der: &[u8],
-    rec: &IssuanceRecord,
-    root: &[u8],
-    intermediates: &[Vec<u8>],
-    now: UnixTime,
-) -> Result<(), ReportError> {
-    let bad = |what: String| ReportError::Certificate { seq, what };
-    trustfab_pki::validate(
-        der,
-        &Policy {
-            root,
-            intermediates,
-            crls: &[],
-            now,
-            purpose: Purpose::ClientAuth,
-        },
-    )
-    .map_err(|e| bad(e.to_string()))?;
-    let (_, c) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(e.to_string()))?;
-    if trustfab_types::Serial::from_be_bytes(c.raw_serial())
-        .ok()
-        .as_ref()
-        != Some(&rec.serial)
-    {
-        return Err(bad("its serial is not the recorded one".into()));
-    }
-    if c.public_key().raw != rec.spki.as_slice() {
-        return Err(bad("its public key is not the recorded one".into()));
-    }
-    if u64::try_from(c.validity().not_before.timestamp()).ok() != Some(rec.not_before.0) {
-        return Err(bad("its notBefore is not the recorded issuance time".into()));
-    }
-    Ok(())
 }

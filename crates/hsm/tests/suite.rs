@@ -145,7 +145,7 @@ mod import {
         msg[n - 10] ^= 0x01;
         assert!(matches!(
             s.hsm.import(&msg),
-            Err(ImportError::Package(trustfab_package::Error::Signature))
+            Err(ImportError::Package(trustfab_formats::package::Error::Signature))
         ));
         assert_eq!(s.hsm.products().unwrap()[0].ordered, 10);
     }

@@ -9,7 +9,7 @@ use std::sync::mpsc::{self, Sender};
 
 use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 use trustfab_device::{Device, Error as DeviceError, SlotKind, Zone};
-use trustfab_formats::records::{Bytes, DeviceGood};
+use trustfab_formats::records::{Bytes, DeviceGood, Digest};
 use trustfab_formats::LockPolicy;
 use trustfab_hsm::{DeviceKey, Issued};
 use trustfab_pki::{validate, Policy, PublicKey, Purpose};
@@ -217,7 +217,7 @@ pub(crate) fn provision<D: Device>(
         job: spec.job_id.clone(),
         uid: Bytes(uid.as_bytes().to_vec()),
         serial: Bytes(issued.serial.as_be_bytes().to_vec()),
-        cert_sha256: Bytes(sha256(&cert).to_vec()),
+        cert_sha256: Digest(sha256(&cert)),
         resumed,
     })
 }

@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
+use trustfab_formats::package::{Contents, SerialRange};
 use trustfab_hsm::{family_wrap_info, wrap_info, Hsm};
 use trustfab_ledger::Store;
-use trustfab_package::{Contents, SerialRange};
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{
     certify_hsm, intermediate_ca, self_signed_ca, CaRole, CaSpec, Curve, HsmCertificates,
@@ -147,7 +147,7 @@ impl Oem {
             root_cert: self.root.clone(),
             device_ca_cert: Some(self.ca.clone()),
             wrapped_signing_key: wrap(&self.ca_key, &wrap_info(&package_id, &identity.fingerprint)),
-            firmware: spec.firmware.map(|fw| trustfab_package::Firmware {
+            firmware: spec.firmware.map(|fw| trustfab_formats::package::Firmware {
                 family: fw.family.clone(),
                 boot_key_hash: fw.boot_key_hash,
                 wrapped_family_key: fw.family_key.as_deref().map(|k| match &fw.info {
@@ -156,7 +156,7 @@ impl Oem {
                 }),
             }),
         };
-        trustfab_package::seal(&contents, &self.root_key).expect("seal the package")
+        trustfab_formats::package::seal(&contents, &self.root_key).expect("seal the package")
     }
 }
 

@@ -4,7 +4,7 @@
 use ciborium::Value;
 use trustfab_types::{OemId, ProductId, UnixTime};
 
-use crate::{Contents, Error, Firmware, SerialRange, PACKAGE_VERSION};
+use super::{Contents, Error, Firmware, SerialRange, PACKAGE_VERSION};
 
 const K_VERSION: u64 = 0;
 const K_PACKAGE_ID: u64 = 1;

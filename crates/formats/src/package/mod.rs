@@ -1,4 +1,13 @@
-#![doc = include_str!("../README.md")]
+//! The provisioning package (`docs/package.md`): what the OEM's wrapping tool sends to one HSM at
+//! a programming center. A COSE_Sign1 (RFC 9052) by the OEM root key over a CBOR payload that
+//! names the target HSM (the SHA-256 of its identity certificate), the OEM id, the product id, a
+//! random package id, the production count, an optional serial range and a validity window, and
+//! carries the device certificate template, the OEM root (and device CA) certificate and the
+//! device-signing key wrapped for the HSM's key-transport key (the `trustfab-token` wrapped-key
+//! format).
+//!
+//! This module only encodes, decodes and verifies. It never sees a private key in plaintext: the
+//! signing key arrives already wrapped, and opening it is the HSM's business.
 #![warn(clippy::indexing_slicing)]
 
 mod cbor;

@@ -1,0 +1,146 @@
+//! The HSM's identity: initialisation (the identity and key-transport keys made inside the
+//! token), opening against the vendor's certificates, the fingerprint packages name, and the
+//! identity key's signatures over the ledger (checkpoints) and their verification.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use trustfab_ledger::Store;
+use trustfab_pki::{HsmCertificates, HsmRequest, PublicKey};
+use trustfab_token::{Curve, KeyLabel, KeySpec, KeyUsage, Token, TokenSigner};
+use trustfab_types::Clock;
+
+use crate::{to_pki, Hsm, InitError, IssueError, IDENTITY_LABEL, KT_LABEL};
+
+impl Hsm {
+    /// Makes the identity and key-transport keys inside `token` and returns the request for the
+    /// vendor to certify.
+    ///
+    /// # Errors
+    /// [`InitError::AlreadyInitialised`] when the token has an identity, or a token error.
+    pub fn init(token: &dyn Token, hsm_id: &str) -> Result<HsmRequest, InitError> {
+        let id_label = KeyLabel::new(IDENTITY_LABEL)?;
+        if token.find(&id_label)?.is_some() {
+            return Err(InitError::AlreadyInitialised);
+        }
+        let curve = Curve::P256;
+        let identity = token.generate(&KeySpec::new(id_label, curve, KeyUsage::Sign))?;
+        let kt_label = KeyLabel::new(KT_LABEL)?;
+        let kt = token.generate(&KeySpec::new(kt_label, curve, KeyUsage::KeyTransport))?;
+        let signer = TokenSigner::new(token, identity)?;
+        let kt_pk = to_pki(&token.public_key(kt)?)?;
+        Ok(HsmRequest::new(hsm_id, &signer, &kt_pk)?)
+    }
+
+    /// Opens an initialised HSM. `certs`, when given, must certify this token's keys.
+    ///
+    /// # Errors
+    /// [`InitError::NotInitialised`], [`InitError::WrongCertificates`], or a token error.
+    pub fn open(
+        token: Arc<dyn Token>,
+        ledger: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        hsm_id: &str,
+        certs: Option<&HsmCertificates>,
+    ) -> Result<Self, InitError> {
+        let identity = token
+            .find(&KeyLabel::new(IDENTITY_LABEL)?)?
+            .ok_or(InitError::NotInitialised)?;
+        let kt = token
+            .find(&KeyLabel::new(KT_LABEL)?)?
+            .ok_or(InitError::NotInitialised)?;
+        let fingerprint = match certs {
+            Some(c) => {
+                let key_of = |der: &[u8]| -> Result<PublicKey, InitError> {
+                    let (_, x) = x509_parser::parse_x509_certificate(der)
+                        .map_err(|e| InitError::WrongCertificates(e.to_string()))?;
+                    Ok(PublicKey::from_spki_der(x.public_key().raw)?)
+                };
+                if key_of(&c.identity)? != to_pki(&token.public_key(identity)?)? {
+                    return Err(InitError::WrongCertificates("identity key differs".into()));
+                }
+                if key_of(&c.key_transport)? != to_pki(&token.public_key(kt)?)? {
+                    return Err(InitError::WrongCertificates(
+                        "key-transport key differs".into(),
+                    ));
+                }
+                Some(c.fingerprint())
+            }
+            None => None,
+        };
+        let identity_point = token.public_key(identity)?.point().to_vec();
+        Ok(Self {
+            token,
+            ledger,
+            clock,
+            hsm_id: hsm_id.to_owned(),
+            identity,
+            identity_point,
+            kt,
+            fingerprint,
+            certs: certs.cloned(),
+            products: RwLock::new(HashMap::new()),
+            serial_alloc: Mutex::new(()),
+        })
+    }
+
+    /// This HSM's id.
+    pub fn hsm_id(&self) -> &str {
+        &self.hsm_id
+    }
+
+    /// SHA-256 of the installed identity certificate: what packages name.
+    pub fn fingerprint(&self) -> Option<[u8; 32]> {
+        self.fingerprint
+    }
+
+    /// The certification request again (the same keys).
+    ///
+    /// # Errors
+    /// A token or PKI error.
+    pub fn request(&self) -> Result<HsmRequest, InitError> {
+        let signer = TokenSigner::new(&*self.token, self.identity)?;
+        let kt_pk = to_pki(&self.token.public_key(self.kt)?)?;
+        Ok(HsmRequest::new(&self.hsm_id, &signer, &kt_pk)?)
+    }
+
+    /// A signer over the identity key (reports, ledger checkpoints).
+    ///
+    /// # Errors
+    /// A token error.
+    pub fn identity_signer(&self) -> Result<TokenSigner<'_>, trustfab_token::Error> {
+        TokenSigner::new(&*self.token, self.identity)
+    }
+
+    /// The uncompressed point of the identity key: what job packages are checked against.
+    pub fn identity_point(&self) -> &[u8] {
+        &self.identity_point
+    }
+
+    /// Appends a checkpoint signed by the identity key over the ledger's current head.
+    ///
+    /// # Errors
+    /// A token or ledger error.
+    pub fn checkpoint(&self) -> Result<trustfab_ledger::Record, IssueError> {
+        let signer = TokenSigner::new(&*self.token, self.identity)?;
+        let sign = |m: &[u8]| -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+            Ok(trustfab_pki::Signer::sign_der(&signer, m)?)
+        };
+        self.ledger
+            .checkpoint(self.clock.now(), &sign)
+            .map_err(IssueError::Ledger)
+    }
+
+    /// Verifies the whole ledger: the hash chain, every checkpoint under this HSM's identity key,
+    /// and the counters and claims against the chain.
+    ///
+    /// # Errors
+    /// [`trustfab_ledger::Error::Tampered`] naming the first bad record, or a token or storage
+    /// error.
+    pub fn verify_ledger(&self) -> Result<trustfab_ledger::Verified, IssueError> {
+        let key = to_pki(&self.token.public_key(self.identity)?).map_err(IssueError::Sign)?;
+        let verify =
+            |m: &[u8], sig: &[u8]| trustfab_formats::report::verify_signature(&key, m, sig).is_ok();
+        self.ledger.verify(&verify).map_err(IssueError::Ledger)
+    }
+}
