@@ -39,15 +39,12 @@ const CLAIM_OEM: &str = "oem";
 pub(crate) const CLAIM_UID: &str = "uid";
 const CLAIM_SERIAL: &str = "serial";
 
-fn pki_curve(c: Curve) -> trustfab_pki::Curve {
-    match c {
-        Curve::P256 => trustfab_pki::Curve::P256,
-        Curve::P384 => trustfab_pki::Curve::P384,
-    }
+fn pki_curve(c: Curve) -> Curve {
+    c
 }
 
-fn to_pki(pk: &trustfab_token::PublicKey) -> Result<PublicKey, trustfab_pki::Error> {
-    PublicKey::from_point(pki_curve(pk.curve()), pk.point())
+fn to_pki(pk: &PublicKey) -> Result<PublicKey, trustfab_pki::Error> {
+    Ok(PublicKey::from_point(pki_curve(pk.curve()), pk.point())?)
 }
 
 /// The token and ledger key of a product: `oem/product`.
@@ -233,7 +230,8 @@ impl Hsm {
                 let key_of = |der: &[u8]| -> Result<PublicKey, InitError> {
                     let (_, x) = x509_parser::parse_x509_certificate(der)
                         .map_err(|e| InitError::WrongCertificates(e.to_string()))?;
-                    Ok(PublicKey::from_spki_der(x.public_key().raw)?)
+                    Ok(PublicKey::from_spki_der(x.public_key().raw)
+                        .map_err(trustfab_pki::Error::from)?)
                 };
                 if key_of(&c.identity)? != to_pki(&token.public_key(identity)?)? {
                     return Err(InitError::WrongCertificates("identity key differs".into()));
@@ -619,12 +617,14 @@ impl Hsm {
                 product: p.key.clone(),
             })?;
         let rec = self.issuance_near(seq, &p.key, uid)?;
-        let device_key = PublicKey::from_spki_der(&rec.spki).map_err(IssueError::Sign)?;
-        let recipient = trustfab_token::PublicKey::from_point(Curve::P256, device_key.point())
-            .map_err(|_| IssueError::BadRequest {
+        let device_key =
+            PublicKey::from_spki_der(&rec.spki).map_err(|e| IssueError::Sign(e.into()))?;
+        let recipient = PublicKey::from_point(Curve::P256, device_key.point()).map_err(|_| {
+            IssueError::BadRequest {
                 uid: uid.to_hex(),
                 reason: "the certified device key is not a P-256 key".into(),
-            })?;
+            }
+        })?;
         let wrapped = self
             .token
             .wrap_key(key, &recipient, &family_delivery_info(&p.key, uid))?;
@@ -1010,7 +1010,8 @@ impl Hsm {
                 let rec = self.issuance_near(seq, &p.key, uid)?;
                 let signer = TokenSigner::new(&*self.token, p.signing_key)?;
                 let issuer = Issuer::new(&p.issuer_cert, &signer).map_err(IssueError::Sign)?;
-                let public_key = PublicKey::from_spki_der(&rec.spki).map_err(IssueError::Sign)?;
+                let public_key =
+                    PublicKey::from_spki_der(&rec.spki).map_err(|e| IssueError::Sign(e.into()))?;
                 Ok(Some(sign_record(&p, &issuer, &rec, &public_key, true)?))
             }
             None => Ok(None),
@@ -1084,8 +1085,8 @@ impl Hsm {
                                 seq: r.seq,
                             }
                         })?;
-                        let public_key =
-                            PublicKey::from_spki_der(&rec.spki).map_err(IssueError::Sign)?;
+                        let public_key = PublicKey::from_spki_der(&rec.spki)
+                            .map_err(|e| IssueError::Sign(e.into()))?;
                         Some(sign_record(&p, &issuer, &rec, &public_key, true)?.cert)
                     }
                     _ => None,
@@ -1099,8 +1100,8 @@ impl Hsm {
         }
         let message = report::signed_message(&w.digest(), checkpoint.seq, &head_hash, &totals);
         let id_signer = TokenSigner::new(&*self.token, self.identity)?;
-        let signature =
-            trustfab_pki::Signer::sign_der(&id_signer, &message).map_err(IssueError::Sign)?;
+        let signature = trustfab_pki::Signer::sign_der(&id_signer, &message)
+            .map_err(|e| IssueError::Sign(e.into()))?;
         w.finish(&report::trailer(
             checkpoint.seq,
             &head_hash,

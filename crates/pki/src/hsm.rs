@@ -15,8 +15,9 @@ use x509_parser::oid_registry::OID_X509_SERIALNUMBER;
 use x509_parser::prelude::FromDer as _;
 
 use crate::issue::{rcgen_serial, to_time, Issuer};
-use crate::key::{PublicKey, RcgenSigner, Signer};
+use crate::key::{RcgenPublicKey, RcgenSigner};
 use crate::{pem, validate, Error, Policy, Purpose};
+use crate::{PublicKey, Signer};
 
 const OID_AT_SERIAL_NUMBER: &[u64] = &[2, 5, 4, 5];
 const BINDING_LABEL: &[u8] = b"trustfab-hsm-kt-binding-v1";
@@ -215,7 +216,11 @@ pub fn certify_hsm(
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![usage];
         p.use_authority_key_identifier_extension = true;
-        Ok::<_, Error>(p.signed_by(key, vendor.rcgen())?.der().to_vec())
+        Ok::<_, Error>(
+            p.signed_by(&RcgenPublicKey(key), vendor.rcgen())?
+                .der()
+                .to_vec(),
+        )
     };
     Ok(HsmCertificates {
         identity: build(
