@@ -4,7 +4,9 @@ mod ids;
 mod secret;
 mod time;
 
-pub use ids::{check_name, DeviceUid, IdError, OemId, ProductId, Serial};
+pub use ids::{
+    check_name, DeviceUid, Fingerprint, HsmId, IdError, JobId, OemId, ProductId, ProductKey, Serial,
+};
 pub use secret::{Passphrase, SecretBytes, SecretKeyDer};
 pub use time::{Clock, FixedClock, OsRng, Rng, RngError, SystemClock, UnixTime};
 
