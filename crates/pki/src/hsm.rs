@@ -10,7 +10,7 @@
 
 use aws_lc_rs::digest::{digest, SHA256};
 use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, IsCa, KeyUsagePurpose};
-use trustfab_types::{Serial, UnixTime};
+use trustfab_types::{HsmId, Serial, UnixTime};
 use x509_parser::oid_registry::OID_X509_SERIALNUMBER;
 use x509_parser::prelude::FromDer as _;
 
@@ -24,20 +24,11 @@ const BINDING_LABEL: &[u8] = b"trustfab-hsm-kt-binding-v1";
 /// PEM label of the key-transport binding signature in a request bundle.
 pub const BINDING_PEM_LABEL: &str = "TRUSTFAB KT BINDING";
 
-/// Checks an HSM id: 1 to 64 of `[A-Za-z0-9._-]`.
+/// Checks an HSM id by the rule of [`HsmId`]: 1 to 64 of `[A-Za-z0-9._-]`.
 fn check_hsm_id(id: &str) -> Result<(), Error> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::BadCertificate(format!(
-            "HSM id {id:?} is not 1-64 of [A-Za-z0-9._-]"
-        )))
-    }
+    HsmId::new(id)
+        .map(drop)
+        .map_err(|_| Error::BadCertificate(format!("HSM id {id:?} is not 1-64 of [A-Za-z0-9._-]")))
 }
 
 fn binding_message(hsm_id: &str, kt: &PublicKey) -> Vec<u8> {
@@ -130,16 +121,13 @@ impl HsmRequest {
             .ok_or_else(|| Error::BadCertificate("request has no serialNumber (HSM id)".into()))?
             .to_owned();
         check_hsm_id(&hsm_id)?;
-        aws_lc_rs::signature::UnparsedPublicKey::new(
-            identity_key.curve().verify_alg(),
-            identity_key.point(),
-        )
-        .verify(&binding_message(&hsm_id, &kt_key), &binding)
-        .map_err(|_| {
-            Error::BadCertificate(
-                "key-transport binding does not verify under the identity key".into(),
-            )
-        })?;
+        identity_key
+            .verify(&binding_message(&hsm_id, &kt_key), &binding)
+            .map_err(|_| {
+                Error::BadCertificate(
+                    "key-transport binding does not verify under the identity key".into(),
+                )
+            })?;
         Ok(Self {
             hsm_id,
             identity_key,
