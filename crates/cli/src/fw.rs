@@ -206,7 +206,7 @@ fn load_decryption_key(path: &Path, pass: &Passphrase) -> Result<SoftDecryptionK
 }
 
 fn load_public(path: &Path) -> Result<PublicKey> {
-    PublicKey::from_pem(&files::read_text(path, limits::KEY_FILE_BYTES)?)
+    trustfab_pki::public_key_from_pem(&files::read_text(path, limits::KEY_FILE_BYTES)?)
         .with_context(|| format!("reading public key {}", path.display()))
 }
 

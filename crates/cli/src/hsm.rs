@@ -11,7 +11,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use trustfab_hsm::{DeviceKey, Hsm};
 use trustfab_ledger_sqlite::SqliteStore;
-use trustfab_pki::{pem, HsmCertificates, PublicKey};
+use trustfab_pki::{pem, HsmCertificates};
 use trustfab_token::Token;
 use trustfab_token_pkcs11::{Pkcs11Config, Pkcs11Token};
 use trustfab_token_soft::{Argon2Cost, SoftToken};
@@ -406,9 +406,11 @@ pub(crate) fn run(cmd: HsmCommand) -> Result<()> {
         }
         HsmCommand::Issue(a) => {
             let hsm = open(&a.at)?;
-            let public_key =
-                PublicKey::from_pem(&files::read_text(&a.public_key, limits::CERTIFICATE_BYTES)?)
-                    .with_context(|| format!("reading {}", a.public_key.display()))?;
+            let public_key = trustfab_pki::public_key_from_pem(&files::read_text(
+                &a.public_key,
+                limits::CERTIFICATE_BYTES,
+            )?)
+            .with_context(|| format!("reading {}", a.public_key.display()))?;
             let issued = hsm.issue_direct(
                 &a.product,
                 &[DeviceKey {

@@ -704,10 +704,7 @@ fn bench_site(
     let mut package_id = [0u8; 16];
     aws_lc_rs::rand::fill(&mut package_id)
         .map_err(|_| anyhow::anyhow!("random generator failed"))?;
-    let kt = trustfab_token::PublicKey::from_point(
-        trustfab_token::Curve::P256,
-        identity.kt_key.point(),
-    )?;
+    let kt = PublicKey::from_point(Curve::P256, identity.kt_key.point())?;
     let wrapped = trustfab_token::wrap_for(
         &kt,
         &ca_key.secret_pkcs8_der()?,
@@ -843,8 +840,7 @@ fn crypto_limit(threads: usize, per_thread: u64, fw: Option<&BenchFirmware>) -> 
 
 /// The firmware step's cryptography for one device, as the limit counts it.
 fn firmware_crypto(fw: &BenchFirmware, device: &SoftKey) -> Result<()> {
-    let device_pub =
-        trustfab_token::PublicKey::from_point(trustfab_token::Curve::P256, device.public_point())?;
+    let device_pub = PublicKey::from_point(Curve::P256, device.public_point())?;
     let wrapped = trustfab_token::wrap_for(&device_pub, &fw.family.secret_pkcs8_der()?, b"limit")?;
     let family = trustfab_token::unwrap_with(&device.secret_pkcs8_der()?, &wrapped)?;
     let key = trustfab_firmware::LoadedKey::new(trustfab_firmware::SoftDecryptionKey::from_der(

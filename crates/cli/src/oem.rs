@@ -105,7 +105,7 @@ pub(crate) struct FirmwareArgs {
 /// The firmware section of a package, from the command line.
 fn firmware_section(
     a: &FirmwareArgs,
-    kt: &trustfab_token::PublicKey,
+    kt: &PublicKey,
     package_id: &[u8; 16],
     fingerprint: &[u8; 32],
     pass: &trustfab_types::Passphrase,
@@ -113,8 +113,9 @@ fn firmware_section(
     let (Some(family), Some(boot_key)) = (&a.family, &a.boot_key) else {
         return Ok(None);
     };
-    let boot_key = PublicKey::from_pem(&files::read_text(boot_key, limits::KEY_FILE_BYTES)?)
-        .with_context(|| format!("reading boot key {}", boot_key.display()))?;
+    let boot_key =
+        trustfab_pki::public_key_from_pem(&files::read_text(boot_key, limits::KEY_FILE_BYTES)?)
+            .with_context(|| format!("reading boot key {}", boot_key.display()))?;
     if boot_key.curve() != Curve::P256 {
         bail!("the boot key is not a P-256 key: MCUboot images here are signed with ECDSA P-256");
     }
@@ -178,8 +179,7 @@ pub(crate) fn wrap(a: &WrapArgs) -> Result<String> {
     let (_, signing_key) = ca.signing(&pass)?;
     let mut package_id = [0u8; 16];
     OsRng.fill(&mut package_id)?;
-    let kt =
-        trustfab_token::PublicKey::from_point(trustfab_token::Curve::P256, target.kt_key.point())?;
+    let kt = PublicKey::from_point(Curve::P256, target.kt_key.point())?;
     let wrapped = trustfab_token::wrap_for(
         &kt,
         &signing_key.secret_pkcs8_der()?,
@@ -429,8 +429,10 @@ fn issue_test(a: &IssueTestArgs) -> Result<()> {
     let ca = CaDir::open(&a.dir, Kind::Oem)?;
     let template = load_template(&a.template)?;
     let public_key = match &a.public_key {
-        Some(p) => PublicKey::from_pem(&files::read_text(p, limits::CERTIFICATE_BYTES)?)
-            .with_context(|| format!("reading public key {}", p.display()))?,
+        Some(p) => {
+            trustfab_pki::public_key_from_pem(&files::read_text(p, limits::CERTIFICATE_BYTES)?)
+                .with_context(|| format!("reading public key {}", p.display()))?
+        }
         None => {
             let k = SoftKey::generate(ca.state.curve)?;
             println!(

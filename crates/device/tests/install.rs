@@ -59,9 +59,7 @@ fn family_image(key: &SoftKey, counter: u32, family: &Family) -> Vec<u8> {
 /// `key` wrapped (HSM side) for the identity key in slot 0 of `d`.
 fn wrap_for_device(d: &mut impl Device, key: &SecretKeyDer) -> Vec<u8> {
     let device_key = d.public_key(0).unwrap();
-    let recipient =
-        trustfab_token::PublicKey::from_point(trustfab_token::Curve::P256, device_key.point())
-            .unwrap();
+    let recipient = PublicKey::from_point(Curve::P256, device_key.point()).unwrap();
     wrap_for(&recipient, key, b"family thermo for this device")
         .unwrap()
         .to_bytes()

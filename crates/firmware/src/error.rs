@@ -197,7 +197,7 @@ pub enum MasterError {
     NotP256(&'static str),
     /// The signer failed.
     #[error("signing the image")]
-    Sign(#[source] trustfab_pki::Error),
+    Sign(#[source] trustfab_keys::SignError),
     /// The random source failed.
     #[error("random source failed")]
     Rng(#[source] trustfab_types::RngError),

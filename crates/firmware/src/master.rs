@@ -3,7 +3,7 @@
 //! payload, protected security counter, then KEYHASH or PUBKEY, SHA256, ECDSA_SIG and ENC_EC256.
 
 use aws_lc_rs::digest::{digest, SHA256};
-use trustfab_pki::{Curve, PublicKey, Signer};
+use trustfab_keys::{Curve, PublicKey, Signer};
 use trustfab_types::Rng;
 
 use crate::crypto::{aes_ctr, image_key, wrap_key};

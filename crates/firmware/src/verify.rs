@@ -6,7 +6,7 @@
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::digest::{digest, Context, Digest, SHA256};
 use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
-use trustfab_pki::{Curve, PublicKey};
+use trustfab_keys::{Curve, PublicKey};
 use zeroize::Zeroizing;
 
 use crate::crypto::{aes_ctr, unwrap_key, DecryptionKey, AES_KEY_LEN};

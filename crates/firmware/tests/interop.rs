@@ -76,7 +76,7 @@ fn we_verify_imgtools_signed_images() {
     assert!(imgtool::keygen(&key).ok);
     let out = imgtool::getpub_pem(&key);
     assert!(out.ok, "{}", out.output);
-    let public = PublicKey::from_pem(&out.output).unwrap();
+    let public = trustfab_pki::public_key_from_pem(&out.output).unwrap();
     let input = s.write("app.bin", payload(10_000));
     // imgtool's default: KEYHASH.
     let signed = s.path().join("signed.bin");
@@ -114,7 +114,7 @@ fn we_decrypt_and_verify_imgtools_encrypted_images() {
     let key = s.path().join("k.pem");
     let enc = s.path().join("enc.pem");
     assert!(imgtool::keygen(&key).ok && imgtool::keygen(&enc).ok);
-    let public = PublicKey::from_pem(&imgtool::getpub_pem(&key).output).unwrap();
+    let public = trustfab_pki::public_key_from_pem(&imgtool::getpub_pem(&key).output).unwrap();
     let enc_pub = s.write("enc-pub.pem", imgtool::getpub_pem(&enc).output);
     let input = s.write("app.bin", payload(10_000));
     let signed = s.path().join("signed.bin");

@@ -263,7 +263,9 @@ impl JobPackage {
         ciborium::into_writer(&spec, &mut payload).map_err(|_| JobError::Encode)?;
         let mut msg = SIGNATURE_TAG.to_vec();
         msg.extend_from_slice(&payload);
-        let signature = identity.sign_der(&msg).map_err(JobError::Sign)?;
+        let signature = identity
+            .sign_der(&msg)
+            .map_err(|e| JobError::Sign(e.into()))?;
         let mut bytes = Vec::new();
         ciborium::into_writer(
             &Envelope(

@@ -48,7 +48,7 @@ fn batches(c: &mut Criterion, name: &str, token: Arc<dyn Token>, dir: &Path, thr
     let raw_key = token
         .generate(&KeySpec::new(
             KeyLabel::new("bench-raw").unwrap(),
-            trustfab_token::Curve::P256,
+            Curve::P256,
             KeyUsage::Sign,
         ))
         .unwrap();

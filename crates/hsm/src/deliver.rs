@@ -34,12 +34,14 @@ impl Hsm {
                 product: p.key.clone(),
             })?;
         let rec = self.issuance_near(seq, &p.key, uid)?;
-        let device_key = PublicKey::from_spki_der(&rec.spki).map_err(IssueError::Sign)?;
-        let recipient = trustfab_token::PublicKey::from_point(Curve::P256, device_key.point())
-            .map_err(|_| IssueError::BadRequest {
+        let device_key =
+            PublicKey::from_spki_der(&rec.spki).map_err(|e| IssueError::Sign(e.into()))?;
+        let recipient = PublicKey::from_point(Curve::P256, device_key.point()).map_err(|_| {
+            IssueError::BadRequest {
                 uid: uid.to_hex(),
                 reason: "the certified device key is not a P-256 key".into(),
-            })?;
+            }
+        })?;
         let wrapped = self
             .token
             .wrap_key(key, &recipient, &family_delivery_info(&p.key, uid))?;

@@ -10,7 +10,7 @@ use trustfab_pki::{HsmCertificates, HsmRequest, PublicKey};
 use trustfab_token::{Curve, KeyLabel, KeySpec, KeyUsage, Token, TokenSigner};
 use trustfab_types::Clock;
 
-use crate::{to_pki, Hsm, InitError, IssueError, IDENTITY_LABEL, KT_LABEL};
+use crate::{Hsm, InitError, IssueError, IDENTITY_LABEL, KT_LABEL};
 
 impl Hsm {
     /// Makes the identity and key-transport keys inside `token` and returns the request for the
@@ -28,7 +28,7 @@ impl Hsm {
         let kt_label = KeyLabel::new(KT_LABEL)?;
         let kt = token.generate(&KeySpec::new(kt_label, curve, KeyUsage::KeyTransport))?;
         let signer = TokenSigner::new(token, identity)?;
-        let kt_pk = to_pki(&token.public_key(kt)?)?;
+        let kt_pk = token.public_key(kt)?;
         Ok(HsmRequest::new(hsm_id, &signer, &kt_pk)?)
     }
 
@@ -54,12 +54,13 @@ impl Hsm {
                 let key_of = |der: &[u8]| -> Result<PublicKey, InitError> {
                     let (_, x) = x509_parser::parse_x509_certificate(der)
                         .map_err(|e| InitError::WrongCertificates(e.to_string()))?;
-                    Ok(PublicKey::from_spki_der(x.public_key().raw)?)
+                    PublicKey::from_spki_der(x.public_key().raw)
+                        .map_err(|e| InitError::WrongCertificates(e.to_string()))
                 };
-                if key_of(&c.identity)? != to_pki(&token.public_key(identity)?)? {
+                if key_of(&c.identity)? != token.public_key(identity)? {
                     return Err(InitError::WrongCertificates("identity key differs".into()));
                 }
-                if key_of(&c.key_transport)? != to_pki(&token.public_key(kt)?)? {
+                if key_of(&c.key_transport)? != token.public_key(kt)? {
                     return Err(InitError::WrongCertificates(
                         "key-transport key differs".into(),
                     ));
@@ -100,7 +101,7 @@ impl Hsm {
     /// A token or PKI error.
     pub fn request(&self) -> Result<HsmRequest, InitError> {
         let signer = TokenSigner::new(&*self.token, self.identity)?;
-        let kt_pk = to_pki(&self.token.public_key(self.kt)?)?;
+        let kt_pk = self.token.public_key(self.kt)?;
         Ok(HsmRequest::new(&self.hsm_id, &signer, &kt_pk)?)
     }
 
@@ -138,7 +139,7 @@ impl Hsm {
     /// [`trustfab_ledger::Error::Tampered`] naming the first bad record, or a token or storage
     /// error.
     pub fn verify_ledger(&self) -> Result<trustfab_ledger::Verified, IssueError> {
-        let key = to_pki(&self.token.public_key(self.identity)?).map_err(IssueError::Sign)?;
+        let key = self.token.public_key(self.identity)?;
         let verify =
             |m: &[u8], sig: &[u8]| trustfab_formats::report::verify_signature(&key, m, sig).is_ok();
         self.ledger.verify(&verify).map_err(IssueError::Ledger)

@@ -10,7 +10,7 @@ use trustfab_pki::{PublicKey, Template};
 use trustfab_token::{Curve, KeySpec, KeyUsage, WrappedKey};
 
 use crate::{
-    family_key_label, hex, product_key, product_key_label, serial_counter, sha256, to_pki, Hsm,
+    family_key_label, hex, product_key, product_key_label, serial_counter, sha256, Hsm,
     ImportError, CLAIM_OEM, CLAIM_PACKAGE, CLAIM_PRODUCT,
 };
 
@@ -72,9 +72,7 @@ impl Hsm {
         let issuer_key = cert_key(issuer_cert).map_err(ImportError::Contents)?;
         let wrapped = WrappedKey::from_bytes(&c.wrapped_signing_key)
             .map_err(|e| ImportError::Contents(format!("wrapped key: {e}")))?;
-        if to_pki(wrapped.public_key()).map_err(|e| ImportError::Contents(e.to_string()))?
-            != issuer_key
-        {
+        if *wrapped.public_key() != issuer_key {
             return Err(ImportError::Contents(
                 "the wrapped key is not the key of the issuing certificate".into(),
             ));
@@ -172,8 +170,7 @@ impl Hsm {
             // that the same package's next import recognises by its public key.
             match self.token.find(&label).map_err(ImportError::Token)? {
                 Some(h) => {
-                    let have = to_pki(&self.token.public_key(h).map_err(ImportError::Token)?)
-                        .map_err(|e| ImportError::Contents(e.to_string()))?;
+                    let have = self.token.public_key(h).map_err(ImportError::Token)?;
                     if have != issuer_key {
                         return Err(ImportError::ProductConflict {
                             product: key,

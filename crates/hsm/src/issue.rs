@@ -351,7 +351,8 @@ impl Hsm {
                 let rec = self.issuance_near(seq, &p.key, uid)?;
                 let signer = TokenSigner::new(&*self.token, p.signing_key)?;
                 let issuer = Issuer::new(&p.issuer_cert, &signer).map_err(IssueError::Sign)?;
-                let public_key = PublicKey::from_spki_der(&rec.spki).map_err(IssueError::Sign)?;
+                let public_key =
+                    PublicKey::from_spki_der(&rec.spki).map_err(|e| IssueError::Sign(e.into()))?;
                 Ok(Some(sign_record(&p, &issuer, &rec, &public_key, true)?))
             }
             None => Ok(None),

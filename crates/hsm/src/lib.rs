@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use aws_lc_rs::digest::{digest, SHA256};
 use trustfab_ledger::Store;
-use trustfab_pki::{HsmCertificates, PublicKey};
-use trustfab_token::{Curve, KeyHandle, KeyLabel, Token};
+use trustfab_pki::HsmCertificates;
+use trustfab_token::{KeyHandle, KeyLabel, Token};
 use trustfab_types::{Clock, DeviceUid, OemId, ProductId, Serial};
 
 pub use client::HsmClient;
@@ -41,17 +41,6 @@ pub(crate) const CLAIM_PRODUCT: &str = "product";
 pub(crate) const CLAIM_OEM: &str = "oem";
 pub(crate) const CLAIM_UID: &str = "uid";
 pub(crate) const CLAIM_SERIAL: &str = "serial";
-
-fn pki_curve(c: Curve) -> trustfab_pki::Curve {
-    match c {
-        Curve::P256 => trustfab_pki::Curve::P256,
-        Curve::P384 => trustfab_pki::Curve::P384,
-    }
-}
-
-pub(crate) fn to_pki(pk: &trustfab_token::PublicKey) -> Result<PublicKey, trustfab_pki::Error> {
-    PublicKey::from_point(pki_curve(pk.curve()), pk.point())
-}
 
 /// The token and ledger key of a product: `oem/product`.
 pub fn product_key(oem: &OemId, product: &ProductId) -> String {

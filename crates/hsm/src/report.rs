@@ -50,8 +50,8 @@ impl Hsm {
                                 seq: r.seq,
                             }
                         })?;
-                        let public_key =
-                            PublicKey::from_spki_der(&rec.spki).map_err(IssueError::Sign)?;
+                        let public_key = PublicKey::from_spki_der(&rec.spki)
+                            .map_err(|e| IssueError::Sign(e.into()))?;
                         Some(sign_record(&p, &issuer, &rec, &public_key, true)?.cert)
                     }
                     _ => None,
@@ -65,8 +65,8 @@ impl Hsm {
         }
         let message = report::signed_message(&w.digest(), checkpoint.seq, &head_hash, &totals);
         let id_signer = TokenSigner::new(&*self.token, self.identity)?;
-        let signature =
-            trustfab_pki::Signer::sign_der(&id_signer, &message).map_err(IssueError::Sign)?;
+        let signature = trustfab_pki::Signer::sign_der(&id_signer, &message)
+            .map_err(|e| IssueError::Sign(e.into()))?;
         w.finish(&report::trailer(
             checkpoint.seq,
             &head_hash,

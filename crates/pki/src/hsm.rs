@@ -10,33 +10,25 @@
 
 use aws_lc_rs::digest::{digest, SHA256};
 use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, IsCa, KeyUsagePurpose};
-use trustfab_types::{Serial, UnixTime};
+use trustfab_types::{HsmId, Serial, UnixTime};
 use x509_parser::oid_registry::OID_X509_SERIALNUMBER;
 use x509_parser::prelude::FromDer as _;
 
 use crate::issue::{rcgen_serial, to_time, Issuer};
-use crate::key::{PublicKey, RcgenSigner, Signer};
+use crate::key::{RcgenPublicKey, RcgenSigner};
 use crate::{pem, validate, Error, Policy, Purpose};
+use crate::{PublicKey, Signer};
 
 const OID_AT_SERIAL_NUMBER: &[u64] = &[2, 5, 4, 5];
 const BINDING_LABEL: &[u8] = b"trustfab-hsm-kt-binding-v1";
 /// PEM label of the key-transport binding signature in a request bundle.
 pub const BINDING_PEM_LABEL: &str = "TRUSTFAB KT BINDING";
 
-/// Checks an HSM id: 1 to 64 of `[A-Za-z0-9._-]`.
+/// Checks an HSM id by the rule of [`HsmId`]: 1 to 64 of `[A-Za-z0-9._-]`.
 fn check_hsm_id(id: &str) -> Result<(), Error> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::BadCertificate(format!(
-            "HSM id {id:?} is not 1-64 of [A-Za-z0-9._-]"
-        )))
-    }
+    HsmId::new(id)
+        .map(drop)
+        .map_err(|_| Error::BadCertificate(format!("HSM id {id:?} is not 1-64 of [A-Za-z0-9._-]")))
 }
 
 fn binding_message(hsm_id: &str, kt: &PublicKey) -> Vec<u8> {
@@ -129,16 +121,13 @@ impl HsmRequest {
             .ok_or_else(|| Error::BadCertificate("request has no serialNumber (HSM id)".into()))?
             .to_owned();
         check_hsm_id(&hsm_id)?;
-        aws_lc_rs::signature::UnparsedPublicKey::new(
-            identity_key.curve().verify_alg(),
-            identity_key.point(),
-        )
-        .verify(&binding_message(&hsm_id, &kt_key), &binding)
-        .map_err(|_| {
-            Error::BadCertificate(
-                "key-transport binding does not verify under the identity key".into(),
-            )
-        })?;
+        identity_key
+            .verify(&binding_message(&hsm_id, &kt_key), &binding)
+            .map_err(|_| {
+                Error::BadCertificate(
+                    "key-transport binding does not verify under the identity key".into(),
+                )
+            })?;
         Ok(Self {
             hsm_id,
             identity_key,
@@ -215,7 +204,11 @@ pub fn certify_hsm(
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![usage];
         p.use_authority_key_identifier_extension = true;
-        Ok::<_, Error>(p.signed_by(key, vendor.rcgen())?.der().to_vec())
+        Ok::<_, Error>(
+            p.signed_by(&RcgenPublicKey(key), vendor.rcgen())?
+                .der()
+                .to_vec(),
+        )
     };
     Ok(HsmCertificates {
         identity: build(

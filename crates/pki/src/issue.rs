@@ -11,9 +11,10 @@ use trustfab_types::{Serial, UnixTime};
 use yasna::models::ObjectIdentifier;
 use yasna::Tag;
 
-use crate::key::{PublicKey, RcgenSigner, Signer};
+use crate::key::{RcgenPublicKey, RcgenSigner};
 use crate::template::{Attr, Eku, KeyUsage, RenderInputs, Template, Validity};
 use crate::Error;
+use crate::{PublicKey, Signer};
 
 /// id-ce-subjectAltName (RFC 5280 §4.2.1.6).
 const OID_SUBJECT_ALT_NAME: &[u64] = &[2, 5, 29, 17];
@@ -164,7 +165,7 @@ pub fn intermediate_ca(
 ) -> Result<Vec<u8>, Error> {
     let params = ca_params(spec)?;
     Ok(params
-        .signed_by(subject_key, issuer.rcgen())?
+        .signed_by(&RcgenPublicKey(subject_key), issuer.rcgen())?
         .der()
         .to_vec())
 }
@@ -303,7 +304,7 @@ pub fn issue_device(
 ) -> Result<Vec<u8>, Error> {
     let params = device_params(template, req)?;
     Ok(params
-        .signed_by(req.public_key, issuer.rcgen())?
+        .signed_by(&RcgenPublicKey(req.public_key), issuer.rcgen())?
         .der()
         .to_vec())
 }

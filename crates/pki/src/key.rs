@@ -1,96 +1,26 @@
-//! Signing keys as the PKI sees them: the [`Signer`] trait every issuing key implements (a software
-//! key here, an HSM token key in `trustfab-hsm`), the software key itself, and its file form,
-//! encrypted PKCS#8 (PBES2 with scrypt and AES-256-CBC, RFC 8018 / RFC 7914).
+//! Signing keys as the PKI sees them: the software key, which implements `trustfab_keys::Signer`
+//! as a token key does, its file form, encrypted PKCS#8 (PBES2 with scrypt and AES-256-CBC,
+//! RFC 8018 / RFC 7914), and the adapters that hand a `Signer` and a `PublicKey` to rcgen.
 
 use std::fmt;
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING,
-    ECDSA_P384_SHA384_ASN1, ECDSA_P384_SHA384_ASN1_SIGNING,
-};
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _};
 use pkcs8::der::pem::LineEnding;
 use pkcs8::pkcs5::{pbes2, scrypt};
 use pkcs8::{EncryptedPrivateKeyInfo, SecretDocument};
+use trustfab_keys::{Curve, PublicKey, SignError, Signer};
 use trustfab_types::{limits, Passphrase, Rng, SecretKeyDer};
 use zeroize::Zeroizing;
 
 use crate::Error;
 
-/// The elliptic curves trustfab issues with. P-256 is the default; P-384 where asked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Curve {
-    /// NIST P-256 (secp256r1) with ECDSA-SHA256.
-    P256,
-    /// NIST P-384 (secp384r1) with ECDSA-SHA384.
-    P384,
-}
-
-impl Curve {
-    pub(crate) fn rcgen_alg(self) -> &'static rcgen::SignatureAlgorithm {
-        match self {
-            Self::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            Self::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-        }
+/// rcgen's signature algorithm for a curve's ECDSA signatures.
+pub(crate) fn rcgen_alg(curve: Curve) -> &'static rcgen::SignatureAlgorithm {
+    match curve {
+        Curve::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        Curve::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
     }
-
-    fn signing_alg(self) -> &'static aws_lc_rs::signature::EcdsaSigningAlgorithm {
-        match self {
-            Self::P256 => &ECDSA_P256_SHA256_ASN1_SIGNING,
-            Self::P384 => &ECDSA_P384_SHA384_ASN1_SIGNING,
-        }
-    }
-
-    /// The verification algorithm for this curve's DER signatures.
-    pub fn verify_alg(self) -> &'static aws_lc_rs::signature::EcdsaVerificationAlgorithm {
-        match self {
-            Self::P256 => &ECDSA_P256_SHA256_ASN1,
-            Self::P384 => &ECDSA_P384_SHA384_ASN1,
-        }
-    }
-
-    /// Length of an uncompressed SEC1 point on this curve.
-    pub fn point_len(self) -> usize {
-        match self {
-            Self::P256 => 65,
-            Self::P384 => 97,
-        }
-    }
-}
-
-impl fmt::Display for Curve {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::P256 => "p256",
-            Self::P384 => "p384",
-        })
-    }
-}
-
-impl std::str::FromStr for Curve {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "p256" | "p-256" | "prime256v1" | "secp256r1" => Ok(Self::P256),
-            "p384" | "p-384" | "secp384r1" => Ok(Self::P384),
-            _ => Err(format!("unknown curve {s:?}: use p256 or p384")),
-        }
-    }
-}
-
-/// A key that signs certificates and CRLs. The private half stays wherever the implementation
-/// keeps it (process memory for [`SoftKey`], an HSM for the token-backed signer).
-pub trait Signer: Send + Sync {
-    /// The key's curve, which fixes the signature algorithm.
-    fn curve(&self) -> Curve;
-    /// The public key as an uncompressed SEC1 point.
-    fn public_point(&self) -> &[u8];
-    /// Signs `message` (hashing it with the curve's hash) and returns a DER ECDSA-Sig-Value.
-    ///
-    /// # Errors
-    /// When the key cannot sign (a token error, for example).
-    fn sign_der(&self, message: &[u8]) -> Result<Vec<u8>, Error>;
 }
 
 /// An ECDSA key pair in process memory (aws-lc-rs; its private scalar is cleared when dropped).
@@ -231,11 +161,11 @@ impl Signer for SoftKey {
         self.pair.public_key().as_ref()
     }
 
-    fn sign_der(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+    fn sign_der(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
         self.pair
             .sign(&self.rng, message)
             .map(|s| s.as_ref().to_vec())
-            .map_err(|_| Error::Crypto("signing failed"))
+            .map_err(|_| SignError::new("signing failed"))
     }
 }
 
@@ -248,7 +178,7 @@ impl rcgen::PublicKeyData for RcgenSigner<'_> {
     }
 
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        self.0.curve().rcgen_alg()
+        rcgen_alg(self.0.curve())
     }
 }
 
@@ -260,110 +190,25 @@ impl rcgen::SigningKey for RcgenSigner<'_> {
     }
 }
 
-/// A device (subject) public key: an EC point on P-256 or P-384, checked to lie on its curve.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PublicKey {
-    curve: Curve,
-    point: Vec<u8>,
+/// A public key from PEM (`-----BEGIN PUBLIC KEY-----`, as `openssl pkey -pubout` writes).
+///
+/// # Errors
+/// When the text is not such a PEM block or the key inside is refused.
+pub fn public_key_from_pem(pem: &str) -> Result<PublicKey, Error> {
+    let der = crate::pem::decode_one(pem, "PUBLIC KEY")?;
+    Ok(PublicKey::from_spki_der(&der)?)
 }
 
-impl fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicKey({}, {})", self.curve, hex::encode(&self.point))
-    }
-}
+/// Adapts a subject [`PublicKey`] to rcgen's public-key interface.
+pub(crate) struct RcgenPublicKey<'a>(pub(crate) &'a PublicKey);
 
-const OID_EC_PUBLIC_KEY: &[u64] = &[1, 2, 840, 10045, 2, 1];
-const OID_P256: &[u64] = &[1, 2, 840, 10045, 3, 1, 7];
-const OID_P384: &[u64] = &[1, 3, 132, 0, 34];
-
-impl PublicKey {
-    /// A public key from an uncompressed SEC1 point.
-    ///
-    /// # Errors
-    /// When the point is not on the curve.
-    pub fn from_point(curve: Curve, point: &[u8]) -> Result<Self, Error> {
-        if point.len() != curve.point_len() || point.first() != Some(&0x04) {
-            return Err(Error::BadPublicKey(
-                "not an uncompressed point of the curve",
-            ));
-        }
-        aws_lc_rs::signature::ParsedPublicKey::new(curve.verify_alg(), point)
-            .map_err(|_| Error::BadPublicKey("point is not on the curve"))?;
-        Ok(Self {
-            curve,
-            point: point.to_vec(),
-        })
-    }
-
-    /// A public key from SubjectPublicKeyInfo DER (RFC 5480).
-    ///
-    /// # Errors
-    /// When the DER is malformed, the key is not EC on P-256/P-384, or the point is off the curve.
-    pub fn from_spki_der(der: &[u8]) -> Result<Self, Error> {
-        if der.len() > 1024 {
-            return Err(Error::TooLarge {
-                what: "public key",
-                len: der.len(),
-                limit: 1024,
-            });
-        }
-        let parsed = yasna::parse_der(der, |r| {
-            r.read_sequence(|r| {
-                let (alg, param) = r.next().read_sequence(|r| {
-                    let alg = r.next().read_oid()?;
-                    let param = r.next().read_oid()?;
-                    Ok((alg, param))
-                })?;
-                let (bits, _) = r.next().read_bitvec_bytes()?;
-                Ok((alg, param, bits))
-            })
-        })
-        .map_err(|_| Error::BadPublicKey("not SubjectPublicKeyInfo DER"))?;
-        let (alg, param, point) = parsed;
-        if alg.components().as_slice() != OID_EC_PUBLIC_KEY {
-            return Err(Error::BadPublicKey("not an EC public key"));
-        }
-        let curve = match param.components().as_slice() {
-            c if c == OID_P256 => Curve::P256,
-            c if c == OID_P384 => Curve::P384,
-            _ => return Err(Error::BadPublicKey("curve is not P-256 or P-384")),
-        };
-        Self::from_point(curve, &point)
-    }
-
-    /// A public key from PEM (`-----BEGIN PUBLIC KEY-----`, as `openssl pkey -pubout` writes).
-    ///
-    /// # Errors
-    /// When the text is not such a PEM block or the key inside is refused.
-    pub fn from_pem(pem: &str) -> Result<Self, Error> {
-        let der = crate::pem::decode_one(pem, "PUBLIC KEY")?;
-        Self::from_spki_der(&der)
-    }
-
-    /// The curve.
-    pub fn curve(&self) -> Curve {
-        self.curve
-    }
-
-    /// The uncompressed SEC1 point.
-    pub fn point(&self) -> &[u8] {
-        &self.point
-    }
-
-    /// SubjectPublicKeyInfo DER.
-    pub fn to_spki_der(&self) -> Vec<u8> {
-        rcgen::PublicKeyData::subject_public_key_info(self)
-    }
-}
-
-impl rcgen::PublicKeyData for PublicKey {
+impl rcgen::PublicKeyData for RcgenPublicKey<'_> {
     fn der_bytes(&self) -> &[u8] {
-        &self.point
+        self.0.point()
     }
 
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        self.curve.rcgen_alg()
+        rcgen_alg(self.0.curve())
     }
 }
 

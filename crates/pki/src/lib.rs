@@ -15,6 +15,7 @@ pub use hsm::{certify_hsm, HsmCertificates, HsmIdentity, HsmRequest, BINDING_PEM
 pub use issue::{
     intermediate_ca, issue_device, self_signed_ca, CaRole, CaSpec, DeviceRequest, Issuer,
 };
-pub use key::{Curve, PublicKey, Signer, SoftKey};
+pub use key::{public_key_from_pem, SoftKey};
 pub use template::{RenderInputs, Template, TemplateError};
+pub use trustfab_keys::{Curve, PublicKey, SignError, Signer};
 pub use validate::{validate, Policy, Purpose};

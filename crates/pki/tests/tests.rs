@@ -222,7 +222,7 @@ mod chains {
         );
         let out = openssl::pkey_pubout(&path, "interop passphrase");
         assert!(out.ok, "{}", out.output);
-        let pk = PublicKey::from_pem(&out.output).unwrap();
+        let pk = trustfab_pki::public_key_from_pem(&out.output).unwrap();
         assert_eq!(pk.point(), key.public_point());
         assert!(!openssl::pkey_pubout(&path, "wrong").ok);
     }
@@ -493,8 +493,8 @@ mod fuzz_seeds {
     fn spki_seeds_parse() {
         for (name, bytes) in seeds("spki") {
             let pk = match std::str::from_utf8(&bytes) {
-                Ok(text) if text.contains("-----BEGIN") => PublicKey::from_pem(text),
-                _ => PublicKey::from_spki_der(&bytes),
+                Ok(text) if text.contains("-----BEGIN") => trustfab_pki::public_key_from_pem(text),
+                _ => PublicKey::from_spki_der(&bytes).map_err(Error::from),
             };
             assert_eq!(
                 pk.unwrap_or_else(|e| panic!("{name}: {e}")).curve(),

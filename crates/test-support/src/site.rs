@@ -123,11 +123,8 @@ impl Oem {
     ) -> Vec<u8> {
         let identity = HsmIdentity::validate(target, vendor_root, spec.now).expect("HSM identity");
         let package_id = spec.package_id;
-        let kt = trustfab_token::PublicKey::from_point(
-            trustfab_token::Curve::P256,
-            identity.kt_key.point(),
-        )
-        .expect("key-transport key");
+        let kt =
+            PublicKey::from_point(Curve::P256, identity.kt_key.point()).expect("key-transport key");
         let wrap = |key: &SoftKey, info: &[u8]| {
             let der = key.secret_pkcs8_der().expect("PKCS#8 of the key");
             trustfab_token::wrap_for(&kt, &der, info)

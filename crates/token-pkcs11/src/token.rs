@@ -346,7 +346,7 @@ impl Pkcs11Token {
             p if p.len() == n => p,
             _ => return Err(Error::BadKey("CKA_EC_POINT is not a point of the curve")),
         };
-        PublicKey::from_point(curve, raw)
+        Ok(PublicKey::from_point(curve, raw)?)
     }
 
     fn find_object(s: &Session, label: &KeyLabel) -> Result<Option<ObjectHandle>, Error> {

@@ -1,6 +1,7 @@
 //! The PKCS#11 token's integration tests, against SoftHSM2: one binary.
 //!
-//! - `conformance`: the shared Token suite (from trustfab-token).
+//! - `conformance`: the shared Token suite (from trustfab-token, with its PKI property from
+//!   `conformance/pki.rs`).
 //! - `pkcs11`: what only this backend has (CKR codes, the session pool, token lookup, and
 //!   OpenSC's pkcs11-tool as an independent client reading attributes and signing).
 //!
@@ -79,7 +80,16 @@ impl Backend for SoftHsm {
 mod conformance {
     use super::fixture;
     trustfab_token::token_conformance!(fixture());
+
+    #[test]
+    fn device_certificate_signed_in_token() {
+        super::conformance_pki::device_certificate_signed_in_token(&fixture());
+    }
 }
+
+/// The conformance property that needs the PKI (see its module doc).
+#[path = "../../token/conformance/pki.rs"]
+mod conformance_pki;
 
 mod pkcs11 {
     use super::*;
@@ -104,11 +114,7 @@ mod pkcs11 {
     /// unwrapped into the token as `spec`: a key imported as a package brings it. Returns the
     /// key in the token and the software key.
     fn import(t: &Pkcs11Token, kt: KeyHandle, info: &[u8], spec: &KeySpec) -> (KeyHandle, SoftKey) {
-        let curve = match spec.curve {
-            Curve::P256 => trustfab_pki::Curve::P256,
-            Curve::P384 => trustfab_pki::Curve::P384,
-        };
-        let key = SoftKey::generate(curve).unwrap();
+        let key = SoftKey::generate(spec.curve).unwrap();
         let wrapped = wrap_for(
             &t.public_key(kt).unwrap(),
             &key.secret_pkcs8_der().unwrap(),
@@ -331,7 +337,7 @@ mod pkcs11 {
         let hsm = fixture();
         let t = hsm.open();
         let (kt, d, family) = import_family(&t, true);
-        let device = SoftKey::generate(trustfab_pki::Curve::P256).unwrap();
+        let device = SoftKey::generate(Curve::P256).unwrap();
         let recipient = PublicKey::from_point(Curve::P256, device.public_point()).unwrap();
         let before = t.object_count().unwrap();
         for i in 0..5u8 {
@@ -346,7 +352,7 @@ mod pkcs11 {
         assert_eq!(t.object_count().unwrap(), before, "after wrap_key");
 
         // An import: a key pair more (private and public object), nothing else.
-        let other = SoftKey::generate(trustfab_pki::Curve::P256).unwrap();
+        let other = SoftKey::generate(Curve::P256).unwrap();
         let other_der = other.secret_pkcs8_der().unwrap();
         let mut spec = key_spec("family-2", Curve::P256, KeyUsage::Distribute);
         spec.extractable = true;

@@ -1,6 +1,7 @@
 //! The soft token's integration tests: one binary.
 //!
-//! - `conformance`: the shared Token suite (from trustfab-token), run against a fresh store file.
+//! - `conformance`: the shared Token suite (from trustfab-token, with its PKI property from
+//!   `conformance/pki.rs`), run against a fresh store file.
 //! - `store`: the sealed file itself (tampering, versions, limits, atomic replace, permissions).
 //!
 //! New backend-independent properties go into trustfab-token's conformance module; file-format
@@ -76,7 +77,16 @@ impl Backend for Soft {
 mod conformance {
     use super::fixture;
     trustfab_token::token_conformance!(fixture());
+
+    #[test]
+    fn device_certificate_signed_in_token() {
+        super::conformance_pki::device_certificate_signed_in_token(&fixture());
+    }
 }
+
+/// The conformance property that needs the PKI (see its module doc).
+#[path = "../../token/conformance/pki.rs"]
+mod conformance_pki;
 
 mod store {
     use super::*;

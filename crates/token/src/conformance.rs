@@ -3,12 +3,15 @@
 //! token under test.
 //!
 //! This module is test code compiled into the library (feature `conformance`, enabled only by the
-//! backends' dev-dependencies): a failed property panics, as in any test.
+//! backends' dev-dependencies): a failed property panics, as in any test. The one property that
+//! needs the PKI (a device certificate signed in the token) is in `conformance/pki.rs` beside
+//! this crate's sources, which each backend's test binary includes with `#[path]`, so that this
+//! crate does not depend on `trustfab-pki`.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-use aws_lc_rs::signature::{EcdsaKeyPair, UnparsedPublicKey};
-use trustfab_pki::{Signer as _, SoftKey};
-use trustfab_types::{DeviceUid, OemId, ProductId, Serial, UnixTime};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, UnparsedPublicKey};
+use trustfab_types::SecretKeyDer;
 
 use crate::{
     pkcs8_public_key, unwrap_with, wrap_for, wrapped_header, Curve, Error, KeyHandle, KeyLabel,
@@ -52,20 +55,38 @@ fn verify(curve: Curve, point: &[u8], msg: &[u8], sig: &[u8]) -> bool {
         .is_ok()
 }
 
+/// A key in software, as the OEM holds one before wrapping it for a token: its PKCS#8 and its
+/// public point.
+struct SoftKey {
+    der: SecretKeyDer,
+    point: Vec<u8>,
+}
+
+impl SoftKey {
+    fn public_point(&self) -> &[u8] {
+        &self.point
+    }
+
+    fn secret_pkcs8_der(&self) -> SecretKeyDer {
+        SecretKeyDer::new(self.der.secret_pkcs8_der().to_vec())
+    }
+}
+
 fn oem_key(curve: Curve) -> SoftKey {
-    let c = match curve {
-        Curve::P256 => trustfab_pki::Curve::P256,
-        Curve::P384 => trustfab_pki::Curve::P384,
-    };
-    SoftKey::generate(c).unwrap()
+    let doc = EcdsaKeyPair::generate_pkcs8(curve.signing_alg(), &SystemRandom::new()).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(curve.signing_alg(), doc.as_ref()).unwrap();
+    SoftKey {
+        point: pair.public_key().as_ref().to_vec(),
+        der: SecretKeyDer::new(doc.as_ref().to_vec()),
+    }
 }
 
 /// The private scalar of a PKCS#8 key, to look for it where it must not be.
 fn scalar_of(key: &SoftKey, curve: Curve) -> Vec<u8> {
-    scalar_of_der(&key.secret_pkcs8_der().unwrap(), curve)
+    scalar_of_der(&key.secret_pkcs8_der(), curve)
 }
 
-fn scalar_of_der(der: &trustfab_types::SecretKeyDer, curve: Curve) -> Vec<u8> {
+fn scalar_of_der(der: &SecretKeyDer, curve: Curve) -> Vec<u8> {
     use aws_lc_rs::encoding::AsBigEndian as _;
     let pair = EcdsaKeyPair::from_pkcs8(curve.signing_alg(), der.secret_pkcs8_der()).unwrap();
     let bin = pair.private_key().as_be_bytes().unwrap();
@@ -74,16 +95,16 @@ fn scalar_of_der(der: &trustfab_types::SecretKeyDer, curve: Curve) -> Vec<u8> {
 
 /// A device key in software (what a device's secure storage holds): its PKCS#8 and its public
 /// key, the recipient of [`Token::wrap_key`].
-fn device_key(curve: Curve) -> (trustfab_types::SecretKeyDer, PublicKey) {
+fn device_key(curve: Curve) -> (SecretKeyDer, PublicKey) {
     let k = oem_key(curve);
     let public = PublicKey::from_point(curve, k.public_point()).unwrap();
-    (k.secret_pkcs8_der().unwrap(), public)
+    (k.secret_pkcs8_der(), public)
 }
 
 /// `key` wrapped for the key-transport key `kt` of `t`, binding `info`, as it arrives: through
 /// its byte encoding.
 fn wrapped_to(t: &dyn Token, kt: KeyHandle, key: &SoftKey, info: &[u8]) -> WrappedKey {
-    let der = key.secret_pkcs8_der().unwrap();
+    let der = key.secret_pkcs8_der();
     let wrapped = wrap_for(&t.public_key(kt).unwrap(), &der, info).unwrap();
     WrappedKey::from_bytes(&wrapped.to_bytes()).unwrap()
 }
@@ -226,7 +247,7 @@ pub fn wrong_wrapped_blob_refused<B: Backend>(b: &B) {
     let kt = transport_key(&t, "kt");
     let other_kt = transport_key(&t, "kt2");
     let oem = oem_key(Curve::P256);
-    let der = oem.secret_pkcs8_der().unwrap();
+    let der = oem.secret_pkcs8_der();
     let good = wrap_for(&t.public_key(kt).unwrap(), &der, b"pkg").unwrap();
     let spec = KeySpec::new(label("oem"), Curve::P256, KeyUsage::Sign);
     let refused = |w: &WrappedKey, kt: KeyHandle| {
@@ -265,7 +286,7 @@ pub fn distribute_key_wraps_out_to_a_device<B: Backend>(b: &B) {
     let t = b.open();
     let kt = transport_key(&t, "kt");
     let family = oem_key(Curve::P256);
-    let family_der = family.secret_pkcs8_der().unwrap();
+    let family_der = family.secret_pkcs8_der();
     let family_pub = pkcs8_public_key(&family_der).unwrap();
     let d = import_distribute(&t, kt, &family, "family:widget", true).unwrap();
     let info = t.info(d).unwrap();
@@ -486,74 +507,6 @@ pub fn fill_random<B: Backend>(b: &B) {
     assert_ne!(a, [0u8; 32]);
 }
 
-/// A device certificate signed inside the token (by an unwrapped OEM key, through
-/// [`TokenSigner`]) validates under the OEM root with webpki.
-pub fn device_certificate_signed_in_token<B: Backend>(b: &B) {
-    use trustfab_pki::{
-        issue_device, self_signed_ca, template::EXAMPLE_TEMPLATE, validate, CaRole, CaSpec,
-        DeviceRequest, Issuer, Policy, PublicKey, Purpose, RenderInputs, Template,
-    };
-    let t = b.open();
-    let kt = transport_key(&t, "kt");
-    let oem = oem_key(Curve::P256);
-    let now = UnixTime(1_767_225_600); // 2026-01-01
-    let root = self_signed_ca(
-        &CaSpec {
-            role: CaRole::OemRoot,
-            common_name: "Acme Root".into(),
-            organization: "Acme".into(),
-            serial: Serial::from_u64(1).unwrap(),
-            not_before: now,
-            days: 3650,
-        },
-        &oem,
-    )
-    .unwrap();
-    let k = import(&t, kt, &oem, "oem", Curve::P256);
-    let signer = TokenSigner::new(&t, k).unwrap();
-    let issuer = Issuer::new(&root, &signer).unwrap();
-    let template = Template::from_toml(EXAMPLE_TEMPLATE).unwrap();
-    let device = SoftKey::generate(trustfab_pki::Curve::P256).unwrap();
-    let device_pub =
-        PublicKey::from_point(trustfab_pki::Curve::P256, device.public_point()).unwrap();
-    let (oem_id, product) = (
-        OemId::new("acme").unwrap(),
-        ProductId::new("widget").unwrap(),
-    );
-    let uid = DeviceUid::new(&[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
-    let serial = Serial::from_u64(0x1234_5678_9abc).unwrap();
-    let cert = issue_device(
-        &template,
-        &DeviceRequest {
-            inputs: RenderInputs {
-                oem: &oem_id,
-                product: &product,
-                uid: &uid,
-                serial: &serial,
-            },
-            public_key: &device_pub,
-            now,
-        },
-        &issuer,
-    )
-    .unwrap();
-    let policy = Policy {
-        root: &root,
-        intermediates: &[],
-        crls: &[],
-        now: UnixTime(now.0 + 60),
-        purpose: Purpose::ClientAuth,
-    };
-    validate(&cert, &policy).unwrap();
-    // A signer of another key cannot pose as the issuer.
-    let gen = t
-        .generate(&KeySpec::new(label("gen"), Curve::P256, KeyUsage::Sign))
-        .unwrap();
-    let other = TokenSigner::new(&t, gen).unwrap();
-    assert!(Issuer::new(&root, &other).is_err());
-    assert!(TokenSigner::new(&t, kt).is_err());
-}
-
 /// Instantiates every conformance test for a backend: `token_conformance!(fixture_expr);` where
 /// the expression makes a fresh [`Backend`] for each test.
 #[macro_export]
@@ -562,7 +515,7 @@ macro_rules! token_conformance {
         $crate::token_conformance!(@tests $fixture;
             generate_sign_verify, unwrap_then_sign, no_private_key_export,
             wrong_wrapped_blob_refused, unknown_handle_refused, persistence_across_reopen,
-            wrong_credential_refused, fill_random, device_certificate_signed_in_token,
+            wrong_credential_refused, fill_random,
             distribute_key_wraps_out_to_a_device, distribute_key_policy);
     };
     (@tests $fixture:expr; $($name:ident),* $(,)?) => {

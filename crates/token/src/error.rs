@@ -119,3 +119,22 @@ pub enum Error {
     #[error("cryptographic operation failed: {0}")]
     Crypto(&'static str),
 }
+
+impl From<trustfab_keys::Error> for Error {
+    fn from(e: trustfab_keys::Error) -> Self {
+        match e {
+            trustfab_keys::Error::BadPublicKey(reason) => Self::BadKey(reason),
+            trustfab_keys::Error::TooLarge { what, len, limit } => {
+                Self::TooLarge { what, len, limit }
+            }
+            trustfab_keys::Error::BadSignature => Self::Crypto("signature does not verify"),
+            _ => Self::Crypto("key operation failed"),
+        }
+    }
+}
+
+impl From<trustfab_keys::SignError> for Error {
+    fn from(e: trustfab_keys::SignError) -> Self {
+        Self::Crypto(e.reason())
+    }
+}

@@ -1,103 +1,9 @@
-//! The vocabulary of the boundary: curves, opaque key handles, labels, key specs with their
-//! PKCS#11-style attributes, public keys and DER signatures.
+//! The vocabulary of the boundary: opaque key handles, labels, key specs with their
+//! PKCS#11-style attributes and DER signatures. Curves and public keys are `trustfab-keys`'s.
 
 use std::fmt;
 
-use aws_lc_rs::signature::{self as sig, UnparsedPublicKey};
-
-use crate::Error;
-
-/// Elliptic curves a token key may live on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Curve {
-    /// NIST P-256 (secp256r1); signatures use SHA-256.
-    P256,
-    /// NIST P-384 (secp384r1); signatures use SHA-384.
-    P384,
-}
-
-impl Curve {
-    /// Length of an uncompressed SEC1 point.
-    pub fn point_len(self) -> usize {
-        match self {
-            Self::P256 => 65,
-            Self::P384 => 97,
-        }
-    }
-
-    /// Length of a scalar (and of each of r and s).
-    pub fn scalar_len(self) -> usize {
-        match self {
-            Self::P256 => 32,
-            Self::P384 => 48,
-        }
-    }
-
-    /// DER of the named-curve OID (the PKCS#11 CKA_EC_PARAMS value).
-    pub fn ec_params_der(self) -> &'static [u8] {
-        match self {
-            Self::P256 => &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
-            Self::P384 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
-        }
-    }
-
-    /// The curve named by CKA_EC_PARAMS DER, if it is one of ours.
-    pub fn from_ec_params_der(der: &[u8]) -> Option<Self> {
-        [Self::P256, Self::P384]
-            .into_iter()
-            .find(|c| c.ec_params_der() == der)
-    }
-
-    /// The hash the curve's signatures use, applied on the host when the token wants a digest.
-    pub fn digest(self, message: &[u8]) -> aws_lc_rs::digest::Digest {
-        match self {
-            Self::P256 => aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message),
-            Self::P384 => aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA384, message),
-        }
-    }
-
-    /// The aws-lc-rs verification algorithm for DER signatures on this curve.
-    pub fn verify_alg(self) -> &'static sig::EcdsaVerificationAlgorithm {
-        match self {
-            Self::P256 => &sig::ECDSA_P256_SHA256_ASN1,
-            Self::P384 => &sig::ECDSA_P384_SHA384_ASN1,
-        }
-    }
-
-    /// The aws-lc-rs signing algorithm for DER signatures on this curve.
-    pub fn signing_alg(self) -> &'static sig::EcdsaSigningAlgorithm {
-        match self {
-            Self::P256 => &sig::ECDSA_P256_SHA256_ASN1_SIGNING,
-            Self::P384 => &sig::ECDSA_P384_SHA384_ASN1_SIGNING,
-        }
-    }
-
-    /// A one-byte code used in the wrapped-key and store formats.
-    pub fn code(self) -> u8 {
-        match self {
-            Self::P256 => 1,
-            Self::P384 => 2,
-        }
-    }
-
-    /// The curve for a format code.
-    pub fn from_code(code: u8) -> Option<Self> {
-        match code {
-            1 => Some(Self::P256),
-            2 => Some(Self::P384),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Curve {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::P256 => "P-256",
-            Self::P384 => "P-384",
-        })
-    }
-}
+use crate::{Curve, Error};
 
 /// An opaque reference to a key on one token. It carries no key material: holding one grants
 /// nothing beyond asking the token that made it to use the key under the key's own attributes.
@@ -278,81 +184,6 @@ pub struct KeyInfo {
     pub extractable: bool,
 }
 
-/// An EC public key: a curve and an uncompressed SEC1 point checked to lie on it.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct PublicKey {
-    curve: Curve,
-    point: Vec<u8>,
-}
-
-impl PublicKey {
-    /// A public key from an uncompressed SEC1 point.
-    ///
-    /// # Errors
-    /// [`Error::BadKey`] when the point is not an uncompressed point on `curve`.
-    pub fn from_point(curve: Curve, point: &[u8]) -> Result<Self, Error> {
-        if point.len() != curve.point_len() || point.first() != Some(&0x04) {
-            return Err(Error::BadKey("not an uncompressed point of the curve"));
-        }
-        sig::ParsedPublicKey::new(curve.verify_alg(), point)
-            .map_err(|_| Error::BadKey("point is not on the curve"))?;
-        Ok(Self {
-            curve,
-            point: point.to_vec(),
-        })
-    }
-
-    /// The curve.
-    pub fn curve(&self) -> Curve {
-        self.curve
-    }
-
-    /// The uncompressed SEC1 point (`04 || X || Y`).
-    pub fn point(&self) -> &[u8] {
-        &self.point
-    }
-
-    /// SubjectPublicKeyInfo DER (RFC 5480).
-    pub fn to_spki_der(&self) -> Vec<u8> {
-        // SEQUENCE { SEQUENCE { id-ecPublicKey, namedCurve }, BIT STRING (0 unused bits) point }
-        const EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-        let params = self.curve.ec_params_der();
-        let mut alg = vec![0x30];
-        push_len(&mut alg, EC_PUBLIC_KEY.len() + params.len());
-        alg.extend_from_slice(EC_PUBLIC_KEY);
-        alg.extend_from_slice(params);
-        let mut bits = vec![0x03];
-        push_len(&mut bits, self.point.len() + 1);
-        bits.push(0);
-        bits.extend_from_slice(&self.point);
-        let mut out = vec![0x30];
-        push_len(&mut out, alg.len() + bits.len());
-        out.extend_from_slice(&alg);
-        out.extend_from_slice(&bits);
-        out
-    }
-
-    /// Checks a DER ECDSA signature over `message` (hashed with the curve's hash).
-    ///
-    /// # Errors
-    /// [`Error::Crypto`] when the signature does not verify.
-    pub fn verify(&self, message: &[u8], signature: &Signature) -> Result<(), Error> {
-        UnparsedPublicKey::new(self.curve.verify_alg(), &self.point)
-            .verify(message, signature.der())
-            .map_err(|_| Error::Crypto("signature does not verify"))
-    }
-}
-
-impl fmt::Debug for PublicKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PublicKey({}, ", self.curve)?;
-        for b in &self.point {
-            write!(f, "{b:02x}")?;
-        }
-        f.write_str(")")
-    }
-}
-
 /// A DER length (short or long form).
 fn push_len(out: &mut Vec<u8>, len: usize) {
     if len < 0x80 {
@@ -420,6 +251,12 @@ impl Signature {
     }
 }
 
+impl AsRef<[u8]> for Signature {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Signature({} bytes DER)", self.0.len())
@@ -429,6 +266,7 @@ impl fmt::Debug for Signature {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PublicKey;
     use aws_lc_rs::rand::SystemRandom;
     use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
 
@@ -448,21 +286,6 @@ mod tests {
         }
         assert!(Signature::from_p1363(Curve::P256, &[1; 63]).is_err());
         assert!(Signature::from_p1363(Curve::P256, &[0; 64]).is_err());
-    }
-
-    #[test]
-    fn spki_der_is_what_aws_lc_writes() {
-        use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
-        for (alg, curve) in [
-            (&aws_lc_rs::agreement::ECDH_P256, Curve::P256),
-            (&aws_lc_rs::agreement::ECDH_P384, Curve::P384),
-        ] {
-            let k = aws_lc_rs::agreement::PrivateKey::generate(alg).unwrap();
-            let pubk = k.compute_public_key().unwrap();
-            let ours = PublicKey::from_point(curve, pubk.as_ref()).unwrap();
-            let theirs: PublicKeyX509Der<'_> = pubk.as_der().unwrap();
-            assert_eq!(ours.to_spki_der(), theirs.as_ref());
-        }
     }
 
     #[test]
@@ -488,16 +311,5 @@ mod tests {
             KeyLabel::new("oem:acme.prod_1-a").unwrap().as_str(),
             "oem:acme.prod_1-a"
         );
-    }
-
-    #[test]
-    fn public_key_refuses_points_off_the_curve() {
-        let k =
-            aws_lc_rs::agreement::PrivateKey::generate(&aws_lc_rs::agreement::ECDH_P256).unwrap();
-        let mut point = k.compute_public_key().unwrap().as_ref().to_vec();
-        assert!(PublicKey::from_point(Curve::P256, &point).is_ok());
-        assert!(PublicKey::from_point(Curve::P384, &point).is_err());
-        point[64] ^= 1;
-        assert!(PublicKey::from_point(Curve::P256, &point).is_err());
     }
 }

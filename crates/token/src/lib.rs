@@ -6,17 +6,14 @@ mod wrap;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
-#[cfg(feature = "pki")]
 mod signer;
 
 use std::fmt;
 
 pub use error::Error;
-pub use key::{
-    Curve, KeyHandle, KeyInfo, KeyLabel, KeySpec, KeyUsage, PublicKey, Signature, LABEL_MAX,
-};
-#[cfg(feature = "pki")]
+pub use key::{KeyHandle, KeyInfo, KeyLabel, KeySpec, KeyUsage, Signature, LABEL_MAX};
 pub use signer::TokenSigner;
+pub use trustfab_keys::{Curve, PublicKey, SignError, Signer};
 pub use wrap::{
     check_unwrap_in, check_wrap_out, kek_from_shared_secret, pkcs8_public_key, unwrap_pkcs8,
     unwrap_with, wrap_for, wrap_known_for, wrapped_header, WrappedKey, INFO_MAX, WRAPPED_MAX,

@@ -1,11 +1,11 @@
-//! A token key as a [`trustfab_pki::Signer`], so that certificates and CRLs are signed inside the
-//! token: rcgen builds the TBSCertificate, the token signs it.
+//! A token key as a [`trustfab_keys::Signer`], so that certificates, CRLs, packages and images
+//! are signed inside the token: the caller builds the message, the token signs it.
 
-use trustfab_pki::Signer;
+use trustfab_keys::{SignError, Signer};
 
-use crate::{Curve, Error, KeyHandle, Token};
+use crate::{Curve, Error, KeyHandle, KeyUsage, Signature, Token};
 
-/// A signing key on a token, usable wherever the PKI wants a [`Signer`].
+/// A signing key on a token, usable wherever a [`Signer`] is wanted.
 #[derive(Debug)]
 pub struct TokenSigner<'a> {
     token: &'a dyn Token,
@@ -21,7 +21,7 @@ impl<'a> TokenSigner<'a> {
     /// [`Error::UnknownKey`], or [`Error::NotPermitted`] when the key is not a signing key.
     pub fn new(token: &'a dyn Token, key: KeyHandle) -> Result<Self, Error> {
         let info = token.info(key)?;
-        if info.usage != crate::KeyUsage::Sign {
+        if info.usage != KeyUsage::Sign {
             return Err(Error::NotPermitted { operation: "sign" });
         }
         let public = token.public_key(key)?;
@@ -40,21 +40,18 @@ impl<'a> TokenSigner<'a> {
 }
 
 impl Signer for TokenSigner<'_> {
-    fn curve(&self) -> trustfab_pki::Curve {
-        match self.curve {
-            Curve::P256 => trustfab_pki::Curve::P256,
-            Curve::P384 => trustfab_pki::Curve::P384,
-        }
+    fn curve(&self) -> Curve {
+        self.curve
     }
 
     fn public_point(&self) -> &[u8] {
         &self.point
     }
 
-    fn sign_der(&self, message: &[u8]) -> Result<Vec<u8>, trustfab_pki::Error> {
+    fn sign_der(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
         self.token
             .sign(self.key, message)
-            .map(crate::Signature::into_der)
-            .map_err(|_| trustfab_pki::Error::Crypto("token signing failed"))
+            .map(Signature::into_der)
+            .map_err(|_| SignError::new("token signing failed"))
     }
 }

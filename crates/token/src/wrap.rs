@@ -267,7 +267,7 @@ pub fn unwrap_pkcs8(kek: &[u8; 32], ciphertext: &[u8]) -> Result<SecretKeyDer, E
 pub fn pkcs8_public_key(key: &SecretKeyDer) -> Result<PublicKey, Error> {
     for curve in [Curve::P256, Curve::P384] {
         if let Ok(pair) = EcdsaKeyPair::from_pkcs8(curve.signing_alg(), key.secret_pkcs8_der()) {
-            return PublicKey::from_point(curve, pair.public_key().as_ref());
+            return Ok(PublicKey::from_point(curve, pair.public_key().as_ref())?);
         }
     }
     Err(Error::BadKey("not a PKCS#8 EC key on P-256 or P-384"))

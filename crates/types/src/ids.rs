@@ -44,6 +44,24 @@ pub enum IdError {
     /// A certificate serial number that RFC 5280 forbids.
     #[error("serial number must be positive and at most 20 octets (RFC 5280 4.1.2.2)")]
     BadSerial,
+    /// A pair written without its separator (a product key without the `/`).
+    #[error("{what} must be written {form}")]
+    NoSeparator {
+        /// Which identifier.
+        what: &'static str,
+        /// The form expected, as `oem/product`.
+        form: &'static str,
+    },
+    /// A fixed-length value of another length.
+    #[error("{what} is {len} bytes, it must be {expected}")]
+    WrongLength {
+        /// Which identifier.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The length it must have.
+        expected: usize,
+    },
 }
 
 /// Checks a name-like identifier that has no type of its own (a firmware family, say) by the
@@ -138,6 +156,168 @@ name_id!(
     ProductId,
     "product id"
 );
+name_id!(
+    /// A production job: a quantity of one product reserved for stations.
+    JobId,
+    "job id"
+);
+name_id!(
+    /// An HSM, as its operator names it at initialisation and its identity certificate says.
+    HsmId,
+    "HSM id"
+);
+
+/// A product as the HSM and the ledger key it: the (OEM id, product id) pair, written
+/// `oem/product`. Neither half may hold a `/` (the id alphabet has none), so the form parses back
+/// to the same pair.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProductKey {
+    oem: OemId,
+    product: ProductId,
+}
+
+impl ProductKey {
+    /// The key of `product` of `oem`.
+    pub fn new(oem: OemId, product: ProductId) -> Self {
+        Self { oem, product }
+    }
+
+    /// Parses `oem/product`.
+    ///
+    /// # Errors
+    /// [`IdError::NoSeparator`] without a `/`, or the refusal of either id (a second `/` is a
+    /// character the product id refuses).
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let (oem, product) = s.split_once('/').ok_or(IdError::NoSeparator {
+            what: "product key",
+            form: "oem/product",
+        })?;
+        Ok(Self::new(OemId::new(oem)?, ProductId::new(product)?))
+    }
+
+    /// The OEM.
+    pub fn oem(&self) -> &OemId {
+        &self.oem
+    }
+
+    /// The product.
+    pub fn product(&self) -> &ProductId {
+        &self.product
+    }
+}
+
+impl From<(OemId, ProductId)> for ProductKey {
+    fn from((oem, product): (OemId, ProductId)) -> Self {
+        Self::new(oem, product)
+    }
+}
+
+impl FromStr for ProductKey {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for ProductKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.oem, self.product)
+    }
+}
+
+impl fmt::Debug for ProductKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ProductKey({:?})", self.to_string())
+    }
+}
+
+impl Serialize for ProductKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProductKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A SHA-256 fingerprint (of an HSM identity certificate, say): 32 bytes, written as 64
+/// lowercase hexadecimal digits. It names public data, so equality is not constant-time.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fingerprint([u8; Self::LEN]);
+
+impl Fingerprint {
+    /// The length of a SHA-256 digest.
+    pub const LEN: usize = 32;
+
+    /// A fingerprint from a digest.
+    pub fn new(digest: [u8; Self::LEN]) -> Self {
+        Self(digest)
+    }
+
+    /// A fingerprint from a byte slice.
+    ///
+    /// # Errors
+    /// [`IdError::WrongLength`] unless it is 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, IdError> {
+        <[u8; Self::LEN]>::try_from(bytes)
+            .map(Self)
+            .map_err(|_| IdError::WrongLength {
+                what: "fingerprint",
+                len: bytes.len(),
+                expected: Self::LEN,
+            })
+    }
+
+    /// A fingerprint from 64 hexadecimal digits.
+    ///
+    /// # Errors
+    /// [`IdError::NotHex`], or [`IdError::WrongLength`] for another number of bytes.
+    pub fn from_hex(s: &str) -> Result<Self, IdError> {
+        let bytes = hex::decode(s).map_err(|_| IdError::NotHex {
+            what: "fingerprint",
+        })?;
+        Self::from_slice(&bytes)
+    }
+
+    /// The digest.
+    pub fn as_bytes(&self) -> &[u8; Self::LEN] {
+        &self.0
+    }
+
+    /// Lowercase hexadecimal.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl From<[u8; 32]> for Fingerprint {
+    fn from(digest: [u8; Self::LEN]) -> Self {
+        Self::new(digest)
+    }
+}
+
+impl FromStr for Fingerprint {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        Self::from_hex(s)
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({})", self.to_hex())
+    }
+}
 
 /// The unique id a device reports (a secure element's serial number, an MCU's UID): 1 to 32
 /// bytes, shown as lowercase hexadecimal.
@@ -316,6 +496,98 @@ mod tests {
             })
         );
         assert_eq!(OemId::new("acme-iot_1.0").unwrap().as_str(), "acme-iot_1.0");
+    }
+
+    #[test]
+    fn job_and_hsm_ids_follow_the_name_rules() {
+        assert_eq!(
+            JobId::new("job-2026.01_a").unwrap().to_string(),
+            "job-2026.01_a"
+        );
+        assert_eq!(JobId::new(""), Err(IdError::Empty { what: "job id" }));
+        assert!(matches!(
+            JobId::new("job 1"),
+            Err(IdError::BadChar { found: ' ', .. })
+        ));
+        assert!(matches!(
+            HsmId::new(&"h".repeat(65)),
+            Err(IdError::TooLong { what: "HSM id", .. })
+        ));
+        assert_eq!("hsm-1".parse::<HsmId>().unwrap().as_str(), "hsm-1");
+    }
+
+    #[test]
+    fn product_key_parses_and_displays_as_oem_slash_product() {
+        let k: ProductKey = "acme/sensor-1".parse().unwrap();
+        assert_eq!(k.oem().as_str(), "acme");
+        assert_eq!(k.product().as_str(), "sensor-1");
+        assert_eq!(k.to_string(), "acme/sensor-1");
+        assert_eq!(format!("{k:?}"), r#"ProductKey("acme/sensor-1")"#);
+        let pair = (
+            OemId::new("acme").unwrap(),
+            ProductId::new("sensor-1").unwrap(),
+        );
+        assert_eq!(ProductKey::from(pair), k);
+    }
+
+    #[test]
+    fn product_key_refusals() {
+        assert_eq!(
+            ProductKey::parse("acme"),
+            Err(IdError::NoSeparator {
+                what: "product key",
+                form: "oem/product"
+            })
+        );
+        assert_eq!(
+            ProductKey::parse("/p"),
+            Err(IdError::Empty { what: "OEM id" })
+        );
+        assert_eq!(
+            ProductKey::parse("acme/"),
+            Err(IdError::Empty { what: "product id" })
+        );
+        assert_eq!(
+            ProductKey::parse("acme/a/b"),
+            Err(IdError::BadChar {
+                what: "product id",
+                found: '/'
+            })
+        );
+        assert!(matches!(
+            ProductKey::parse("ac me/p"),
+            Err(IdError::BadChar { what: "OEM id", .. })
+        ));
+    }
+
+    #[test]
+    fn fingerprint_is_32_bytes_in_hex() {
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let f: Fingerprint = hex.parse().unwrap();
+        assert_eq!(f.to_string(), hex);
+        assert_eq!(f.as_bytes()[1], 0x11);
+        assert_eq!(Fingerprint::from_hex(&hex.to_uppercase()), Ok(f));
+        assert_eq!(Fingerprint::from_slice(f.as_bytes()), Ok(f));
+        assert_eq!(Fingerprint::from([7; 32]).as_bytes(), &[7; 32]);
+        assert_eq!(
+            Fingerprint::from_hex(&hex[..62]),
+            Err(IdError::WrongLength {
+                what: "fingerprint",
+                len: 31,
+                expected: 32
+            })
+        );
+        assert!(matches!(
+            Fingerprint::from_slice(&[0; 33]),
+            Err(IdError::WrongLength { len: 33, .. })
+        ));
+        assert_eq!(
+            Fingerprint::from_hex(&format!("{}zz", &hex[..62])),
+            Err(IdError::NotHex {
+                what: "fingerprint"
+            })
+        );
+        assert!(Fingerprint::from_hex("").is_err());
     }
 
     #[test]

@@ -4,7 +4,9 @@ mod ids;
 mod secret;
 mod time;
 
-pub use ids::{check_name, DeviceUid, IdError, OemId, ProductId, Serial};
+pub use ids::{
+    check_name, DeviceUid, Fingerprint, HsmId, IdError, JobId, OemId, ProductId, ProductKey, Serial,
+};
 pub use secret::{Passphrase, SecretBytes, SecretKeyDer};
 pub use time::{Clock, FixedClock, OsRng, Rng, RngError, SystemClock, UnixTime};
 
@@ -17,6 +19,8 @@ pub mod limits {
     pub const CERTIFICATE_BYTES: usize = 16 * 1024;
     /// A private key file (encrypted PKCS#8, PEM), in bytes.
     pub const KEY_FILE_BYTES: usize = 16 * 1024;
+    /// A SubjectPublicKeyInfo (DER), in bytes.
+    pub const PUBLIC_KEY_BYTES: usize = 1024;
     /// A certificate revocation list, in bytes.
     pub const CRL_BYTES: usize = 4 * 1024 * 1024;
     /// A passphrase, in bytes.

@@ -176,7 +176,7 @@ pub fn seal(contents: &Contents, signer: &dyn Signer) -> Result<Vec<u8>, Error> 
         .protected(protected)
         .payload(payload)
         .try_create_signature(&[], |tbs| {
-            let der = signer.sign_der(tbs)?;
+            let der = signer.sign_der(tbs).map_err(trustfab_pki::Error::from)?;
             sig::der_to_fixed(&der, signer.curve()).map_err(Error::from)
         })?
         .build();
