@@ -466,3 +466,165 @@ impl CaDir {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: UnixTime = UnixTime(1_750_000_000);
+
+    fn pass(s: &str) -> Passphrase {
+        Passphrase::new(s.into()).unwrap()
+    }
+
+    fn oem(dir: &Path, device_ca: bool) -> CaDir {
+        let spec = InitSpec {
+            kind: Kind::Oem,
+            name: "Acme",
+            oem_id: Some(OemId::new("acme").unwrap()),
+            curve: Curve::P256,
+            years: 5,
+            device_ca,
+        };
+        CaDir::init(dir, &spec, &pass("right"), NOW).unwrap()
+    }
+
+    #[test]
+    fn revocation_persists_across_reopen_and_stays() {
+        let t = tempfile::tempdir().unwrap();
+        let mut ca = oem(t.path(), true);
+        let serial = Serial::from_u64(0x1234).unwrap();
+        assert!(ca.revoke(&serial, Reason::KeyCompromise, NOW).unwrap());
+        drop(ca);
+        let mut ca = CaDir::open(t.path(), Kind::Oem).unwrap();
+        let revoked = ca.revoked().unwrap();
+        assert_eq!(revoked.len(), 1);
+        assert_eq!(revoked[0].serial, serial);
+        assert_eq!(revoked[0].reason, Reason::KeyCompromise);
+        // Revoking again changes nothing: the first time and reason stay.
+        assert!(!ca
+            .revoke(&serial, Reason::Superseded, UnixTime(NOW.0 + 9))
+            .unwrap());
+        let ca = CaDir::open(t.path(), Kind::Oem).unwrap();
+        let revoked = ca.revoked().unwrap();
+        assert_eq!(revoked.len(), 1);
+        assert_eq!(revoked[0].at, NOW);
+        assert_eq!(revoked[0].reason, Reason::KeyCompromise);
+    }
+
+    #[test]
+    fn crl_numbers_strictly_increase_across_reopen() {
+        let t = tempfile::tempdir().unwrap();
+        let mut ca = oem(t.path(), true);
+        assert_eq!(ca.crl_number(), 0);
+        ca.revoke(&Serial::from_u64(7).unwrap(), Reason::Unspecified, NOW)
+            .unwrap();
+        let mut last = 0;
+        for i in 0..3 {
+            let mut ca = CaDir::open(t.path(), Kind::Oem).unwrap();
+            let crl = ca
+                .issue_crl(&pass("right"), UnixTime(NOW.0 + i), 30)
+                .unwrap();
+            assert!(crl.number > last, "CRL {} after {last}", crl.number);
+            assert_eq!(crl.revoked, 1);
+            assert_eq!(
+                CaDir::open(t.path(), Kind::Oem).unwrap().crl_number(),
+                crl.number
+            );
+            last = crl.number;
+        }
+        assert_eq!(last, 3);
+        // A refused issuance (wrong passphrase) uses no number.
+        assert!(ca.issue_crl(&pass("wrong"), NOW, 30).is_err());
+        let mut ca = CaDir::open(t.path(), Kind::Oem).unwrap();
+        assert_eq!(ca.issue_crl(&pass("right"), NOW, 30).unwrap().number, 4);
+    }
+
+    #[test]
+    fn wrong_passphrase_is_refused_and_keys_are_only_written_encrypted() {
+        let t = tempfile::tempdir().unwrap();
+        let ca = oem(t.path(), true);
+        for e in [
+            ca.root_key(&pass("wrong")).err(),
+            ca.signing(&pass("wrong")).err(),
+        ] {
+            assert!(
+                matches!(e, Some(Error::KeyFile { .. })),
+                "not refused: {e:?}"
+            );
+        }
+        assert!(ca.root_key(&pass("right")).is_ok());
+        assert!(ca.signing(&pass("right")).is_ok());
+        for key in [ROOT_KEY, DEVICE_CA_KEY] {
+            let text = std::fs::read_to_string(t.path().join(key)).unwrap();
+            assert!(text.contains("BEGIN ENCRYPTED PRIVATE KEY"), "{key}");
+            assert!(!text.contains("BEGIN PRIVATE KEY"), "{key}");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(t.path().join(key))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(mode & 0o777, 0o600, "{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn init_refuses_a_directory_with_a_ca_and_open_the_other_kind() {
+        let t = tempfile::tempdir().unwrap();
+        oem(t.path(), false);
+        let spec = InitSpec {
+            kind: Kind::Oem,
+            name: "Acme",
+            oem_id: None,
+            curve: Curve::P256,
+            years: 5,
+            device_ca: false,
+        };
+        assert!(matches!(
+            CaDir::init(t.path(), &spec, &pass("right"), NOW),
+            Err(Error::CaExists { .. })
+        ));
+        assert!(matches!(
+            CaDir::open(t.path(), Kind::Vendor),
+            Err(Error::WrongKind { .. })
+        ));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            CaDir::open(empty.path(), Kind::Oem),
+            Err(Error::NoCa { .. })
+        ));
+    }
+
+    #[test]
+    fn a_test_certificate_validates_to_the_root_until_revoked() {
+        let t = tempfile::tempdir().unwrap();
+        let mut ca = oem(t.path(), true);
+        let template = Template::from_toml(trustfab_pki::template::EXAMPLE_TEMPLATE).unwrap();
+        let key = SoftKey::generate(Curve::P256).unwrap();
+        let public_key = PublicKey::from_point(Curve::P256, key.public_point()).unwrap();
+        let serial = Serial::from_u64(42).unwrap();
+        let der = ca
+            .issue_test(
+                &TestIssue {
+                    template: &template,
+                    product: &ProductId::new("thermo").unwrap(),
+                    uid: &DeviceUid::new(&[1, 2, 3]).unwrap(),
+                    serial: &serial,
+                    public_key: &public_key,
+                    now: NOW,
+                },
+                &pass("right"),
+            )
+            .unwrap();
+        let later = UnixTime(NOW.0 + 60);
+        ca.validate(&der, &[], later).unwrap();
+        ca.revoke(&serial, Reason::KeyCompromise, later).unwrap();
+        let crl = ca.issue_crl(&pass("right"), later, 30).unwrap();
+        assert!(ca
+            .validate(&der, &[crl.der], UnixTime(later.0 + 1))
+            .is_err());
+    }
+}
