@@ -1,6 +1,6 @@
 //! A programming centre with an imported product, as the HSM and station tests and the HSM
-//! bench set it up: the vendor certifies an HSM identity made in a token, the OEM wraps its
-//! device-CA key for that HSM in a sealed package, the HSM imports it.
+//! bench set it up: the vendor certifies an HSM identity made in a token, the OEM seals an order
+//! for that HSM with `trustfab_oem::Order` (its device-CA key wrapped inside), the HSM imports it.
 //!
 //! The token, the ledger and the clock are the caller's (a soft token or SoftHSM2, SQLite or
 //! PostgreSQL, a fixed or the system clock); so is `now`, the time every certificate and package
