@@ -105,7 +105,7 @@ pub enum Error {
         wanted: Kind,
     },
     /// A validity in years that is zero or does not fit in days.
-    #[error("{years} years: the validity must be between 1 and 100 years")]
+    #[error("a CA validity of {years} years is refused: at least 1 year, and no more days than fit in 32 bits")]
     Years {
         /// The years asked for.
         years: u32,
