@@ -68,6 +68,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             device_ca: false,
         },
         &pass,
+        SystemClock.now(),
     )?;
     println!(
         "1. vendor root CA (certifies genuine HSMs): {}/root.pem",
@@ -106,6 +107,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             device_ca: true,
         },
         &pass,
+        SystemClock.now(),
     )?;
     println!(
         "3. OEM {oem_id}: root CA {0}/root.pem, device CA {0}/device-ca.pem",
@@ -222,21 +224,10 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     let cert2 = hsm
         .certificate_for(&product_key, uid2)?
         .context("device 2 has no certificate")?;
-    let (ca_cert, ca_key) = oem.signing(&pass)?;
-    let issuer = oem.issuer(&ca_cert, &ca_key)?;
     oem.revoke(&cert2.serial, Reason::KeyCompromise, SystemClock.now())?;
-    let now = SystemClock.now();
-    let crl = trustfab_pki::build_crl(
-        &issuer,
-        &oem.revoked()?,
-        1,
-        now,
-        trustfab_types::UnixTime(now.0 + 30 * 86_400),
-    )?;
+    let crl = oem.issue_crl(&pass, SystemClock.now(), 30)?.der;
     let crl_path = dir.join("crl.pem");
     files::write_new(&crl_path, pem::encode("X509 CRL", &crl).as_bytes(), false)?;
-    oem.state.crl_number = 1;
-    oem.save()?;
     match crate::auth::demo_auth(&dev1, &dev2, &[crl]) {
         Err(e) => println!(
             "10. device 2 revoked (key-compromise, CRL {}); authentication now refused: {e:#}",

@@ -1,34 +1,22 @@
-//! `trustfab job` (create, run, close, status) and `trustfab bench`: the station at the
-//! programming center, over the HSM directory of `trustfab hsm`. The job package format and the
-//! ledger records are in `docs/job.md`.
+//! `trustfab job` (create, run, close, status, quick): the station at the programming center,
+//! over the HSM directory of `trustfab hsm`. The job package format and the ledger records are in
+//! `docs/job.md`. `trustfab bench` is in `bench.rs`.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use trustfab_device::{file, DeviceKind, SiliconVendor};
-use trustfab_hsm::Reservation;
-use trustfab_hsm::{wrap_info, Hsm};
-use trustfab_ledger_sqlite::SqliteStore;
-use trustfab_pki::template::EXAMPLE_TEMPLATE;
-use trustfab_pki::{
-    certify_hsm, intermediate_ca, issue_device, self_signed_ca, validate, CaRole, CaSpec, Curve,
-    DeviceRequest, HsmIdentity, Issuer, Policy, PublicKey, Purpose, RenderInputs, Signer, SoftKey,
-    Template,
-};
+use trustfab_hsm::{Hsm, Reservation};
 use trustfab_station::{
     device_kind, run as run_job, Faults, FileSupply, JobSpec, LockPolicy, MadeSupply, PartKind,
     Progress, RunOptions, SlotMap, Summary,
 };
-use trustfab_token_soft::{Argon2Cost, SoftToken};
-use trustfab_types::{
-    Clock as _, DeviceUid, OemId, Passphrase, ProductId, Serial, SystemClock, UnixTime,
-};
+use trustfab_types::{Clock as _, SystemClock};
 
 use crate::files;
 use crate::hsm::{self, HsmDir};
@@ -159,88 +147,6 @@ pub(crate) struct JobRef {
     at: HsmDir,
 }
 
-#[derive(Args, Debug)]
-pub(crate) struct BenchArgs {
-    /// Devices to provision.
-    #[arg(long, default_value_t = 100_000)]
-    devices: u64,
-    /// Sockets (default: 32 per core; a socket waits for the HSM's batch, so many keep it busy).
-    #[arg(long)]
-    sockets: Option<usize>,
-    /// Most devices per HSM issuance call.
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-    /// Where the HSM token and the ledger go (default: a temporary directory).
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// Devices per core for the limit measurement (default: a tenth of --devices, at most 20,000).
-    #[arg(long)]
-    limit_devices: Option<u64>,
-    /// The HSM on a PKCS#11 token with this label (a fresh one: the bench makes its identity
-    /// there), its PIN from --passphrase-file or $TRUSTFAB_PASSPHRASE, instead of a soft token.
-    #[arg(long, value_name = "LABEL")]
-    token_label: Option<String>,
-    /// PKCS#11 module for --token-label (default: $TRUSTFAB_PKCS11_MODULE, else SoftHSM2's).
-    #[arg(long, requires = "token_label")]
-    pkcs11_module: Option<PathBuf>,
-    /// PKCS#11 sessions for --token-label.
-    #[arg(long, default_value_t = 4, requires = "token_label")]
-    pkcs11_sessions: usize,
-    #[command(flatten)]
-    pass: crate::secrets::PassphraseArgs,
-    /// The ledger: an empty PostgreSQL database (`postgresql://…`) instead of a SQLite file in
-    /// the bench directory.
-    #[arg(long, value_name = "URL")]
-    ledger_url: Option<String>,
-    /// Secure MCUs with a firmware step: an image of this many KiB, encrypted for the product's
-    /// family, installed by each part's secure boot (family key wrapped by the HSM per device).
-    #[arg(long, value_name = "KIB")]
-    firmware: Option<u32>,
-    /// Print JSON instead of the table.
-    #[arg(long)]
-    json: bool,
-}
-
-/// The OEM's firmware for a bench with `--firmware`: its boot key's hash, its family key and
-/// one image.
-struct BenchFirmware {
-    boot_key_hash: [u8; 32],
-    family: SoftKey,
-    image: Vec<u8>,
-}
-
-impl BenchFirmware {
-    fn new(kib: u32) -> Result<Self> {
-        let sign = SoftKey::generate(Curve::P256)?;
-        let family = SoftKey::generate(Curve::P256)?;
-        let family_pub = PublicKey::from_point(Curve::P256, family.public_point())?;
-        let len = usize::try_from(kib)? * 1024;
-        if len + 4096 > trustfab_device::limits::BOOT_SLOT_BYTES {
-            bail!(
-                "--firmware {kib}: the simulated MCU's boot slot holds {} KiB",
-                trustfab_device::limits::BOOT_SLOT_BYTES / 1024 - 4
-            );
-        }
-        let payload: Vec<u8> = b"bench firmware "
-            .iter()
-            .copied()
-            .cycle()
-            .take(len)
-            .collect();
-        let mut opts = trustfab_firmware::MasterOptions::new("1.0.0".parse()?, 1);
-        opts.encrypt_to = Some(&family_pub);
-        let image = trustfab_firmware::master(&payload, &opts, &sign, &trustfab_types::OsRng)?;
-        Ok(Self {
-            boot_key_hash: trustfab_firmware::key_hash(&PublicKey::from_point(
-                Curve::P256,
-                sign.public_point(),
-            )?),
-            family,
-            image,
-        })
-    }
-}
-
 pub(crate) fn run(cmd: JobCommand) -> Result<()> {
     match cmd {
         JobCommand::Create(a) => create(&a),
@@ -366,7 +272,7 @@ fn stop_flag() -> Arc<AtomicBool> {
     .clone()
 }
 
-fn progress_bar(quantity: u64, done: u64) -> ProgressBar {
+pub(crate) fn progress_bar(quantity: u64, done: u64) -> ProgressBar {
     let pb = ProgressBar::new(quantity);
     if let Ok(style) = ProgressStyle::with_template(
         "{elapsed_precise} [{bar:40}] {pos}/{len} good  {per_sec}  ETA {eta}  {msg}",
@@ -377,7 +283,7 @@ fn progress_bar(quantity: u64, done: u64) -> ProgressBar {
     pb
 }
 
-fn options(sockets: usize, batch: usize, show: Option<ProgressBar>) -> RunOptions {
+pub(crate) fn options(sockets: usize, batch: usize, show: Option<ProgressBar>) -> RunOptions {
     let mut o = RunOptions::new(sockets, Arc::new(SystemClock));
     o.batch = batch;
     o.stop = stop_flag();
@@ -456,7 +362,7 @@ fn run_cmd(a: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -578,423 +484,4 @@ pub(crate) fn demo_job(hsm: &Hsm, dir: &Path, product: &str, devices: u64) -> Re
         c.credited
     );
     Ok(s)
-}
-
-/// Peak resident set size of this process, in bytes (Linux `VmHWM`).
-fn peak_rss() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-const BENCH_PRODUCT: &str = "acme/bench";
-
-/// A whole programming center in `dir`: vendor CA, HSM on the soft token, OEM root and device
-/// CA, a package of `count` for this HSM, imported.
-/// The bench's token: a new soft token in `dir`, or the PKCS#11 token `a` names.
-fn bench_token(a: &BenchArgs, dir: &Path) -> Result<Arc<dyn trustfab_token::Token>> {
-    if let Some(label) = &a.token_label {
-        let module = match &a.pkcs11_module {
-            Some(m) => m.clone(),
-            None => trustfab_token_pkcs11::module_path()?,
-        };
-        let token =
-            trustfab_token_pkcs11::Pkcs11Token::open(&trustfab_token_pkcs11::Pkcs11Config {
-                module,
-                token_label: label.clone(),
-                pin: a.pass.get("the PKCS#11 token's PIN", false)?,
-                sessions: a.pkcs11_sessions.max(1),
-            })
-            .with_context(|| format!("opening PKCS#11 token {label}"))?;
-        return Ok(Arc::new(token));
-    }
-    let mut secret = [0u8; 24];
-    aws_lc_rs::rand::fill(&mut secret).map_err(|_| anyhow::anyhow!("random generator failed"))?;
-    let pass = || Passphrase::new(hex::encode(secret)).map_err(anyhow::Error::msg);
-    let token_path = dir.join("token");
-    drop(SoftToken::create(
-        &token_path,
-        &pass()?,
-        Argon2Cost::new(8 * 1024, 1, 1)?,
-    )?);
-    Ok(Arc::new(SoftToken::open(&token_path, &pass()?)?))
-}
-
-/// A bench CA certificate named `name` for `key`: self-signed, or issued by `issuer`. Serial 1,
-/// valid from an hour before `now` for ten years.
-fn bench_ca(
-    role: CaRole,
-    name: &str,
-    key: &SoftKey,
-    issuer: Option<&Issuer<'_>>,
-    now: UnixTime,
-) -> Result<Vec<u8>> {
-    let spec = CaSpec {
-        role,
-        common_name: name.into(),
-        organization: name.into(),
-        // Unique per issuer (RFC 5280 §4.1.2.2): a root is serial 1 of its own key, the CA it
-        // issues serial 2 (the vendor issues its HSM certificates as 2 and 3, and no CA).
-        serial: Serial::from_u64(if issuer.is_none() { 1 } else { 2 })?,
-        not_before: UnixTime(now.0 - 3600),
-        days: 3650,
-    };
-    Ok(match issuer {
-        None => self_signed_ca(&spec, key)?,
-        Some(i) => intermediate_ca(
-            &spec,
-            &PublicKey::from_point(key.curve(), key.public_point())?,
-            i,
-        )?,
-    })
-}
-
-fn bench_site(
-    token: Arc<dyn trustfab_token::Token>,
-    dir: &Path,
-    ledger_url: Option<&str>,
-    count: u64,
-    fw: Option<&BenchFirmware>,
-) -> Result<Hsm> {
-    let now = SystemClock.now();
-    let ca = |role, name: &str, key: &SoftKey, issuer: Option<&Issuer<'_>>| {
-        bench_ca(role, name, key, issuer, now)
-    };
-    let vendor_key = SoftKey::generate(Curve::P256)?;
-    let vendor_root = ca(CaRole::VendorRoot, "Bench vendor", &vendor_key, None)?;
-    let req = Hsm::init(&*token, "bench-hsm")
-        .context("making the bench HSM's identity (a PKCS#11 token must be a fresh one)")?;
-    let vendor_issuer = Issuer::new(&vendor_root, &vendor_key)?;
-    let certs = certify_hsm(
-        &req,
-        &vendor_issuer,
-        (&Serial::from_u64(2)?, &Serial::from_u64(3)?),
-        UnixTime(now.0 - 3600),
-        365,
-    )?;
-    let ledger: Arc<dyn trustfab_ledger::Store> = match ledger_url {
-        Some(url) => {
-            let store = trustfab_ledger_postgres::PgStore::connect(url)
-                .with_context(|| format!("connecting to the ledger {url}"))?;
-            if trustfab_ledger::Store::head(&store)?.seq != 0 {
-                bail!("the bench needs an empty ledger; {url} holds records");
-            }
-            Arc::new(store)
-        }
-        None => Arc::new(SqliteStore::open(&dir.join("ledger.sqlite"))?),
-    };
-    let hsm = Hsm::open(
-        token,
-        ledger,
-        Arc::new(SystemClock),
-        "bench-hsm",
-        Some(&certs),
-    )?;
-    let root_key = SoftKey::generate(Curve::P256)?;
-    let root = ca(CaRole::OemRoot, "Bench OEM root", &root_key, None)?;
-    let ca_key = SoftKey::generate(Curve::P256)?;
-    let device_ca = ca(
-        CaRole::DeviceCa,
-        "Bench device CA",
-        &ca_key,
-        Some(&Issuer::new(&root, &root_key)?),
-    )?;
-    let identity = HsmIdentity::validate(&certs, &vendor_root, now)?;
-    let mut package_id = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut package_id)
-        .map_err(|_| anyhow::anyhow!("random generator failed"))?;
-    let kt = PublicKey::from_point(Curve::P256, identity.kt_key.point())?;
-    let wrapped = trustfab_token::wrap_for(
-        &kt,
-        &ca_key.secret_pkcs8_der()?,
-        &wrap_info(&package_id, &identity.fingerprint),
-    )?;
-    let (oem, product) = BENCH_PRODUCT.split_once('/').unwrap_or(("acme", "bench"));
-    let contents = trustfab_formats::package::Contents {
-        package_id,
-        target_hsm: identity.fingerprint,
-        oem_id: OemId::new(oem)?,
-        product_id: ProductId::new(product)?,
-        count,
-        serial_range: None,
-        not_before: UnixTime(now.0 - 60),
-        not_after: UnixTime(now.0 + 86_400),
-        template: EXAMPLE_TEMPLATE.into(),
-        root_cert: root,
-        device_ca_cert: Some(device_ca),
-        wrapped_signing_key: wrapped.to_bytes(),
-        firmware: match fw {
-            Some(fw) => Some(trustfab_formats::package::Firmware {
-                family: "bench".into(),
-                boot_key_hash: fw.boot_key_hash,
-                wrapped_family_key: Some(
-                    trustfab_token::wrap_for(
-                        &kt,
-                        &fw.family.secret_pkcs8_der()?,
-                        &trustfab_hsm::family_wrap_info(&package_id, &identity.fingerprint),
-                    )?
-                    .to_bytes(),
-                ),
-            }),
-            None => None,
-        },
-    };
-    hsm.import(&trustfab_formats::package::seal(&contents, &root_key)?)?;
-    Ok(hsm)
-}
-
-/// The limit: per device the same cryptography as the flow — the part's attestation key and
-/// its vendor certificate (making the part), the device key, the device certificate built from
-/// the template and signed, the chain validated (two signatures), a challenge signed and
-/// verified — back to back on `threads` threads, no I/O. With firmware, also the family key
-/// wrapped to the device key and unwrapped with it, and what secure boot does with the image:
-/// validate it decrypting, decrypt it into the primary slot, validate that. Returns devices per
-/// second.
-fn crypto_limit(threads: usize, per_thread: u64, fw: Option<&BenchFirmware>) -> Result<f64> {
-    let now = SystemClock.now();
-    let template = Template::from_toml(EXAMPLE_TEMPLATE)?;
-    let root_key = SoftKey::generate(Curve::P256)?;
-    let root = bench_ca(CaRole::OemRoot, "Limit root", &root_key, None, now)?;
-    let ca_key = SoftKey::generate(Curve::P256)?;
-    let ca = bench_ca(
-        CaRole::DeviceCa,
-        "Limit CA",
-        &ca_key,
-        Some(&Issuer::new(&root, &root_key)?),
-        now,
-    )?;
-    let oem = OemId::new("acme")?;
-    let product = ProductId::new("bench")?;
-    let start = Instant::now();
-    std::thread::scope(|scope| -> Result<()> {
-        let mut hs = Vec::new();
-        for t in 0..threads {
-            let (template, root, ca, ca_key, oem, product) =
-                (&template, &root, &ca, &ca_key, &oem, &product);
-            hs.push(scope.spawn(move || -> Result<()> {
-                let issuer = Issuer::new(ca, ca_key)?;
-                let intermediates = vec![ca.clone()];
-                for i in 0..per_thread {
-                    let uid = DeviceUid::new(
-                        &[(t as u64 * per_thread + i).to_be_bytes(), [0; 8]].concat(),
-                    )?;
-                    let serial = Serial::from_u64(i + 1)?;
-                    let certify = |key: &SoftKey| -> Result<Vec<u8>> {
-                        let pk = PublicKey::from_point(Curve::P256, key.public_point())?;
-                        Ok(issue_device(
-                            template,
-                            &DeviceRequest {
-                                inputs: RenderInputs {
-                                    oem,
-                                    product,
-                                    uid: &uid,
-                                    serial: &serial,
-                                },
-                                public_key: &pk,
-                                now,
-                            },
-                            &issuer,
-                        )?)
-                    };
-                    // Making the part: its attestation key and certificate.
-                    let attestation = SoftKey::generate(Curve::P256)?;
-                    certify(&attestation)?;
-                    // Steps 2, 3 and 7.
-                    let device = SoftKey::generate(Curve::P256)?;
-                    let cert = certify(&device)?;
-                    validate(
-                        &cert,
-                        &Policy {
-                            root,
-                            intermediates: &intermediates,
-                            crls: &[],
-                            now,
-                            purpose: Purpose::ClientAuth,
-                        },
-                    )?;
-                    let challenge = [7u8; 32];
-                    let sig = device.sign_der(&challenge)?;
-                    aws_lc_rs::signature::UnparsedPublicKey::new(
-                        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
-                        device.public_point(),
-                    )
-                    .verify(&challenge, &sig)
-                    .map_err(|_| anyhow::anyhow!("challenge signature does not verify"))?;
-                    if let Some(fw) = fw {
-                        firmware_crypto(fw, &device)?;
-                    }
-                }
-                Ok(())
-            }));
-        }
-        for h in hs {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("a limit thread panicked"))??;
-        }
-        Ok(())
-    })?;
-    let total = per_thread * threads as u64;
-    Ok(total as f64 / start.elapsed().as_secs_f64())
-}
-
-/// The firmware step's cryptography for one device, as the limit counts it.
-fn firmware_crypto(fw: &BenchFirmware, device: &SoftKey) -> Result<()> {
-    let device_pub = PublicKey::from_point(Curve::P256, device.public_point())?;
-    let wrapped = trustfab_token::wrap_for(&device_pub, &fw.family.secret_pkcs8_der()?, b"limit")?;
-    let family = trustfab_token::unwrap_with(&device.secret_pkcs8_der()?, &wrapped)?;
-    let key = trustfab_firmware::LoadedKey::new(trustfab_firmware::SoftDecryptionKey::from_der(
-        family.secret_pkcs8_der(),
-    )?);
-    let keys: [&dyn trustfab_firmware::DecryptionKey; 1] = [&key];
-    let anchor = trustfab_firmware::TrustAnchor::KeyHash(&fw.boot_key_hash);
-    // What MCUboot does on the part: validate the update decrypting it, decrypt it into the
-    // primary slot during the swap (the image key unwrapped once), validate the primary slot.
-    trustfab_firmware::verify(
-        &fw.image,
-        anchor,
-        trustfab_firmware::Payload::Decrypt(&keys),
-    )?;
-    let clear = trustfab_firmware::decrypt(&fw.image, &keys)?;
-    trustfab_firmware::verify(&clear, anchor, trustfab_firmware::Payload::AsIs)?;
-    Ok(())
-}
-
-pub(crate) fn bench(a: &BenchArgs) -> Result<()> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let sockets = a.sockets.unwrap_or(cores * 32);
-    let tmp;
-    let dir = match &a.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            d.clone()
-        }
-        None => {
-            tmp = tempfile::tempdir().context("creating a temporary directory")?;
-            tmp.path().to_owned()
-        }
-    };
-    let fw = a.firmware.map(BenchFirmware::new).transpose()?;
-    let token = bench_token(a, &dir)?;
-    let hsm = bench_site(token, &dir, a.ledger_url.as_deref(), a.devices, fw.as_ref())
-        .context("setting up the bench site")?;
-    let now = SystemClock.now();
-    let kind = if fw.is_some() {
-        DeviceKind::SecureMcu
-    } else {
-        DeviceKind::SecureElement
-    };
-    let job = hsm.reserve(JobSpec {
-        job_id: format!("bench-{}", now.0),
-        hsm_id: hsm.hsm_id().to_owned(),
-        product: BENCH_PRODUCT.into(),
-        quantity: a.devices,
-        device_kind: match kind {
-            DeviceKind::SecureElement => PartKind::SecureElement,
-            DeviceKind::SecureMcu => PartKind::SecureMcu,
-        },
-        slots: SlotMap::default(),
-        attestation_root: None,
-        lock: LockPolicy::Data,
-        created_at: now.0,
-        firmware: match &fw {
-            Some(fw) => Some(trustfab_station::job_firmware(
-                &hsm,
-                BENCH_PRODUCT,
-                "bench.bin",
-                &fw.image,
-                5,
-            )?),
-            None => None,
-        },
-    })?;
-    let vendors = (0..sockets)
-        .map(|_| SiliconVendor::new(now, &trustfab_types::OsRng))
-        .collect::<Result<_, _>>()?;
-    let supply = MadeSupply::new(vendors, kind, a.devices, now, Faults::none());
-    let pb = (!a.json).then(|| progress_bar(a.devices, 0));
-    let mut opts = options(sockets, a.batch, pb.clone());
-    opts.image = fw.as_ref().map(|f| Arc::from(f.image.as_slice()));
-    let s = run_job(&hsm, &job, &supply, &opts)?;
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
-    let rss = peak_rss();
-    if !s.complete() {
-        bail!(
-            "the bench job ended with {} of {} good ({} failures; first: {})",
-            s.good,
-            s.quantity,
-            s.failures.len(),
-            s.failures
-                .first()
-                .map(|f| format!("step {} {}: {}", f.step as u8, f.step.name(), f.reason))
-                .unwrap_or_default()
-        );
-    }
-    let per_thread = a
-        .limit_devices
-        .unwrap_or_else(|| (a.devices / 10).clamp(100, 20_000))
-        .div_ceil(cores as u64);
-    let limit = crypto_limit(cores, per_thread, fw.as_ref())?;
-    let hsm_name = if a.token_label.is_some() {
-        "PKCS#11"
-    } else {
-        "soft-token"
-    };
-    let ledger_name = if a.ledger_url.is_some() {
-        "PostgreSQL (SERIALIZABLE)"
-    } else {
-        "SQLite (WAL, synchronous=FULL)"
-    };
-    let rate = s.devices_per_sec();
-    let rss_mb = rss.map(|b| b as f64 / 1_048_576.0);
-    if a.json {
-        let v = serde_json::json!({
-            "devices": a.devices, "sockets": sockets, "batch": a.batch, "cores": cores,
-            "ledger": ledger_name, "hsm": hsm_name,
-            "firmware_kib": a.firmware,
-            "devices_per_s": rate, "p50_ms": ms(s.latency_quantile(0.5)),
-            "p99_ms": ms(s.latency_quantile(0.99)), "peak_rss_mb": rss_mb,
-            "limit_devices_per_s": limit, "ratio": rate / limit,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "trustfab bench: {} devices, {sockets} sockets, batch {}, {cores} cores, {hsm_name} HSM, {ledger_name} ledger{}",
-        a.devices,
-        a.batch,
-        a.firmware.map_or(String::new(), |k| format!(
-            ", secure MCUs with a {k} KiB encrypted image"
-        ))
-    )?;
-    writeln!(
-        out,
-        "{:<34} {:>11} {:>9} {:>9} {:>13}",
-        "", "devices/s", "p50 ms", "p99 ms", "peak RSS MB"
-    )?;
-    writeln!(
-        out,
-        "{:<34} {:>11.0} {:>9.2} {:>9.2} {:>13}",
-        "station, full flow",
-        rate,
-        ms(s.latency_quantile(0.5)),
-        ms(s.latency_quantile(0.99)),
-        rss_mb.map_or("-".into(), |m| format!("{m:.0}"))
-    )?;
-    writeln!(
-        out,
-        "{:<34} {:>11.0} {:>9} {:>9} {:>13}",
-        "limit, same crypto, no I/O", limit, "-", "-", "-"
-    )?;
-    writeln!(
-        out,
-        "{:<34} {:>10.0}%",
-        "station / limit",
-        100.0 * rate / limit
-    )?;
-    Ok(())
 }

@@ -25,6 +25,7 @@ fn stdout_text(args: std::fmt::Arguments<'_>) {
 }
 
 mod auth;
+mod bench;
 mod ca;
 mod demo;
 mod device;
@@ -75,7 +76,7 @@ enum Command {
     #[command(subcommand)]
     Job(job::JobCommand),
     /// Provision N simulated devices through the full flow and compare with the crypto limit.
-    Bench(job::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Firmware in MCUboot's image format: keygen, master, inspect, verify, decrypt.
     #[command(subcommand)]
     Fw(fw::FwCommand),
@@ -93,7 +94,7 @@ fn main() -> ExitCode {
         Command::Device(c) => device::run(c),
         Command::Server(c) => auth::run_server(c),
         Command::Job(c) => job::run(c),
-        Command::Bench(a) => job::bench(&a),
+        Command::Bench(a) => bench::run(&a),
         Command::Fw(c) => fw::run(c),
         Command::Demo(a) => demo::run(&a),
     };

@@ -1,18 +1,23 @@
-//! `trustfab oem`: the OEM's premise. Its root CA (and optional device CA), the device
-//! certificate template, test issuance, revocation and CRLs, and chain validation.
+//! `trustfab oem`: the OEM's premise, as commands. Its root CA (and optional device CA), the
+//! device certificate template, test issuance, revocation and CRLs, chain validation, sealing an
+//! order for one HSM and checking that HSM's report. The work is `trustfab_oem`'s; this module
+//! parses arguments, reads and writes the files and prints.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use trustfab_formats::package::{Contents, SerialRange};
+use trustfab_formats::package::SerialRange;
+use trustfab_oem::ca::TestIssue;
+use trustfab_oem::{Firmware, Order};
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{
-    pem, Curve, DeviceRequest, HsmCertificates, HsmIdentity, Policy, PublicKey, Purpose, Reason,
-    RenderInputs, Signer, SoftKey, Template,
+    pem, Curve, HsmCertificates, HsmIdentity, PublicKey, Reason, RenderInputs, Signer, SoftKey,
+    Template,
 };
 use trustfab_types::{
-    limits, Clock, DeviceUid, OemId, OsRng, ProductId, Rng as _, Serial, SystemClock, UnixTime,
+    limits, Clock, DeviceUid, OemId, OsRng, Passphrase, ProductId, Rng as _, Serial, SystemClock,
+    UnixTime,
 };
 
 use crate::ca::{CaDir, InitSpec, Kind, DEVICE_CA_CERT, DEVICE_CA_KEY, ROOT_CERT, ROOT_KEY};
@@ -102,68 +107,78 @@ pub(crate) struct FirmwareArgs {
     pub(crate) family_key: Option<PathBuf>,
 }
 
-/// The firmware section of a package, from the command line.
-fn firmware_section(
-    a: &FirmwareArgs,
-    kt: &PublicKey,
-    package_id: &[u8; 16],
-    fingerprint: &[u8; 32],
-    pass: &trustfab_types::Passphrase,
-) -> Result<Option<trustfab_formats::package::Firmware>> {
-    let (Some(family), Some(boot_key)) = (&a.family, &a.boot_key) else {
-        return Ok(None);
-    };
-    let boot_key =
-        trustfab_pki::public_key_from_pem(&files::read_text(boot_key, limits::KEY_FILE_BYTES)?)
-            .with_context(|| format!("reading boot key {}", boot_key.display()))?;
-    if boot_key.curve() != Curve::P256 {
-        bail!("the boot key is not a P-256 key: MCUboot images here are signed with ECDSA P-256");
-    }
-    let wrapped_family_key = match &a.family_key {
-        Some(path) => {
-            let key =
-                SoftKey::from_encrypted_pem(&files::read_text(path, limits::KEY_FILE_BYTES)?, pass)
-                    .with_context(|| format!("opening family key {}", path.display()))?;
-            if key.curve() != Curve::P256 {
-                bail!(
-                    "the family key {} is not P-256 (MCUboot ENC_EC256)",
-                    path.display()
-                );
-            }
-            let wrapped = trustfab_token::wrap_for(
-                kt,
-                &key.secret_pkcs8_der()?,
-                &trustfab_hsm::family_wrap_info(package_id, fingerprint),
-            )?;
-            Some(wrapped.to_bytes())
+/// The firmware section of a package, read from the files the command line names.
+struct FirmwareFiles {
+    family: String,
+    boot_key_hash: [u8; 32],
+    family_key: Option<SoftKey>,
+}
+
+impl FirmwareFiles {
+    fn read(a: &FirmwareArgs, pass: &Passphrase) -> Result<Option<Self>> {
+        let (Some(family), Some(boot_key)) = (&a.family, &a.boot_key) else {
+            return Ok(None);
+        };
+        let boot_key =
+            trustfab_pki::public_key_from_pem(&files::read_text(boot_key, limits::KEY_FILE_BYTES)?)
+                .with_context(|| format!("reading boot key {}", boot_key.display()))?;
+        if boot_key.curve() != Curve::P256 {
+            bail!(
+                "the boot key is not a P-256 key: MCUboot images here are signed with ECDSA P-256"
+            );
         }
-        None => None,
-    };
-    Ok(Some(trustfab_formats::package::Firmware {
-        family: family.clone(),
-        boot_key_hash: trustfab_firmware::key_hash(&boot_key),
-        wrapped_family_key,
-    }))
+        let family_key = match &a.family_key {
+            Some(path) => {
+                let key = SoftKey::from_encrypted_pem(
+                    &files::read_text(path, limits::KEY_FILE_BYTES)?,
+                    pass,
+                )
+                .with_context(|| format!("opening family key {}", path.display()))?;
+                if key.curve() != Curve::P256 {
+                    bail!(
+                        "the family key {} is not P-256 (MCUboot ENC_EC256)",
+                        path.display()
+                    );
+                }
+                Some(key)
+            }
+            None => None,
+        };
+        Ok(Some(Self {
+            family: family.clone(),
+            boot_key_hash: trustfab_firmware::key_hash(&boot_key),
+            family_key,
+        }))
+    }
+
+    fn section(&self) -> Firmware<'_> {
+        Firmware {
+            family: &self.family,
+            boot_key_hash: self.boot_key_hash,
+            family_key: self.family_key.as_ref(),
+        }
+    }
+}
+
+/// Reads a certificate file, PEM or DER.
+fn read_cert(path: &Path) -> Result<Vec<u8>> {
+    pem::cert_from_pem_or_der(&files::read_limited(path, limits::CERTIFICATE_BYTES)?)
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 /// `oem wrap`, also used by the demo; returns what it made, in one line.
 pub(crate) fn wrap(a: &WrapArgs) -> Result<String> {
     let ca = CaDir::open(&a.dir, Kind::Oem)?;
-    let oem_id = ca.state.oem_id.clone().context("ca.toml has no oem_id")?;
+    let oem_id = ca.oem_id()?.clone();
     let now = SystemClock.now();
-    let vendor_root = pem::cert_from_pem_or_der(&files::read_limited(
-        &a.vendor_root,
-        limits::CERTIFICATE_BYTES,
-    )?)
-    .with_context(|| format!("reading {}", a.vendor_root.display()))?;
+    let vendor_root = read_cert(&a.vendor_root)?;
     let certs = HsmCertificates::from_pem(&files::read_text(&a.hsm, 64 * 1024)?)
         .with_context(|| format!("reading {}", a.hsm.display()))?;
     let target = HsmIdentity::validate(&certs, &vendor_root, now).context(
         "the HSM's certificates do not validate to the vendor root: refusing to wrap for it",
     )?;
-    let template_text = files::read_text(&a.template, limits::TEMPLATE_BYTES)?;
-    Template::from_toml(&template_text)
-        .with_context(|| format!("template {}", a.template.display()))?;
+    let template = files::read_text(&a.template, limits::TEMPLATE_BYTES)?;
+    Template::from_toml(&template).with_context(|| format!("template {}", a.template.display()))?;
     let serial_range = match &a.serial_range {
         Some(r) => {
             let (f, l) = r.split_once('-').context("--serial-range is FIRST-LAST")?;
@@ -177,31 +192,23 @@ pub(crate) fn wrap(a: &WrapArgs) -> Result<String> {
     let pass = a.pass.get("the OEM CA keys", false)?;
     let root_key = ca.root_key(&pass)?;
     let (_, signing_key) = ca.signing(&pass)?;
+    let firmware = FirmwareFiles::read(&a.firmware, &pass)?;
     let mut package_id = [0u8; 16];
     OsRng.fill(&mut package_id)?;
-    let kt = PublicKey::from_point(Curve::P256, target.kt_key.point())?;
-    let wrapped = trustfab_token::wrap_for(
-        &kt,
-        &signing_key.secret_pkcs8_der()?,
-        &trustfab_hsm::wrap_info(&package_id, &target.fingerprint),
-    )?;
-    let firmware = firmware_section(&a.firmware, &kt, &package_id, &target.fingerprint, &pass)?;
-    let contents = Contents {
+    let order = Order {
         package_id,
-        target_hsm: target.fingerprint,
         oem_id,
         product_id: a.product.clone(),
         count: a.count,
         serial_range,
         not_before: UnixTime(now.0.saturating_sub(300)),
         not_after: UnixTime(now.0 + u64::from(a.valid_days.max(1)) * 86_400),
-        template: template_text,
+        template,
         root_cert: ca.root_der()?,
         device_ca_cert: ca.intermediates()?.into_iter().next(),
-        wrapped_signing_key: wrapped.to_bytes(),
-        firmware,
     };
-    let bytes = trustfab_formats::package::seal(&contents, &root_key)?;
+    let section = firmware.as_ref().map(FirmwareFiles::section);
+    let bytes = order.seal_for(&target, &root_key, &signing_key, section.as_ref())?;
     files::write_new(&a.out, &bytes, false)?;
     Ok(format!(
         "package {} for HSM {} ({}): product {}, count {}, {} bytes, written to {}",
@@ -367,7 +374,7 @@ fn init(a: &InitArgs) -> Result<()> {
         years: a.years,
         device_ca: a.device_ca,
     };
-    CaDir::init(&a.dir, &spec, &pass)?;
+    CaDir::init(&a.dir, &spec, &pass, SystemClock.now())?;
     println!("OEM {} created ({})", a.oem_id, a.curve);
     println!(
         "  root certificate       {}",
@@ -434,7 +441,7 @@ fn issue_test(a: &IssueTestArgs) -> Result<()> {
                 .with_context(|| format!("reading public key {}", p.display()))?
         }
         None => {
-            let k = SoftKey::generate(ca.state.curve)?;
+            let k = SoftKey::generate(ca.curve())?;
             println!(
                 "no --public-key: generated a throwaway key pair; its private key is discarded"
             );
@@ -453,20 +460,17 @@ fn issue_test(a: &IssueTestArgs) -> Result<()> {
         },
     };
     let pass = a.pass.get("the OEM CA key", false)?;
-    let (cert, key) = ca.signing(&pass)?;
-    let oem = ca.state.oem_id.clone().context("ca.toml has no oem_id")?;
-    let issuer = ca.issuer(&cert, &key)?;
-    let req = DeviceRequest {
-        inputs: RenderInputs {
-            oem: &oem,
+    let der = ca.issue_test(
+        &TestIssue {
+            template: &template,
             product: &a.product,
             uid: &a.uid,
             serial: &serial,
+            public_key: &public_key,
+            now: SystemClock.now(),
         },
-        public_key: &public_key,
-        now: SystemClock.now(),
-    };
-    let der = trustfab_pki::issue_device(&template, &req, &issuer)?;
+        &pass,
+    )?;
     files::write_new(&a.out, pem::cert_pem(&der).as_bytes(), false)?;
     println!(
         "device certificate, serial {serial}, written to {}",
@@ -506,19 +510,14 @@ fn revoke(a: &RevokeArgs) -> Result<()> {
 fn crl(a: &CrlArgs) -> Result<()> {
     let mut ca = CaDir::open(&a.dir, Kind::Oem)?;
     let pass = a.pass.get("the OEM CA key", false)?;
-    let (cert, key) = ca.signing(&pass)?;
-    let issuer = ca.issuer(&cert, &key)?;
-    let now = SystemClock.now();
-    let next = UnixTime(now.0 + u64::from(a.days.max(1)) * 86_400);
-    let number = ca.state.crl_number + 1;
-    let revoked = ca.revoked()?;
-    let der = trustfab_pki::build_crl(&issuer, &revoked, number, now, next)?;
-    files::write_atomic(&a.out, pem::encode("X509 CRL", &der).as_bytes(), false)?;
-    ca.state.crl_number = number;
-    ca.save()?;
+    // The CRL number is recorded before the file is written: a failed write skips a number,
+    // never reuses one.
+    let crl = ca.issue_crl(&pass, SystemClock.now(), a.days)?;
+    files::write_atomic(&a.out, pem::encode("X509 CRL", &crl.der).as_bytes(), false)?;
     println!(
-        "CRL number {number} with {} revoked certificate(s) written to {}",
-        revoked.len(),
+        "CRL number {} with {} revoked certificate(s) written to {}",
+        crl.number,
+        crl.revoked,
         a.out.display()
     );
     Ok(())
@@ -535,58 +534,46 @@ pub(crate) fn read_crl(path: &Path) -> Result<Vec<u8>> {
 
 fn verify(a: &VerifyArgs) -> Result<()> {
     let ca = CaDir::open(&a.dir, Kind::Oem)?;
-    let bytes = files::read_limited(&a.cert, limits::CERTIFICATE_BYTES)
-        .with_context(|| format!("reading {}", a.cert.display()))?;
-    let der = pem::cert_from_pem_or_der(&bytes)?;
+    let der = read_cert(&a.cert)?;
     let crls = match &a.crl {
         Some(p) => vec![read_crl(p)?],
         None => Vec::new(),
     };
-    let root = ca.root_der()?;
-    let intermediates = ca.intermediates()?;
-    trustfab_pki::validate(
-        &der,
-        &Policy {
-            root: &root,
-            intermediates: &intermediates,
-            crls: &crls,
-            now: SystemClock.now(),
-            purpose: Purpose::ClientAuth,
-        },
-    )
-    .with_context(|| format!("{}", a.cert.display()))?;
+    ca.validate(&der, &crls, SystemClock.now())
+        .with_context(|| format!("{}", a.cert.display()))?;
     println!(
         "{}: valid, chains to the root of OEM {}{}",
         a.cert.display(),
-        ca.state.oem_id.as_ref().map_or("?", OemId::as_str),
+        ca.oem_id().map_or("?", OemId::as_str),
         if crls.is_empty() { "" } else { ", not revoked" }
     );
     Ok(())
 }
 
 fn verify_report(report: &Path, orders: &[PathBuf], vendor_root: &Path) -> Result<()> {
-    let root = pem::cert_from_pem_or_der(&files::read_limited(
-        vendor_root,
-        limits::CERTIFICATE_BYTES,
-    )?)
-    .with_context(|| format!("reading {}", vendor_root.display()))?;
-    let mut contents = Vec::with_capacity(orders.len());
-    for o in orders {
-        let bytes = files::read_limited(o, trustfab_formats::package::PACKAGE_MAX)
-            .with_context(|| format!("reading {}", o.display()))?;
-        let verified = trustfab_formats::package::open(&bytes)
-            .with_context(|| format!("order {}", o.display()))?;
-        contents.push(verified.into_contents());
-    }
+    let root = read_cert(vendor_root)?;
+    let packages = orders
+        .iter()
+        .map(|o| {
+            files::read_limited(o, trustfab_formats::package::PACKAGE_MAX)
+                .with_context(|| format!("reading {}", o.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let file =
         std::fs::File::open(report).with_context(|| format!("opening {}", report.display()))?;
-    let s = trustfab_formats::report::verify_report(
+    let s = trustfab_oem::report::verify(
         std::io::BufReader::new(file),
+        &packages,
         &root,
-        &contents,
         SystemClock.now(),
     )
-    .with_context(|| format!("report {} is refused", report.display()))?;
+    .map_err(|e| match e {
+        trustfab_oem::Error::Order { index, source } => {
+            let path = orders.get(index).map_or(PathBuf::new(), PathBuf::clone);
+            anyhow::Error::new(source).context(format!("order {}", path.display()))
+        }
+        e => anyhow::Error::new(e).context(format!("report {} is refused", report.display())),
+    })?;
     println!("report {} verified", report.display());
     println!("  HSM            {}", s.hsm_id);
     println!("  product        {}", s.product);

@@ -105,7 +105,7 @@ pub(crate) fn run(cmd: VendorCommand) -> Result<()> {
                 years: a.years,
                 device_ca: false,
             };
-            CaDir::init(&a.dir, &spec, &pass)?;
+            CaDir::init(&a.dir, &spec, &pass, SystemClock.now())?;
             println!("vendor root CA created");
             println!("  certificate  {}", a.dir.join(ROOT_CERT).display());
             println!(

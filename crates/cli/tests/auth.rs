@@ -18,14 +18,14 @@ use trustfab_pki::{
     issue_device, pem, Curve, DeviceRequest, Issuer, PublicKey, RenderInputs, Signer, SoftKey,
     Template,
 };
-use trustfab_test_support::cli::Trustfab;
 use trustfab_test_support::openssl_tls::free_port;
 use trustfab_test_support::{site, Scratch};
 use trustfab_types::{
     Clock as _, DeviceUid, OsRng, Passphrase, ProductId, Serial, SystemClock, UnixTime,
 };
 
-const PASS: &str = "cli auth test passphrase";
+mod common;
+use common::{tf, PASS};
 
 /// An OEM (root and device CA, valid around the real time the commands validate at) that
 /// issues certificates and provisions device files.
@@ -74,10 +74,6 @@ impl Oem {
         file::save(&d, &path).unwrap();
         path
     }
-}
-
-fn tf() -> Trustfab {
-    Trustfab::new(env!("CARGO_BIN_EXE_trustfab"), PASS)
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {

@@ -9,19 +9,8 @@ use std::process::{Command, Stdio};
 use trustfab_test_support::cli::Trustfab;
 use trustfab_test_support::{files_under, openssl};
 
-const PASS: &str = "cli test passphrase";
-
-fn tf() -> Trustfab {
-    Trustfab::new(env!("CARGO_BIN_EXE_trustfab"), PASS)
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    tf().ok(dir, args)
-}
-
-fn fails(dir: &Path, args: &[&str]) -> String {
-    tf().fails(dir, args)
-}
+mod common;
+use common::{fails, ok, tf, PASS};
 
 #[test]
 fn oem_flow_issue_verify_revoke_with_openssl() {
@@ -305,31 +294,15 @@ fn hsm_flow(d: &Path, backend: &str, pass: &str) {
     let rogue = tempfile::tempdir().unwrap();
     tf.ok(rogue.path(), &["vendor", "init"]);
     let rogue_root = rogue.path().join("vendor/root.pem");
-    let wrap = |root: &str, out: &str| {
-        vec![
-            "oem".to_owned(),
-            "wrap".into(),
-            "--hsm".into(),
-            "hsm.pem".into(),
-            "--vendor-root".into(),
-            root.to_owned(),
-            "--template".into(),
-            "t.toml".into(),
-            "--product".into(),
-            "thermo".into(),
-            "--count".into(),
-            "3".into(),
-            "--out".into(),
-            out.to_owned(),
-        ]
-    };
-    let refused = wrap(rogue_root.to_str().unwrap(), "bad.pkg");
+    let refused = Trustfab::wrap_args(rogue_root.to_str().unwrap(), "thermo", 3, "bad.pkg");
     let e = fails(&refused.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(e.contains("do not validate to the vendor root"), "{e}");
 
-    let good = wrap("vendor/root.pem", "p.pkg");
-    ok(&good.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(ok(&["hsm", "import", "p.pkg"]).contains("created product acme/thermo"));
+    let imported = tf.import_product(d, "thermo", 3, "p.pkg");
+    assert!(
+        imported.contains("created product acme/thermo"),
+        "{imported}"
+    );
     assert!(fails(&["hsm", "import", "p.pkg"]).contains("already imported"));
     assert!(ok(&["hsm", "products"]).contains("acme/thermo"));
 
@@ -429,26 +402,7 @@ fn four_station_processes_on_one_postgres_ledger() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     tf().programming_centre(d, &["--hsm-id", "hsm-pg", "--ledger-url", db.url()]);
-    ok(
-        d,
-        &[
-            "oem",
-            "wrap",
-            "--hsm",
-            "hsm.pem",
-            "--vendor-root",
-            "vendor/root.pem",
-            "--template",
-            "t.toml",
-            "--product",
-            "thermo",
-            "--count",
-            "10000",
-            "--out",
-            "p.pkg",
-        ],
-    );
-    ok(d, &["hsm", "import", "p.pkg"]);
+    tf().import_product(d, "thermo", 10_000, "p.pkg");
     for i in 0..4 {
         let out = format!("job{i}.bin");
         ok(

@@ -16,15 +16,8 @@ use std::time::{Duration, Instant};
 
 use trustfab_test_support::cli::Trustfab;
 
-const PASS: &str = "count test passphrase";
-
-fn tf() -> Trustfab {
-    Trustfab::new(env!("CARGO_BIN_EXE_trustfab"), PASS)
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    tf().ok(dir, args)
-}
+mod common;
+use common::{ok, tf};
 
 /// A programming centre in `dir` (on `ledger_url` when given) with `acme/thermo` of `count`
 /// imported from `p.pkg`.
@@ -34,27 +27,7 @@ fn centre(dir: &Path, count: u64, ledger_url: Option<&str>) {
         init.extend(["--ledger-url", url]);
     }
     tf().programming_centre(dir, &init);
-    let count = count.to_string();
-    ok(
-        dir,
-        &[
-            "oem",
-            "wrap",
-            "--hsm",
-            "hsm.pem",
-            "--vendor-root",
-            "vendor/root.pem",
-            "--template",
-            "t.toml",
-            "--product",
-            "thermo",
-            "--count",
-            &count,
-            "--out",
-            "p.pkg",
-        ],
-    );
-    ok(dir, &["hsm", "import", "p.pkg"]);
+    tf().import_product(dir, "thermo", count, "p.pkg");
 }
 
 fn create(dir: &Path, job: &str, quantity: u64) {

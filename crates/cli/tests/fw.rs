@@ -9,19 +9,8 @@ use std::process::Command;
 use trustfab_test_support::cli::Trustfab;
 use trustfab_test_support::{files_under, imgtool};
 
-const PASS: &str = "fw test passphrase";
-
-fn tf() -> Trustfab {
-    Trustfab::new(env!("CARGO_BIN_EXE_trustfab"), PASS)
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    tf().ok(dir, args)
-}
-
-fn fails(dir: &Path, args: &[&str]) -> String {
-    tf().fails(dir, args)
-}
+mod common;
+use common::{fails, ok, PASS};
 
 #[test]
 fn mastered_images_pass_imgtool_and_imgtool_images_pass_fw_verify() {
@@ -362,24 +351,7 @@ fn firmware_programmed_by_a_job_through_the_command_line(d: &Path, backend: &str
 
     // A family key without a family: clap refuses before anything is read or written.
     let wrap = |product: &str, firmware: &[&str], out: &str| {
-        let mut args: Vec<String> = [
-            "oem",
-            "wrap",
-            "--hsm",
-            "hsm.pem",
-            "--vendor-root",
-            "vendor/root.pem",
-            "--template",
-            "t.toml",
-            "--product",
-            product,
-            "--count",
-            "3",
-            "--out",
-            out,
-        ]
-        .map(str::to_owned)
-        .into();
+        let mut args = Trustfab::wrap_args("vendor/root.pem", product, 3, out);
         args.extend(firmware.iter().map(|&a| a.to_owned()));
         args
     };

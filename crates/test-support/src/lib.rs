@@ -593,6 +593,46 @@ pub mod cli {
             String::from_utf8_lossy(&out.stderr).into_owned()
         }
 
+        /// The arguments of `oem wrap` for the HSM of [`Self::programming_centre`]: its
+        /// certificates `hsm.pem` checked against `vendor_root`, template `t.toml`, `count` of
+        /// `product`, written to `out`.
+        pub fn wrap_args(vendor_root: &str, product: &str, count: u64, out: &str) -> Vec<String> {
+            [
+                "oem",
+                "wrap",
+                "--hsm",
+                "hsm.pem",
+                "--vendor-root",
+                vendor_root,
+                "--template",
+                "t.toml",
+                "--product",
+                product,
+                "--count",
+                &count.to_string(),
+                "--out",
+                out,
+            ]
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect()
+        }
+
+        /// A product in the HSM of [`Self::programming_centre`]: `oem wrap` of `count` of
+        /// `product` into `package` for it (trusting `vendor/root.pem`), then `hsm import
+        /// package`, both asserted to succeed. Returns what `hsm import` printed.
+        pub fn import_product(
+            &self,
+            dir: &Path,
+            product: &str,
+            count: u64,
+            package: &str,
+        ) -> String {
+            let wrap = Self::wrap_args("vendor/root.pem", product, count, package);
+            self.ok(dir, &wrap.iter().map(String::as_str).collect::<Vec<_>>());
+            self.ok(dir, &["hsm", "import", package])
+        }
+
         /// A programming centre and an OEM in `dir`, through the command line: `vendor init`,
         /// `hsm init` with `hsm_init` (its id, backend or ledger), the vendor certifying the HSM's
         /// request into `hsm.pem`, `hsm install-identity hsm.pem`, `oem init --oem-id acme

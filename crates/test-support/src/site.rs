@@ -1,6 +1,6 @@
 //! A programming centre with an imported product, as the HSM and station tests and the HSM
-//! bench set it up: the vendor certifies an HSM identity made in a token, the OEM wraps its
-//! device-CA key for that HSM in a sealed package, the HSM imports it.
+//! bench set it up: the vendor certifies an HSM identity made in a token, the OEM seals an order
+//! for that HSM with `trustfab_oem::Order` (its device-CA key wrapped inside), the HSM imports it.
 //!
 //! The token, the ledger and the clock are the caller's (a soft token or SoftHSM2, SQLite or
 //! PostgreSQL, a fixed or the system clock); so is `now`, the time every certificate and package
@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
-use trustfab_formats::package::{Contents, SerialRange};
-use trustfab_hsm::{family_wrap_info, wrap_info, Hsm};
+use trustfab_formats::package::SerialRange;
+use trustfab_hsm::Hsm;
 use trustfab_ledger::Store;
+use trustfab_oem::Order;
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{
     certify_hsm, intermediate_ca, self_signed_ca, CaRole, CaSpec, Curve, HsmCertificates,
@@ -112,9 +113,9 @@ impl Oem {
         }
     }
 
-    /// `trustfab oem wrap`: validates the HSM identity `target` to `vendor_root` at `spec.now`,
-    /// wraps the device-CA key (and the firmware family key, if any) for its key-transport key,
-    /// and seals the package with the root key.
+    /// `trustfab oem wrap`: validates the HSM identity `target` to `vendor_root` at `spec.now`
+    /// and seals the order `spec` for it with [`trustfab_oem::Order::seal_for`] (device-CA key
+    /// and firmware family key wrapped for its key-transport key, signed by the root key).
     pub fn package(
         &self,
         target: &HsmCertificates,
@@ -122,18 +123,8 @@ impl Oem {
         spec: &PackageSpec<'_>,
     ) -> Vec<u8> {
         let identity = HsmIdentity::validate(target, vendor_root, spec.now).expect("HSM identity");
-        let package_id = spec.package_id;
-        let kt =
-            PublicKey::from_point(Curve::P256, identity.kt_key.point()).expect("key-transport key");
-        let wrap = |key: &SoftKey, info: &[u8]| {
-            let der = key.secret_pkcs8_der().expect("PKCS#8 of the key");
-            trustfab_token::wrap_for(&kt, &der, info)
-                .expect("wrap for the HSM")
-                .to_bytes()
-        };
-        let contents = Contents {
-            package_id,
-            target_hsm: identity.fingerprint,
+        let order = Order {
+            package_id: spec.package_id,
             oem_id: self.id.clone(),
             product_id: ProductId::new(spec.product).expect("product id"),
             count: spec.count,
@@ -143,16 +134,32 @@ impl Oem {
             template: spec.template.into(),
             root_cert: self.root.clone(),
             device_ca_cert: Some(self.ca.clone()),
-            wrapped_signing_key: wrap(&self.ca_key, &wrap_info(&package_id, &identity.fingerprint)),
-            firmware: spec.firmware.map(|fw| trustfab_formats::package::Firmware {
-                family: fw.family.clone(),
-                boot_key_hash: fw.boot_key_hash,
-                wrapped_family_key: fw.family_key.as_deref().map(|k| match &fw.info {
-                    Some(info) => wrap(k, info),
-                    None => wrap(k, &family_wrap_info(&package_id, &identity.fingerprint)),
-                }),
-            }),
         };
+        let firmware = spec.firmware.map(|fw| trustfab_oem::Firmware {
+            family: &fw.family,
+            boot_key_hash: fw.boot_key_hash,
+            family_key: fw.family_key.as_deref(),
+        });
+        let Some(info) = spec.firmware.and_then(|fw| fw.info.as_deref()) else {
+            return order
+                .seal_for(&identity, &self.root_key, &self.ca_key, firmware.as_ref())
+                .expect("seal the package");
+        };
+        // A family key wrap bound to another `info`: what the HSM must refuse.
+        let mut contents = order
+            .contents_for(&identity, &self.ca_key, firmware.as_ref())
+            .expect("package contents");
+        if let (Some(section), Some(key)) = (
+            contents.firmware.as_mut(),
+            spec.firmware.and_then(|fw| fw.family_key.as_deref()),
+        ) {
+            let der = key.secret_pkcs8_der().expect("PKCS#8 of the family key");
+            section.wrapped_family_key = Some(
+                trustfab_token::wrap_for(&identity.kt_key, &der, info)
+                    .expect("wrap for the HSM")
+                    .to_bytes(),
+            );
+        }
         trustfab_formats::package::seal(&contents, &self.root_key).expect("seal the package")
     }
 }
@@ -167,7 +174,7 @@ pub struct Firmware {
     /// The family decryption key; `None` for images signed but not encrypted.
     pub family_key: Option<Arc<SoftKey>>,
     /// The family key wrap's `info`, when a test binds it to something else than
-    /// [`family_wrap_info`] of the package and the HSM.
+    /// [`trustfab_hsm::family_wrap_info`] of the package and the HSM.
     pub info: Option<Vec<u8>>,
 }
 
