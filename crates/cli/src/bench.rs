@@ -24,7 +24,8 @@ use trustfab_station::{
 };
 use trustfab_token_soft::{Argon2Cost, SoftToken};
 use trustfab_types::{
-    Clock as _, DeviceUid, OemId, Passphrase, ProductId, Serial, SystemClock, UnixTime,
+    Clock as _, DeviceUid, HsmId, OemId, Passphrase, ProductId, ProductKey, Serial, SystemClock,
+    UnixTime,
 };
 
 use crate::job::{ms, options, progress_bar};
@@ -194,7 +195,8 @@ fn bench_site(
     };
     let vendor_key = SoftKey::generate(Curve::P256)?;
     let vendor_root = ca(CaRole::VendorRoot, "Bench vendor", &vendor_key, None)?;
-    let req = Hsm::init(&*token, "bench-hsm")
+    let hsm_id = HsmId::new("bench-hsm")?;
+    let req = Hsm::init(&*token, &hsm_id)
         .context("making the bench HSM's identity (a PKCS#11 token must be a fresh one)")?;
     let vendor_issuer = Issuer::new(&vendor_root, &vendor_key)?;
     let certs = certify_hsm(
@@ -215,13 +217,7 @@ fn bench_site(
         }
         None => Arc::new(SqliteStore::open(&dir.join("ledger.sqlite"))?),
     };
-    let hsm = Hsm::open(
-        token,
-        ledger,
-        Arc::new(SystemClock),
-        "bench-hsm",
-        Some(&certs),
-    )?;
+    let hsm = Hsm::open(token, ledger, Arc::new(SystemClock), &hsm_id, Some(&certs))?;
     let root_key = SoftKey::generate(Curve::P256)?;
     let root = ca(CaRole::OemRoot, "Bench OEM root", &root_key, None)?;
     let ca_key = SoftKey::generate(Curve::P256)?;
@@ -235,11 +231,11 @@ fn bench_site(
     let mut package_id = [0u8; 16];
     aws_lc_rs::rand::fill(&mut package_id)
         .map_err(|_| anyhow::anyhow!("random generator failed"))?;
-    let (oem, product) = BENCH_PRODUCT.split_once('/').unwrap_or(("acme", "bench"));
+    let product = ProductKey::parse(BENCH_PRODUCT)?;
     let order = Order {
         package_id,
-        oem_id: OemId::new(oem)?,
-        product_id: ProductId::new(product)?,
+        oem_id: product.oem().clone(),
+        product_id: product.product().clone(),
         count,
         serial_range: None,
         not_before: UnixTime(now.0 - 60),
@@ -398,9 +394,9 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
         DeviceKind::SecureElement
     };
     let job = hsm.reserve(JobSpec {
-        job_id: format!("bench-{}", now.0),
-        hsm_id: hsm.hsm_id().to_owned(),
-        product: BENCH_PRODUCT.into(),
+        job_id: crate::job::job_id_at("bench", now)?,
+        hsm_id: hsm.hsm_id().clone(),
+        product: ProductKey::parse(BENCH_PRODUCT)?,
         quantity: a.devices,
         device_kind: match kind {
             DeviceKind::SecureElement => PartKind::SecureElement,
@@ -413,7 +409,7 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
         firmware: match &fw {
             Some(fw) => Some(trustfab_station::job_firmware(
                 &hsm,
-                BENCH_PRODUCT,
+                &ProductKey::parse(BENCH_PRODUCT)?,
                 "bench.bin",
                 &fw.image,
                 5,

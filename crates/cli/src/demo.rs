@@ -13,7 +13,9 @@ use trustfab_hsm::DeviceKey;
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{pem, Curve, PublicKey, Reason, Signer, SoftKey};
 use trustfab_station::{Faults, FileSupply, JobSpec, LockPolicy, PartKind, RunOptions, SlotMap};
-use trustfab_types::{Clock, DeviceUid, OemId, OsRng, Passphrase, ProductId, Rng, SystemClock};
+use trustfab_types::{
+    Clock, DeviceUid, HsmId, OemId, OsRng, Passphrase, ProductId, ProductKey, Rng, SystemClock,
+};
 
 use crate::ca::{CaDir, InitSpec, Kind};
 use crate::files;
@@ -79,7 +81,10 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         dir: dir.join("hsm"),
         pass: pass_args.clone(),
     };
-    let request = hsm::init(&hsm::InitArgs::soft(hsm_at.clone(), "hsm-demo-01"))?;
+    let request = hsm::init(&hsm::InitArgs::soft(
+        hsm_at.clone(),
+        HsmId::new("hsm-demo-01")?,
+    ))?;
     let hsm_certs = dir.join("hsm-identity.pem");
     vendor::certify_hsm(&vendor::CertifyArgs::new(
         &vendor_dir,
@@ -178,8 +183,8 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     }
     let now = SystemClock.now();
     let spec = JobSpec {
-        job_id: format!("demo-files-{}", now.0),
-        hsm_id: hsm.hsm_id().to_owned(),
+        job_id: crate::job::job_id_at("demo-files", now)?,
+        hsm_id: hsm.hsm_id().clone(),
         product: product_key.clone(),
         quantity: 2,
         device_kind: PartKind::SecureElement,
@@ -250,7 +255,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     );
     let report_path = dir.join("thermostat-v2.report");
     let totals = hsm.report(
-        "acme/thermostat-v2",
+        &ProductKey::parse("acme/thermostat-v2")?,
         std::io::BufWriter::new(std::fs::File::create(&report_path)?),
     )?;
     let order = trustfab_formats::package::open(&files::read_limited(
@@ -322,8 +327,8 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         files::read_limited(&fw.image, trustfab_firmware::MAX_IMAGE_BYTES)?.into();
     let now = SystemClock.now();
     let spec = JobSpec {
-        job_id: format!("demo-mcu-{}", now.0),
-        hsm_id: hsm.hsm_id().to_owned(),
+        job_id: crate::job::job_id_at("demo-mcu", now)?,
+        hsm_id: hsm.hsm_id().clone(),
         product: imported.product.clone(),
         quantity: 3,
         device_kind: PartKind::SecureMcu,

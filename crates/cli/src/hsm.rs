@@ -15,7 +15,7 @@ use trustfab_pki::{pem, HsmCertificates};
 use trustfab_token::Token;
 use trustfab_token_pkcs11::{Pkcs11Config, Pkcs11Token};
 use trustfab_token_soft::{Argon2Cost, SoftToken};
-use trustfab_types::{limits, DeviceUid, Passphrase, SystemClock};
+use trustfab_types::{limits, DeviceUid, HsmId, Passphrase, ProductKey, SystemClock};
 
 use crate::files;
 use crate::secrets::PassphraseArgs;
@@ -65,7 +65,7 @@ pub(crate) enum HsmCommand {
         at: HsmDir,
         /// The product, as `oem/product`.
         #[arg(long)]
-        product: String,
+        product: ProductKey,
         /// Where to write the report.
         #[arg(long)]
         out: PathBuf,
@@ -102,7 +102,7 @@ pub(crate) struct InitArgs {
     at: HsmDir,
     /// This HSM's unique id (1-64 of [A-Za-z0-9._-]).
     #[arg(long)]
-    hsm_id: String,
+    hsm_id: HsmId,
     /// Where the keys live.
     #[arg(long, value_enum, default_value = "soft")]
     backend: Backend,
@@ -120,10 +120,10 @@ pub(crate) struct InitArgs {
 
 impl InitArgs {
     /// A soft-token HSM (the demo's).
-    pub(crate) fn soft(at: HsmDir, hsm_id: &str) -> Self {
+    pub(crate) fn soft(at: HsmDir, hsm_id: HsmId) -> Self {
         Self {
             at,
-            hsm_id: hsm_id.to_owned(),
+            hsm_id,
             backend: Backend::Soft,
             pkcs11_module: None,
             token_label: "trustfab".into(),
@@ -138,7 +138,7 @@ pub(crate) struct IssueArgs {
     at: HsmDir,
     /// The product, as `oem/product`.
     #[arg(long)]
-    product: String,
+    product: ProductKey,
     /// The device unique id, hexadecimal.
     #[arg(long)]
     uid: DeviceUid,
@@ -154,7 +154,7 @@ pub(crate) struct IssueArgs {
 #[serde(deny_unknown_fields)]
 struct Settings {
     format: u32,
-    hsm_id: String,
+    hsm_id: HsmId,
     backend: Backend,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pkcs11_module: Option<PathBuf>,
@@ -318,7 +318,7 @@ pub(crate) fn run(cmd: HsmCommand) -> Result<()> {
             let hsm = open(&at)?;
             println!(
                 "identity installed; fingerprint {}",
-                hsm.fingerprint().map(hex::encode).unwrap_or_default()
+                hsm.fingerprint().map(|f| f.to_hex()).unwrap_or_default()
             );
             Ok(())
         }

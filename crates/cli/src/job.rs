@@ -16,7 +16,7 @@ use trustfab_station::{
     device_kind, run as run_job, Faults, FileSupply, JobSpec, LockPolicy, MadeSupply, PartKind,
     Progress, RunOptions, SlotMap, Summary,
 };
-use trustfab_types::{Clock as _, SystemClock};
+use trustfab_types::{Clock as _, JobId, ProductKey, SystemClock, UnixTime};
 
 use crate::files;
 use crate::hsm::{self, HsmDir};
@@ -44,7 +44,7 @@ pub(crate) struct QuickArgs {
     at: HsmDir,
     /// The product, as `oem/product`.
     #[arg(long)]
-    product: String,
+    product: ProductKey,
     /// How many devices.
     #[arg(long)]
     devices: u64,
@@ -75,13 +75,13 @@ pub(crate) struct CreateArgs {
     at: HsmDir,
     /// The product, as `oem/product`.
     #[arg(long)]
-    product: String,
+    product: ProductKey,
     /// How many certificates the job may have issued.
     #[arg(long)]
     quantity: u64,
     /// The job id (default: `job-` and the creation time).
     #[arg(long)]
-    job_id: Option<String>,
+    job_id: Option<JobId>,
     /// The kind of part.
     #[arg(long, value_enum, default_value = "se")]
     kind: KindArg,
@@ -188,6 +188,15 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
     }
 }
 
+/// A job id made of `prefix`, `-` and the time `now` (Unix seconds): `job-1790000000`.
+///
+/// # Errors
+/// When `prefix` is not a valid start of a job id.
+pub(crate) fn job_id_at(prefix: &str, now: UnixTime) -> Result<JobId> {
+    let id = format!("{prefix}-{}", now.0);
+    JobId::new(&id).with_context(|| format!("making the job id {id:?}"))
+}
+
 fn read_job(hsm: &Hsm, path: &Path) -> Result<Reservation> {
     let bytes = files::read_limited(path, JOB_FILE_MAX)
         .with_context(|| format!("reading job package {}", path.display()))?;
@@ -209,8 +218,11 @@ fn create(a: &CreateArgs) -> Result<()> {
         None => None,
     };
     let spec = JobSpec {
-        job_id: a.job_id.clone().unwrap_or_else(|| format!("job-{}", now.0)),
-        hsm_id: hsm.hsm_id().to_owned(),
+        job_id: match &a.job_id {
+            Some(id) => id.clone(),
+            None => job_id_at("job", now)?,
+        },
+        hsm_id: hsm.hsm_id().clone(),
         product: a.product.clone(),
         quantity: a.quantity,
         device_kind: match a.kind {
@@ -435,12 +447,17 @@ fn print_summary(s: &Summary) {
 /// For the demo: creates a job of `devices` for `product` on `hsm`, runs it on simulated parts
 /// made on demand, closes it, prints what it made, and returns the summary. The job package is
 /// written to `dir/job-<id>.bin`.
-pub(crate) fn demo_job(hsm: &Hsm, dir: &Path, product: &str, devices: u64) -> Result<Summary> {
+pub(crate) fn demo_job(
+    hsm: &Hsm,
+    dir: &Path,
+    product: &ProductKey,
+    devices: u64,
+) -> Result<Summary> {
     let now = SystemClock.now();
     let spec = JobSpec {
-        job_id: format!("demo-{}", now.0),
-        hsm_id: hsm.hsm_id().to_owned(),
-        product: product.to_owned(),
+        job_id: job_id_at("demo", now)?,
+        hsm_id: hsm.hsm_id().clone(),
+        product: product.clone(),
         quantity: devices,
         device_kind: PartKind::SecureElement,
         slots: SlotMap::default(),

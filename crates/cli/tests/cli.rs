@@ -277,6 +277,33 @@ fn help_explains_the_roles() {
     }
 }
 
+#[test]
+fn ids_are_parsed_at_the_edge_and_a_bad_one_is_named() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let e = fails(d, &["hsm", "report", "--product", "acme", "--out", "r.bin"]);
+    assert!(e.contains("'acme'"), "{e}");
+    assert!(e.contains("product key must be written oem/product"), "{e}");
+    let e = fails(
+        d,
+        &[
+            "job",
+            "create",
+            "--product",
+            "acme/thermo",
+            "--quantity",
+            "1",
+        ]
+        .into_iter()
+        .chain(["--job-id", "job 1", "--out", "j.bin"])
+        .collect::<Vec<_>>(),
+    );
+    assert!(e.contains("'job 1'"), "{e}");
+    assert!(e.contains("job id may hold only"), "{e}");
+    let e = fails(d, &["hsm", "init", "--hsm-id", "hsm/1"]);
+    assert!(e.contains("'hsm/1'"), "{e}");
+}
+
 /// The paper's whole OEM → programming center path through the command line: vendor, HSM
 /// init and certification, OEM wrap for that HSM only, import, issuance within the count.
 fn hsm_flow(d: &Path, backend: &str, pass: &str) {

@@ -7,6 +7,7 @@
 use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 use serde::{Deserialize, Serialize};
 use trustfab_pki::Signer;
+use trustfab_types::{HsmId, JobId, ProductKey};
 
 use crate::error::JobError;
 
@@ -75,12 +76,12 @@ pub enum PartKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
-    /// The job id: `[A-Za-z0-9._-]{1,64}`, unique in the ledger.
-    pub job_id: String,
+    /// The job id (`[A-Za-z0-9._-]{1,64}`), unique in the ledger.
+    pub job_id: JobId,
     /// The id of the HSM that signed the package and issues the certificates.
-    pub hsm_id: String,
-    /// The product key, `oem/product`.
-    pub product: String,
+    pub hsm_id: HsmId,
+    /// The product key, `oem/product` text on the wire.
+    pub product: ProductKey,
     /// How many certificates the job may have issued, 1 to [`MAX_QUANTITY`].
     pub quantity: u64,
     /// The kind of part the job is for.
@@ -151,22 +152,12 @@ pub mod serde_bytes_vec {
 }
 
 impl JobSpec {
-    /// Checks the rules a decoder cannot: id syntax, quantity range, distinct slots.
+    /// Checks the rules a decoder cannot: quantity range, distinct slots, the firmware step.
+    /// The ids are valid by their types (a package whose ids do not parse is malformed).
     ///
     /// # Errors
     /// [`JobError::Invalid`] naming the field.
     pub fn check(&self) -> Result<(), JobError> {
-        let id_ok = |s: &str| {
-            (1..=64).contains(&s.len())
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        };
-        if !id_ok(&self.job_id) {
-            return Err(JobError::Invalid {
-                field: "job_id",
-                reason: "must be 1 to 64 of A-Z a-z 0-9 . _ -".into(),
-            });
-        }
         if !(1..=MAX_QUANTITY).contains(&self.quantity) {
             return Err(JobError::Invalid {
                 field: "quantity",
@@ -199,13 +190,7 @@ impl JobSpec {
             }
             None => {}
         }
-        match self.product.split_once('/') {
-            Some((o, p)) if id_ok(o) && id_ok(p) => Ok(()),
-            _ => Err(JobError::Invalid {
-                field: "product",
-                reason: "must be oem/product".into(),
-            }),
-        }
+        Ok(())
     }
 }
 
@@ -360,9 +345,9 @@ mod tests {
 
     fn spec() -> JobSpec {
         JobSpec {
-            job_id: "job-1".into(),
-            hsm_id: "hsm-1".into(),
-            product: "acme/thermo".into(),
+            job_id: JobId::new("job-1").unwrap(),
+            hsm_id: HsmId::new("hsm-1").unwrap(),
+            product: ProductKey::parse("acme/thermo").unwrap(),
             quantity: 10,
             device_kind: PartKind::SecureElement,
             slots: SlotMap::default(),

@@ -20,6 +20,7 @@ use trustfab_test_support::softhsm::{self, SoftHsm2};
 use trustfab_token::{KeyLabel, KeySpec, KeyUsage, Token};
 use trustfab_token_pkcs11::{Pkcs11Config, Pkcs11Token};
 use trustfab_token_soft::{Argon2Cost, SoftToken};
+use trustfab_types::ProductKey;
 use trustfab_types::{Clock, DeviceUid, Passphrase, SystemClock};
 
 const BATCH: usize = 256;
@@ -53,6 +54,7 @@ fn batches(c: &mut Criterion, name: &str, token: Arc<dyn Token>, dir: &Path, thr
         ))
         .unwrap();
     let tbs_sized = vec![0x5a_u8; 450];
+    let product = ProductKey::parse("acme/bench").unwrap();
 
     let mut g = c.benchmark_group(name);
     g.throughput(Throughput::Elements(BATCH as u64));
@@ -83,7 +85,7 @@ fn batches(c: &mut Criterion, name: &str, token: Arc<dyn Token>, dir: &Path, thr
                                 public_key: public_key.clone(),
                             })
                             .collect();
-                        hsm.issue_direct("acme/bench", &batch).unwrap();
+                        hsm.issue_direct(&product, &batch).unwrap();
                     });
                 }
             })

@@ -5,7 +5,7 @@
 
 use trustfab_formats::records::JobClosed;
 use trustfab_formats::JobSpec;
-use trustfab_types::DeviceUid;
+use trustfab_types::{DeviceUid, HsmId, ProductKey};
 
 use crate::{
     DeviceKey, DeviceOutcome, Hsm, IssueError, Issued, JobOpError, JobStatus, ProductFirmware,
@@ -16,7 +16,7 @@ use crate::{
 /// job's [`Reservation`]; the HSM checks that the reservation is its own and still open.
 pub trait HsmClient: Send + Sync {
     /// The HSM's id, as job packages name it.
-    fn hsm_id(&self) -> &str;
+    fn hsm_id(&self) -> &HsmId;
 
     /// The identity key's uncompressed point: what job packages are signed with.
     fn identity_point(&self) -> &[u8];
@@ -31,13 +31,13 @@ pub trait HsmClient: Send + Sync {
     ///
     /// # Errors
     /// [`IssueError::UnknownProduct`] or a ledger error.
-    fn chain(&self, product: &str) -> Result<(Vec<u8>, Option<Vec<u8>>), IssueError>;
+    fn chain(&self, product: &ProductKey) -> Result<(Vec<u8>, Option<Vec<u8>>), IssueError>;
 
     /// The firmware a product's devices boot, as its package set it.
     ///
     /// # Errors
     /// [`IssueError::UnknownProduct`] or a ledger error.
-    fn firmware(&self, product: &str) -> Result<Option<ProductFirmware>, IssueError>;
+    fn firmware(&self, product: &ProductKey) -> Result<Option<ProductFirmware>, IssueError>;
 
     /// Reserves a job's quantity from its product and signs its package.
     ///
@@ -98,7 +98,7 @@ pub trait HsmClient: Send + Sync {
 }
 
 impl HsmClient for Hsm {
-    fn hsm_id(&self) -> &str {
+    fn hsm_id(&self) -> &HsmId {
         Self::hsm_id(self)
     }
 
@@ -110,11 +110,11 @@ impl HsmClient for Hsm {
         Self::products(self).map_err(IssueError::Ledger)
     }
 
-    fn chain(&self, product: &str) -> Result<(Vec<u8>, Option<Vec<u8>>), IssueError> {
+    fn chain(&self, product: &ProductKey) -> Result<(Vec<u8>, Option<Vec<u8>>), IssueError> {
         Self::chain(self, product)
     }
 
-    fn firmware(&self, product: &str) -> Result<Option<ProductFirmware>, IssueError> {
+    fn firmware(&self, product: &ProductKey) -> Result<Option<ProductFirmware>, IssueError> {
         Self::firmware(self, product)
     }
 

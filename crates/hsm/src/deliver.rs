@@ -4,7 +4,7 @@
 use trustfab_formats::binding::family_delivery_info;
 use trustfab_pki::PublicKey;
 use trustfab_token::Curve;
-use trustfab_types::DeviceUid;
+use trustfab_types::{DeviceUid, ProductKey};
 
 use crate::{uid_claim, Hsm, IssueError, CLAIM_UID};
 
@@ -18,7 +18,11 @@ impl Hsm {
     /// # Errors
     /// [`IssueError::NoFamilyKey`] when the product has none, [`IssueError::NotIssued`] when no
     /// certificate was issued to `uid` for the product, a token or ledger error.
-    pub fn family_key_for(&self, product: &str, uid: &DeviceUid) -> Result<Vec<u8>, IssueError> {
+    pub fn family_key_for(
+        &self,
+        product: &ProductKey,
+        uid: &DeviceUid,
+    ) -> Result<Vec<u8>, IssueError> {
         let p = self.product(product)?;
         let Some(key) = p.family_key else {
             return Err(IssueError::NoFamilyKey {

@@ -1,6 +1,6 @@
 //! One error enum per operation, each naming what was refused and why.
 
-use trustfab_types::UnixTime;
+use trustfab_types::{Fingerprint, HsmId, JobId, OemId, ProductKey, UnixTime};
 
 /// Why `init`, `open` or identity operations failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +39,9 @@ pub enum ImportError {
     #[error("package is for HSM {expected}, this HSM is {actual}")]
     WrongHsm {
         /// Fingerprint the package names (hex).
-        expected: String,
+        expected: Fingerprint,
         /// This HSM's fingerprint (hex).
-        actual: String,
+        actual: Fingerprint,
     },
     /// Too early.
     #[error("package is not valid before {not_before}")]
@@ -67,7 +67,7 @@ pub enum ImportError {
     #[error("OEM {oem} is bound to another root certificate here (ledger record {seq})")]
     OemRootMismatch {
         /// The OEM id.
-        oem: String,
+        oem: OemId,
         /// The record that bound it.
         seq: u64,
     },
@@ -77,7 +77,7 @@ pub enum ImportError {
     )]
     ProductConflict {
         /// The product key.
-        product: String,
+        product: ProductKey,
         /// What differs.
         what: &'static str,
     },
@@ -106,13 +106,13 @@ pub enum IssueError {
     #[error("product {product} is not imported in this HSM")]
     UnknownProduct {
         /// The product key.
-        product: String,
+        product: ProductKey,
     },
     /// Not enough count left.
     #[error("product {product} has {remaining} certificates left, {asked} asked")]
     CountExhausted {
         /// The product key.
-        product: String,
+        product: ProductKey,
         /// What remains.
         remaining: u64,
         /// What was asked.
@@ -139,7 +139,7 @@ pub enum IssueError {
     #[error("product {product}: no serial number left in its range")]
     SerialsExhausted {
         /// The product key.
-        product: String,
+        product: ProductKey,
     },
     /// The same UID appears twice in one batch.
     #[error("device {uid} appears twice in one batch")]
@@ -155,7 +155,7 @@ pub enum IssueError {
     #[error("product {product} has no firmware family key")]
     NoFamilyKey {
         /// The product.
-        product: String,
+        product: ProductKey,
     },
     /// The family key goes only to a device this HSM certified for the product.
     #[error("device {uid} has no certificate for product {product}: the family key goes only to certified devices")]
@@ -163,7 +163,7 @@ pub enum IssueError {
         /// The device.
         uid: String,
         /// The product.
-        product: String,
+        product: ProductKey,
     },
     /// The ledger claims the UID but holds no issuance record for it: the ledger was tampered
     /// with (`trustfab ledger verify` names the record).
@@ -192,13 +192,13 @@ pub enum IssueError {
     #[error("job {job} was reserved by another HSM")]
     ForeignReservation {
         /// The job.
-        job: String,
+        job: JobId,
     },
     /// The job's reservation has fewer units left than the batch asks.
     #[error("job {job} has {remaining} of its reserved units left, {asked} asked")]
     ReservationExhausted {
         /// The job.
-        job: String,
+        job: JobId,
         /// Units left in the reservation.
         remaining: u64,
         /// Units asked.
@@ -208,7 +208,7 @@ pub enum IssueError {
     #[error("job {job} is closed (ledger record {seq})")]
     JobClosed {
         /// The job.
-        job: String,
+        job: JobId,
         /// The `JobClosed` record.
         seq: u64,
     },
@@ -217,7 +217,7 @@ pub enum IssueError {
     #[error("job {job} was created by an earlier release and can only be closed (`trustfab job close`); create a new job for the rest")]
     LegacyJob {
         /// The job.
-        job: String,
+        job: JobId,
     },
 }
 
@@ -233,17 +233,17 @@ pub enum JobOpError {
     #[error("job {job} was made for HSM {expected}, this is {actual}")]
     WrongHsm {
         /// The job.
-        job: String,
+        job: JobId,
         /// The HSM the job names.
-        expected: String,
+        expected: HsmId,
         /// This HSM.
-        actual: String,
+        actual: HsmId,
     },
     /// The product is not in the HSM.
     #[error("product {product} is not imported in this HSM")]
     UnknownProduct {
         /// The product key.
-        product: String,
+        product: ProductKey,
     },
     /// The job's firmware step does not match the product.
     #[error("job firmware: {0}")]
@@ -252,7 +252,7 @@ pub enum JobOpError {
     #[error("job asks for {asked} devices, product {product} has {remaining} left")]
     OverRemaining {
         /// The product key.
-        product: String,
+        product: ProductKey,
         /// Left.
         remaining: u64,
         /// Asked.
@@ -262,7 +262,7 @@ pub enum JobOpError {
     #[error("job {job} exists already (ledger record {seq})")]
     Exists {
         /// The job id.
-        job: String,
+        job: JobId,
         /// The record that created it.
         seq: u64,
     },
@@ -270,19 +270,19 @@ pub enum JobOpError {
     #[error("job {job} is not in the ledger (was it created here?)")]
     UnknownJob {
         /// The job.
-        job: String,
+        job: JobId,
     },
     /// The ledger's record of the job is for another package.
     #[error("job {job} in the ledger was created from another package")]
     OtherPackage {
         /// The job.
-        job: String,
+        job: JobId,
     },
     /// The job is closed.
     #[error("job {job} is closed (ledger record {seq})")]
     Closed {
         /// The job.
-        job: String,
+        job: JobId,
         /// The `JobClosed` record.
         seq: u64,
     },
@@ -290,7 +290,7 @@ pub enum JobOpError {
     #[error("ledger record {seq} of job {job} does not decode")]
     BadRecord {
         /// The job.
-        job: String,
+        job: JobId,
         /// The record.
         seq: u64,
     },

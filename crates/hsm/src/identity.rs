@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use trustfab_ledger::Store;
 use trustfab_pki::{HsmCertificates, HsmRequest, PublicKey};
 use trustfab_token::{Curve, KeyLabel, KeySpec, KeyUsage, Token, TokenSigner};
-use trustfab_types::Clock;
+use trustfab_types::{Clock, Fingerprint, HsmId};
 
 use crate::{Hsm, InitError, IssueError, IDENTITY_LABEL, KT_LABEL};
 
@@ -18,7 +18,7 @@ impl Hsm {
     ///
     /// # Errors
     /// [`InitError::AlreadyInitialised`] when the token has an identity, or a token error.
-    pub fn init(token: &dyn Token, hsm_id: &str) -> Result<HsmRequest, InitError> {
+    pub fn init(token: &dyn Token, hsm_id: &HsmId) -> Result<HsmRequest, InitError> {
         let id_label = KeyLabel::new(IDENTITY_LABEL)?;
         if token.find(&id_label)?.is_some() {
             return Err(InitError::AlreadyInitialised);
@@ -29,7 +29,7 @@ impl Hsm {
         let kt = token.generate(&KeySpec::new(kt_label, curve, KeyUsage::KeyTransport))?;
         let signer = TokenSigner::new(token, identity)?;
         let kt_pk = token.public_key(kt)?;
-        Ok(HsmRequest::new(hsm_id, &signer, &kt_pk)?)
+        Ok(HsmRequest::new(hsm_id.as_str(), &signer, &kt_pk)?)
     }
 
     /// Opens an initialised HSM. `certs`, when given, must certify this token's keys.
@@ -40,7 +40,7 @@ impl Hsm {
         token: Arc<dyn Token>,
         ledger: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
-        hsm_id: &str,
+        hsm_id: &HsmId,
         certs: Option<&HsmCertificates>,
     ) -> Result<Self, InitError> {
         let identity = token
@@ -65,7 +65,7 @@ impl Hsm {
                         "key-transport key differs".into(),
                     ));
                 }
-                Some(c.fingerprint())
+                Some(Fingerprint::new(c.fingerprint()))
             }
             None => None,
         };
@@ -74,7 +74,7 @@ impl Hsm {
             token,
             ledger,
             clock,
-            hsm_id: hsm_id.to_owned(),
+            hsm_id: hsm_id.clone(),
             identity,
             identity_point,
             kt,
@@ -86,12 +86,12 @@ impl Hsm {
     }
 
     /// This HSM's id.
-    pub fn hsm_id(&self) -> &str {
+    pub fn hsm_id(&self) -> &HsmId {
         &self.hsm_id
     }
 
     /// SHA-256 of the installed identity certificate: what packages name.
-    pub fn fingerprint(&self) -> Option<[u8; 32]> {
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
         self.fingerprint
     }
 
@@ -102,7 +102,7 @@ impl Hsm {
     pub fn request(&self) -> Result<HsmRequest, InitError> {
         let signer = TokenSigner::new(&*self.token, self.identity)?;
         let kt_pk = self.token.public_key(self.kt)?;
-        Ok(HsmRequest::new(&self.hsm_id, &signer, &kt_pk)?)
+        Ok(HsmRequest::new(self.hsm_id.as_str(), &signer, &kt_pk)?)
     }
 
     /// A signer over the identity key (reports, ledger checkpoints).

@@ -8,17 +8,18 @@ use trustfab_ledger::{Append, CounterOp, Kind};
 use trustfab_pki::template::SerialScheme;
 use trustfab_pki::{PublicKey, Template};
 use trustfab_token::{Curve, KeySpec, KeyUsage, WrappedKey};
+use trustfab_types::{Fingerprint, ProductKey};
 
 use crate::{
-    family_key_label, hex, product_key, product_key_label, serial_counter, sha256, Hsm,
-    ImportError, CLAIM_OEM, CLAIM_PACKAGE, CLAIM_PRODUCT,
+    family_key_label, hex, product_key_label, serial_counter, sha256, Hsm, ImportError, CLAIM_OEM,
+    CLAIM_PACKAGE, CLAIM_PRODUCT,
 };
 
 /// What a successful import did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Imported {
-    /// The product key.
-    pub product: String,
+    /// The product.
+    pub product: ProductKey,
     /// Whether the product was created (else topped up).
     pub created: bool,
     /// Count added.
@@ -38,8 +39,8 @@ impl Hsm {
         let fingerprint = self.fingerprint.ok_or(ImportError::NoIdentity)?;
         if c.target_hsm != fingerprint {
             return Err(ImportError::WrongHsm {
-                expected: hex(&c.target_hsm),
-                actual: hex(&fingerprint),
+                expected: c.target_hsm,
+                actual: fingerprint,
             });
         }
         let now = self.clock.now();
@@ -90,7 +91,9 @@ impl Hsm {
         };
 
         let oem = c.oem_id.as_str();
-        let key = product_key(&c.oem_id, &c.product_id);
+        let key = ProductKey::new(c.oem_id.clone(), c.product_id.clone());
+        // The ledger names the product's counter and claim by its `oem/product` text.
+        let counter = key.to_string();
         let root_fp = sha256(&c.root_cert);
         if let Some(seq) = self
             .ledger
@@ -100,14 +103,14 @@ impl Hsm {
             let bound = self.product_def_near(seq).map_err(ImportError::Ledger)?;
             if bound.map(|d| sha256(&d.root_cert)) != Some(root_fp) {
                 return Err(ImportError::OemRootMismatch {
-                    oem: oem.to_owned(),
+                    oem: c.oem_id.clone(),
                     seq,
                 });
             }
         }
         let existing = match self
             .ledger
-            .claimed(CLAIM_PRODUCT, key.as_bytes())
+            .claimed(CLAIM_PRODUCT, counter.as_bytes())
             .map_err(ImportError::Ledger)?
         {
             Some(seq) => self.product_def_near(seq).map_err(ImportError::Ledger)?,
@@ -161,7 +164,7 @@ impl Hsm {
             Append::record(Kind::PackageImported, imported_body.clone())
                 .with_record(Kind::ProductToppedUp, imported_body)
                 .with_counter(CounterOp::TopUp {
-                    product: key.clone(),
+                    product: counter,
                     n: c.count,
                 })
                 .with_claim(CLAIM_PACKAGE, c.package_id.to_vec())
@@ -201,8 +204,7 @@ impl Hsm {
                 None => None,
             };
             let def = ProductDef {
-                oem: oem.to_owned(),
-                product: c.product_id.to_string(),
+                product: key.clone(),
                 package_id: c.package_id,
                 template: c.template.clone(),
                 root_cert: c.root_cert.clone(),
@@ -215,11 +217,11 @@ impl Hsm {
             let mut a = Append::record(Kind::PackageImported, imported_body)
                 .with_record(Kind::ProductCreated, def.encode())
                 .with_counter(CounterOp::Create {
-                    product: key.clone(),
+                    product: counter.clone(),
                     count: c.count,
                 })
                 .with_claim(CLAIM_PACKAGE, c.package_id.to_vec())
-                .with_claim(CLAIM_PRODUCT, key.as_bytes().to_vec());
+                .with_claim(CLAIM_PRODUCT, counter.into_bytes());
             let scheme = match c.serial_range {
                 Some(r) => SerialScheme::Sequential {
                     first: r.first,
@@ -270,7 +272,7 @@ impl Hsm {
     /// and public point.
     fn import_family_key(
         &self,
-        product: &str,
+        product: &ProductKey,
         wrapped: &WrappedKey,
     ) -> Result<FamilyKeyDef, ImportError> {
         let label = family_key_label(product).map_err(ImportError::Token)?;
@@ -279,7 +281,7 @@ impl Hsm {
                 let have = self.token.public_key(h).map_err(ImportError::Token)?;
                 if &have != wrapped.public_key() {
                     return Err(ImportError::ProductConflict {
-                        product: product.to_owned(),
+                        product: product.clone(),
                         what: "family key (a different key is stored under this product's label)",
                     });
                 }
@@ -309,7 +311,7 @@ type CheckedFirmware<'a> = (&'a trustfab_formats::package::Firmware, Option<Wrap
 fn check_firmware<'a>(
     fw: &'a trustfab_formats::package::Firmware,
     package_id: &[u8; 16],
-    fingerprint: &[u8; 32],
+    fingerprint: &Fingerprint,
 ) -> Result<CheckedFirmware<'a>, ImportError> {
     let Some(bytes) = &fw.wrapped_family_key else {
         return Ok((fw, None));

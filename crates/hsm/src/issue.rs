@@ -10,7 +10,7 @@ use trustfab_ledger::{Append, CounterOp, Kind};
 use trustfab_pki::template::SerialScheme;
 use trustfab_pki::{DeviceRequest, Issuer, PublicKey, RenderInputs};
 use trustfab_token::{Token, TokenSigner};
-use trustfab_types::{DeviceUid, Serial};
+use trustfab_types::{DeviceUid, JobId, ProductKey, Serial};
 
 use crate::product::Product;
 use crate::{
@@ -53,7 +53,7 @@ impl Hsm {
         self.own(r)?;
         if r.is_legacy() {
             return Err(IssueError::LegacyJob {
-                job: r.job_id().to_owned(),
+                job: r.job_id().clone(),
             });
         }
         self.issue_within(r.product(), Some(r.job_id()), devices)
@@ -72,7 +72,7 @@ impl Hsm {
     /// An [`IssueError`]; unless it is [`IssueError::Sign`], nothing was spent or recorded.
     pub fn issue_direct(
         &self,
-        product: &str,
+        product: &ProductKey,
         devices: &[DeviceKey],
     ) -> Result<Vec<Issued>, IssueError> {
         self.issue_within(product, None, devices)
@@ -80,8 +80,8 @@ impl Hsm {
 
     fn issue_within(
         &self,
-        product: &str,
-        job: Option<&str>,
+        product: &ProductKey,
+        job: Option<&JobId>,
         devices: &[DeviceKey],
     ) -> Result<Vec<Issued>, IssueError> {
         if devices.len() > BATCH_MAX {
@@ -150,7 +150,7 @@ impl Hsm {
     fn issue_fresh(
         &self,
         p: &Product,
-        job: Option<&str>,
+        job: Option<&JobId>,
         issuer: &Issuer<'_>,
         devices: &[DeviceKey],
         which: &[usize],
@@ -166,7 +166,8 @@ impl Hsm {
         let serials = self.allocate_serials(p, which.len())?;
         let mut recs = Vec::with_capacity(which.len());
         let n = u64::try_from(which.len()).unwrap_or(u64::MAX);
-        let spend_from = job.map_or_else(|| p.key.clone(), jobs::job_counter);
+        // The ledger names the counters by text: the product's `oem/product`, a job's `job:<id>`.
+        let spend_from = job.map_or_else(|| p.key.to_string(), jobs::job_counter);
         let mut append = Append::default().with_counter(CounterOp::Spend {
             product: spend_from.clone(),
             n,
@@ -185,7 +186,7 @@ impl Hsm {
                 serial,
                 spki: d.public_key.to_spki_der(),
                 not_before: now,
-                job: job.map(str::to_owned),
+                job: job.cloned(),
             };
             // Render now, so a template that cannot hold this device fails before any count
             // is spent.
@@ -211,21 +212,27 @@ impl Hsm {
             }
             recs.push((i, rec));
         }
-        self.ledger.append(append).map_err(|e| match e {
-            trustfab_ledger::Error::Exhausted { product, .. }
+        self.ledger.append(append).map_err(|e| match (e, job) {
+            (trustfab_ledger::Error::Exhausted { product, .. }, _)
                 if product == serial_counter(&p.key) =>
             {
                 IssueError::SerialsExhausted {
                     product: p.key.clone(),
                 }
             }
-            trustfab_ledger::Error::Exhausted {
-                product,
-                remaining,
-                asked,
-            } if product == spend_from && job.is_some() => {
-                let job = job.unwrap_or_default().to_owned();
-                match self.ledger.claimed(jobs::CLAIM_JOB_CLOSED, job.as_bytes()) {
+            (
+                trustfab_ledger::Error::Exhausted {
+                    product,
+                    remaining,
+                    asked,
+                },
+                Some(job),
+            ) if product == spend_from => {
+                let job = job.clone();
+                match self
+                    .ledger
+                    .claimed(jobs::CLAIM_JOB_CLOSED, job.as_str().as_bytes())
+                {
                     Ok(Some(seq)) => IssueError::JobClosed { job, seq },
                     Ok(None) => IssueError::ReservationExhausted {
                         job,
@@ -235,16 +242,18 @@ impl Hsm {
                     Err(e) => IssueError::Ledger(e),
                 }
             }
-            trustfab_ledger::Error::Exhausted {
-                product,
-                remaining,
-                asked,
-            } => IssueError::CountExhausted {
-                product,
+            // The only other counter spent is the product's own.
+            (
+                trustfab_ledger::Error::Exhausted {
+                    remaining, asked, ..
+                },
+                _,
+            ) => IssueError::CountExhausted {
+                product: p.key.clone(),
                 remaining,
                 asked,
             },
-            other => IssueError::Ledger(other),
+            (other, _) => IssueError::Ledger(other),
         })?;
         drop(guard);
         for (i, rec) in recs {
@@ -295,7 +304,7 @@ impl Hsm {
     pub(crate) fn issuance_near(
         &self,
         seq: u64,
-        product: &str,
+        product: &ProductKey,
         uid: &DeviceUid,
     ) -> Result<IssuanceRecord, IssueError> {
         // The claim names the first record of the issuing append; the device's record is one of
@@ -320,7 +329,7 @@ impl Hsm {
                     continue;
                 }
                 if let Ok(rec) = IssuanceRecord::decode(&r.body) {
-                    if rec.product == product && &rec.uid == uid {
+                    if rec.product == *product && &rec.uid == uid {
                         return Ok(rec);
                     }
                 }
@@ -338,7 +347,7 @@ impl Hsm {
     /// [`IssueError::UnknownProduct`], or a ledger error; `Ok(None)` if the UID was never issued.
     pub fn certificate_for(
         &self,
-        product: &str,
+        product: &ProductKey,
         uid: &DeviceUid,
     ) -> Result<Option<Issued>, IssueError> {
         let p = self.product(product)?;

@@ -29,14 +29,14 @@ use trustfab_formats::records::{
 };
 use trustfab_formats::{JobFirmware, JobPackage, JobSpec};
 use trustfab_ledger::{Append, CounterOp, Kind};
-use trustfab_types::DeviceUid;
+use trustfab_types::{DeviceUid, JobId, ProductKey};
 
 use crate::error::{IssueError, JobOpError};
 use crate::{Hsm, IssuanceRecord};
 
-/// The ledger counter of a job's reservation. Product keys never hold a `:`, so it cannot name
-/// a product.
-pub(crate) fn job_counter(job: &str) -> String {
+/// The ledger counter of a job's reservation, `job:<id>`. Product keys never hold a `:`, so it
+/// cannot name a product.
+pub(crate) fn job_counter(job: &JobId) -> String {
     format!("job:{job}")
 }
 
@@ -65,12 +65,12 @@ impl Reservation {
     }
 
     /// The job id.
-    pub fn job_id(&self) -> &str {
+    pub fn job_id(&self) -> &JobId {
         &self.package.spec().job_id
     }
 
-    /// The product key.
-    pub fn product(&self) -> &str {
+    /// The product.
+    pub fn product(&self) -> &ProductKey {
         &self.package.spec().product
     }
 
@@ -138,9 +138,14 @@ impl Hsm {
             self.check_job_firmware(&spec.product, fw)?;
         }
         let product = spec.product.clone();
-        let remaining = match self.ledger.counter(&product).map_err(JobOpError::Ledger)? {
-            Some(c) if !product.contains(':') => c.remaining(),
-            _ => return Err(JobOpError::UnknownProduct { product }),
+        // The product's counter is named by its `oem/product` text (never holding a `:`).
+        let remaining = match self
+            .ledger
+            .counter(&product.to_string())
+            .map_err(JobOpError::Ledger)?
+        {
+            Some(c) => c.remaining(),
+            None => return Err(JobOpError::UnknownProduct { product }),
         };
         if spec.quantity > remaining {
             return Err(JobOpError::OverRemaining {
@@ -151,7 +156,7 @@ impl Hsm {
         }
         if let Some(seq) = self
             .ledger
-            .claimed(CLAIM_JOB, spec.job_id.as_bytes())
+            .claimed(CLAIM_JOB, spec.job_id.as_str().as_bytes())
             .map_err(JobOpError::Ledger)?
         {
             return Err(JobOpError::Exists {
@@ -171,21 +176,20 @@ impl Hsm {
         };
         let append = Append::record(Kind::JobCreated, records::encode(&body))
             .with_counter(CounterOp::Spend {
-                product: s.product.clone(),
+                product: s.product.to_string(),
                 n: s.quantity,
             })
             .with_counter(CounterOp::Create {
                 product: job_counter(&s.job_id),
                 count: s.quantity,
             })
-            .with_claim(CLAIM_JOB, s.job_id.as_bytes().to_vec());
+            .with_claim(CLAIM_JOB, s.job_id.as_str().as_bytes().to_vec());
         let recs = self.ledger.append(append).map_err(|e| match e {
+            // Only the product's spend can be exhausted (the job counter is created here).
             trustfab_ledger::Error::Exhausted {
-                product,
-                remaining,
-                asked,
+                remaining, asked, ..
             } => JobOpError::OverRemaining {
-                product,
+                product: s.product.clone(),
                 remaining,
                 asked,
             },
@@ -213,21 +217,21 @@ impl Hsm {
     pub fn attach(&self, package: &[u8]) -> Result<Reservation, JobOpError> {
         let package = JobPackage::open(package, &self.identity_point)?;
         let spec = package.spec();
-        let id = spec.job_id.as_str();
+        let id = &spec.job_id;
         if spec.hsm_id != self.hsm_id {
             return Err(JobOpError::WrongHsm {
-                job: id.into(),
+                job: id.clone(),
                 expected: spec.hsm_id.clone(),
                 actual: self.hsm_id.clone(),
             });
         }
         let created_seq = self
             .ledger
-            .claimed(CLAIM_JOB, id.as_bytes())
+            .claimed(CLAIM_JOB, id.as_str().as_bytes())
             .map_err(JobOpError::Ledger)?
-            .ok_or_else(|| JobOpError::UnknownJob { job: id.into() })?;
+            .ok_or_else(|| JobOpError::UnknownJob { job: id.clone() })?;
         let bad = || JobOpError::BadRecord {
-            job: id.into(),
+            job: id.clone(),
             seq: created_seq,
         };
         let raw = self
@@ -239,8 +243,8 @@ impl Hsm {
             .ok_or_else(bad)?;
         let r = raw.into_record().map_err(JobOpError::Ledger)?;
         let b: JobCreated = records::decode(&r.body).map_err(|_| bad())?;
-        if r.kind != Kind::JobCreated || b.job != id || b.package_sha256.0 != package.digest() {
-            return Err(JobOpError::OtherPackage { job: id.into() });
+        if r.kind != Kind::JobCreated || b.job != *id || b.package_sha256.0 != package.digest() {
+            return Err(JobOpError::OtherPackage { job: id.clone() });
         }
         let legacy = self
             .ledger
@@ -259,7 +263,7 @@ impl Hsm {
     pub(crate) fn own(&self, r: &Reservation) -> Result<(), IssueError> {
         if r.hsm_point != self.identity_point || r.spec().hsm_id != self.hsm_id {
             return Err(IssueError::ForeignReservation {
-                job: r.job_id().to_owned(),
+                job: r.job_id().clone(),
             });
         }
         Ok(())
@@ -281,7 +285,7 @@ impl Hsm {
         let id = r.job_id();
         let closed_seq = self
             .ledger
-            .claimed(CLAIM_JOB_CLOSED, id.as_bytes())
+            .claimed(CLAIM_JOB_CLOSED, id.as_str().as_bytes())
             .map_err(JobOpError::Ledger)?;
         let remaining = if r.legacy {
             0
@@ -305,7 +309,7 @@ impl Hsm {
             match rec.kind {
                 Kind::CreditBack if r.legacy => {
                     if let Ok(b) = records::decode::<CreditBack>(&rec.body) {
-                        if b.job == id && b.reason == CreditReason::Release {
+                        if b.job == *id && b.reason == CreditReason::Release {
                             released = released.saturating_add(b.n);
                             released_uids.extend(b.uids.into_iter().map(|u| u.0));
                         }
@@ -317,21 +321,21 @@ impl Hsm {
                             Some(j) => j == id,
                             None => r.legacy && released_uids.contains(i.uid.as_bytes()),
                         };
-                        if ours && i.product == r.product() {
+                        if ours && i.product == *r.product() {
                             st.issued.insert(i.uid.as_bytes().to_vec());
                         }
                     }
                 }
                 Kind::DeviceLocked => {
                     if let Ok(b) = records::decode::<DeviceGood>(&rec.body) {
-                        if b.job == id {
+                        if b.job == *id {
                             st.good.insert(b.uid.0);
                         }
                     }
                 }
                 Kind::DeviceFailed => {
                     if let Ok(b) = records::decode::<DeviceFailed>(&rec.body) {
-                        if b.job == id {
+                        if b.job == *id {
                             st.failures += 1;
                         }
                     }
@@ -365,7 +369,7 @@ impl Hsm {
                         uid: "-".into(),
                         reason: "a good device's UID is not a UID".into(),
                     })?;
-                    if g.job != id {
+                    if g.job != *id {
                         return Err(other_job(&uid.to_hex(), &g.job, id));
                     }
                     let claim = records::good_claim(r.product(), &g.uid.0);
@@ -375,7 +379,7 @@ impl Hsm {
                         .with_claim(CLAIM_GOOD, claim)
                 }
                 DeviceOutcome::Failed(f) => {
-                    if f.job != id {
+                    if f.job != *id {
                         let uid = f
                             .uid
                             .as_ref()
@@ -412,7 +416,7 @@ impl Hsm {
         loop {
             if let Some(seq) = self
                 .ledger
-                .claimed(CLAIM_JOB_CLOSED, spec.job_id.as_bytes())
+                .claimed(CLAIM_JOB_CLOSED, spec.job_id.as_str().as_bytes())
                 .map_err(JobOpError::Ledger)?
             {
                 return Err(JobOpError::Closed {
@@ -442,10 +446,10 @@ impl Hsm {
                 time: self.clock.now().0,
             };
             let mut append = Append::record(Kind::JobClosed, records::encode(&body))
-                .with_claim(CLAIM_JOB_CLOSED, spec.job_id.as_bytes().to_vec());
+                .with_claim(CLAIM_JOB_CLOSED, spec.job_id.as_str().as_bytes().to_vec());
             if credited > 0 {
                 append = append.with_counter(CounterOp::Credit {
-                    product: spec.product.clone(),
+                    product: spec.product.to_string(),
                     n: credited,
                 });
                 if !r.legacy {
@@ -475,7 +479,7 @@ impl Hsm {
     }
 
     /// The HSM signs a job's firmware step only when it is the product's.
-    fn check_job_firmware(&self, product: &str, fw: &JobFirmware) -> Result<(), JobOpError> {
+    fn check_job_firmware(&self, product: &ProductKey, fw: &JobFirmware) -> Result<(), JobOpError> {
         let bad = |m: &str| JobOpError::Firmware(m.to_owned());
         let Some(p) = self.firmware(product).map_err(|e| bad(&e.to_string()))? else {
             return Err(bad(&format!(
@@ -500,7 +504,7 @@ impl Hsm {
     }
 }
 
-fn other_job(uid: &str, theirs: &str, ours: &str) -> IssueError {
+fn other_job(uid: &str, theirs: &JobId, ours: &JobId) -> IssueError {
     IssueError::BadRequest {
         uid: uid.to_owned(),
         reason: format!("outcome of job {theirs} given for job {ours}"),

@@ -17,7 +17,7 @@ use aws_lc_rs::digest::{digest, SHA256};
 use trustfab_ledger::Store;
 use trustfab_pki::HsmCertificates;
 use trustfab_token::{KeyHandle, KeyLabel, Token};
-use trustfab_types::{Clock, DeviceUid, OemId, ProductId, Serial};
+use trustfab_types::{Clock, DeviceUid, Fingerprint, HsmId, ProductKey, Serial};
 
 pub use client::HsmClient;
 pub use error::{ImportError, InitError, IssueError, JobOpError};
@@ -42,17 +42,12 @@ pub(crate) const CLAIM_OEM: &str = "oem";
 pub(crate) const CLAIM_UID: &str = "uid";
 pub(crate) const CLAIM_SERIAL: &str = "serial";
 
-/// The token and ledger key of a product: `oem/product`.
-pub fn product_key(oem: &OemId, product: &ProductId) -> String {
-    format!("{oem}/{product}")
-}
-
 /// The token label of a product's signing key: `product:` and 20 hex digits of SHA-256 of the
-/// product key (labels are at most 64 characters; ids may be 64 each).
+/// product key's `oem/product` text (labels are at most 64 characters; ids may be 64 each).
 ///
 /// # Errors
 /// Never for a product key; the label type checks its own rules.
-pub fn product_key_label(product: &str) -> Result<KeyLabel, trustfab_token::Error> {
+pub fn product_key_label(product: &ProductKey) -> Result<KeyLabel, trustfab_token::Error> {
     hashed_label("product", product)
 }
 
@@ -61,12 +56,12 @@ pub fn product_key_label(product: &str) -> Result<KeyLabel, trustfab_token::Erro
 ///
 /// # Errors
 /// Never for a product key; the label type checks its own rules.
-pub fn family_key_label(product: &str) -> Result<KeyLabel, trustfab_token::Error> {
+pub fn family_key_label(product: &ProductKey) -> Result<KeyLabel, trustfab_token::Error> {
     hashed_label("family", product)
 }
 
-fn hashed_label(prefix: &str, product: &str) -> Result<KeyLabel, trustfab_token::Error> {
-    let h = digest(&SHA256, product.as_bytes());
+fn hashed_label(prefix: &str, product: &ProductKey) -> Result<KeyLabel, trustfab_token::Error> {
+    let h = digest(&SHA256, product.to_string().as_bytes());
     let hex: String = h
         .as_ref()
         .iter()
@@ -87,14 +82,14 @@ pub struct Hsm {
     token: Arc<dyn Token>,
     ledger: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    hsm_id: String,
+    hsm_id: HsmId,
     identity: KeyHandle,
     /// The identity key's uncompressed point: what job packages are checked against.
     identity_point: Vec<u8>,
     kt: KeyHandle,
-    fingerprint: Option<[u8; 32]>,
+    fingerprint: Option<Fingerprint>,
     certs: Option<HsmCertificates>,
-    products: RwLock<HashMap<String, Arc<product::Product>>>,
+    products: RwLock<HashMap<ProductKey, Arc<product::Product>>>,
     /// Serializes sequential serial allocation within this process; claims make it safe across
     /// processes.
     serial_alloc: Mutex<()>,
@@ -108,13 +103,14 @@ impl std::fmt::Debug for Hsm {
     }
 }
 
-/// The ledger counter that numbers a sequential product's serials.
-pub(crate) fn serial_counter(product: &str) -> String {
+/// The ledger counter that numbers a sequential product's serials: `serials:oem/product`.
+pub(crate) fn serial_counter(product: &ProductKey) -> String {
     format!("serials:{product}")
 }
 
-pub(crate) fn uid_claim(product: &str, uid: &DeviceUid) -> Vec<u8> {
-    let mut v = product.as_bytes().to_vec();
+/// The claim key of a device's issuance: `oem/product ‖ 0x00 ‖ uid`.
+pub(crate) fn uid_claim(product: &ProductKey, uid: &DeviceUid) -> Vec<u8> {
+    let mut v = product.to_string().into_bytes();
     v.push(0);
     v.extend_from_slice(uid.as_bytes());
     v

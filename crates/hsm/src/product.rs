@@ -8,7 +8,7 @@ use trustfab_ledger::Kind;
 use trustfab_pki::template::SerialScheme;
 use trustfab_pki::Template;
 use trustfab_token::{KeyHandle, KeyLabel};
-use trustfab_types::{OemId, ProductId};
+use trustfab_types::{OemId, ProductId, ProductKey};
 
 use crate::{sha256, Hsm, IssueError, CLAIM_PRODUCT};
 
@@ -27,8 +27,8 @@ pub struct ProductFirmware {
 /// A product's standing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProductStatus {
-    /// `oem/product`.
-    pub product: String,
+    /// The product.
+    pub product: ProductKey,
     /// Created plus topped up.
     pub ordered: u64,
     /// Spent.
@@ -38,7 +38,7 @@ pub struct ProductStatus {
 }
 
 pub(crate) struct Product {
-    pub(crate) key: String,
+    pub(crate) key: ProductKey,
     pub(crate) def: ProductDef,
     pub(crate) oem: OemId,
     pub(crate) product: ProductId,
@@ -72,7 +72,7 @@ impl Hsm {
     ///
     /// # Errors
     /// [`IssueError::UnknownProduct`] or a ledger error.
-    pub fn firmware(&self, product: &str) -> Result<Option<ProductFirmware>, IssueError> {
+    pub fn firmware(&self, product: &ProductKey) -> Result<Option<ProductFirmware>, IssueError> {
         let p = self.product(product)?;
         Ok(p.def.firmware.as_ref().map(|f| ProductFirmware {
             family: f.family.clone(),
@@ -81,7 +81,7 @@ impl Hsm {
         }))
     }
 
-    pub(crate) fn product(&self, key: &str) -> Result<Arc<Product>, IssueError> {
+    pub(crate) fn product(&self, key: &ProductKey) -> Result<Arc<Product>, IssueError> {
         if let Some(p) = self
             .products
             .read()
@@ -91,11 +91,11 @@ impl Hsm {
             return Ok(Arc::clone(p));
         }
         let unknown = || IssueError::UnknownProduct {
-            product: key.to_owned(),
+            product: key.clone(),
         };
         let seq = self
             .ledger
-            .claimed(CLAIM_PRODUCT, key.as_bytes())
+            .claimed(CLAIM_PRODUCT, key.to_string().as_bytes())
             .map_err(IssueError::Ledger)?
             .ok_or_else(unknown)?;
         let def = self
@@ -123,9 +123,9 @@ impl Hsm {
             .clone()
             .unwrap_or_else(|| def.root_cert.clone());
         let p = Arc::new(Product {
-            key: key.to_owned(),
-            oem: OemId::new(&def.oem).map_err(|_| unknown())?,
-            product: ProductId::new(&def.product).map_err(|_| unknown())?,
+            key: key.clone(),
+            oem: def.product.oem().clone(),
+            product: def.product.product().clone(),
             issuer_fp: sha256(&issuer_cert),
             issuer_cert,
             def,
@@ -137,7 +137,7 @@ impl Hsm {
         self.products
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.to_owned(), Arc::clone(&p));
+            .insert(key.clone(), Arc::clone(&p));
         Ok(p)
     }
 
@@ -145,12 +145,13 @@ impl Hsm {
     ///
     /// # Errors
     /// [`IssueError::UnknownProduct`] or a ledger error.
-    pub fn chain(&self, product: &str) -> Result<(Vec<u8>, Option<Vec<u8>>), IssueError> {
+    pub fn chain(&self, product: &ProductKey) -> Result<(Vec<u8>, Option<Vec<u8>>), IssueError> {
         let p = self.product(product)?;
         Ok((p.def.root_cert.clone(), p.def.device_ca_cert.clone()))
     }
 
-    /// Every product with its counts.
+    /// Every product with its counts (the ledger's counters named by a product key; the job
+    /// and serial counters, `job:…` and `serials:…`, are not products).
     ///
     /// # Errors
     /// A ledger error.
@@ -160,11 +161,13 @@ impl Hsm {
             .counters()?
             .into_iter()
             .filter(|(product, _)| !product.contains(':'))
-            .map(|(product, c)| ProductStatus {
-                product,
-                ordered: c.total,
-                issued: c.issued,
-                remaining: c.remaining(),
+            .filter_map(|(product, c)| {
+                Some(ProductStatus {
+                    product: ProductKey::parse(&product).ok()?,
+                    ordered: c.total,
+                    issued: c.issued,
+                    remaining: c.remaining(),
+                })
             })
             .collect())
     }

@@ -8,6 +8,7 @@ use trustfab_formats::report::{self, ReportError, ReportWriter, Totals};
 use trustfab_ledger::Kind;
 use trustfab_pki::{Issuer, PublicKey};
 use trustfab_token::TokenSigner;
+use trustfab_types::ProductKey;
 
 use crate::issue::sign_record;
 use crate::{Hsm, IssueError};
@@ -19,7 +20,11 @@ impl Hsm {
     ///
     /// # Errors
     /// [`IssueError::UnknownProduct`], a ledger that does not verify, or an I/O error.
-    pub fn report<W: std::io::Write>(&self, product: &str, out: W) -> Result<Totals, IssueError> {
+    pub fn report<W: std::io::Write>(
+        &self,
+        product: &ProductKey,
+        out: W,
+    ) -> Result<Totals, IssueError> {
         let p = self.product(product)?;
         let certs = self.certs.as_ref().ok_or(IssueError::NoIdentity)?;
         let checkpoint = self.checkpoint()?;
@@ -37,7 +42,7 @@ impl Hsm {
                 break;
             }
             let own = r.kind == Kind::Checkpoint
-                || report::product_of(&r, &mut jobs).as_deref() == Some(p.key.as_str());
+                || report::product_of(&r, &mut jobs).as_ref() == Some(&p.key);
             let item = if own {
                 totals
                     .apply(&r.effects, &p.key)

@@ -20,8 +20,8 @@ mod import {
             .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
             .unwrap();
         assert!(imported.created);
-        assert_eq!(imported.product, "acme/thermo");
-        let issued = s.hsm.issue_direct("acme/thermo", &[device(1), device(2)]).unwrap();
+        assert_eq!(imported.product, pk("acme/thermo"));
+        let issued = s.hsm.issue_direct(&pk("acme/thermo"), &[device(1), device(2)]).unwrap();
         let ints = [oem.ca.clone()];
         for i in &issued {
             validate(
@@ -54,7 +54,7 @@ mod import {
             .unwrap();
         drop(s);
         let (token, _guard) = open_token(t.path(), BACKEND, false);
-        let product_label = trustfab_hsm::product_key_label("acme/thermo").unwrap();
+        let product_label = trustfab_hsm::product_key_label(&pk("acme/thermo")).unwrap();
         for label in [
             trustfab_token::KeyLabel::new("hsm-identity").unwrap(),
             trustfab_token::KeyLabel::new("hsm-key-transport").unwrap(),
@@ -230,7 +230,7 @@ mod issue {
                 std::thread::spawn(move || {
                     let (mut ok, mut refused) = (Vec::new(), 0);
                     for d in devices.iter().skip(th).step_by(8) {
-                        match hsm.issue_direct("acme/thermo", std::slice::from_ref(d)) {
+                        match hsm.issue_direct(&pk("acme/thermo"), std::slice::from_ref(d)) {
                             Ok(mut v) => ok.push(v.remove(0)),
                             Err(IssueError::CountExhausted { remaining: 0, .. }) => refused += 1,
                             Err(e) => panic!("{e}"),
@@ -262,7 +262,7 @@ mod issue {
         let t = tempfile::tempdir().unwrap();
         let (s, _) = ready(t.path(), 5);
         let batch: Vec<_> = (0..6).map(device).collect();
-        match s.hsm.issue_direct("acme/thermo", &batch) {
+        match s.hsm.issue_direct(&pk("acme/thermo"), &batch) {
             Err(IssueError::CountExhausted {
                 remaining: 5,
                 asked: 6,
@@ -270,7 +270,7 @@ mod issue {
             }) => {}
             other => panic!("{other:?}"),
         }
-        assert_eq!(s.hsm.issue_direct("acme/thermo", &batch[..5]).unwrap().len(), 5);
+        assert_eq!(s.hsm.issue_direct(&pk("acme/thermo"), &batch[..5]).unwrap().len(), 5);
         assert_eq!(s.hsm.products().unwrap()[0].remaining, 0);
     }
 
@@ -281,12 +281,12 @@ mod issue {
         let d = device(9);
         let first = s
             .hsm
-            .issue_direct("acme/thermo", std::slice::from_ref(&d))
+            .issue_direct(&pk("acme/thermo"), std::slice::from_ref(&d))
             .unwrap()
             .remove(0);
         let again = s
             .hsm
-            .issue_direct("acme/thermo", std::slice::from_ref(&d))
+            .issue_direct(&pk("acme/thermo"), std::slice::from_ref(&d))
             .unwrap()
             .remove(0);
         assert!(again.reissued && !first.reissued);
@@ -303,12 +303,12 @@ mod issue {
             public_key: device(10).public_key,
         };
         assert!(matches!(
-            s.hsm.issue_direct("acme/thermo", &[other]),
+            s.hsm.issue_direct(&pk("acme/thermo"), &[other]),
             Err(IssueError::BadRequest { .. })
         ));
         assert!(s
             .hsm
-            .certificate_for("acme/thermo", &d.uid)
+            .certificate_for(&pk("acme/thermo"), &d.uid)
             .unwrap()
             .is_some());
     }
@@ -323,7 +323,7 @@ mod issue {
         };
         let p = oem.package(&s.certs, &vendor.root, &spec("seq", 10, 1).serials(range));
         s.hsm.import(&p).unwrap();
-        let key = product_key(&oem.id, &ProductId::new("seq").unwrap());
+        let key = ProductKey::new(oem.id, ProductId::new("seq").unwrap());
         let a = s
             .hsm
             .issue_direct(&key, &(0..4).map(device).collect::<Vec<_>>())
@@ -355,7 +355,7 @@ mod issue {
         let b = s.hsm.reserve(job("hsm-1", "job-b", "acme/seq", 3)).unwrap();
         let second = s.hsm.issue(&b, &(3..6).map(device).collect::<Vec<_>>()).unwrap();
         s.hsm.close(a).unwrap();
-        let third = s.hsm.issue_direct("acme/seq", &(6..10).map(device).collect::<Vec<_>>()).unwrap();
+        let third = s.hsm.issue_direct(&pk("acme/seq"), &(6..10).map(device).collect::<Vec<_>>()).unwrap();
         let serials: Vec<u64> = first
             .iter()
             .chain(&second)
@@ -363,7 +363,7 @@ mod issue {
             .map(|i| i.serial.to_u64().unwrap())
             .collect();
         assert_eq!(serials, (700..710).collect::<Vec<_>>());
-        assert!(s.hsm.products().unwrap().iter().all(|p| !p.product.contains(':')));
+        assert!(s.hsm.products().unwrap().iter().all(|p| !p.product.to_string().contains(':')));
     }
 
     #[test]
@@ -371,7 +371,7 @@ mod issue {
         let t = tempfile::tempdir().unwrap();
         let (s, _) = ready(t.path(), 3);
         assert!(matches!(
-            s.hsm.issue_direct("acme/nope", &[device(1)]),
+            s.hsm.issue_direct(&pk("acme/nope"), &[device(1)]),
             Err(IssueError::UnknownProduct { .. })
         ));
     }
@@ -405,19 +405,19 @@ mod family_key {
         s.hsm
             .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1).firmware(&fw)))
             .unwrap();
-        let got = s.hsm.firmware("acme/thermo").unwrap().unwrap();
+        let got = s.hsm.firmware(&pk("acme/thermo")).unwrap().unwrap();
         assert_eq!(got.family, fw.family);
         assert_eq!(got.boot_key_hash, fw.boot_key_hash);
         assert_eq!(got.family_key, Some(fw.family_point()));
 
         let (d1, k1) = device_with_key(1);
         let (d2, k2) = device_with_key(2);
-        s.hsm.issue_direct("acme/thermo", std::slice::from_ref(&d1)).unwrap();
-        let blob = s.hsm.family_key_for("acme/thermo", &d1.uid).unwrap();
+        s.hsm.issue_direct(&pk("acme/thermo"), std::slice::from_ref(&d1)).unwrap();
+        let blob = s.hsm.family_key_for(&pk("acme/thermo"), &d1.uid).unwrap();
         let wrapped = WrappedKey::from_bytes(&blob).unwrap();
         assert_eq!(
             wrapped.info(),
-            trustfab_hsm::family_delivery_info("acme/thermo", &d1.uid)
+            trustfab_hsm::family_delivery_info(&pk("acme/thermo"), &d1.uid)
         );
         let family = unwrap_with(&k1, &wrapped).unwrap();
         assert_eq!(
@@ -427,12 +427,12 @@ mod family_key {
         // Another device's key cannot unwrap it...
         assert!(unwrap_with(&k2, &wrapped).is_err());
         // ...and the HSM wraps nothing for a device it did not certify.
-        match s.hsm.family_key_for("acme/thermo", &d2.uid) {
+        match s.hsm.family_key_for(&pk("acme/thermo"), &d2.uid) {
             Err(IssueError::NotIssued { .. }) => {}
             other => panic!("{other:?}"),
         }
         // A second delivery to the same device is to the same certified key.
-        let again = WrappedKey::from_bytes(&s.hsm.family_key_for("acme/thermo", &d1.uid).unwrap())
+        let again = WrappedKey::from_bytes(&s.hsm.family_key_for(&pk("acme/thermo"), &d1.uid).unwrap())
             .unwrap();
         unwrap_with(&k1, &again).unwrap();
         assert_ne!(again.ephemeral_point(), wrapped.ephemeral_point());
@@ -456,15 +456,15 @@ mod family_key {
                 &spec("signed", 10, 2).firmware(&signed_only),
             ))
             .unwrap();
-        assert_eq!(s.hsm.firmware("acme/plain").unwrap(), None);
+        assert_eq!(s.hsm.firmware(&pk("acme/plain")).unwrap(), None);
         assert_eq!(
-            s.hsm.firmware("acme/signed").unwrap().unwrap().family_key,
+            s.hsm.firmware(&pk("acme/signed")).unwrap().unwrap().family_key,
             None
         );
-        for product in ["acme/plain", "acme/signed"] {
+        for product in [pk("acme/plain"), pk("acme/signed")] {
             let (d, _) = device_with_key(1);
-            s.hsm.issue_direct(product, std::slice::from_ref(&d)).unwrap();
-            match s.hsm.family_key_for(product, &d.uid) {
+            s.hsm.issue_direct(&product, std::slice::from_ref(&d)).unwrap();
+            match s.hsm.family_key_for(&product, &d.uid) {
                 Err(IssueError::NoFamilyKey { .. }) => {}
                 other => panic!("{product}: {other:?}"),
             }
@@ -486,7 +486,7 @@ mod family_key {
             .unwrap();
         drop(s);
         let (token, _guard) = open_token(t.path(), BACKEND, false);
-        let label = trustfab_hsm::family_key_label("acme/thermo").unwrap();
+        let label = trustfab_hsm::family_key_label(&pk("acme/thermo")).unwrap();
         let h = token.find(&label).unwrap().unwrap();
         let info = token.info(h).unwrap();
         assert_eq!(info.usage, KeyUsage::Distribute);
@@ -499,7 +499,7 @@ mod family_key {
         let t = tempfile::tempdir().unwrap();
         let (vendor, s, oem) = acme_site(t.path());
         let fw = Fw {
-            info: Some(trustfab_hsm::family_wrap_info(&[9; 16], &[0; 32])),
+            info: Some(trustfab_hsm::family_wrap_info(&[9; 16], &trustfab_types::Fingerprint::new([0; 32]))),
             ..Fw::new()
         };
         match s
@@ -586,7 +586,7 @@ mod reservation {
             let r = r.unwrap();
             if r.kind == trustfab_ledger::Kind::CertificateIssued {
                 let rec = trustfab_hsm::IssuanceRecord::decode(&r.body).unwrap();
-                if rec.job.as_deref() == Some(job) {
+                if rec.job.as_ref().map(JobId::as_str) == Some(job) {
                     n += 1;
                 }
             }
@@ -761,7 +761,7 @@ mod reservation {
         let again = s.hsm.attach(r.package().as_bytes()).unwrap();
         s.hsm.close(r).unwrap();
         match s.hsm.issue(&again, &fresh(1)) {
-            Err(IssueError::JobClosed { job, .. }) => assert_eq!(job, "job-a"),
+            Err(IssueError::JobClosed { job, .. }) => assert_eq!(job.as_str(), "job-a"),
             other => panic!("{other:?}"),
         }
         let e = s.hsm.close(again).unwrap_err();
@@ -782,7 +782,7 @@ mod reservation {
             .unwrap();
         let foreign = other.hsm.reserve(job("hsm-1", "job-c", "acme/thermo", 5)).unwrap();
         match s.hsm.issue(&foreign, &fresh(1)) {
-            Err(IssueError::ForeignReservation { job }) => assert_eq!(job, "job-c"),
+            Err(IssueError::ForeignReservation { job }) => assert_eq!(job.as_str(), "job-c"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use trustfab_formats::package::{Contents, SerialRange};
-use trustfab_hsm::{product_key, DeviceKey, Hsm, ImportError, IssueError};
+use trustfab_hsm::{DeviceKey, Hsm, ImportError, IssueError};
 use trustfab_ledger_sqlite::SqliteStore;
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{
@@ -22,9 +22,16 @@ use trustfab_test_support::softhsm::{self, SoftHsm2};
 use trustfab_token::Token;
 use trustfab_token_pkcs11::{Pkcs11Config, Pkcs11Token};
 use trustfab_token_soft::{Argon2Cost, SoftToken};
-use trustfab_types::{DeviceUid, FixedClock, Passphrase, ProductId, UnixTime};
+use trustfab_types::{
+    DeviceUid, FixedClock, HsmId, JobId, Passphrase, ProductId, ProductKey, UnixTime,
+};
 
 const NOW: UnixTime = UnixTime(1_790_000_000);
+
+/// The product key `oem/product`.
+fn pk(s: &str) -> ProductKey {
+    ProductKey::parse(s).unwrap()
+}
 
 fn pass() -> Passphrase {
     Passphrase::new("hsm test passphrase".into()).unwrap()
@@ -88,7 +95,7 @@ fn open_ledger(dir: &Path) -> Arc<dyn trustfab_ledger::Store> {
 
 fn site(dir: &Path, id: &str, vendor: &Vendor, backend: Backend) -> Site {
     let (token, guard) = open_token(dir, backend, true);
-    let certs = vendor.certify(&Hsm::init(&*token, id).unwrap(), NOW);
+    let certs = vendor.certify(&Hsm::init(&*token, &HsmId::new(id).unwrap()).unwrap(), NOW);
     drop(token);
     drop(guard);
     reopen(dir, id, &certs, backend)
@@ -98,7 +105,8 @@ fn reopen(dir: &Path, id: &str, certs: &HsmCertificates, backend: Backend) -> Si
     let (token, guard) = open_token(dir, backend, false);
     let ledger = open_ledger(dir);
     let clock = Arc::new(FixedClock::new(NOW));
-    let hsm = Hsm::open(token, Arc::clone(&ledger), clock.clone(), id, Some(certs)).unwrap();
+    let id = HsmId::new(id).unwrap();
+    let hsm = Hsm::open(token, Arc::clone(&ledger), clock.clone(), &id, Some(certs)).unwrap();
     Site {
         hsm,
         ledger,
@@ -116,9 +124,9 @@ fn spec(product: &str, count: u64, id: u8) -> PackageSpec<'_> {
 /// A job of `quantity` of `product` (`oem/product`) on HSM `hsm`.
 fn job(hsm: &str, id: &str, product: &str, quantity: u64) -> trustfab_formats::JobSpec {
     trustfab_formats::JobSpec {
-        job_id: id.into(),
-        hsm_id: hsm.into(),
-        product: product.into(),
+        job_id: JobId::new(id).unwrap(),
+        hsm_id: HsmId::new(hsm).unwrap(),
+        product: pk(product),
         quantity,
         device_kind: trustfab_formats::PartKind::SecureElement,
         slots: trustfab_formats::SlotMap::default(),
@@ -211,7 +219,7 @@ mod crash {
                 .collect();
             let result = match &job {
                 Some(r) => s.hsm.issue(r, &batch),
-                None => s.hsm.issue_direct("acme/thermo", &batch),
+                None => s.hsm.issue_direct(&pk("acme/thermo"), &batch),
             };
             match result {
                 Ok(issued) => {
@@ -368,7 +376,7 @@ mod crash {
         );
         assert_eq!(check_count(&dir, &returned, 10_000), 10_000);
         let mut report = Vec::new();
-        s.hsm.report("acme/thermo", &mut report).unwrap();
+        s.hsm.report(&pk("acme/thermo"), &mut report).unwrap();
         let order = trustfab_formats::package::open(&package)
             .unwrap()
             .into_contents();
@@ -440,7 +448,7 @@ mod crash {
                 let r = r.unwrap();
                 if r.kind == Kind::CertificateIssued {
                     let rec = trustfab_hsm::IssuanceRecord::decode(&r.body).unwrap();
-                    assert_eq!(rec.job.as_deref(), Some("job-k"));
+                    assert_eq!(rec.job.as_ref().map(JobId::as_str), Some("job-k"));
                     assert!(
                         recorded.insert(rec.serial.to_hex()),
                         "serial recorded twice"
@@ -524,16 +532,16 @@ mod report {
         for i in 0..4u32 {
             s.hsm
                 .issue_direct(
-                    "acme/thermo",
+                    &pk("acme/thermo"),
                     &(i * 5..i * 5 + 5).map(device).collect::<Vec<_>>(),
                 )
                 .unwrap();
             s.hsm
-                .issue_direct("globex/valve", &[device(1000 + i)])
+                .issue_direct(&pk("globex/valve"), &[device(1000 + i)])
                 .unwrap();
         }
         let mut report = Vec::new();
-        s.hsm.report("acme/thermo", &mut report).unwrap();
+        s.hsm.report(&pk("acme/thermo"), &mut report).unwrap();
         let order = trustfab_formats::package::open(&p1)
             .unwrap()
             .into_contents();

@@ -10,7 +10,7 @@
 
 use trustfab_formats::package::{Contents, SerialRange};
 use trustfab_pki::{HsmIdentity, Signer, SoftKey};
-use trustfab_types::{OemId, ProductId, UnixTime};
+use trustfab_types::{Fingerprint, OemId, ProductId, UnixTime};
 
 use crate::Error;
 
@@ -73,9 +73,10 @@ impl Order {
         let wrap = |key: &SoftKey, info: &[u8]| -> Result<Vec<u8>, Error> {
             Ok(trustfab_token::wrap_for(&kt, &key.secret_pkcs8_der()?, info)?.to_bytes())
         };
+        let target_hsm = Fingerprint::new(target.fingerprint);
         let wrapped_signing_key = wrap(
             signing_key,
-            &trustfab_formats::binding::wrap_info(&self.package_id, &target.fingerprint),
+            &trustfab_formats::binding::wrap_info(&self.package_id, &target_hsm),
         )?;
         let firmware = match firmware {
             Some(fw) => Some(trustfab_formats::package::Firmware {
@@ -84,10 +85,7 @@ impl Order {
                 wrapped_family_key: match fw.family_key {
                     Some(k) => Some(wrap(
                         k,
-                        &trustfab_formats::binding::family_wrap_info(
-                            &self.package_id,
-                            &target.fingerprint,
-                        ),
+                        &trustfab_formats::binding::family_wrap_info(&self.package_id, &target_hsm),
                     )?),
                     None => None,
                 },
@@ -96,7 +94,7 @@ impl Order {
         };
         Ok(Contents {
             package_id: self.package_id,
-            target_hsm: target.fingerprint,
+            target_hsm,
             oem_id: self.oem_id.clone(),
             product_id: self.product_id.clone(),
             count: self.count,

@@ -16,7 +16,9 @@ use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{Curve, HsmCertificates, HsmIdentity, PublicKey, Signer, SoftKey};
 use trustfab_test_support::site::{Oem, Vendor};
 use trustfab_token_soft::{Argon2Cost, SoftToken};
-use trustfab_types::{DeviceUid, FixedClock, Passphrase, ProductId, UnixTime};
+use trustfab_types::{
+    DeviceUid, Fingerprint, FixedClock, HsmId, Passphrase, ProductId, ProductKey, UnixTime,
+};
 
 const NOW: UnixTime = UnixTime(1_750_000_000);
 
@@ -26,13 +28,14 @@ fn hsm(dir: &Path, id: &str, vendor: &Vendor) -> (Hsm, HsmCertificates) {
     let path = dir.join(format!("{id}.token"));
     drop(SoftToken::create(&path, &pass(), Argon2Cost::new(8 * 1024, 1, 1).unwrap()).unwrap());
     let token = Arc::new(SoftToken::open(&path, &pass()).unwrap());
-    let certs = vendor.certify(&Hsm::init(&*token, id).unwrap(), NOW);
+    let hsm_id = HsmId::new(id).unwrap();
+    let certs = vendor.certify(&Hsm::init(&*token, &hsm_id).unwrap(), NOW);
     let ledger = Arc::new(SqliteStore::open(&dir.join(format!("{id}.sqlite"))).unwrap());
     let hsm = Hsm::open(
         token,
         ledger,
         Arc::new(FixedClock::new(NOW)),
-        id,
+        &hsm_id,
         Some(&certs),
     )
     .unwrap();
@@ -83,7 +86,7 @@ fn a_sealed_order_verifies_and_opens_only_in_the_hsm_it_names() {
     // It verifies under the OEM root it carries and names this HSM.
     let verified = trustfab_formats::package::open(&package).unwrap();
     let c = verified.contents();
-    assert_eq!(c.target_hsm, identity.fingerprint);
+    assert_eq!(c.target_hsm, Fingerprint::new(identity.fingerprint));
     assert_eq!(c.root_cert, oem.root);
     assert_eq!(c.count, 3);
     let fw = c.firmware.as_ref().unwrap();
@@ -93,9 +96,10 @@ fn a_sealed_order_verifies_and_opens_only_in_the_hsm_it_names() {
     // Another HSM refuses it; the one it names imports it and signs with the unwrapped key.
     assert!(other.import(&package).is_err());
     let imported = target.import(&package).unwrap();
-    assert_eq!(imported.product, "acme/thermo");
+    let thermo = ProductKey::parse("acme/thermo").unwrap();
+    assert_eq!(imported.product, thermo);
     let issued = target
-        .issue_direct("acme/thermo", &[device(1), device(2)])
+        .issue_direct(&thermo, &[device(1), device(2)])
         .unwrap();
     assert_eq!(issued.len(), 2);
     for i in &issued {
@@ -114,7 +118,7 @@ fn a_sealed_order_verifies_and_opens_only_in_the_hsm_it_names() {
 
     // The HSM's report verifies at the OEM against the order.
     let mut report = Vec::new();
-    target.report("acme/thermo", &mut report).unwrap();
+    target.report(&thermo, &mut report).unwrap();
     let s = trustfab_oem::report::verify(
         report.as_slice(),
         std::slice::from_ref(&package),

@@ -17,7 +17,7 @@ pub enum RunError {
     #[error("job {job}: {reason}")]
     Image {
         /// The job.
-        job: String,
+        job: trustfab_types::JobId,
         /// What is wrong with the image.
         reason: String,
     },

@@ -9,7 +9,7 @@ use trustfab_device::{
 use trustfab_formats::records::Bytes;
 use trustfab_formats::{JobFirmware, JobSpec};
 use trustfab_hsm::{HsmClient, JobOpError};
-use trustfab_types::{DeviceUid, Serial};
+use trustfab_types::{DeviceUid, ProductKey, Serial};
 
 use crate::error::RunError;
 use crate::flow::Step;
@@ -24,7 +24,7 @@ use crate::state::{Outcome, Shared};
 /// [`JobOpError::Firmware`] naming what does not fit, or an HSM error.
 pub fn job_firmware(
     hsm: &dyn HsmClient,
-    product: &str,
+    product: &ProductKey,
     name: &str,
     image: &[u8],
     secret_slot: trustfab_device::SlotId,

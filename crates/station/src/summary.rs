@@ -43,9 +43,9 @@ pub struct Failure {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
     /// The job id.
-    pub job: String,
-    /// The product key.
-    pub product: String,
+    pub job: trustfab_types::JobId,
+    /// The product.
+    pub product: trustfab_types::ProductKey,
     /// The job's quantity.
     pub quantity: u64,
     /// Certificates the job has, earlier runs included.

@@ -35,7 +35,7 @@ fn a_firmware_job_installs_the_family_image_on_every_mcu_before_the_lock() {
     let (image, plain) = keys.master(20_000, 4, None);
     // What the station is given is ciphertext: no run of the plaintext is in it.
     assert!(!image.windows(64).any(|w| w == &plain[1000..1064]));
-    let fw = job_firmware(&s.hsm, PRODUCT, "app-1.0.0.bin", &image, 5).unwrap();
+    let fw = job_firmware(&s.hsm, &product(), "app-1.0.0.bin", &image, 5).unwrap();
     assert!(fw.encrypted);
     assert_eq!(fw.security_counter, 4);
     let job = s.hsm.reserve(mcu_spec("job-fw", 50, fw.clone())).unwrap();
@@ -96,7 +96,7 @@ fn the_image_given_to_a_run_must_be_the_one_the_job_names() {
     let keys = FwKeys::new();
     let s = site_with(dir.path(), 10, Some(&keys));
     let (image, _) = keys.master(3_000, 1, None);
-    let fw = job_firmware(&s.hsm, PRODUCT, "app.bin", &image, 5).unwrap();
+    let fw = job_firmware(&s.hsm, &product(), "app.bin", &image, 5).unwrap();
     let job = s.hsm.reserve(mcu_spec("job-img", 5, fw)).unwrap();
     let (other, _) = keys.master(3_000, 1, None);
     let supply = FleetSupply::new(mcu_fleet(&mut vendor(), 5), Faults::none());
@@ -119,13 +119,13 @@ fn a_job_names_only_an_image_the_products_boot_key_signed() {
     // Signed by another key.
     let stranger = FwKeys::new();
     let (foreign, _) = stranger.master(1_000, 1, None);
-    match job_firmware(&s.hsm, PRODUCT, "foreign.bin", &foreign, 5) {
+    match job_firmware(&s.hsm, &product(), "foreign.bin", &foreign, 5) {
         Err(JobOpError::Firmware(m)) => assert!(m.contains("foreign.bin"), "{m}"),
         other => panic!("{other:?}"),
     }
     // A forged firmware step (another root-of-trust hash) is not signed by the HSM.
     let (image, _) = keys.master(1_000, 1, None);
-    let mut fw = job_firmware(&s.hsm, PRODUCT, "app.bin", &image, 5).unwrap();
+    let mut fw = job_firmware(&s.hsm, &product(), "app.bin", &image, 5).unwrap();
     fw.boot_key_hash = trustfab_formats::records::Bytes(stranger.boot_key_hash().to_vec());
     match s.hsm.reserve(mcu_spec("job-forged", 5, fw)) {
         Err(JobOpError::Firmware(m)) => assert!(m.contains("boot key hash"), "{m}"),
@@ -134,7 +134,7 @@ fn a_job_names_only_an_image_the_products_boot_key_signed() {
     // A product without firmware has none to program.
     let dir2 = tempfile::tempdir().unwrap();
     let plain = site(dir2.path(), 10);
-    match job_firmware(&plain.hsm, PRODUCT, "app.bin", &image, 5) {
+    match job_firmware(&plain.hsm, &product(), "app.bin", &image, 5) {
         Err(JobOpError::Firmware(m)) => assert!(m.contains("no firmware"), "{m}"),
         other => panic!("{other:?}"),
     }
@@ -156,7 +156,7 @@ fn an_image_for_another_family_fails_at_the_firmware_step_and_leaves_devices_unl
     )
     .unwrap();
     let (image, _) = keys.master(2_000, 1, Some(&other_family));
-    let fw = job_firmware(&s.hsm, PRODUCT, "wrong-family.bin", &image, 5).unwrap();
+    let fw = job_firmware(&s.hsm, &product(), "wrong-family.bin", &image, 5).unwrap();
     let job = s.hsm.reserve(mcu_spec("job-wrong", 3, fw)).unwrap();
     let supply = FleetSupply::new(mcu_fleet(&mut vendor(), 3), Faults::none());
     let sum = run(&s.hsm, &job, &supply, &with_image(&image)).unwrap();
@@ -183,7 +183,7 @@ fn with_socket_faults_every_mcu_ends_booting_the_image_or_failed_with_a_reason()
     let keys = FwKeys::new();
     let s = site_with(dir.path(), 120, Some(&keys));
     let (image, _) = keys.master(4_000, 2, None);
-    let fw = job_firmware(&s.hsm, PRODUCT, "app.bin", &image, 5).unwrap();
+    let fw = job_firmware(&s.hsm, &product(), "app.bin", &image, 5).unwrap();
     let job = s
         .hsm
         .reserve(mcu_spec("job-fw-faults", 100, fw.clone()))

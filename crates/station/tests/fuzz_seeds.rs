@@ -63,7 +63,7 @@ fn job_package_seeds_open_under_the_fixture_signer() {
             .find(|(n, _)| *n == name)
             .unwrap_or_else(|| panic!("unexpected seed {name}"));
         assert_eq!(job.spec(), &expected, "{name}");
-        seen.push((name, job.spec().job_id.clone()));
+        seen.push((name, job.spec().job_id.to_string()));
     }
     seen.sort();
     assert_eq!(

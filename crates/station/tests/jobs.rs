@@ -63,7 +63,7 @@ fn a_job_over_the_remaining_count_or_with_a_taken_id_is_refused() {
     let e = s.hsm.reserve(spec("job-a", 1)).unwrap_err();
     assert!(matches!(e, JobOpError::Exists { .. }), "{e}");
     let mut other = spec("job-c", 1);
-    other.product = "acme/other".into();
+    other.product = ProductKey::parse("acme/other").unwrap();
     let e = s.hsm.reserve(other).unwrap_err();
     assert_eq!(
         e.to_string(),

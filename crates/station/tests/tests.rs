@@ -25,7 +25,7 @@ use trustfab_station::{
 };
 use trustfab_test_support::site::{self as fixture, Firmware, PackageSpec};
 use trustfab_token_soft::{Argon2Cost, SoftToken};
-use trustfab_types::{FixedClock, Passphrase, UnixTime};
+use trustfab_types::{FixedClock, HsmId, JobId, Passphrase, ProductKey, UnixTime};
 
 mod end_to_end;
 mod faults;
@@ -38,6 +38,16 @@ mod resume;
 const NOW: UnixTime = UnixTime(1_790_000_000);
 const PRODUCT: &str = "acme/thermo";
 const HSM_ID: &str = "hsm-1";
+
+/// [`PRODUCT`], parsed.
+fn product() -> ProductKey {
+    ProductKey::parse(PRODUCT).unwrap()
+}
+
+/// [`HSM_ID`], parsed.
+fn hsm_id() -> HsmId {
+    HsmId::new(HSM_ID).unwrap()
+}
 
 /// Lowercase hexadecimal, as the station prints UIDs and serials.
 fn hex(b: &[u8]) -> String {
@@ -72,7 +82,7 @@ fn open_site_with_ledger(dir: &Path) -> (Hsm, Arc<dyn Store>) {
         Arc::new(token),
         Arc::clone(&ledger),
         Arc::new(FixedClock::new(NOW)),
-        HSM_ID,
+        &hsm_id(),
         Some(&certs),
     )
     .unwrap();
@@ -158,9 +168,9 @@ fn site_with(dir: &Path, count: u64, fw: Option<&FwKeys>) -> Site {
 
 fn spec(job: &str, quantity: u64) -> JobSpec {
     JobSpec {
-        job_id: job.into(),
-        hsm_id: HSM_ID.into(),
-        product: PRODUCT.into(),
+        job_id: JobId::new(job).unwrap(),
+        hsm_id: hsm_id(),
+        product: product(),
         quantity,
         device_kind: PartKind::SecureElement,
         slots: SlotMap::default(),
@@ -212,14 +222,14 @@ fn audit(ledger: &dyn Store, job: &str) -> Audit {
             }
             Kind::DeviceLocked => {
                 let g: DeviceGood = ciborium::from_reader(r.body.as_slice()).unwrap();
-                if g.job == job {
+                if g.job.as_str() == job {
                     a.good_records += 1;
                     a.good.insert(g.uid.0);
                 }
             }
             Kind::DeviceFailed => {
                 let f: DeviceFailed = ciborium::from_reader(r.body.as_slice()).unwrap();
-                if f.job == job {
+                if f.job.as_str() == job {
                     if let Some(u) = &f.uid {
                         a.failed.insert(u.0.clone(), f);
                     }

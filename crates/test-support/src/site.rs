@@ -306,10 +306,11 @@ impl Site {
         spec: &PackageSpec<'_>,
     ) -> Self {
         let vendor = Vendor::new(spec.now);
-        let req = Hsm::init(&*token, hsm_id).expect("HSM init");
+        let hsm_id = trustfab_types::HsmId::new(hsm_id).expect("HSM id");
+        let req = Hsm::init(&*token, &hsm_id).expect("HSM init");
         let certs = vendor.certify(&req, spec.now);
         let hsm =
-            Hsm::open(token, Arc::clone(&ledger), clock, hsm_id, Some(&certs)).expect("HSM open");
+            Hsm::open(token, Arc::clone(&ledger), clock, &hsm_id, Some(&certs)).expect("HSM open");
         let oem = Oem::new(oem_id, spec.now);
         let package = oem.package(&certs, &vendor.root, spec);
         hsm.import(&package).expect("package import");

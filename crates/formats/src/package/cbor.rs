@@ -2,7 +2,7 @@
 //! every required key once, no unknown key, every value of its type and within its limit.
 
 use ciborium::Value;
-use trustfab_types::{OemId, ProductId, UnixTime};
+use trustfab_types::{Fingerprint, OemId, ProductId, UnixTime};
 
 use super::{Contents, Error, Firmware, SerialRange, PACKAGE_VERSION};
 
@@ -59,7 +59,10 @@ pub(crate) fn encode(c: &Contents) -> Result<Vec<u8>, Error> {
     let mut map = vec![
         (int(K_VERSION), int(PACKAGE_VERSION)),
         (int(K_PACKAGE_ID), Value::Bytes(c.package_id.to_vec())),
-        (int(K_TARGET_HSM), Value::Bytes(c.target_hsm.to_vec())),
+        (
+            int(K_TARGET_HSM),
+            Value::Bytes(c.target_hsm.as_bytes().to_vec()),
+        ),
         (int(K_OEM_ID), Value::Text(c.oem_id.to_string())),
         (int(K_PRODUCT_ID), Value::Text(c.product_id.to_string())),
         (int(K_COUNT), int(c.count)),
@@ -182,7 +185,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Contents, Error> {
         return Err(Error::Version { found: version });
     }
     let package_id = as_array::<16>(K_PACKAGE_ID, slots.need(K_PACKAGE_ID)?)?;
-    let target_hsm = as_array::<32>(K_TARGET_HSM, slots.need(K_TARGET_HSM)?)?;
+    let target_hsm = Fingerprint::new(as_array::<32>(K_TARGET_HSM, slots.need(K_TARGET_HSM)?)?);
     let oem_id = OemId::new(&as_text(K_OEM_ID, slots.need(K_OEM_ID)?, 64)?)
         .map_err(|e| bad(K_OEM_ID, &e.to_string()))?;
     let product_id = ProductId::new(&as_text(K_PRODUCT_ID, slots.need(K_PRODUCT_ID)?, 64)?)

@@ -18,7 +18,7 @@ use coset::{
     iana, CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable,
 };
 use trustfab_pki::{Curve, PublicKey, Signer};
-use trustfab_types::{OemId, ProductId, UnixTime};
+use trustfab_types::{Fingerprint, OemId, ProductId, UnixTime};
 
 /// The package format version this build writes and reads.
 pub const PACKAGE_VERSION: u64 = 1;
@@ -82,7 +82,7 @@ pub struct Contents {
     /// Random, unique per package: the HSM refuses a second import of the same id.
     pub package_id: [u8; 16],
     /// SHA-256 of the target HSM's identity certificate (DER): the only HSM that may import it.
-    pub target_hsm: [u8; 32],
+    pub target_hsm: Fingerprint,
     /// The OEM.
     pub oem_id: OemId,
     /// The product.

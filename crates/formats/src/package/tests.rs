@@ -25,7 +25,7 @@ fn oem(curve: Curve) -> (SoftKey, Vec<u8>) {
 fn contents(root: Vec<u8>) -> Contents {
     Contents {
         package_id: [7; 16],
-        target_hsm: [9; 32],
+        target_hsm: Fingerprint::new([9; 32]),
         oem_id: OemId::new("acme").unwrap(),
         product_id: ProductId::new("thermo").unwrap(),
         count: 1000,

@@ -3,7 +3,9 @@
 //! fingerprints, never a secret.
 
 use ciborium::Value;
-use trustfab_types::{DeviceUid, Serial, UnixTime};
+use trustfab_types::{
+    DeviceUid, Fingerprint, JobId, OemId, ProductId, ProductKey, Serial, UnixTime,
+};
 
 use super::{check_len, RecordError};
 
@@ -11,10 +13,8 @@ use super::{check_len, RecordError};
 /// ledger's counter) and the signing key (in the token, by label).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProductDef {
-    /// The OEM id.
-    pub oem: String,
-    /// The product id.
-    pub product: String,
+    /// The product: its OEM id (key 0) and product id (key 1), two text fields on the wire.
+    pub product: ProductKey,
     /// The id of the package that created the product.
     pub package_id: [u8; 16],
     /// The device certificate template (TOML), as the OEM signed it.
@@ -61,9 +61,9 @@ pub struct PackageImported {
     /// The package id (claimed: a package is imported once).
     pub package_id: [u8; 16],
     /// SHA-256 of the identity certificate of the HSM that imported it.
-    pub hsm_fingerprint: [u8; 32],
-    /// The product key `oem/product`.
-    pub product: String,
+    pub hsm_fingerprint: Fingerprint,
+    /// The product key, `oem/product` text on the wire.
+    pub product: ProductKey,
     /// Units added.
     pub count: u64,
     /// When.
@@ -74,8 +74,8 @@ pub struct PackageImported {
 /// product definition it determines the TBSCertificate byte for byte.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuanceRecord {
-    /// The product key (`oem/product`).
-    pub product: String,
+    /// The product key, `oem/product` text on the wire.
+    pub product: ProductKey,
     /// The device.
     pub uid: DeviceUid,
     /// The certificate serial.
@@ -86,7 +86,7 @@ pub struct IssuanceRecord {
     pub not_before: UnixTime,
     /// The job whose reservation the certificate was spent from; `None` for the HSM
     /// operator's issuance outside a job, and for records of an earlier release.
-    pub job: Option<String>,
+    pub job: Option<JobId>,
 }
 
 fn int(n: u64) -> Value {
@@ -161,6 +161,20 @@ impl Fields {
         self.get(k)?.as_bytes().cloned()
     }
 
+    /// A text field that must parse as `T`.
+    fn parsed<T, E>(
+        &self,
+        k: u64,
+        field: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<T, RecordError> {
+        let text = self
+            .get(k)
+            .and_then(Value::as_text)
+            .ok_or_else(|| self.bad(field))?;
+        parse(text).map_err(|_| self.bad(field))
+    }
+
     fn array<const N: usize>(&self, k: u64, field: &'static str) -> Result<[u8; N], RecordError> {
         self.bytes(k, field)?
             .try_into()
@@ -179,8 +193,8 @@ impl ProductDef {
     /// The body's CBOR, byte for byte as the earlier release wrote it.
     pub fn encode(&self) -> Vec<u8> {
         let mut m = vec![
-            (int(0), Value::Text(self.oem.clone())),
-            (int(1), Value::Text(self.product.clone())),
+            (int(0), Value::Text(self.product.oem().to_string())),
+            (int(1), Value::Text(self.product.product().to_string())),
             (int(2), Value::Bytes(self.package_id.to_vec())),
             (int(3), Value::Text(self.template.clone())),
             (int(4), Value::Bytes(self.root_cert.clone())),
@@ -244,8 +258,10 @@ impl ProductDef {
             None => None,
         };
         Ok(Self {
-            oem: m.text(0, "0 OEM id")?,
-            product: m.text(1, "1 product id")?,
+            product: ProductKey::new(
+                m.parsed(0, "0 OEM id", OemId::new)?,
+                m.parsed(1, "1 product id", ProductId::new)?,
+            ),
             package_id: m.array(2, "2 package id")?,
             template: m.text(3, "3 template")?,
             root_cert: m.bytes(4, "4 root certificate")?,
@@ -263,8 +279,11 @@ impl PackageImported {
     pub fn encode(&self) -> Vec<u8> {
         to_bytes(&Value::Map(vec![
             (int(0), Value::Bytes(self.package_id.to_vec())),
-            (int(1), Value::Bytes(self.hsm_fingerprint.to_vec())),
-            (int(2), Value::Text(self.product.clone())),
+            (
+                int(1),
+                Value::Bytes(self.hsm_fingerprint.as_bytes().to_vec()),
+            ),
+            (int(2), Value::Text(self.product.to_string())),
             (int(3), int(self.count)),
             (int(4), int(self.time.0)),
         ]))
@@ -278,8 +297,8 @@ impl PackageImported {
         let m = Fields::parse("PackageImported", b)?;
         Ok(Self {
             package_id: m.array(0, "0 package id")?,
-            hsm_fingerprint: m.array(1, "1 HSM fingerprint")?,
-            product: m.text(2, "2 product")?,
+            hsm_fingerprint: Fingerprint::new(m.array(1, "1 HSM fingerprint")?),
+            product: m.parsed(2, "2 product", ProductKey::parse)?,
             count: m.uint(3, "3 count")?,
             time: UnixTime(m.uint(4, "4 time")?),
         })
@@ -290,14 +309,14 @@ impl IssuanceRecord {
     /// The body's CBOR, byte for byte as the earlier release wrote it.
     pub fn encode(&self) -> Vec<u8> {
         let mut m = vec![
-            (int(0), Value::Text(self.product.clone())),
+            (int(0), Value::Text(self.product.to_string())),
             (int(1), Value::Bytes(self.uid.as_bytes().to_vec())),
             (int(2), Value::Bytes(self.serial.as_be_bytes().to_vec())),
             (int(3), Value::Bytes(self.spki.clone())),
             (int(4), int(self.not_before.0)),
         ];
         if let Some(job) = &self.job {
-            m.push((int(5), Value::Text(job.clone())));
+            m.push((int(5), Value::Text(job.to_string())));
         }
         to_bytes(&Value::Map(m))
     }
@@ -309,14 +328,14 @@ impl IssuanceRecord {
     pub fn decode(b: &[u8]) -> Result<Self, RecordError> {
         let m = Fields::parse("CertificateIssued", b)?;
         Ok(Self {
-            product: m.text(0, "0 product")?,
+            product: m.parsed(0, "0 product", ProductKey::parse)?,
             uid: DeviceUid::new(&m.bytes(1, "1 UID")?).map_err(|_| m.bad("1 UID"))?,
             serial: Serial::from_be_bytes(&m.bytes(2, "2 serial")?)
                 .map_err(|_| m.bad("2 serial"))?,
             spki: m.bytes(3, "3 device key")?,
             not_before: UnixTime(m.uint(4, "4 notBefore")?),
             job: match m.get(5) {
-                Some(v) => Some(v.as_text().ok_or_else(|| m.bad("5 job"))?.to_owned()),
+                Some(_) => Some(m.parsed(5, "5 job", JobId::new)?),
                 None => None,
             },
         })
@@ -329,8 +348,7 @@ mod tests {
 
     fn product_def(firmware: Option<FirmwareDef>) -> ProductDef {
         ProductDef {
-            oem: "acme".into(),
-            product: "thermo".into(),
+            product: ProductKey::parse("acme/thermo").unwrap(),
             package_id: [3; 16],
             template: "[subject]\n".into(),
             root_cert: vec![0x30, 1, 2],
@@ -375,8 +393,8 @@ mod tests {
     fn package_imported_round_trips_and_is_stable() {
         let p = PackageImported {
             package_id: [1; 16],
-            hsm_fingerprint: [2; 32],
-            product: "acme/thermo".into(),
+            hsm_fingerprint: Fingerprint::new([2; 32]),
+            product: ProductKey::parse("acme/thermo").unwrap(),
             count: 100,
             time: UnixTime(1_700_000_000),
         };
@@ -389,9 +407,9 @@ mod tests {
 
     #[test]
     fn issuance_record_round_trips() {
-        for job in [None, Some("j1".to_owned())] {
+        for job in [None, Some(JobId::new("j1").unwrap())] {
             let r = IssuanceRecord {
-                product: "acme/thermo".into(),
+                product: ProductKey::parse("acme/thermo").unwrap(),
                 uid: DeviceUid::new(&[0xab; 8]).unwrap(),
                 serial: Serial::from_be_bytes(&[0x01, 0x02]).unwrap(),
                 spki: vec![0x30, 0x59],
@@ -421,5 +439,17 @@ mod tests {
             Err(RecordError::Field { .. })
         ));
         assert!(IssuanceRecord::decode(b"\xa1\x61a\x00").is_err());
+        // A product key without its `/` names the field.
+        let slashless = to_bytes(&Value::Map(vec![
+            (int(0), Value::Bytes(vec![1; 16])),
+            (int(1), Value::Bytes(vec![2; 32])),
+            (int(2), Value::Text("acme".into())),
+            (int(3), int(1)),
+            (int(4), int(0)),
+        ]));
+        assert_eq!(
+            PackageImported::decode(&slashless).unwrap_err().to_string(),
+            "PackageImported body: field 2 product is missing or invalid"
+        );
     }
 }

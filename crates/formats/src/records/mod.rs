@@ -12,6 +12,7 @@
 //! Every decoder refuses a body over [`BODY_MAX`] and returns a [`RecordError`], never panics.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use trustfab_types::{JobId, ProductKey};
 
 pub use crate::job::serde_bytes_vec::Bytes;
 
@@ -93,9 +94,9 @@ pub const CLAIM_GOOD: &str = "device-good";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobCreated {
     /// The job id.
-    pub job: String,
+    pub job: JobId,
     /// The product key.
-    pub product: String,
+    pub product: ProductKey,
     /// Units reserved.
     pub quantity: u64,
     /// SHA-256 of the job package.
@@ -118,9 +119,9 @@ pub enum CreditReason {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreditBack {
     /// The job id.
-    pub job: String,
+    pub job: JobId,
     /// The product key.
-    pub product: String,
+    pub product: ProductKey,
     /// Units returned.
     pub n: u64,
     /// Why.
@@ -134,7 +135,7 @@ pub struct CreditBack {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceGood {
     /// The job id.
-    pub job: String,
+    pub job: JobId,
     /// The device UID.
     pub uid: Bytes,
     /// The certificate serial.
@@ -149,7 +150,7 @@ pub struct DeviceGood {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceFailed {
     /// The job id.
-    pub job: String,
+    pub job: JobId,
     /// The device UID, when it was read.
     pub uid: Option<Bytes>,
     /// The step number (1 read UID … 7 verify).
@@ -168,9 +169,9 @@ pub struct DeviceFailed {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobClosed {
     /// The job id.
-    pub job: String,
+    pub job: JobId,
     /// The product key.
-    pub product: String,
+    pub product: ProductKey,
     /// Units reserved at creation.
     pub quantity: u64,
     /// Certificates issued for the job.
@@ -213,9 +214,10 @@ fn short_type_name<T>() -> &'static str {
     full.rsplit("::").next().unwrap_or(full)
 }
 
-/// The claim key of a good device: `product ‖ 0x00 ‖ uid`.
-pub fn good_claim(product: &str, uid: &[u8]) -> Vec<u8> {
-    let mut v = product.as_bytes().to_vec();
+/// The claim key of a good device: `product ‖ 0x00 ‖ uid`, the product as its `oem/product`
+/// text.
+pub fn good_claim(product: &ProductKey, uid: &[u8]) -> Vec<u8> {
+    let mut v = product.to_string().into_bytes();
     v.push(0);
     v.extend_from_slice(uid);
     v
@@ -224,6 +226,14 @@ pub fn good_claim(product: &str, uid: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job() -> JobId {
+        JobId::new("j1").unwrap()
+    }
+
+    fn product() -> ProductKey {
+        ProductKey::parse("acme/thermo").unwrap()
+    }
 
     fn round_trip<T>(v: &T)
     where
@@ -239,8 +249,8 @@ mod tests {
     #[test]
     fn job_created_round_trips() {
         round_trip(&JobCreated {
-            job: "j1".into(),
-            product: "acme/thermo".into(),
+            job: job(),
+            product: product(),
             quantity: 10,
             package_sha256: Digest([7; 32]),
             time: 1_700_000_000,
@@ -250,15 +260,15 @@ mod tests {
     #[test]
     fn credit_back_round_trips() {
         round_trip(&CreditBack {
-            job: "j1".into(),
-            product: "acme/thermo".into(),
+            job: job(),
+            product: product(),
             n: 3,
             reason: CreditReason::Release,
             uids: vec![Bytes(vec![1, 2]), Bytes(vec![3])],
         });
         round_trip(&CreditBack {
-            job: "j1".into(),
-            product: "acme/thermo".into(),
+            job: job(),
+            product: product(),
             n: 0,
             reason: CreditReason::Close,
             uids: vec![],
@@ -268,14 +278,14 @@ mod tests {
     #[test]
     fn device_records_round_trip() {
         round_trip(&DeviceGood {
-            job: "j1".into(),
+            job: job(),
             uid: Bytes(vec![0xab; 8]),
             serial: Bytes(vec![1, 2, 3]),
             cert_sha256: Digest([9; 32]),
             resumed: true,
         });
         round_trip(&DeviceFailed {
-            job: "j1".into(),
+            job: job(),
             uid: Some(Bytes(vec![1])),
             step: 4,
             step_name: "issue".into(),
@@ -284,7 +294,7 @@ mod tests {
             retry: false,
         });
         round_trip(&DeviceFailed {
-            job: "j1".into(),
+            job: job(),
             uid: None,
             step: 1,
             step_name: "read-uid".into(),
@@ -297,8 +307,8 @@ mod tests {
     #[test]
     fn job_closed_round_trips() {
         round_trip(&JobClosed {
-            job: "j1".into(),
-            product: "acme/thermo".into(),
+            job: job(),
+            product: product(),
             quantity: 10,
             issued: 8,
             good: 7,
@@ -320,13 +330,78 @@ mod tests {
         }
         let b = encode(&Short {
             job: "j".into(),
-            product: "p".into(),
+            product: "a/p".into(),
             quantity: 1,
             package_sha256: Bytes(vec![0; 31]),
             time: 0,
         });
         assert!(matches!(
             decode::<JobCreated>(&b),
+            Err(RecordError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn typed_ids_encode_as_the_text_of_the_earlier_release() {
+        // The earlier release's `JobClosed`, its ids plain strings.
+        #[derive(Serialize)]
+        struct Earlier {
+            job: String,
+            product: String,
+            quantity: u64,
+            issued: u64,
+            good: u64,
+            failed_after_issue: u64,
+            credited: u64,
+            time: u64,
+        }
+        let typed = JobClosed {
+            job: job(),
+            product: product(),
+            quantity: 10,
+            issued: 8,
+            good: 7,
+            failed_after_issue: 1,
+            credited: 2,
+            time: 1_700_000_001,
+        };
+        let earlier = Earlier {
+            job: "j1".into(),
+            product: "acme/thermo".into(),
+            quantity: 10,
+            issued: 8,
+            good: 7,
+            failed_after_issue: 1,
+            credited: 2,
+            time: 1_700_000_001,
+        };
+        assert_eq!(encode(&typed), encode(&earlier));
+        assert_eq!(good_claim(&product(), &[1, 2]), b"acme/thermo\x00\x01\x02");
+    }
+
+    #[test]
+    fn an_id_that_does_not_parse_is_refused() {
+        #[derive(Serialize)]
+        struct Loose {
+            job: String,
+            uid: Option<Bytes>,
+            step: u8,
+            step_name: String,
+            reason: String,
+            serial: Option<Bytes>,
+            retry: bool,
+        }
+        let b = encode(&Loose {
+            job: "job 1".into(),
+            uid: None,
+            step: 1,
+            step_name: "read-uid".into(),
+            reason: "no answer".into(),
+            serial: None,
+            retry: true,
+        });
+        assert!(matches!(
+            decode::<DeviceFailed>(&b),
             Err(RecordError::Malformed { .. })
         ));
     }

@@ -18,7 +18,7 @@ use aws_lc_rs::digest::{Context, SHA256};
 use ciborium::Value;
 use trustfab_ledger::{CounterOp, Kind, Record};
 use trustfab_pki::{HsmCertificates, PublicKey};
-use trustfab_types::UnixTime;
+use trustfab_types::{JobId, ProductKey, UnixTime};
 
 use crate::records::{self, DeviceFailed, DeviceGood, IssuanceRecord, PackageImported, ProductDef};
 
@@ -171,14 +171,16 @@ pub struct Totals {
 
 impl Totals {
     /// Applies the counter operations an append carried (its first record's effects) for
-    /// `product`: create and top-up add to `ordered`, spend adds to `issued`, credit takes back.
+    /// `product` (the counter named by its `oem/product` text): create and top-up add to
+    /// `ordered`, spend adds to `issued`, credit takes back.
     ///
     /// # Errors
     /// What is wrong, when the effects do not decode or a total would overflow.
-    pub fn apply(&mut self, effects: &[u8], product: &str) -> Result<(), String> {
+    pub fn apply(&mut self, effects: &[u8], product: &ProductKey) -> Result<(), String> {
         let (ops, _) = trustfab_ledger::decode_effects(effects).map_err(|e| e.to_string())?;
+        let counter = product.to_string();
         for op in ops {
-            if op.product() != product {
+            if op.product() != counter {
                 continue;
             }
             match op {
@@ -205,16 +207,14 @@ impl Totals {
 /// job records name it and their job, recorded in `jobs`; device records name their job, whose
 /// `JobCreated` (seen earlier in the chain, recorded in `jobs`) names it. `None` for a
 /// checkpoint, an unknown job, or a body that does not decode.
-pub fn product_of(r: &Record, jobs: &mut HashMap<String, String>) -> Option<String> {
-    let job_product = |jobs: &mut HashMap<String, String>, job: String, product: String| {
+pub fn product_of(r: &Record, jobs: &mut HashMap<JobId, ProductKey>) -> Option<ProductKey> {
+    let job_product = |jobs: &mut HashMap<JobId, ProductKey>, job: JobId, product: ProductKey| {
         jobs.insert(job, product.clone());
         Some(product)
     };
     match r.kind {
         Kind::CertificateIssued => IssuanceRecord::decode(&r.body).ok().map(|x| x.product),
-        Kind::ProductCreated => ProductDef::decode(&r.body)
-            .ok()
-            .map(|d| format!("{}/{}", d.oem, d.product)),
+        Kind::ProductCreated => ProductDef::decode(&r.body).ok().map(|d| d.product),
         Kind::PackageImported | Kind::ProductToppedUp => {
             PackageImported::decode(&r.body).ok().map(|x| x.product)
         }
@@ -245,10 +245,15 @@ pub fn product_of(r: &Record, jobs: &mut HashMap<String, String>) -> Option<Stri
 
 /// The header item: version, product, the HSM's certificates, time, the OEM root and the
 /// device CA.
-pub fn header(product: &str, certs: &HsmCertificates, def: &ProductDef, now: UnixTime) -> Value {
+pub fn header(
+    product: &ProductKey,
+    certs: &HsmCertificates,
+    def: &ProductDef,
+    now: UnixTime,
+) -> Value {
     Value::Map(vec![
         (int(0), int(REPORT_VERSION)),
-        (int(1), Value::Text(product.to_owned())),
+        (int(1), Value::Text(product.to_string())),
         (int(2), Value::Bytes(certs.identity.clone())),
         (int(3), Value::Bytes(certs.key_transport.clone())),
         (int(4), int(now.0)),
@@ -300,12 +305,12 @@ pub fn trailer(head_seq: u64, head_hash: &[u8], totals: &Totals, signature: Vec<
 }
 
 /// What a verified report says.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReportSummary {
     /// The HSM that signed it.
     pub hsm_id: String,
     /// The product.
-    pub product: String,
+    pub product: ProductKey,
     /// Ledger records walked.
     pub records: u64,
     /// The product's own records among them.
@@ -342,6 +347,10 @@ mod tests {
     use super::*;
     use crate::records::{encode, Bytes, Digest, JobClosed, JobCreated};
 
+    fn key(s: &str) -> ProductKey {
+        ProductKey::parse(s).unwrap()
+    }
+
     fn record(kind: Kind, body: Vec<u8>) -> Record {
         Record {
             seq: 1,
@@ -357,14 +366,14 @@ mod tests {
     fn a_record_names_its_product_through_its_typed_body() {
         let mut jobs = HashMap::new();
         let created = encode(&JobCreated {
-            job: "j1".into(),
-            product: "acme/thermo".into(),
+            job: JobId::new("j1").unwrap(),
+            product: key("acme/thermo"),
             quantity: 5,
             package_sha256: Digest([1; 32]),
             time: 0,
         });
         let good = encode(&DeviceGood {
-            job: "j1".into(),
+            job: JobId::new("j1").unwrap(),
             uid: Bytes(vec![1]),
             serial: Bytes(vec![2]),
             cert_sha256: Digest([3; 32]),
@@ -374,14 +383,14 @@ mod tests {
         let r = record(Kind::DeviceLocked, good.clone());
         assert_eq!(product_of(&r, &mut jobs), None);
         let r = record(Kind::JobCreated, created);
-        assert_eq!(product_of(&r, &mut jobs).as_deref(), Some("acme/thermo"));
+        assert_eq!(product_of(&r, &mut jobs), Some(key("acme/thermo")));
         for kind in [Kind::DeviceProgrammed, Kind::DeviceLocked] {
             let r = record(kind, good.clone());
-            assert_eq!(product_of(&r, &mut jobs).as_deref(), Some("acme/thermo"));
+            assert_eq!(product_of(&r, &mut jobs), Some(key("acme/thermo")));
         }
         let closed = encode(&JobClosed {
-            job: "j2".into(),
-            product: "acme/gateway".into(),
+            job: JobId::new("j2").unwrap(),
+            product: key("acme/gateway"),
             quantity: 1,
             issued: 0,
             good: 0,
@@ -390,17 +399,17 @@ mod tests {
             time: 0,
         });
         let r = record(Kind::JobClosed, closed);
-        assert_eq!(product_of(&r, &mut jobs).as_deref(), Some("acme/gateway"));
+        assert_eq!(product_of(&r, &mut jobs), Some(key("acme/gateway")));
         let imported = PackageImported {
             package_id: [0; 16],
-            hsm_fingerprint: [0; 32],
-            product: "acme/thermo".into(),
+            hsm_fingerprint: trustfab_types::Fingerprint::new([0; 32]),
+            product: key("acme/thermo"),
             count: 1,
             time: UnixTime(0),
         }
         .encode();
         let r = record(Kind::ProductToppedUp, imported);
-        assert_eq!(product_of(&r, &mut jobs).as_deref(), Some("acme/thermo"));
+        assert_eq!(product_of(&r, &mut jobs), Some(key("acme/thermo")));
         // A body that does not decode, and a checkpoint, name no product.
         let r = record(Kind::JobCreated, b"\xa1\x67product\x61x".to_vec());
         assert_eq!(product_of(&r, &mut jobs), None);

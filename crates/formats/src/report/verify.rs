@@ -7,7 +7,7 @@ use aws_lc_rs::digest::{Context, SHA256};
 use ciborium::Value;
 use trustfab_ledger::{record_hash, Kind, Record};
 use trustfab_pki::{HsmCertificates, HsmIdentity, Policy, Purpose};
-use trustfab_types::UnixTime;
+use trustfab_types::{ProductKey, UnixTime};
 
 use super::{
     hex, product_of, signed_message, verify_signature, ReportError, ReportSummary, Totals,
@@ -130,9 +130,10 @@ pub fn verify_report<R: BufRead>(
     let first_order = orders
         .first()
         .ok_or_else(|| ReportError::Order("no order given".into()))?;
-    let product = format!("{}/{}", first_order.oem_id, first_order.product_id);
+    let product = ProductKey::new(first_order.oem_id.clone(), first_order.product_id.clone());
     for o in orders {
-        if format!("{}/{}", o.oem_id, o.product_id) != product
+        if o.oem_id != *product.oem()
+            || o.product_id != *product.product()
             || o.root_cert != first_order.root_cert
         {
             return Err(ReportError::Order(
@@ -158,7 +159,7 @@ pub fn verify_report<R: BufRead>(
             .map(str::to_owned)
             .ok_or_else(|| i.bad(format!("field {k} is not text")))
     };
-    if text(&head, 1)? != product {
+    if text(&head, 1)? != product.to_string() {
         return Err(ReportError::Order(format!(
             "the report is for {}, the orders for {product}",
             text(&head, 1)?
@@ -184,8 +185,13 @@ pub fn verify_report<R: BufRead>(
     let mut summary = ReportSummary {
         hsm_id: identity.hsm_id.clone(),
         product: product.clone(),
+        records: 0,
+        own_records: 0,
+        certificates: 0,
+        packages: 0,
+        totals: Totals::default(),
+        reserved: 0,
         ordered_by_oem,
-        ..ReportSummary::default()
     };
     let mut prev = trustfab_ledger::GENESIS_HASH;
     let mut expected_seq = 1u64;
@@ -245,8 +251,7 @@ pub fn verify_report<R: BufRead>(
                 prev_hash: prev,
                 hash: stated,
             };
-            if kind != Kind::Checkpoint
-                && product_of(&record, &mut jobs).as_deref() != Some(product.as_str())
+            if kind != Kind::Checkpoint && product_of(&record, &mut jobs).as_ref() != Some(&product)
             {
                 return Err(ReportError::Record {
                     seq,
