@@ -15,7 +15,7 @@
 //! writes the files it is given and prints.
 
 pub mod ca;
-mod files;
+pub mod files;
 pub mod order;
 pub mod report;
 
