@@ -140,9 +140,9 @@ pub trait Token: fmt::Debug + Send + Sync {
 
     /// Sets the anchor labelled `label` to `value` (at most [`ANCHOR_MAX`] bytes), creating it
     /// or replacing the whole value atomically: a later [`Token::read_anchor`], after a reopen
-    /// too, sees this value or the one before, never a mix. Durable when it returns. What an
-    /// anchor promises against someone who can copy the token's storage back is the backend's
-    /// (`docs/key-policies.md`).
+    /// too, sees this value or the one before, never a mix. Written to the token's storage when
+    /// it returns; how durable that storage is, and what an anchor promises against someone who
+    /// can copy it back, is the backend's (`docs/key-policies.md`).
     ///
     /// # Errors
     /// [`Error::TooLarge`] over [`ANCHOR_MAX`] (the anchor is left as it was),
