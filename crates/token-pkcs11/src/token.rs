@@ -1,12 +1,13 @@
 //! The PKCS#11 token: opening and login, key generation, signing, import by unwrap inside the
-//! token, handing a distribution key out by wrap inside the token, and the mapping of cryptoki
-//! errors (function + CKR) into the boundary's error.
+//! token, handing a distribution key out by wrap inside the token, HMAC-SHA256 keys
+//! (CKM_GENERIC_SECRET_KEY_GEN, CKM_SHA256_HMAC), anchors as CKO_DATA objects, and the mapping
+//! of cryptoki errors (function + CKR) into the boundary's error.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::os::raw::c_ulong;
 use std::path::PathBuf;
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use aws_lc_rs::signature::UnparsedPublicKey;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -21,13 +22,17 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use trustfab_token::{
-    check_unwrap_in, check_wrap_out, wrapped_header, Curve, Error, KeyHandle, KeyInfo, KeyLabel,
-    KeySpec, KeyUsage, PublicKey, Signature, Token, WrappedKey,
+    check_anchor, check_unwrap_in, check_wrap_out, wrapped_header, Curve, Error, KeyHandle,
+    KeyInfo, KeyLabel, KeySpec, KeyUsage, MacKeySpec, MacTag, PublicKey, Signature, Token,
+    WrappedKey, MAC_LEN,
 };
 use trustfab_types::Passphrase;
 use zeroize::Zeroizing;
 
 use crate::pool::{Pool, Pooled};
+
+/// CKA_APPLICATION of every anchor object: it tells trustfab's CKO_DATA objects from others.
+const ANCHOR_APPLICATION: &[u8] = b"trustfab anchor";
 
 /// The environment variable naming the PKCS#11 module to load.
 pub const MODULE_ENV: &str = "TRUSTFAB_PKCS11_MODULE";
@@ -125,7 +130,25 @@ enum SignMode {
 struct Known {
     object: ObjectHandle,
     info: KeyInfo,
-    public: PublicKey,
+    /// The public key of an EC key; a MAC key has none.
+    public: Option<PublicKey>,
+}
+
+impl Known {
+    /// The public key, which a key of every usage but MAC has.
+    fn public(&self) -> Result<&PublicKey, Error> {
+        self.public.as_ref().ok_or(Error::NotPermitted {
+            operation: "public key (a MAC key has none)",
+        })
+    }
+
+    /// The object, if this is a MAC key.
+    fn mac_object(&self) -> Result<ObjectHandle, Error> {
+        if self.info.usage != KeyUsage::Mac {
+            return Err(Error::NotPermitted { operation: "mac" });
+        }
+        Ok(self.object)
+    }
 }
 
 /// A key store inside a PKCS#11 token.
@@ -138,6 +161,9 @@ pub struct Pkcs11Token {
     /// Handles this instance issued. A handle not in here is refused: cryptoki object handles
     /// cannot be forged from numbers without `unsafe`, and need not be.
     known: RwLock<HashMap<u64, Known>>,
+    /// Serializes this process's anchor writes, so that two threads never make the same
+    /// generation of one anchor.
+    anchor_writes: Mutex<()>,
 }
 
 impl fmt::Debug for Pkcs11Token {
@@ -212,6 +238,7 @@ impl Pkcs11Token {
             pool: Pool::new(session, config.sessions),
             mode,
             known: RwLock::new(HashMap::new()),
+            anchor_writes: Mutex::new(()),
         })
     }
 
@@ -292,25 +319,97 @@ impl Pkcs11Token {
         let public = Self::read_public(s, &id, curve)?;
         let info = KeyInfo {
             label,
-            curve,
+            curve: Some(curve),
             usage,
             sensitive,
             extractable,
         };
+        Ok(self.remember(Known {
+            object,
+            info,
+            public: Some(public),
+        }))
+    }
+
+    /// Reads a MAC key object's attributes and remembers the handle. Only a secret key that is
+    /// generic (or HMAC-SHA256), sensitive, not extractable, with CKA_SIGN and CKA_VERIFY and
+    /// no other usage is one.
+    fn learn_mac(&self, s: &Session, object: ObjectHandle) -> Result<KeyHandle, Error> {
+        let attrs = s
+            .get_attributes(
+                object,
+                &[
+                    AttributeType::Class,
+                    AttributeType::KeyType,
+                    AttributeType::Label,
+                    AttributeType::ValueLen,
+                    AttributeType::Sign,
+                    AttributeType::Verify,
+                    AttributeType::Encrypt,
+                    AttributeType::Decrypt,
+                    AttributeType::Wrap,
+                    AttributeType::Unwrap,
+                    AttributeType::Derive,
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                ],
+            )
+            .map_err(p11)?;
+        let (mut class, mut kt, mut label, mut len) = (None, None, None, None);
+        let (mut sign, mut verify, mut sensitive, mut extractable) = (false, false, false, true);
+        // Unknown means possible.
+        let mut other_usage = false;
+        for a in attrs {
+            match a {
+                Attribute::Class(c) => class = Some(c),
+                Attribute::KeyType(k) => kt = Some(k),
+                Attribute::Label(l) => label = String::from_utf8(l).ok(),
+                Attribute::ValueLen(n) => len = Some(n),
+                Attribute::Sign(b) => sign = b,
+                Attribute::Verify(b) => verify = b,
+                Attribute::Encrypt(b)
+                | Attribute::Decrypt(b)
+                | Attribute::Wrap(b)
+                | Attribute::Unwrap(b)
+                | Attribute::Derive(b) => other_usage |= b,
+                Attribute::Sensitive(b) => sensitive = b,
+                Attribute::Extractable(b) => extractable = b,
+                _ => {}
+            }
+        }
+        if class != Some(ObjectClass::SECRET_KEY)
+            || !matches!(kt, Some(KeyType::GENERIC_SECRET | KeyType::SHA256_HMAC))
+        {
+            return Err(Error::UnknownKey);
+        }
+        let len_ok = len.is_some_and(|n| u64::from(n) == MAC_LEN as u64);
+        if !(sign && verify && !other_usage && sensitive && !extractable && len_ok) {
+            return Err(Error::BadKey(
+                "secret key is not a 32-byte, sensitive, non-extractable sign/verify-only MAC key",
+            ));
+        }
+        let info = KeyInfo {
+            label: KeyLabel::new(&label.unwrap_or_default())?,
+            curve: None,
+            usage: KeyUsage::Mac,
+            sensitive,
+            extractable,
+        };
+        Ok(self.remember(Known {
+            object,
+            info,
+            public: None,
+        }))
+    }
+
+    fn remember(&self, known: Known) -> KeyHandle {
         #[allow(clippy::useless_conversion)] // CK_OBJECT_HANDLE is 32 bits on some platforms
-        let handle = KeyHandle::from_backend(u64::from(object.handle()));
+        let handle = KeyHandle::from_backend(u64::from(known.object.handle()));
         self.known
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                handle.backend_id(),
-                Known {
-                    object,
-                    info,
-                    public,
-                },
-            );
-        Ok(handle)
+            .insert(handle.backend_id(), known);
+        handle
     }
 
     /// The public key object with CKA_ID `id`; CKA_EC_POINT is a DER OCTET STRING around the
@@ -349,14 +448,68 @@ impl Pkcs11Token {
         Ok(PublicKey::from_point(curve, raw)?)
     }
 
-    fn find_object(s: &Session, label: &KeyLabel) -> Result<Option<ObjectHandle>, Error> {
-        let objs = s
+    /// The key object labelled `label`: a private key, else a secret (MAC) key, with its class.
+    fn find_object(
+        s: &Session,
+        label: &KeyLabel,
+    ) -> Result<Option<(ObjectHandle, ObjectClass)>, Error> {
+        for class in [ObjectClass::PRIVATE_KEY, ObjectClass::SECRET_KEY] {
+            let objs = s
+                .find_objects(&[
+                    Attribute::Class(class),
+                    Attribute::Label(label.as_str().as_bytes().to_vec()),
+                ])
+                .map_err(p11)?;
+            if let Some(o) = objs.first() {
+                return Ok(Some((*o, class)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The anchor objects labelled `label`, each with its generation and value, newest first.
+    /// Usually one; two after a write that stopped between making the new object and destroying
+    /// the old one.
+    fn anchor_objects(s: &Session, label: &KeyLabel) -> Result<Vec<AnchorObject>, Error> {
+        let objects = s
             .find_objects(&[
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Application(ANCHOR_APPLICATION.to_vec()),
                 Attribute::Label(label.as_str().as_bytes().to_vec()),
             ])
             .map_err(p11)?;
-        Ok(objs.first().copied())
+        let mut found = Vec::with_capacity(objects.len());
+        for object in objects {
+            let stored = s
+                .get_attributes(object, &[AttributeType::Value])
+                .map_err(p11)?
+                .into_iter()
+                .find_map(|a| match a {
+                    Attribute::Value(v) => Some(v),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let (generation, value) = stored
+                .split_first_chunk::<8>()
+                .ok_or(Error::BadObject("anchor object without its generation"))?;
+            check_anchor(value)?;
+            found.push(AnchorObject {
+                object,
+                generation: u64::from_be_bytes(*generation),
+                value: value.to_vec(),
+            });
+        }
+        found.sort_by_key(|a| std::cmp::Reverse(a.generation));
+        if let [first, second, ..] = found.as_slice() {
+            if first.generation == second.generation {
+                // Two writers made the same generation at once: which one is meant is unknown.
+                return Err(Error::Ambiguous {
+                    what: "anchor",
+                    label: label.as_str().to_owned(),
+                });
+            }
+        }
+        Ok(found)
     }
 
     fn label_free(s: &Session, label: &KeyLabel) -> Result<(), Error> {
@@ -471,7 +624,7 @@ impl Pkcs11Token {
         spec: &KeySpec,
     ) -> Result<ObjectHandle, Error> {
         let mut scratch = Scratch::new(s);
-        let context = wrapped.kdf_context(kt.public.point());
+        let context = wrapped.kdf_context(kt.public()?.point());
         let kek = derive_kek(
             s,
             kt.object,
@@ -617,7 +770,7 @@ impl Pkcs11Token {
         scratch.keep(eph_public);
         let eph_private = scratch.keep(eph_private);
         let ephemeral = Self::ec_point(s, eph_public, Curve::P256)?;
-        let header = wrapped_header(ephemeral.point(), k.public.clone(), info)?;
+        let header = wrapped_header(ephemeral.point(), k.public()?.clone(), info)?;
         let context = header.kdf_context(recipient.point());
         let kek = derive_kek(
             s,
@@ -719,6 +872,26 @@ fn derive_kek(
     kek.map_err(p11)
 }
 
+/// One anchor object as read from the token.
+struct AnchorObject {
+    object: ObjectHandle,
+    generation: u64,
+    value: Vec<u8>,
+}
+
+/// The boundary's error for a failed C_Sign / C_Verify with a MAC key.
+fn mac_error(e: CkError) -> Error {
+    match e {
+        CkError::Pkcs11(RvError::KeyFunctionNotPermitted | RvError::KeyTypeInconsistent, _) => {
+            Error::NotPermitted { operation: "mac" }
+        }
+        CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _) => {
+            Error::UnknownKey
+        }
+        e => p11(e),
+    }
+}
+
 /// DER OCTET STRING around a short value (an EC point, under 128 bytes).
 fn octet_string(v: &[u8]) -> Vec<u8> {
     let mut out = vec![0x04, u8::try_from(v.len()).unwrap_or(0x7f)];
@@ -766,10 +939,43 @@ impl Token for Pkcs11Token {
         self.learn(&s, object)
     }
 
+    fn generate_mac(&self, spec: &MacKeySpec) -> Result<KeyHandle, Error> {
+        let s = self.session()?;
+        Self::label_free(&s, &spec.label)?;
+        let mut id = vec![0u8; 16];
+        s.generate_random_slice(&mut id).map_err(p11)?;
+        let object = s
+            .generate_key(
+                &Mechanism::GenericSecretKeyGen,
+                &[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::GENERIC_SECRET),
+                    Attribute::ValueLen(32.into()), // MAC_LEN
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    // The one usage, and every other said false: tokens default some to true.
+                    Attribute::Sign(true),
+                    Attribute::Verify(true),
+                    Attribute::Encrypt(false),
+                    Attribute::Decrypt(false),
+                    Attribute::Wrap(false),
+                    Attribute::Unwrap(false),
+                    Attribute::Derive(false),
+                    Attribute::Label(spec.label.as_str().as_bytes().to_vec()),
+                    Attribute::Id(id),
+                ],
+            )
+            .map_err(p11)?;
+        self.learn_mac(&s, object)
+    }
+
     fn find(&self, label: &KeyLabel) -> Result<Option<KeyHandle>, Error> {
         let s = self.session()?;
         match Self::find_object(&s, label)? {
-            Some(o) => self.learn(&s, o).map(Some),
+            Some((o, ObjectClass::SECRET_KEY)) => self.learn_mac(&s, o).map(Some),
+            Some((o, _)) => self.learn(&s, o).map(Some),
             None => Ok(None),
         }
     }
@@ -779,7 +985,7 @@ impl Token for Pkcs11Token {
     }
 
     fn public_key(&self, key: KeyHandle) -> Result<PublicKey, Error> {
-        Ok(self.known(key)?.public)
+        self.known(key)?.public().cloned()
     }
 
     fn sign(&self, key: KeyHandle, message: &[u8]) -> Result<Signature, Error> {
@@ -787,8 +993,12 @@ impl Token for Pkcs11Token {
         if k.info.usage != KeyUsage::Sign {
             return Err(Error::NotPermitted { operation: "sign" });
         }
+        let curve = k
+            .info
+            .curve
+            .ok_or(Error::NotPermitted { operation: "sign" })?;
         let s = self.session()?;
-        self.raw_sign(&s, k.object, k.info.curve, message)
+        self.raw_sign(&s, k.object, curve, message)
     }
 
     fn unwrap_key(
@@ -820,6 +1030,81 @@ impl Token for Pkcs11Token {
         check_wrap_out(&k.info, recipient, info)?;
         let s = self.session()?;
         self.wrap_out(&s, &k, recipient, info)
+    }
+
+    fn mac(&self, key: KeyHandle, message: &[u8]) -> Result<MacTag, Error> {
+        let object = self.known(key)?.mac_object()?;
+        let tag = self
+            .session()?
+            .sign(&Mechanism::Sha256Hmac, object, message)
+            .map_err(mac_error)?;
+        let bytes = <[u8; MAC_LEN]>::try_from(tag.as_slice())
+            .map_err(|_| Error::Crypto("token returned an HMAC-SHA256 tag of the wrong length"))?;
+        Ok(MacTag::from_bytes(bytes))
+    }
+
+    fn verify_mac(&self, key: KeyHandle, message: &[u8], tag: &[u8]) -> Result<(), Error> {
+        let object = self.known(key)?.mac_object()?;
+        if tag.len() != MAC_LEN {
+            return Err(Error::MacMismatch);
+        }
+        // C_Verify compares inside the token.
+        self.session()?
+            .verify(&Mechanism::Sha256Hmac, object, message, tag)
+            .map_err(|e| match e {
+                CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _) => {
+                    Error::MacMismatch
+                }
+                e => mac_error(e),
+            })
+    }
+
+    fn read_anchor(&self, label: &KeyLabel) -> Result<Option<Vec<u8>>, Error> {
+        let s = self.session()?;
+        Ok(Self::anchor_objects(&s, label)?
+            .into_iter()
+            .next()
+            .map(|a| a.value))
+    }
+
+    /// SoftHSM 2.6 refuses C_SetAttributeValue of a data object's CKA_VALUE
+    /// (CKR_ATTRIBUTE_READ_ONLY), so a write never changes an object: it creates the next
+    /// generation, a new object whose CKA_VALUE is `generation u64 | value`, and then destroys
+    /// the older ones. The new value is what a reader sees from the moment C_CreateObject
+    /// returns (the newest generation wins); a write that stops before the destroy leaves an
+    /// older object that the next write removes.
+    fn write_anchor(&self, label: &KeyLabel, value: &[u8]) -> Result<(), Error> {
+        check_anchor(value)?;
+        let _one_writer = self
+            .anchor_writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let s = self.session()?;
+        let older = Self::anchor_objects(&s, label)?;
+        let generation = match older.first() {
+            Some(newest) => newest
+                .generation
+                .checked_add(1)
+                .ok_or(Error::BadObject("anchor generation exhausted"))?,
+            None => 1,
+        };
+        let mut stored = Vec::with_capacity(8 + value.len());
+        stored.extend_from_slice(&generation.to_be_bytes());
+        stored.extend_from_slice(value);
+        s.create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Modifiable(false),
+            Attribute::Application(ANCHOR_APPLICATION.to_vec()),
+            Attribute::Label(label.as_str().as_bytes().to_vec()),
+            Attribute::Value(stored),
+        ])
+        .map_err(p11)?;
+        for old in older {
+            s.destroy_object(old.object).map_err(p11)?;
+        }
+        Ok(())
     }
 
     fn fill_random(&self, out: &mut [u8]) -> Result<(), Error> {

@@ -1,7 +1,8 @@
-//! The soft token: key objects in memory behind a lock, every change sealed to the file before
-//! it is acknowledged. Attributes (usage, sensitive, extractable) are enforced here, as a PKCS#11
-//! token would enforce them: only a distribution key that is extractable is ever wrapped out, and
-//! only with `wrap_for` to a P-256 recipient.
+//! The soft token: key objects and anchors in memory behind a lock, every change sealed to the
+//! file before it is acknowledged. Attributes (usage, sensitive, extractable) are enforced here,
+//! as a PKCS#11 token would enforce them: only a distribution key that is extractable is ever
+//! wrapped out, and only with `wrap_for` to a P-256 recipient; a MAC key (HMAC-SHA256) only MACs
+//! and verifies, and never leaves.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,14 +11,15 @@ use std::sync::{PoisonError, RwLock};
 
 use aws_lc_rs::agreement::{self, UnparsedPublicKey, ECDH_P256};
 use aws_lc_rs::encoding::{AsDer as _, Pkcs8V1Der};
+use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _};
 use trustfab_token::{
-    check_unwrap_in, check_wrap_out, kek_from_shared_secret, unwrap_pkcs8, wrap_known_for, Curve,
-    Error, KeyHandle, KeyInfo, KeyLabel, KeySpec, KeyUsage, PublicKey, Signature, Token,
-    WrappedKey,
+    check_anchor, check_unwrap_in, check_wrap_out, kek_from_shared_secret, unwrap_pkcs8,
+    wrap_known_for, Curve, Error, KeyHandle, KeyInfo, KeyLabel, KeySpec, KeyUsage, MacKeySpec,
+    MacTag, PublicKey, Signature, Token, WrappedKey, MAC_LEN,
 };
-use trustfab_types::{Passphrase, SecretKeyDer};
+use trustfab_types::{Passphrase, SecretBytes, SecretKeyDer};
 use zeroize::Zeroizing;
 
 use crate::sealed::{Argon2Cost, Sealing};
@@ -29,22 +31,50 @@ enum Live {
     /// A distribution key has no operation of its own: it is only ever wrapped out, from its
     /// PKCS#8 form.
     Distribute,
+    /// An HMAC-SHA256 key (boxed: its context is far larger than the other variants).
+    Mac(Box<hmac::Key>),
+}
+
+/// A key's secret as the store seals it; zeroized on drop, never printed.
+enum Secret {
+    /// An EC key's PKCS#8 DER.
+    Pkcs8(SecretKeyDer),
+    /// A MAC key's [`MAC_LEN`] raw bytes.
+    Mac(SecretBytes),
+}
+
+impl Secret {
+    /// The bytes the store body holds for the key.
+    fn stored(&self) -> &[u8] {
+        match self {
+            Self::Pkcs8(der) => der.secret_pkcs8_der(),
+            Self::Mac(raw) => raw.expose_secret(),
+        }
+    }
 }
 
 struct Entry {
     info: KeyInfo,
-    public: PublicKey,
-    /// PKCS#8 DER, kept for sealing the store; zeroized on drop, never printed.
-    pkcs8: SecretKeyDer,
+    /// The public key of an EC key; a MAC key has none.
+    public: Option<PublicKey>,
+    secret: Secret,
     live: Live,
 }
 
 impl Entry {
-    fn load(info: KeyInfo, pkcs8: SecretKeyDer) -> Result<Self, Error> {
+    /// Loads a key from the bytes the store keeps for it (PKCS#8 DER, or a MAC key's raw bytes).
+    fn load(info: KeyInfo, stored: SecretBytes) -> Result<Self, Error> {
+        if info.usage == KeyUsage::Mac {
+            return Self::load_mac(info, stored);
+        }
+        let curve = info
+            .curve
+            .ok_or(Error::BadKey("an EC key without a curve"))?;
+        let pkcs8 = SecretKeyDer::new(stored.expose_secret().to_vec());
         let der = pkcs8.secret_pkcs8_der();
         let (live, point) = match info.usage {
             KeyUsage::Sign => {
-                let pair = EcdsaKeyPair::from_pkcs8(info.curve.signing_alg(), der)
+                let pair = EcdsaKeyPair::from_pkcs8(curve.signing_alg(), der)
                     .map_err(|_| Error::BadKey("not a PKCS#8 key on the key's curve"))?;
                 let point = pair.public_key().as_ref().to_vec();
                 (Live::Sign(pair), point)
@@ -60,30 +90,62 @@ impl Entry {
                 (Live::Transport(k), point)
             }
             KeyUsage::Distribute => {
-                if info.curve != Curve::P256 {
+                if curve != Curve::P256 {
                     return Err(Error::BadKey("distribution keys are P-256"));
                 }
                 // Parsed only to check the key and compute its public point; dropped at once.
-                let pair = EcdsaKeyPair::from_pkcs8(info.curve.signing_alg(), der)
+                let pair = EcdsaKeyPair::from_pkcs8(curve.signing_alg(), der)
                     .map_err(|_| Error::BadKey("not a PKCS#8 P-256 key"))?;
                 let point = pair.public_key().as_ref().to_vec();
                 (Live::Distribute, point)
             }
+            KeyUsage::Mac => return Err(Error::BadKey("a MAC key is not an EC key")),
         };
-        let public = PublicKey::from_point(info.curve, &point)?;
+        let public = PublicKey::from_point(curve, &point)?;
         Ok(Self {
             info,
-            public,
-            pkcs8,
+            public: Some(public),
+            secret: Secret::Pkcs8(pkcs8),
             live,
         })
     }
+
+    /// A MAC key: no curve, [`MAC_LEN`] bytes, sensitive and not extractable.
+    fn load_mac(info: KeyInfo, raw: SecretBytes) -> Result<Self, Error> {
+        if info.curve.is_some() || !info.sensitive || info.extractable {
+            return Err(Error::BadKey(
+                "a MAC key has no curve, is sensitive and not extractable",
+            ));
+        }
+        if raw.expose_secret().len() != MAC_LEN {
+            return Err(Error::BadKey("a MAC key is 32 bytes"));
+        }
+        let key = hmac::Key::new(hmac::HMAC_SHA256, raw.expose_secret());
+        Ok(Self {
+            info,
+            public: None,
+            secret: Secret::Mac(raw),
+            live: Live::Mac(Box::new(key)),
+        })
+    }
+
+    /// The key as a MAC key, or the refusal for any other key.
+    fn mac_key(&self) -> Result<&hmac::Key, Error> {
+        match &self.live {
+            Live::Mac(k) => Ok(k),
+            _ => Err(Error::NotPermitted { operation: "mac" }),
+        }
+    }
 }
+
+/// Anchors by label text: small values the store holds for the application.
+type Anchors = BTreeMap<String, Vec<u8>>;
 
 struct State {
     sealing: Sealing,
     next_id: u64,
     keys: BTreeMap<u64, Entry>,
+    anchors: Anchors,
 }
 
 /// The embedded token: keys in this process, sealed in one file.
@@ -122,6 +184,7 @@ impl SoftToken {
             sealing: Sealing::new(passphrase, cost)?,
             next_id: 1,
             keys: BTreeMap::new(),
+            anchors: Anchors::new(),
         };
         let token = Self {
             path: path.to_path_buf(),
@@ -143,7 +206,7 @@ impl SoftToken {
             path: path.display().to_string(),
             reason,
         };
-        let (next_id, records) = decode(&body).map_err(format)?;
+        let (next_id, records, anchors) = decode(&body).map_err(format)?;
         let keys = records
             .into_iter()
             .map(|(id, (info, pkcs8))| Ok((id, load(info, pkcs8)?)))
@@ -155,6 +218,7 @@ impl SoftToken {
                 sealing,
                 next_id,
                 keys,
+                anchors,
             }),
             rng: SystemRandom::new(),
         })
@@ -173,7 +237,7 @@ impl SoftToken {
         if e.info.sensitive || !e.info.extractable {
             return Err(Error::Sensitive);
         }
-        Ok(e.pkcs8.secret_pkcs8_der().len())
+        Ok(e.secret.stored().len())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -190,10 +254,11 @@ impl SoftToken {
         state.sealing.write(&self.path, &body)
     }
 
-    /// Takes in the keys another process (or another handle) sealed into the file since this one
-    /// read it. Keys are never removed and ids never reused, so the file's keys are a superset
-    /// of the ones in memory and every handle given out stays valid. Only the new keys are
-    /// loaded; the ones in memory are kept as they are.
+    /// Takes in the keys and anchors another process (or another handle) sealed into the file
+    /// since this one read it. Keys are never removed and ids never reused, so the file's keys
+    /// are a superset of the ones in memory and every handle given out stays valid. Only the new
+    /// keys are loaded; the ones in memory are kept as they are. Anchors are the file's: every
+    /// anchor write goes to the file under the lock, so the file's are the latest.
     fn refresh(&self, state: &mut State) -> Result<(), Error> {
         let body = state.sealing.reread(&self.path)?;
         let format = |reason| Error::StoreFormat {
@@ -203,25 +268,24 @@ impl SoftToken {
         let tampered = || Error::StoreTampered {
             path: self.path.display().to_string(),
         };
-        let (next_id, records) = decode(&body).map_err(format)?;
+        let (next_id, records, anchors) = decode(&body).map_err(format)?;
         if records.len() < state.keys.len() || next_id < state.next_id {
             // A file with fewer keys than this handle holds was not written by this store's
             // rules: refuse rather than drop keys.
             return Err(tampered());
         }
         let mut fresh = Vec::new();
-        for (id, (info, pkcs8)) in records {
+        for (id, (info, stored)) in records {
             match state.keys.get(&id) {
-                None => fresh.push((id, load(info, pkcs8).map_err(format)?)),
-                Some(e)
-                    if e.info == info && e.pkcs8.secret_pkcs8_der() == pkcs8.secret_pkcs8_der() => {
-                }
+                None => fresh.push((id, load(info, stored).map_err(format)?)),
+                Some(e) if e.info == info && e.secret.stored() == stored.expose_secret() => {}
                 // The same id holding another key: not a store written by these rules.
                 Some(_) => return Err(tampered()),
             }
         }
         state.next_id = next_id;
         state.keys.extend(fresh);
+        state.anchors = anchors;
         Ok(())
     }
 
@@ -255,7 +319,7 @@ impl SoftToken {
     fn info_of(spec: &KeySpec) -> KeyInfo {
         KeyInfo {
             label: spec.label.clone(),
-            curve: spec.curve,
+            curve: Some(spec.curve),
             usage: spec.usage,
             sensitive: spec.sensitive,
             extractable: spec.extractable,
@@ -280,17 +344,35 @@ impl Token for SoftToken {
             KeyUsage::Sign | KeyUsage::Distribute => {
                 let doc = EcdsaKeyPair::generate_pkcs8(spec.curve.signing_alg(), &self.rng)
                     .map_err(|_| Error::Crypto("key generation"))?;
-                SecretKeyDer::new(doc.as_ref().to_vec())
+                SecretBytes::new(doc.as_ref().to_vec())
             }
             KeyUsage::KeyTransport => {
                 let k = agreement::PrivateKey::generate(&ECDH_P256)
                     .map_err(|_| Error::Crypto("key generation"))?;
                 let der: Pkcs8V1Der<'static> =
                     k.as_der().map_err(|_| Error::Crypto("key serialisation"))?;
-                SecretKeyDer::new(der.as_ref().to_vec())
+                SecretBytes::new(der.as_ref().to_vec())
             }
+            // `spec.check` refuses a MAC usage in an EC spec.
+            KeyUsage::Mac => return Err(Error::BadSpec("MAC keys are made with generate_mac")),
         };
         self.insert(Entry::load(Self::info_of(spec), pkcs8)?)
+    }
+
+    fn generate_mac(&self, spec: &MacKeySpec) -> Result<KeyHandle, Error> {
+        self.label_free(&spec.label)?;
+        let mut raw = Zeroizing::new(vec![0u8; MAC_LEN]);
+        self.rng
+            .fill(&mut raw)
+            .map_err(|_| Error::Crypto("key generation"))?;
+        let info = KeyInfo {
+            label: spec.label.clone(),
+            curve: None,
+            usage: KeyUsage::Mac,
+            sensitive: true,
+            extractable: false,
+        };
+        self.insert(Entry::load(info, SecretBytes::new(raw.to_vec()))?)
     }
 
     fn find(&self, label: &KeyLabel) -> Result<Option<KeyHandle>, Error> {
@@ -320,7 +402,9 @@ impl Token for SoftToken {
     fn public_key(&self, key: KeyHandle) -> Result<PublicKey, Error> {
         let state = self.read();
         let e = state.keys.get(&key.backend_id()).ok_or(Error::UnknownKey)?;
-        Ok(e.public.clone())
+        e.public.clone().ok_or(Error::NotPermitted {
+            operation: "public key (a MAC key has none)",
+        })
     }
 
     fn sign(&self, key: KeyHandle, message: &[u8]) -> Result<Signature, Error> {
@@ -331,7 +415,9 @@ impl Token for SoftToken {
                 .sign(&self.rng, message)
                 .map(|s| Signature::from_der(s.as_ref().to_vec()))
                 .map_err(|_| Error::Crypto("signing")),
-            Live::Transport(_) | Live::Distribute => Err(Error::NotPermitted { operation: "sign" }),
+            Live::Transport(_) | Live::Distribute | Live::Mac(_) => {
+                Err(Error::NotPermitted { operation: "sign" })
+            }
         }
     }
 
@@ -346,12 +432,12 @@ impl Token for SoftToken {
         let pkcs8 = {
             let state = self.read();
             let e = state.keys.get(&kt.backend_id()).ok_or(Error::UnknownKey)?;
-            let Live::Transport(private) = &e.live else {
+            let (Live::Transport(private), Some(public)) = (&e.live, &e.public) else {
                 return Err(Error::NotPermitted {
                     operation: "unwrap",
                 });
             };
-            let context = wrapped.kdf_context(e.public.point());
+            let context = wrapped.kdf_context(public.point());
             let kek: Zeroizing<[u8; 32]> = agreement::agree(
                 private,
                 UnparsedPublicKey::new(&ECDH_P256, wrapped.ephemeral_point()),
@@ -360,8 +446,9 @@ impl Token for SoftToken {
             )?;
             unwrap_pkcs8(&kek, wrapped.ciphertext())?
         };
+        let pkcs8 = SecretBytes::new(pkcs8.secret_pkcs8_der().to_vec());
         let entry = Entry::load(Self::info_of(spec), pkcs8).map_err(|_| Error::Unwrap)?;
-        if &entry.public != wrapped.public_key() {
+        if entry.public.as_ref() != Some(wrapped.public_key()) {
             return Err(Error::Unwrap);
         }
         self.insert(entry)
@@ -376,7 +463,53 @@ impl Token for SoftToken {
         let state = self.read();
         let e = state.keys.get(&key.backend_id()).ok_or(Error::UnknownKey)?;
         check_wrap_out(&e.info, recipient, info)?;
-        wrap_known_for(recipient, &e.pkcs8, &e.public, info)
+        match (&e.secret, &e.public) {
+            (Secret::Pkcs8(der), Some(public)) => wrap_known_for(recipient, der, public, info),
+            _ => Err(Error::NotPermitted { operation: "wrap" }),
+        }
+    }
+
+    fn mac(&self, key: KeyHandle, message: &[u8]) -> Result<MacTag, Error> {
+        let state = self.read();
+        let e = state.keys.get(&key.backend_id()).ok_or(Error::UnknownKey)?;
+        let tag = hmac::sign(e.mac_key()?, message);
+        let bytes = <[u8; MAC_LEN]>::try_from(tag.as_ref())
+            .map_err(|_| Error::Crypto("HMAC-SHA256 tag length"))?;
+        Ok(MacTag::from_bytes(bytes))
+    }
+
+    fn verify_mac(&self, key: KeyHandle, message: &[u8], tag: &[u8]) -> Result<(), Error> {
+        let state = self.read();
+        let e = state.keys.get(&key.backend_id()).ok_or(Error::UnknownKey)?;
+        // aws-lc-rs compares in constant time.
+        hmac::verify(e.mac_key()?, message, tag).map_err(|_| Error::MacMismatch)
+    }
+
+    fn read_anchor(&self, label: &KeyLabel) -> Result<Option<Vec<u8>>, Error> {
+        // The file is the truth: another handle or process may have written since. The store is
+        // replaced by rename, so a read without the lock sees one whole version.
+        let mut state = self.write();
+        self.refresh(&mut state)?;
+        Ok(state.anchors.get(label.as_str()).cloned())
+    }
+
+    fn write_anchor(&self, label: &KeyLabel, value: &[u8]) -> Result<(), Error> {
+        check_anchor(value)?;
+        let _lock = lock_store(&self.path)?;
+        let mut state = self.write();
+        self.refresh(&mut state)?;
+        let old = state
+            .anchors
+            .insert(label.as_str().to_owned(), value.to_vec());
+        if let Err(e) = self.persist(&state) {
+            // Memory never holds an anchor the file does not.
+            match old {
+                Some(v) => state.anchors.insert(label.as_str().to_owned(), v),
+                None => state.anchors.remove(label.as_str()),
+            };
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn fill_random(&self, out: &mut [u8]) -> Result<(), Error> {
@@ -384,10 +517,6 @@ impl Token for SoftToken {
     }
 }
 
-/// The store body: `next_id u64 | count u32 | count × (id u64 | label_len u8 | label | curve u8
-/// | usage u8 | flags u8 (1 = sensitive, 2 = extractable) | pkcs8_len u16 | pkcs8)`. The usage is
-/// [`KeyUsage::code`]: 1 sign, 2 key transport, 3 distribution (added without a version bump: a
-/// file without distribution keys is byte-for-byte what earlier builds wrote and read).
 /// Takes the store's lock file, `<store>.lock` beside it (created owner-only), exclusively,
 /// waiting for another holder. The store itself is replaced by rename on every write, so the
 /// lock lives in its own file. Released when the returned file is dropped.
@@ -409,6 +538,14 @@ fn lock_store(path: &Path) -> Result<std::fs::File, Error> {
     Ok(file)
 }
 
+/// The store body: `next_id u64 | count u32 | count × (id u64 | label_len u8 | label | curve u8
+/// | usage u8 | flags u8 (1 = sensitive, 2 = extractable) | secret_len u16 | secret)`, then, only
+/// when the store holds anchors, `anchor_count u32 | anchor_count × (label_len u8 | label |
+/// value_len u16 | value)`. The usage is [`KeyUsage::code`]: 1 sign, 2 key transport,
+/// 3 distribution, 4 MAC; the secret is the PKCS#8 DER of an EC key, or the 32 raw bytes of a
+/// MAC key, whose curve byte is 0. Usages 3 and 4 and the anchor section came without a version
+/// bump: a file without them is byte-for-byte what earlier builds wrote and read, and an earlier
+/// build refuses a file with them ("unknown usage", "trailing bytes") rather than misread it.
 fn encode(state: &State) -> Zeroizing<Vec<u8>> {
     let mut out = Zeroizing::new(Vec::new());
     out.extend_from_slice(&state.next_id.to_be_bytes());
@@ -423,26 +560,48 @@ fn encode(state: &State) -> Zeroizing<Vec<u8>> {
         // Labels are at most 64 bytes and PKCS#8 EC keys well under 64 KiB.
         out.push(u8::try_from(label.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(label);
-        out.push(e.info.curve.code());
+        out.push(e.info.curve.map_or(0, Curve::code));
         out.push(e.info.usage.code());
         out.push(u8::from(e.info.sensitive) | (u8::from(e.info.extractable) << 1));
-        let der = e.pkcs8.secret_pkcs8_der();
-        out.extend_from_slice(&u16::try_from(der.len()).unwrap_or(u16::MAX).to_be_bytes());
-        out.extend_from_slice(der);
+        let secret = e.secret.stored();
+        out.extend_from_slice(
+            &u16::try_from(secret.len())
+                .unwrap_or(u16::MAX)
+                .to_be_bytes(),
+        );
+        out.extend_from_slice(secret);
+    }
+    if !state.anchors.is_empty() {
+        out.extend_from_slice(
+            &u32::try_from(state.anchors.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        for (label, value) in &state.anchors {
+            // Labels are at most 64 bytes (`KeyLabel`), values at most `ANCHOR_MAX`.
+            out.push(u8::try_from(label.len()).unwrap_or(u8::MAX));
+            out.extend_from_slice(label.as_bytes());
+            out.extend_from_slice(&u16::try_from(value.len()).unwrap_or(u16::MAX).to_be_bytes());
+            out.extend_from_slice(value);
+        }
     }
     out
 }
 
 /// A stored key as the store body holds it, not yet loaded.
-type Record = (KeyInfo, SecretKeyDer);
+type Record = (KeyInfo, SecretBytes);
 
-/// Loads one stored key (parses its PKCS#8).
-fn load(info: KeyInfo, pkcs8: SecretKeyDer) -> Result<Entry, &'static str> {
-    Entry::load(info, pkcs8).map_err(|_| "a stored key does not load")
+/// A store body: the next key id, the keys by id (not loaded) and the anchors.
+type Body = (u64, BTreeMap<u64, Record>, Anchors);
+
+/// Loads one stored key (parses its PKCS#8, or takes a MAC key's bytes).
+fn load(info: KeyInfo, stored: SecretBytes) -> Result<Entry, &'static str> {
+    Entry::load(info, stored).map_err(|_| "a stored key does not load")
 }
 
-/// Parses the store body into its keys by id, without loading them (see [`load`]).
-fn decode(body: &[u8]) -> Result<(u64, BTreeMap<u64, Record>), &'static str> {
+/// Parses the store body into its keys by id, without loading them (see [`load`]), and its
+/// anchors.
+fn decode(body: &[u8]) -> Result<Body, &'static str> {
     struct R<'a>(&'a [u8]);
     impl<'a> R<'a> {
         fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
@@ -473,15 +632,20 @@ fn decode(body: &[u8]) -> Result<(u64, BTreeMap<u64, Record>), &'static str> {
         let n = usize::from(r.u8()?);
         let label = std::str::from_utf8(r.take(n)?).map_err(|_| "label is not UTF-8")?;
         let label = KeyLabel::new(label).map_err(|_| "bad label")?;
-        let curve = Curve::from_code(r.u8()?).ok_or("unknown curve")?;
+        let curve_code = r.u8()?;
         let usage = KeyUsage::from_code(r.u8()?).ok_or("unknown usage")?;
+        let curve = match (usage, curve_code) {
+            (KeyUsage::Mac, 0) => None,
+            (KeyUsage::Mac, _) => return Err("a MAC key has no curve"),
+            (_, code) => Some(Curve::from_code(code).ok_or("unknown curve")?),
+        };
         let flags = r.u8()?;
         if flags > 3 {
             return Err("unknown key flags");
         }
         let l = r.take(2)?;
         let len = usize::from(u16::from_be_bytes([l[0], l[1]]));
-        let pkcs8 = SecretKeyDer::new(r.take(len)?.to_vec());
+        let stored = SecretBytes::new(r.take(len)?.to_vec());
         let info = KeyInfo {
             label,
             curve,
@@ -489,12 +653,29 @@ fn decode(body: &[u8]) -> Result<(u64, BTreeMap<u64, Record>), &'static str> {
             sensitive: flags & 1 != 0,
             extractable: flags & 2 != 0,
         };
-        if keys.insert(id, (info, pkcs8)).is_some() {
+        if keys.insert(id, (info, stored)).is_some() {
             return Err("duplicate key id");
+        }
+    }
+    let mut anchors = Anchors::new();
+    if !r.0.is_empty() {
+        let c = r.take(4)?;
+        let count = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+        for _ in 0..count {
+            let n = usize::from(r.u8()?);
+            let label = std::str::from_utf8(r.take(n)?).map_err(|_| "label is not UTF-8")?;
+            let label = KeyLabel::new(label).map_err(|_| "bad anchor label")?;
+            let l = r.take(2)?;
+            let len = usize::from(u16::from_be_bytes([l[0], l[1]]));
+            let value = r.take(len)?.to_vec();
+            check_anchor(&value).map_err(|_| "anchor over its limit")?;
+            if anchors.insert(label.as_str().to_owned(), value).is_some() {
+                return Err("duplicate anchor label");
+            }
         }
     }
     if !r.0.is_empty() {
         return Err("trailing bytes in the store body");
     }
-    Ok((next_id, keys))
+    Ok((next_id, keys, anchors))
 }

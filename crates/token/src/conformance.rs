@@ -15,7 +15,8 @@ use trustfab_types::SecretKeyDer;
 
 use crate::{
     pkcs8_public_key, unwrap_with, wrap_for, wrapped_header, Curve, Error, KeyHandle, KeyLabel,
-    KeySpec, KeyUsage, PublicKey, Token, TokenSigner, WrappedKey, INFO_MAX,
+    KeySpec, KeyUsage, MacKeySpec, MacTag, PublicKey, Token, TokenSigner, WrappedKey, ANCHOR_MAX,
+    INFO_MAX, MAC_LEN,
 };
 
 /// What the suite needs from a backend besides the [`Token`] trait. One value is one fresh,
@@ -154,7 +155,7 @@ pub fn generate_sign_verify<B: Backend>(b: &B) {
         let spec = KeySpec::new(label(name), curve, KeyUsage::Sign);
         let k = t.generate(&spec).unwrap();
         let info = t.info(k).unwrap();
-        assert_eq!((info.curve, info.usage), (curve, KeyUsage::Sign));
+        assert_eq!((info.curve, info.usage), (Some(curve), KeyUsage::Sign));
         assert!(info.sensitive && !info.extractable, "{info:?}");
         let pubk = t.public_key(k).unwrap();
         assert_eq!(pubk.curve(), curve);
@@ -292,7 +293,7 @@ pub fn distribute_key_wraps_out_to_a_device<B: Backend>(b: &B) {
     let info = t.info(d).unwrap();
     assert_eq!(
         (info.curve, info.usage),
-        (Curve::P256, KeyUsage::Distribute)
+        (Some(Curve::P256), KeyUsage::Distribute)
     );
     assert!(info.sensitive && info.extractable, "{info:?}");
     assert_eq!(t.public_key(d).unwrap(), family_pub);
@@ -507,6 +508,229 @@ pub fn fill_random<B: Backend>(b: &B) {
     assert_ne!(a, [0u8; 32]);
 }
 
+fn mac_key(t: &dyn Token, name: &str) -> KeyHandle {
+    t.generate_mac(&MacKeySpec::new(label(name))).unwrap()
+}
+
+fn mismatch(r: Result<(), Error>) {
+    assert!(matches!(r, Err(Error::MacMismatch)), "{r:?}");
+}
+
+/// A MAC key is made inside the token (sensitive, not extractable, usage MAC, no curve), found by
+/// its label, and MACs deterministically; a tag verifies for its key and message only: not for
+/// another message, another key, a changed tag or a tag of another length. Keys and MAC keys
+/// share one label space.
+pub fn mac_round_trip<B: Backend>(b: &B) {
+    let t = b.open();
+    let k = mac_key(&t, "ledger-mac");
+    let info = t.info(k).unwrap();
+    assert_eq!((info.curve, info.usage), (None, KeyUsage::Mac));
+    assert!(info.sensitive && !info.extractable, "{info:?}");
+    assert_eq!(info.label, label("ledger-mac"));
+    assert_eq!(t.find(&label("ledger-mac")).unwrap(), Some(k));
+
+    let other = mac_key(&t, "other-mac");
+    for msg in [&b""[..], b"record 1", &[0x5a; 4096]] {
+        let tag = t.mac(k, msg).unwrap();
+        assert_eq!(tag, t.mac(k, msg).unwrap(), "HMAC is deterministic");
+        t.verify_mac(k, msg, tag.as_bytes()).unwrap();
+        mismatch(t.verify_mac(k, b"record 2", tag.as_bytes()));
+        mismatch(t.verify_mac(other, msg, tag.as_bytes()));
+        assert_ne!(tag, t.mac(other, msg).unwrap(), "another key, another tag");
+        let mut changed = tag.to_bytes();
+        changed[MAC_LEN - 1] ^= 1;
+        mismatch(t.verify_mac(k, msg, &changed));
+        mismatch(t.verify_mac(k, msg, &tag.as_bytes()[..MAC_LEN - 1]));
+        mismatch(t.verify_mac(k, msg, &[tag.as_bytes(), &[0][..]].concat()));
+        mismatch(t.verify_mac(k, msg, &[]));
+        assert_eq!(MacTag::try_from(&tag.as_bytes()[..]).unwrap(), tag);
+    }
+    assert_ne!(t.mac(k, b"a").unwrap(), t.mac(k, b"b").unwrap());
+
+    // One label space: a MAC key's label is taken for EC keys and the other way round.
+    assert!(matches!(
+        t.generate_mac(&MacKeySpec::new(label("ledger-mac"))),
+        Err(Error::LabelExists { .. })
+    ));
+    assert!(matches!(
+        t.generate(&KeySpec::new(
+            label("ledger-mac"),
+            Curve::P256,
+            KeyUsage::Sign
+        )),
+        Err(Error::LabelExists { .. })
+    ));
+    t.generate(&KeySpec::new(label("ec"), Curve::P256, KeyUsage::Sign))
+        .unwrap();
+    assert!(matches!(
+        t.generate_mac(&MacKeySpec::new(label("ec"))),
+        Err(Error::LabelExists { .. })
+    ));
+}
+
+/// A MAC key does nothing but MAC: it has no public key, does not sign, unwrap or leave, and its
+/// value is refused; an EC key does not MAC; an EC spec cannot ask for a MAC key.
+pub fn mac_key_policy<B: Backend>(b: &B) {
+    let t = b.open();
+    let k = mac_key(&t, "mac");
+    let not_permitted = |r: Result<(), Error>, what: &str| {
+        assert!(
+            matches!(r, Err(Error::NotPermitted { .. })),
+            "{what}: {r:?}"
+        );
+    };
+    not_permitted(t.sign(k, b"x").map(drop), "sign");
+    not_permitted(t.public_key(k).map(drop), "public_key");
+    assert!(TokenSigner::new(&t, k).is_err());
+    let (_, device) = device_key(Curve::P256);
+    not_permitted(t.wrap_key(k, &device, b"").map(drop), "wrap_key");
+    let kt = transport_key(&t, "kt");
+    let blob = wrapped_to(&t, kt, &oem_key(Curve::P256), b"");
+    let spec = KeySpec::new(label("via-mac"), Curve::P256, KeyUsage::Sign);
+    not_permitted(t.unwrap_key(k, &blob, &spec).map(drop), "unwrap_key");
+    assert_eq!(t.find(&label("via-mac")).unwrap(), None);
+    match b.probe_private_value(&t, k) {
+        Ok(len) => panic!("token would reveal a {len}-byte MAC key"),
+        Err(e) => b.assert_sensitive_refusal(&e),
+    }
+
+    // EC keys of every usage refuse to MAC.
+    let sign = t
+        .generate(&KeySpec::new(label("sign"), Curve::P256, KeyUsage::Sign))
+        .unwrap();
+    let d = import_distribute(&t, kt, &oem_key(Curve::P256), "family", true).unwrap();
+    for ec in [sign, kt, d] {
+        not_permitted(t.mac(ec, b"x").map(drop), "mac with an EC key");
+        let tag = t.mac(k, b"x").unwrap();
+        not_permitted(
+            t.verify_mac(ec, b"x", tag.as_bytes()),
+            "verify with an EC key",
+        );
+    }
+    let bogus = KeyHandle::from_backend(0xdead_beef);
+    assert!(matches!(t.mac(bogus, b"x"), Err(Error::UnknownKey)));
+    assert!(matches!(
+        t.verify_mac(bogus, b"x", &[0; MAC_LEN]),
+        Err(Error::UnknownKey)
+    ));
+
+    // A MAC key is not made from an EC spec, generated or imported.
+    let mac_spec = KeySpec::new(label("bad"), Curve::P256, KeyUsage::Mac);
+    assert!(matches!(t.generate(&mac_spec), Err(Error::BadSpec(_))));
+    assert!(matches!(
+        t.unwrap_key(kt, &blob, &mac_spec),
+        Err(Error::BadSpec(_))
+    ));
+    assert_eq!(t.find(&label("bad")).unwrap(), None);
+}
+
+/// A MAC key survives closing and reopening the token: found by label, same tags.
+pub fn mac_key_survives_reopen<B: Backend>(b: &B) {
+    let t = b.open();
+    let k = mac_key(&t, "ledger-mac");
+    let tag = t.mac(k, b"head").unwrap();
+    let t = b.reopen(t);
+    let k = t.find(&label("ledger-mac")).unwrap().unwrap();
+    let info = t.info(k).unwrap();
+    assert_eq!(info.usage, KeyUsage::Mac);
+    assert!(info.sensitive && !info.extractable, "{info:?}");
+    t.verify_mac(k, b"head", tag.as_bytes()).unwrap();
+    assert_eq!(t.mac(k, b"head").unwrap(), tag);
+    mismatch(t.verify_mac(k, b"tail", tag.as_bytes()));
+}
+
+/// Anchors: an unknown label reads `None`; a write is read back, replaced whole by the next
+/// (longer or shorter, empty included), kept across a reopen; a value over [`ANCHOR_MAX`] is
+/// refused and leaves the anchor as it was; anchors and keys have their own label spaces.
+pub fn anchor_write_read_replace<B: Backend>(b: &B) {
+    let t = b.open();
+    let a = label("ledger-anchor");
+    assert_eq!(t.read_anchor(&a).unwrap(), None);
+    t.write_anchor(&a, b"seq 1 head 0000").unwrap();
+    assert_eq!(
+        t.read_anchor(&a).unwrap().as_deref(),
+        Some(&b"seq 1 head 0000"[..])
+    );
+    t.write_anchor(&a, &[0xa5; ANCHOR_MAX]).unwrap();
+    assert_eq!(t.read_anchor(&a).unwrap(), Some(vec![0xa5; ANCHOR_MAX]));
+    t.write_anchor(&a, b"short").unwrap();
+    assert_eq!(t.read_anchor(&a).unwrap().as_deref(), Some(&b"short"[..]));
+    let r = t.write_anchor(&a, &[0; ANCHOR_MAX + 1]);
+    assert!(
+        matches!(r, Err(Error::TooLarge { len, limit, .. }) if len == ANCHOR_MAX + 1 && limit == ANCHOR_MAX),
+        "{r:?}"
+    );
+    assert_eq!(t.read_anchor(&a).unwrap().as_deref(), Some(&b"short"[..]));
+    let fresh = label("too-large");
+    assert!(t.write_anchor(&fresh, &[0; ANCHOR_MAX + 1]).is_err());
+    assert_eq!(t.read_anchor(&fresh).unwrap(), None);
+
+    // Another label is another anchor; a key may bear an anchor's label.
+    let b2 = label("other-anchor");
+    t.write_anchor(&b2, b"").unwrap();
+    assert_eq!(t.read_anchor(&b2).unwrap(), Some(Vec::new()));
+    let k = mac_key(&t, "ledger-anchor");
+    let tag = t.mac(k, b"x").unwrap();
+    assert_eq!(t.read_anchor(&a).unwrap().as_deref(), Some(&b"short"[..]));
+
+    t.write_anchor(&a, b"seq 2 head 1111").unwrap();
+    let t = b.reopen(t);
+    assert_eq!(
+        t.read_anchor(&a).unwrap().as_deref(),
+        Some(&b"seq 2 head 1111"[..])
+    );
+    assert_eq!(t.read_anchor(&b2).unwrap(), Some(Vec::new()));
+    assert_eq!(t.read_anchor(&label("never-written")).unwrap(), None);
+    let k = t.find(&label("ledger-anchor")).unwrap().unwrap();
+    t.verify_mac(k, b"x", tag.as_bytes()).unwrap();
+    t.write_anchor(&a, b"seq 3").unwrap();
+    let t = b.reopen(t);
+    assert_eq!(t.read_anchor(&a).unwrap().as_deref(), Some(&b"seq 3"[..]));
+}
+
+/// Two threads writing anchors at once, each its own and one shared, lose no write and leave a
+/// store that opens again: each thread's own anchor holds its last value, the shared one the
+/// last value of one of them, and a key made meanwhile is still there.
+pub fn anchor_writes_from_two_threads<B: Backend>(b: &B) {
+    const ROUNDS: u32 = 25;
+    let t = b.open();
+    let shared = label("shared");
+    std::thread::scope(|sc| {
+        for n in 0..2u32 {
+            let (t, shared) = (&t, &shared);
+            sc.spawn(move || {
+                let own = label(&format!("own-{n}"));
+                for i in 0..ROUNDS {
+                    let value = format!("thread {n} round {i}");
+                    t.write_anchor(&own, value.as_bytes()).unwrap();
+                    t.write_anchor(shared, value.as_bytes()).unwrap();
+                    assert_eq!(t.read_anchor(&own).unwrap(), Some(value.into_bytes()));
+                }
+            });
+        }
+        sc.spawn(|| mac_key(&t, "made-meanwhile"));
+    });
+    let check = |t: &B::Token| {
+        for n in 0..2u32 {
+            let last = format!("thread {n} round {}", ROUNDS - 1);
+            assert_eq!(
+                t.read_anchor(&label(&format!("own-{n}"))).unwrap(),
+                Some(last.into_bytes())
+            );
+        }
+        let s = t.read_anchor(&shared).unwrap().unwrap();
+        assert!(
+            (0..2).any(|n| s == format!("thread {n} round {}", ROUNDS - 1).into_bytes()),
+            "{}",
+            String::from_utf8_lossy(&s)
+        );
+        assert!(t.find(&label("made-meanwhile")).unwrap().is_some());
+    };
+    check(&t);
+    let t = b.reopen(t);
+    check(&t);
+}
+
 /// Instantiates every conformance test for a backend: `token_conformance!(fixture_expr);` where
 /// the expression makes a fresh [`Backend`] for each test.
 #[macro_export]
@@ -516,7 +740,9 @@ macro_rules! token_conformance {
             generate_sign_verify, unwrap_then_sign, no_private_key_export,
             wrong_wrapped_blob_refused, unknown_handle_refused, persistence_across_reopen,
             wrong_credential_refused, fill_random,
-            distribute_key_wraps_out_to_a_device, distribute_key_policy);
+            distribute_key_wraps_out_to_a_device, distribute_key_policy,
+            mac_round_trip, mac_key_policy, mac_key_survives_reopen,
+            anchor_write_read_replace, anchor_writes_from_two_threads);
     };
     (@tests $fixture:expr; $($name:ident),* $(,)?) => {
         $(

@@ -115,6 +115,22 @@ pub enum Error {
     /// No token with this label is present.
     #[error("no PKCS#11 token labelled {0:?}")]
     NoToken(String),
+    /// An object on the token that trustfab made but that is not as trustfab makes it (an
+    /// anchor object without its generation, say).
+    #[error("token object is malformed: {0}")]
+    BadObject(&'static str),
+    /// A MAC tag that does not verify for this key and message (or is not a tag at all).
+    #[error("MAC does not verify")]
+    MacMismatch,
+    /// The token holds two objects where there must be one (two generations of an anchor
+    /// written by two processes at once): it cannot tell which one is meant.
+    #[error("the token holds more than one {what} labelled {label:?}")]
+    Ambiguous {
+        /// What kind of object ("anchor").
+        what: &'static str,
+        /// The label.
+        label: String,
+    },
     /// A cryptographic primitive failed where it should not (random source, key generation).
     #[error("cryptographic operation failed: {0}")]
     Crypto(&'static str),

@@ -78,8 +78,8 @@ impl fmt::Display for KeyLabel {
     }
 }
 
-/// What a key is for. A key has exactly one usage (PKCS#11: CKA_SIGN only, CKA_DERIVE only, or
-/// neither for a distribution key).
+/// What a key is for. A key has exactly one usage (PKCS#11: CKA_SIGN only, CKA_DERIVE only,
+/// neither for a distribution key, CKA_SIGN and CKA_VERIFY on a secret key for a MAC key).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeyUsage {
     /// ECDSA signing (CKA_SIGN).
@@ -92,6 +92,11 @@ pub enum KeyUsage {
     /// nor derives (¬CKA_SIGN, ¬CKA_DERIVE, ¬CKA_DECRYPT, ¬CKA_UNWRAP); it is sensitive and
     /// extractable only under wrap (CKA_SENSITIVE, CKA_EXTRACTABLE when the spec asks for it).
     Distribute,
+    /// Message authentication: an HMAC-SHA256 secret key ([`crate::Token::generate_mac`],
+    /// [`crate::Token::mac`], [`crate::Token::verify_mac`]). It has no curve and no public key,
+    /// is sensitive and never extractable, and does nothing else (PKCS#11: CKO_SECRET_KEY,
+    /// CKK_GENERIC_SECRET, CKA_SIGN and CKA_VERIFY only).
+    Mac,
 }
 
 impl KeyUsage {
@@ -101,6 +106,7 @@ impl KeyUsage {
             Self::Sign => 1,
             Self::KeyTransport => 2,
             Self::Distribute => 3,
+            Self::Mac => 4,
         }
     }
 
@@ -110,6 +116,7 @@ impl KeyUsage {
             1 => Some(Self::Sign),
             2 => Some(Self::KeyTransport),
             3 => Some(Self::Distribute),
+            4 => Some(Self::Mac),
             _ => None,
         }
     }
@@ -146,8 +153,9 @@ impl KeySpec {
     }
 
     /// The rules every token applies to a spec before it makes a key: key-transport and
-    /// distribution keys are P-256, and a distribution key is sensitive (it leaves the token
-    /// only wrapped, never in clear).
+    /// distribution keys are P-256, a distribution key is sensitive (it leaves the token only
+    /// wrapped, never in clear), and no EC spec is a MAC key (those are made from a
+    /// [`crate::MacKeySpec`]).
     ///
     /// # Errors
     /// [`Error::BadSpec`] naming the broken rule.
@@ -165,6 +173,9 @@ impl KeySpec {
                 Err(Error::BadSpec("distribution keys are sensitive"))
             }
             KeyUsage::Distribute => Ok(()),
+            KeyUsage::Mac => Err(Error::BadSpec(
+                "MAC keys have no curve: they are made with generate_mac",
+            )),
         }
     }
 }
@@ -174,9 +185,9 @@ impl KeySpec {
 pub struct KeyInfo {
     /// CKA_LABEL.
     pub label: KeyLabel,
-    /// The curve.
-    pub curve: Curve,
-    /// CKA_SIGN, CKA_DERIVE, or neither (distribution).
+    /// The curve of an EC key; `None` for a [`KeyUsage::Mac`] key, which has none.
+    pub curve: Option<Curve>,
+    /// CKA_SIGN, CKA_DERIVE, neither (distribution), or MAC.
     pub usage: KeyUsage,
     /// CKA_SENSITIVE.
     pub sensitive: bool,
@@ -294,12 +305,13 @@ mod tests {
             (KeyUsage::Sign, 1),
             (KeyUsage::KeyTransport, 2),
             (KeyUsage::Distribute, 3),
+            (KeyUsage::Mac, 4),
         ] {
             assert_eq!(u.code(), c);
             assert_eq!(KeyUsage::from_code(c), Some(u));
         }
         assert_eq!(KeyUsage::from_code(0), None);
-        assert_eq!(KeyUsage::from_code(4), None);
+        assert_eq!(KeyUsage::from_code(5), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod error;
 mod key;
+mod mac;
 mod wrap;
 
 #[cfg(feature = "conformance")]
@@ -12,6 +13,7 @@ use std::fmt;
 
 pub use error::Error;
 pub use key::{KeyHandle, KeyInfo, KeyLabel, KeySpec, KeyUsage, Signature, LABEL_MAX};
+pub use mac::{check_anchor, MacKeySpec, MacTag, ANCHOR_MAX, MAC_LEN};
 pub use signer::TokenSigner;
 pub use trustfab_keys::{Curve, PublicKey, SignError, Signer};
 pub use wrap::{
@@ -22,7 +24,9 @@ pub use wrap::{
 
 /// A cryptographic token. Keys are addressed by [`KeyHandle`] and never leave it in plaintext:
 /// no method returns private key bytes, a key enters only as a [`WrappedKey`], and only a
-/// distribution key leaves, only as a [`WrappedKey`] ([`Token::wrap_key`]).
+/// distribution key leaves, only as a [`WrappedKey`] ([`Token::wrap_key`]). Besides EC keys a
+/// token holds MAC keys (HMAC-SHA256, made inside, never leaving) and anchors: small named
+/// values ([`ANCHOR_MAX`] bytes at most) kept inside the token, replaced whole on each write.
 ///
 /// Implementations are synchronous and thread-safe; a backend that needs per-thread state (a
 /// PKCS#11 session) pools it internally. Async callers use `spawn_blocking`.
@@ -35,7 +39,15 @@ pub trait Token: fmt::Debug + Send + Sync {
     /// a backend error.
     fn generate(&self, spec: &KeySpec) -> Result<KeyHandle, Error>;
 
-    /// The private key labelled `label`, if there is one.
+    /// Generates a MAC key (HMAC-SHA256, [`MAC_LEN`] bytes) inside the token: sensitive, never
+    /// extractable, usable only by [`Token::mac`] and [`Token::verify_mac`].
+    ///
+    /// # Errors
+    /// [`Error::LabelExists`] when the label is taken (keys and MAC keys share one label space),
+    /// or a backend error.
+    fn generate_mac(&self, spec: &MacKeySpec) -> Result<KeyHandle, Error>;
+
+    /// The key labelled `label` (a private key or a MAC key), if there is one.
     ///
     /// # Errors
     /// A backend error.
@@ -50,7 +62,8 @@ pub trait Token: fmt::Debug + Send + Sync {
     /// The public half of a key pair.
     ///
     /// # Errors
-    /// [`Error::UnknownKey`] or a backend error.
+    /// [`Error::UnknownKey`], [`Error::NotPermitted`] for a MAC key (it has no public half), or
+    /// a backend error.
     fn public_key(&self, key: KeyHandle) -> Result<PublicKey, Error>;
 
     /// Signs `message` with ECDSA, hashing it with the curve's hash (SHA-256 for P-256, SHA-384
@@ -99,6 +112,42 @@ pub trait Token: fmt::Debug + Send + Sync {
         recipient: &PublicKey,
         info: &[u8],
     ) -> Result<WrappedKey, Error>;
+
+    /// HMAC-SHA256 of `message` under the MAC key `key`, computed inside the token (PKCS#11:
+    /// CKM_SHA256_HMAC).
+    ///
+    /// # Errors
+    /// [`Error::UnknownKey`], [`Error::NotPermitted`] when `key` is not a [`KeyUsage::Mac`] key,
+    /// or a backend error.
+    fn mac(&self, key: KeyHandle, message: &[u8]) -> Result<MacTag, Error>;
+
+    /// Checks `tag` (as read back from storage, any length) against `message` under the MAC key
+    /// `key`, in constant time inside the token (PKCS#11: C_Verify with CKM_SHA256_HMAC).
+    ///
+    /// # Errors
+    /// [`Error::MacMismatch`] when it does not verify (another message, another key, a changed
+    /// or a wrong-length tag), [`Error::UnknownKey`], [`Error::NotPermitted`] when `key` is not a
+    /// [`KeyUsage::Mac`] key, or a backend error.
+    fn verify_mac(&self, key: KeyHandle, message: &[u8], tag: &[u8]) -> Result<(), Error>;
+
+    /// The anchor labelled `label`, or `None` if the token holds none under that label. Anchors
+    /// have their own label space, apart from keys.
+    ///
+    /// # Errors
+    /// [`Error::Ambiguous`] when the token holds two anchors under the label, or a backend
+    /// error.
+    fn read_anchor(&self, label: &KeyLabel) -> Result<Option<Vec<u8>>, Error>;
+
+    /// Sets the anchor labelled `label` to `value` (at most [`ANCHOR_MAX`] bytes), creating it
+    /// or replacing the whole value atomically: a later [`Token::read_anchor`], after a reopen
+    /// too, sees this value or the one before, never a mix. Written to the token's storage when
+    /// it returns; how durable that storage is, and what an anchor promises against someone who
+    /// can copy it back, is the backend's (`docs/key-policies.md`).
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] over [`ANCHOR_MAX`] (the anchor is left as it was),
+    /// [`Error::Ambiguous`], or a backend error.
+    fn write_anchor(&self, label: &KeyLabel, value: &[u8]) -> Result<(), Error>;
 
     /// Fills `out` from the token's random generator.
     ///
