@@ -53,7 +53,7 @@ mod import {
             .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
             .unwrap();
         drop(s);
-        let (token, _guard) = open_token(t.path(), BACKEND, false);
+        let token = open_token(t.path(), BACKEND, false);
         let product_label = trustfab_hsm::product_key_label(&pk("acme/thermo")).unwrap();
         for label in [
             trustfab_token::KeyLabel::new("hsm-identity").unwrap(),
@@ -485,7 +485,7 @@ mod family_key {
             ))
             .unwrap();
         drop(s);
-        let (token, _guard) = open_token(t.path(), BACKEND, false);
+        let token = open_token(t.path(), BACKEND, false);
         let label = trustfab_hsm::family_key_label(&pk("acme/thermo")).unwrap();
         let h = token.find(&label).unwrap().unwrap();
         let info = token.info(h).unwrap();

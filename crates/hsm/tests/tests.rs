@@ -61,7 +61,35 @@ struct Site {
     _softhsm: Option<SoftHsm2>,
 }
 
-fn open_token(dir: &Path, backend: Backend, create: bool) -> (Arc<dyn Token>, Option<SoftHsm2>) {
+/// A token opened for a test, with the SoftHSM2 lock it needs. The fields drop in order: the
+/// token (which finalizes the PKCS#11 module) before the lock another test waits on. A tuple
+/// bound as `let (token, _guard)` would drop the lock first and let the next test initialize
+/// the module while this one still has it.
+struct OpenToken {
+    token: Arc<dyn Token>,
+    _softhsm: Option<SoftHsm2>,
+}
+
+impl std::ops::Deref for OpenToken {
+    type Target = dyn Token;
+    fn deref(&self) -> &Self::Target {
+        &*self.token
+    }
+}
+
+fn open_token(dir: &Path, backend: Backend, create: bool) -> OpenToken {
+    let (token, guard) = open_token_parts(dir, backend, create);
+    OpenToken {
+        token,
+        _softhsm: guard,
+    }
+}
+
+fn open_token_parts(
+    dir: &Path,
+    backend: Backend,
+    create: bool,
+) -> (Arc<dyn Token>, Option<SoftHsm2>) {
     match backend {
         Backend::Soft => {
             let path = dir.join("token");
@@ -94,7 +122,7 @@ fn open_ledger(dir: &Path) -> Arc<dyn trustfab_ledger::Store> {
 }
 
 fn site(dir: &Path, id: &str, vendor: &Vendor, backend: Backend) -> Site {
-    let (token, guard) = open_token(dir, backend, true);
+    let (token, guard) = open_token_parts(dir, backend, true);
     let certs = vendor.certify(&Hsm::init(&*token, &HsmId::new(id).unwrap()).unwrap(), NOW);
     drop(token);
     drop(guard);
@@ -102,7 +130,7 @@ fn site(dir: &Path, id: &str, vendor: &Vendor, backend: Backend) -> Site {
 }
 
 fn reopen(dir: &Path, id: &str, certs: &HsmCertificates, backend: Backend) -> Site {
-    let (token, guard) = open_token(dir, backend, false);
+    let (token, guard) = open_token_parts(dir, backend, false);
     let ledger = open_ledger(dir);
     let clock = Arc::new(FixedClock::new(NOW));
     let id = HsmId::new(id).unwrap();
