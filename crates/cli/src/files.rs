@@ -5,15 +5,11 @@
 use std::path::Path;
 
 use anyhow::Result;
-use trustfab_oem::{files, Error};
+use trustfab_oem::files;
 
-/// Reads a whole file, refusing one larger than `limit` bytes. An I/O error comes without the
-/// path: the caller's context names the file and what it is.
+/// Reads a whole file, refusing one larger than `limit` bytes; an error names the file.
 pub(crate) fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>> {
-    files::read_limited(path, limit).map_err(|e| match e {
-        Error::Io { source, .. } => source.into(),
-        e => e.into(),
-    })
+    Ok(files::read_limited(path, limit)?)
 }
 
 /// Reads a UTF-8 text file with a size limit.

@@ -29,6 +29,11 @@ pub(crate) enum JobCommand {
     /// Create a job package: reserves the quantity from the product, signed by the HSM.
     Create(CreateArgs),
     /// Run a job on the station's sockets; resumes where an earlier run stopped.
+    ///
+    /// Exit status: 0 when the job has its quantity of good devices; 3 when the run ended with
+    /// the job incomplete (devices failed, too few parts, or stopped); 4 when the HSM or the
+    /// station refused the job (another HSM's, closed, an earlier release's, or not the job's
+    /// image); 1 for any other error; 2 for a command-line mistake.
     Run(RunArgs),
     /// Close a job: the quantity never used goes back to the product.
     Close(JobRef),
@@ -79,7 +84,7 @@ pub(crate) struct CreateArgs {
     /// How many certificates the job may have issued.
     #[arg(long)]
     quantity: u64,
-    /// The job id (default: `job-` and the creation time).
+    /// The job id (default: `job-`, the creation time and 8 random hex digits).
     #[arg(long)]
     job_id: Option<JobId>,
     /// The kind of part.
@@ -131,7 +136,8 @@ pub(crate) struct RunArgs {
     /// The image the job programs (the file it names by SHA-256).
     #[arg(long, value_name = "IMAGE")]
     image: Option<PathBuf>,
-    /// Close the job when it has its quantity.
+    /// Close the job when it has its quantity (an incomplete job is not closed, and the run says
+    /// why).
     #[arg(long)]
     close: bool,
     /// Print a JSON summary instead of the progress bar and text.
@@ -188,12 +194,15 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
     }
 }
 
-/// A job id made of `prefix`, `-` and the time `now` (Unix seconds): `job-1790000000`.
+/// A job id made of `prefix`, the time `now` (Unix seconds) and 32 random bits, so that two
+/// jobs made in the same second differ: `job-1790000000-9f86d081`.
 ///
 /// # Errors
-/// When `prefix` is not a valid start of a job id.
+/// When `prefix` is not a valid start of a job id, or the random source fails.
 pub(crate) fn job_id_at(prefix: &str, now: UnixTime) -> Result<JobId> {
-    let id = format!("{prefix}-{}", now.0);
+    let mut nonce = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| anyhow::anyhow!("random generator failed"))?;
+    let id = format!("{prefix}-{}-{}", now.0, hex::encode(nonce));
     JobId::new(&id).with_context(|| format!("making the job id {id:?}"))
 }
 
@@ -357,22 +366,71 @@ fn run_cmd(a: &RunArgs) -> Result<()> {
     if let Some(pb) = &pb {
         pb.finish_and_clear();
     }
-    let closed = if a.close && summary.complete() {
+    let incomplete = (!summary.complete()).then(|| Incomplete {
+        job: summary.job.clone(),
+        good: summary.good,
+        quantity: summary.quantity,
+        failed_attempts: summary.failed_attempts,
+    });
+    let closed = if a.close && incomplete.is_none() {
         Some(hsm.close(job)?)
     } else {
         None
     };
+    let not_closed = match (&incomplete, a.close) {
+        (Some(i), true) => Some(format!(
+            "not closed: the job has {} of {} good; run it again with more parts, or close it \
+             as it is with `trustfab job close`",
+            i.good, i.quantity
+        )),
+        _ => None,
+    };
     if a.json {
-        let v = summary_json(&summary, closed.as_ref().map(|c| c.credited));
+        let mut v = summary_json(&summary, closed.as_ref().map(|c| c.credited));
+        v["not_closed"] = serde_json::json!(not_closed);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_summary(&summary);
         if let Some(c) = closed {
             println!("  closed: {} credited back to {}", c.credited, c.product);
         }
+        if let Some(why) = &not_closed {
+            println!("  {why}");
+        }
     }
-    Ok(())
+    match incomplete {
+        Some(i) => Err(i.into()),
+        None => Ok(()),
+    }
 }
+
+/// `job run` ended without the job's quantity of good devices: the exit status is
+/// [`EXIT_INCOMPLETE`], not success, so that a line controller sees it.
+#[derive(Debug)]
+pub(crate) struct Incomplete {
+    job: JobId,
+    good: u64,
+    quantity: u64,
+    failed_attempts: u64,
+}
+
+impl std::fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "job {} is incomplete: {} of {} good after {} failed attempts",
+            self.job, self.good, self.quantity, self.failed_attempts
+        )
+    }
+}
+
+impl std::error::Error for Incomplete {}
+
+/// Exit status of `job run` when the run ended with the job incomplete.
+pub(crate) const EXIT_INCOMPLETE: u8 = 3;
+/// Exit status when the HSM or the station refused the job (another HSM's, closed, an earlier
+/// release's, or an image that is not the job's).
+pub(crate) const EXIT_REFUSED: u8 = 4;
 
 pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -501,4 +559,19 @@ pub(crate) fn demo_job(
         c.credited
     );
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_job_ids_of_one_second_differ() {
+        let now = UnixTime(1_790_000_000);
+        let a = job_id_at("job", now).unwrap();
+        let b = job_id_at("job", now).unwrap();
+        assert_ne!(a, b);
+        assert!(a.as_str().starts_with("job-1790000000-"), "{a}");
+        assert_eq!(a.as_str().len(), "job-1790000000-".len() + 8);
+    }
 }

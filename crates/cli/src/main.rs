@@ -101,8 +101,119 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("error: {}", report(&e));
+            exit_code(&e)
         }
+    }
+}
+
+/// Whether the HSM refused the job itself (as opposed to failing to reach its token or ledger).
+fn job_refused(e: &trustfab_hsm::JobOpError) -> bool {
+    use trustfab_hsm::JobOpError as E;
+    match e {
+        E::Issue(i) => issue_refused(i),
+        E::Ledger(_) | E::Token(_) => false,
+        _ => true,
+    }
+}
+
+/// Whether an issuance was refused for the job's reservation: another HSM's, closed, an earlier
+/// release's, or spent.
+fn issue_refused(e: &trustfab_hsm::IssueError) -> bool {
+    use trustfab_hsm::IssueError as E;
+    matches!(
+        e,
+        E::ForeignReservation { .. }
+            | E::JobClosed { .. }
+            | E::LegacyJob { .. }
+            | E::ReservationExhausted { .. }
+    )
+}
+
+/// The exit status of a failed command: [`job::EXIT_INCOMPLETE`] for a run that left its job
+/// incomplete, [`job::EXIT_REFUSED`] for a job the HSM or the station refused, else 1.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    use trustfab_station::RunError;
+    for cause in e.chain() {
+        if cause.is::<job::Incomplete>() {
+            return ExitCode::from(job::EXIT_INCOMPLETE);
+        }
+        let refused = match cause.downcast_ref::<RunError>() {
+            Some(RunError::Job(e)) => job_refused(e),
+            Some(RunError::Issue(e)) => issue_refused(e),
+            Some(RunError::Image { .. }) => true,
+            _ => cause
+                .downcast_ref::<trustfab_hsm::JobOpError>()
+                .is_some_and(job_refused),
+        };
+        if refused {
+            return ExitCode::from(job::EXIT_REFUSED);
+        }
+    }
+    ExitCode::FAILURE
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`, each said once: a cause
+/// whose text its parent's message already ends with (a library error that shows its source
+/// in its own message) is not repeated.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || last.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        last = text;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+
+    use super::report;
+
+    /// A library error that shows its source in its own message, as many do.
+    #[derive(Debug)]
+    struct Shows(Root);
+
+    impl fmt::Display for Shows {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "certificate does not validate: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Shows {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[derive(Debug)]
+    struct Root;
+
+    impl fmt::Display for Root {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("CertRevoked")
+        }
+    }
+
+    impl std::error::Error for Root {}
+
+    #[test]
+    fn a_cause_its_parent_already_shows_is_said_once() {
+        let e = anyhow::Error::new(Shows(Root)).context("dev.pem");
+        assert_eq!(
+            report(&e),
+            "dev.pem: certificate does not validate: CertRevoked"
+        );
+        let plain = anyhow::anyhow!("no such job").context("job status j1");
+        assert_eq!(report(&plain), "job status j1: no such job");
     }
 }

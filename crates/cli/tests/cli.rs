@@ -304,6 +304,23 @@ fn ids_are_parsed_at_the_edge_and_a_bad_one_is_named() {
     assert!(e.contains("'hsm/1'"), "{e}");
 }
 
+/// A file that cannot be read is named in the error, once, beside the operating system's reason
+/// (`fails` checks every refusal of these tests for a doubled segment or a bare OS error).
+#[test]
+fn an_unreadable_input_is_named_once() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    tf().programming_centre(d, &["--hsm-id", "hsm-files"]);
+    std::fs::create_dir(d.join("a-directory")).unwrap();
+    let e = fails(d, &["hsm", "import", "a-directory"]);
+    assert!(e.contains("a-directory"), "{e}");
+    assert!(e.contains("Is a directory"), "{e}");
+    let e = fails(d, &["hsm", "import", "missing.pkg"]);
+    assert_eq!(e.matches("missing.pkg").count(), 1, "{e}");
+    let e = fails(d, &["oem", "verify", "a-directory"]);
+    assert!(e.contains("a-directory"), "{e}");
+}
+
 /// The paper's whole OEM → programming center path through the command line: vendor, HSM
 /// init and certification, OEM wrap for that HSM only, import, issuance within the count.
 fn hsm_flow(d: &Path, backend: &str, pass: &str) {

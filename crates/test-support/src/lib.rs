@@ -544,6 +544,31 @@ pub mod cli {
     use std::path::{Path, PathBuf};
     use std::process::{Command, Output, Stdio};
 
+    /// What is wrong with the `error:` lines of a command's standard error: a segment said twice
+    /// (`X: X`, or a cause repeated at the end of the text before it), or an operating-system
+    /// error (`(os error N)`) with nothing before it to name the file it was about. Empty when each line names the
+    /// thing that was wrong once.
+    pub fn message_faults(stderr: &str) -> Vec<String> {
+        let mut faults = Vec::new();
+        for line in stderr.lines().filter_map(|l| l.strip_prefix("error: ")) {
+            let segments: Vec<&str> = line.split(": ").map(str::trim).collect();
+            for i in 1..segments.len() {
+                let before = segments[..i].join(": ");
+                let rest = segments[i..].join(": ");
+                if !rest.is_empty()
+                    && (before.ends_with(&rest) || segments[..i].contains(&segments[i]))
+                {
+                    faults.push(format!("says {rest:?} twice"));
+                    break;
+                }
+            }
+            if segments.first().is_some_and(|s| s.contains("(os error")) {
+                faults.push("is a bare OS error that names no file".into());
+            }
+        }
+        faults
+    }
+
     /// A binary and the passphrase its commands get through `TRUSTFAB_PASSPHRASE`.
     pub struct Trustfab {
         exe: PathBuf,
@@ -586,11 +611,18 @@ pub mod cli {
             String::from_utf8_lossy(&out.stdout).into_owned()
         }
 
-        /// Runs it, asserts failure, returns standard error.
+        /// Runs it, asserts failure and that its error message is one a user can act on
+        /// ([`message_faults`] finds nothing), returns standard error.
         pub fn fails(&self, dir: &Path, args: &[&str]) -> String {
             let out = self.run(dir, args);
             assert!(!out.status.success(), "trustfab {args:?} succeeded");
-            String::from_utf8_lossy(&out.stderr).into_owned()
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            let faults = message_faults(&err);
+            assert!(
+                faults.is_empty(),
+                "trustfab {args:?}: its error message {faults:?}:\n{err}"
+            );
+            err
         }
 
         /// The arguments of `oem wrap` for the HSM of [`Self::programming_centre`]: its
@@ -656,6 +688,32 @@ pub mod cli {
             self.ok(dir, &["hsm", "install-identity", "hsm.pem"]);
             self.ok(dir, &["oem", "init", "--oem-id", "acme", "--device-ca"]);
             self.ok(dir, &["oem", "template", "new", "--out", "t.toml"]);
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::message_faults;
+
+        #[test]
+        fn doubled_segments_and_bare_os_errors_are_faults() {
+            for bad in [
+                "error: peer certificate is revoked: peer certificate is revoked",
+                "error: reading dir: reading dir: Is a directory (os error 21)",
+                "error: opening x: failed to fill whole buffer: failed to fill whole buffer",
+                "error: Is a directory (os error 21)",
+                "error: checking the job: the job is closed: job j1 is closed: the job is closed",
+            ] {
+                assert!(!message_faults(bad).is_empty(), "{bad}");
+            }
+            for good in [
+                "error: reading job package job.tfj: Is a directory (os error 21)",
+                "error: job j1 is closed: nothing more can be issued for it",
+                "warning: not an error line: not an error line",
+                "",
+            ] {
+                assert_eq!(message_faults(good), Vec::<String>::new(), "{good}");
+            }
         }
     }
 }
