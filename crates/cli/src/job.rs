@@ -448,6 +448,9 @@ fn summary_json(s: &Summary, credited: Option<u64>) -> serde_json::Value {
         "resumed": s.resumed,
         "already_good": s.already_good,
         "not_needed": s.not_needed,
+        "provisioned_elsewhere": s.elsewhere.iter().map(|e| serde_json::json!({
+            "uid": e.uid, "job": e.job,
+        })).collect::<Vec<_>>(),
         "failed_attempts": s.failed_attempts,
         "failures": s.failures.iter().map(|f| serde_json::json!({
             "uid": f.uid, "step": f.step as u8, "step_name": f.step.name(),
@@ -481,6 +484,15 @@ fn print_summary(s: &Summary) {
         ms(s.latency_quantile(0.5)),
         ms(s.latency_quantile(0.99)),
     );
+    if !s.elsewhere.is_empty() {
+        println!(
+            "  {} parts left as they are, provisioned by another job:",
+            s.elsewhere.len()
+        );
+        for e in s.elsewhere.iter().take(20) {
+            println!("    {e}");
+        }
+    }
     for f in s.failures.iter().take(20) {
         println!(
             "  failed {} at step {} ({}): {}{}",

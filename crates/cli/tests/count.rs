@@ -405,3 +405,58 @@ fn job_run_exit_status_says_complete_incomplete_or_refused() {
         text(&again.stderr)
     );
 }
+
+/// Parts a first job provisioned, given to a second job of the product: they are reported as
+/// the first job's, neither good nor failed for the second, which stays incomplete (exit 3),
+/// with the summary, the JSON and `job status` agreeing.
+#[test]
+fn parts_of_another_job_are_not_good_for_this_one() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    centre(d, 10, None);
+    std::fs::create_dir(d.join("parts")).unwrap();
+    for i in 0..3 {
+        let out = format!("parts/se-{i}.dev");
+        ok(d, &["device", "new", "--kind", "se", "--out", &out]);
+    }
+    create(d, "first", 3);
+    ok(
+        d,
+        &["job", "run", "first.bin", "--parts", "parts", "--close"],
+    );
+
+    create(d, "second", 3);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let run = tf().run(d, &["job", "run", "second.bin", "--parts", "parts"]);
+    assert_eq!(run.status.code(), Some(3), "{}", text(&run.stderr));
+    let out = text(&run.stdout);
+    assert!(out.contains("0 of 3 good"), "{out}");
+    assert!(
+        out.contains("3 parts left as they are, provisioned by another job"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("already provisioned by job first").count(),
+        3,
+        "{out}"
+    );
+
+    let json = tf().run(
+        d,
+        &["job", "run", "second.bin", "--parts", "parts", "--json"],
+    );
+    assert_eq!(json.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["complete"], false, "{v}");
+    assert_eq!(v["good"], 0, "{v}");
+    assert_eq!(
+        v["provisioned_elsewhere"].as_array().map(Vec::len),
+        Some(3),
+        "{v}"
+    );
+    assert_eq!(v["provisioned_elsewhere"][0]["job"], "first", "{v}");
+
+    let status = ok(d, &["job", "status", "second.bin"]);
+    assert_eq!(number_after(&status, "good"), 0, "{status}");
+    assert_eq!(number_after(&status, "issued"), 0, "{status}");
+}

@@ -38,6 +38,9 @@ pub struct Issued {
     pub cert: Vec<u8>,
     /// Whether this is the certificate recorded for an earlier issuance to the same UID.
     pub reissued: bool,
+    /// The job whose reservation paid for it, as its issuance record says; `None` for the HSM
+    /// operator's issuance outside a job and for records of an earlier release.
+    pub job: Option<JobId>,
 }
 
 impl Hsm {
@@ -396,6 +399,7 @@ pub(crate) fn sign_record(
         serial: rec.serial.clone(),
         cert,
         reissued,
+        job: rec.job.clone(),
     })
 }
 

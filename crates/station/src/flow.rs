@@ -103,6 +103,12 @@ pub(crate) fn provision<D: Device>(
 
     // 2 and 3: key and certificate, or the ones an earlier attempt made.
     let (issued, resumed) = if let Some(issued) = recorded {
+        if issued.job.as_ref() != Some(&spec.job_id) {
+            return Outcome::Elsewhere {
+                uid,
+                job: issued.job,
+            };
+        }
         let serial = issued.serial.clone();
         let Some(cert_key) = cert_public_key(&issued.cert) else {
             return refuse(
@@ -127,12 +133,20 @@ pub(crate) fn provision<D: Device>(
         (issued, true)
     } else {
         if locks.data {
-            return refuse(
-                &uid,
-                Step::KeyGen,
-                "the device is locked and has no certificate".into(),
-                None,
-            );
+            // Locked without a certificate of this product: a part of another product (or
+            // another HSM) holds one, a part locked blank holds none. Either way it is not ours.
+            let holds_cert = dev
+                .read_slot(spec.slots.device_cert)
+                .is_ok_and(|c| cert_public_key(&c).is_some());
+            let reason = if holds_cert {
+                format!(
+                    "the part is locked with a certificate that is not of product {}",
+                    spec.product
+                )
+            } else {
+                "the part is locked and has no certificate".to_owned()
+            };
+            return refuse(&uid, Step::KeyGen, reason, None);
         }
         if !sh.acquire() {
             if sh.opts.stop.load(Ordering::Relaxed) {

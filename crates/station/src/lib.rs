@@ -35,7 +35,7 @@ pub use firmware::job_firmware;
 pub use flow::Step;
 pub use lifecycle::device_kind;
 pub use run::{run, RunOptions, ISSUERS};
-pub use summary::{Failure, Progress, ProgressFn, Summary};
+pub use summary::{Elsewhere, Failure, Progress, ProgressFn, Summary};
 pub use supply::{Faults, FilePart, FileSupply, FleetSupply, MadeSupply, Supply};
 pub use trustfab_formats::{JobFirmware, JobPackage, JobSpec, LockPolicy, PartKind, SlotMap};
 pub use trustfab_hsm::{HsmClient, JobStatus, Reservation};

@@ -18,7 +18,7 @@ use crate::error::RunError;
 use crate::flow::provision;
 use crate::lifecycle::open;
 use crate::state::{guard, len64, IssueReply, IssueRequest, Outcome, Shared};
-use crate::summary::{Failure, ProgressFn, RunTally, Summary};
+use crate::summary::{Elsewhere, Failure, ProgressFn, RunTally, Summary};
 use crate::supply::Supply;
 
 /// How to run a job.
@@ -304,6 +304,10 @@ fn socket_loop<S: Supply>(
                 }
             }
             Outcome::AlreadyGood => t.already_good += 1,
+            Outcome::Elsewhere { uid, job } => t.elsewhere.push(Elsewhere {
+                uid: uid.to_hex(),
+                job,
+            }),
             Outcome::NotNeeded => t.not_needed += 1,
             Outcome::Stopped => again = true,
         }

@@ -35,6 +35,12 @@ pub(crate) enum Outcome {
         transient: bool,
     },
     AlreadyGood,
+    /// The part holds a certificate another job (or the HSM operator, outside a job) had
+    /// issued for it: neither good nor failed for this job, left as it is.
+    Elsewhere {
+        uid: DeviceUid,
+        job: Option<trustfab_types::JobId>,
+    },
     NotNeeded,
     /// The run was stopped before the device started: it goes back untouched.
     Stopped,

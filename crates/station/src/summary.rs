@@ -2,6 +2,7 @@
 //! [`Summary`] at its end (the binary prints it, also as JSON), with each device's last failure.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -39,6 +40,25 @@ pub struct Failure {
     pub serial: Option<String>,
 }
 
+/// A part that holds a certificate of this product issued for another job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Elsewhere {
+    /// The part's UID, hex.
+    pub uid: String,
+    /// The job whose reservation paid for its certificate; `None` when the HSM operator issued
+    /// it outside a job, or an earlier release did.
+    pub job: Option<trustfab_types::JobId>,
+}
+
+impl fmt::Display for Elsewhere {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.job {
+            Some(j) => write!(f, "{}: already provisioned by job {j}", self.uid),
+            None => write!(f, "{}: already provisioned outside a job", self.uid),
+        }
+    }
+}
+
 /// What a run did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
@@ -66,6 +86,9 @@ pub struct Summary {
     pub already_good: u64,
     /// Devices not needed (the job had its quantity), left untouched.
     pub not_needed: u64,
+    /// Parts another job had provisioned (their certificate is that job's): neither good nor
+    /// failed for this one, left as they are.
+    pub elsewhere: Vec<Elsewhere>,
     /// Whether the run was stopped before the supply was used up.
     pub stopped: bool,
     /// Wall time of the run.
@@ -116,6 +139,7 @@ pub(crate) struct RunTally {
     pub(crate) resumed: u64,
     pub(crate) already_good: u64,
     pub(crate) not_needed: u64,
+    pub(crate) elsewhere: Vec<Elsewhere>,
     pub(crate) last_failure: HashMap<Vec<u8>, Failure>,
     pub(crate) latencies_us: Vec<u32>,
 }
@@ -142,6 +166,7 @@ impl RunTally {
             failures,
             already_good: self.already_good,
             not_needed: self.not_needed,
+            elsewhere: self.elsewhere,
             stopped: sh.opts.stop.load(Ordering::Relaxed),
             elapsed,
             latencies_us: latencies,
