@@ -93,6 +93,12 @@ pub enum Error {
     /// The transport failed.
     #[error("transport: {0}")]
     Io(#[from] std::io::Error),
+    /// The peer sent nothing within the transport's timeout.
+    #[error("the peer sent nothing for {secs} s (timed out)")]
+    Timeout {
+        /// The timeout, in seconds.
+        secs: u64,
+    },
     /// A message could not be encoded (a local certificate over the wire limit).
     #[error(transparent)]
     Encode(#[from] EncodeError),

@@ -59,7 +59,11 @@ pub(crate) fn parse_subject(der: &[u8]) -> Option<(Subject, Vec<u8>)> {
     Some((
         Subject {
             name: x.subject().to_string(),
-            serial: x.raw_serial_as_string().replace(':', ""),
+            // The serial as every command prints it (`Serial::to_hex`: minimal, no sign octet).
+            serial: trustfab_types::Serial::from_be_bytes(x.raw_serial()).map_or_else(
+                |_| x.raw_serial_as_string().replace(':', ""),
+                |s| s.to_hex(),
+            ),
         },
         x.public_key().subject_public_key.data.to_vec(),
     ))

@@ -21,12 +21,25 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// A transport error or timeout, or a header that `wire::body_len` refuses.
 pub fn read_frame(stream: &mut impl Read) -> Result<Vec<u8>, Error> {
     let mut header = [0u8; HEADER_LEN];
-    stream.read_exact(&mut header)?;
+    stream.read_exact(&mut header).map_err(read_error)?;
     let len = wire::body_len(&header)?;
     let mut frame = vec![0u8; HEADER_LEN + len];
     frame[..HEADER_LEN].copy_from_slice(&header);
-    stream.read_exact(&mut frame[HEADER_LEN..])?;
+    stream
+        .read_exact(&mut frame[HEADER_LEN..])
+        .map_err(read_error)?;
     Ok(frame)
+}
+
+/// A read that hit the socket's timeout (`WouldBlock` on Unix, `TimedOut` elsewhere) says so,
+/// instead of "Resource temporarily unavailable".
+fn read_error(e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::Timeout {
+            secs: TIMEOUT.as_secs(),
+        },
+        _ => Error::Io(e),
+    }
 }
 
 fn prepare(stream: &TcpStream) -> Result<(), Error> {
@@ -95,4 +108,25 @@ pub fn respond<D: Device>(
     stream.flush()?;
     let answer_i = read_frame(stream)?;
     resp.finish(&answer_i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket whose read timeout passed: the error names the timeout, not the OS's EAGAIN.
+    struct Silent;
+
+    impl Read for Silent {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from(std::io::ErrorKind::WouldBlock))
+        }
+    }
+
+    #[test]
+    fn a_silent_peer_is_a_timeout_in_plain_words() {
+        let e = read_frame(&mut Silent).unwrap_err();
+        assert!(matches!(e, Error::Timeout { secs: 10 }), "{e:?}");
+        assert_eq!(e.to_string(), "the peer sent nothing for 10 s (timed out)");
+    }
 }
