@@ -91,13 +91,14 @@ fn decrypts_for(d: &SimDevice, key: &SoftKey, family: &Family) -> bool {
             swap: SwapOutcome::Installed { test: false },
             ..
         }) => true,
-        // Refused and erased; with no image in the primary slot either, nothing boots.
+        // Refused and erased: the old image boots, or, with none in the primary slot, the
+        // boot fails with the update's refusal.
         Ok(BootOutcome::Verified {
             swap: SwapOutcome::Refused(_),
             ..
         })
-        | Err(Error::Refused {
-            refusal: Refusal::BootRefused,
+        | Err(Error::ImageRefused {
+            slot: BootSlot::Secondary,
             ..
         }) => false,
         other => panic!("unexpected boot: {other:?}"),

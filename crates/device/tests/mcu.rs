@@ -118,6 +118,53 @@ fn boot_verifies_the_image_and_enforces_the_counter() {
     );
 }
 
+/// A blank part (root of trust fused, no image yet) whose first update is refused says why:
+/// an image of another key and a tampered image are told apart, and neither reads as "no image".
+#[test]
+fn a_blank_part_names_why_its_first_image_was_refused() {
+    let key = SoftKey::generate(Curve::P256).unwrap();
+    let public = PublicKey::from_point(Curve::P256, key.public_point()).unwrap();
+    let signed = |k: &SoftKey| {
+        master(
+            b"firmware",
+            &MasterOptions::new(Version::default(), 1),
+            k,
+            &OsRng,
+        )
+        .unwrap()
+    };
+    let first_boot = |image: &[u8]| {
+        let (_, mut d) = part(DeviceKind::SecureMcu);
+        d.program_rot_hash(&key_hash(&public)).unwrap();
+        d.write_boot_slot(BootSlot::Secondary, image).unwrap();
+        d.request_update(trustfab_device::UpdateRequest::Permanent)
+            .unwrap();
+        match d.boot() {
+            Err(
+                e @ Error::ImageRefused {
+                    slot: BootSlot::Secondary,
+                    ..
+                },
+            ) => e.to_string(),
+            other => panic!("expected the update's refusal, got {other:?}"),
+        }
+    };
+    let other = SoftKey::generate(Curve::P256).unwrap();
+    let foreign = first_boot(&signed(&other));
+    let mut tampered = signed(&key);
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 1;
+    let tampered = first_boot(&tampered);
+    assert_ne!(foreign, tampered);
+    for reason in [&foreign, &tampered] {
+        assert!(!reason.contains("psa_status"), "{reason}");
+        assert!(
+            reason.starts_with("boot: secondary image refused: "),
+            "{reason}"
+        );
+    }
+}
+
 #[test]
 fn a_secure_element_refuses_mcu_commands() {
     let (_, mut d) = part(DeviceKind::SecureElement);

@@ -101,7 +101,17 @@ impl SimDevice {
             let m = self.mcu_state()?;
             (m.primary.clone(), m.security_counter, m.unconfirmed)
         };
-        let image = image.ok_or_else(|| self.refuse(Op::Boot, None, Refusal::BootRefused))?;
+        let Some(image) = image else {
+            // A part with no image yet whose first update was refused: the refusal is the
+            // update's, with its reason (tampered, another family, a rollback), not "no image".
+            if let SwapOutcome::Refused(reason) = swap {
+                return Err(Error::ImageRefused {
+                    slot: BootSlot::Secondary,
+                    reason,
+                });
+            }
+            return Err(self.refuse(Op::Boot, None, Refusal::BootRefused));
+        };
         let refused = |reason: ImageRefusal| Error::ImageRefused {
             slot: BootSlot::Primary,
             reason,
