@@ -1,13 +1,16 @@
 //! `trustfab device`: simulated parts in files. `new` makes a secure element or secure MCU from a
 //! simulated silicon vendor (kept in its own file, created on first use); `show` prints a part:
-//! UID, slots, locks, public keys and certificates in PEM. See `docs/devices.md`.
+//! UID, slots, locks, public keys and certificates in PEM; `update`, `boot` and `confirm` are a
+//! secure MCU's field update as its update agent runs it (write the secondary slot, request a
+//! test or permanent swap, boot; the running test image confirms itself). See `docs/devices.md`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use trustfab_device::{
-    file, Device, DeviceKind, ReadPolicy, SiliconVendor, SimDevice, SlotKind, WritePolicy,
+    file, BootOutcome, BootSlot, Device, DeviceKind, Fault, ReadPolicy, SiliconVendor, SimDevice,
+    SlotKind, Socket, SwapOutcome, Trigger, UpdateRequest, WritePolicy,
 };
 use trustfab_pki::{pem, validate, Policy, Purpose};
 use trustfab_types::{Clock as _, OsRng, SystemClock};
@@ -18,6 +21,16 @@ pub(crate) enum DeviceCommand {
     New(NewArgs),
     /// Print a simulated part: UID, slots, lock state, public keys and certificates (PEM).
     Show(ShowArgs),
+    /// Deliver a field update to a secure MCU as its update agent does: write the image into
+    /// the secondary slot, request the swap, boot. A refused update leaves the previous image
+    /// running and says why; the part is saved whatever happened, a power cut included.
+    Update(UpdateArgs),
+    /// Boot a secure MCU: finishes a swap a power cut interrupted, reverts an unconfirmed test
+    /// image, installs a pending update, and says what runs.
+    Boot(PartArgs),
+    /// The running test image confirms itself: the next boot keeps it and raises the security
+    /// counter to it.
+    Confirm(PartArgs),
     /// Mutual authentication: auth, listen, connect, tls-connect (`docs/auth.md`).
     #[command(flatten)]
     Auth(crate::auth::DeviceAuthCommand),
@@ -45,10 +58,38 @@ pub(crate) struct ShowArgs {
     silicon_vendor: Option<PathBuf>,
 }
 
+#[derive(Args, Debug)]
+pub(crate) struct UpdateArgs {
+    /// The device file (a secure MCU).
+    part: PathBuf,
+    /// The mastered update image (`trustfab fw master`).
+    image: PathBuf,
+    /// Install it for one boot only: it reverts at the next boot unless `device confirm` runs
+    /// first (MCUboot's test swap); without it the swap is permanent.
+    #[arg(long)]
+    test: bool,
+    /// Cut the power at this write (0-based) of the boot that installs the update, as a fault
+    /// test: the part must stay bootable on its old or its new image.
+    #[arg(long, value_name = "N")]
+    power_loss_at_write: Option<u32>,
+    /// With --power-loss-at-write: cut just after that write's commit point, not before it.
+    #[arg(long, requires = "power_loss_at_write")]
+    after_commit: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct PartArgs {
+    /// The device file (a secure MCU).
+    part: PathBuf,
+}
+
 pub(crate) fn run(cmd: DeviceCommand) -> Result<()> {
     match cmd {
         DeviceCommand::New(a) => new(&a),
         DeviceCommand::Show(a) => show(&a),
+        DeviceCommand::Update(a) => update(&a),
+        DeviceCommand::Boot(a) => boot(&a),
+        DeviceCommand::Confirm(a) => confirm(&a),
         DeviceCommand::Auth(c) => crate::auth::run_device(c),
     }
 }
@@ -188,6 +229,138 @@ fn show(a: &ShowArgs) -> Result<()> {
         .context("attestation certificate")?;
         println!("attestation certificate validates to the silicon vendor root");
     }
+    Ok(())
+}
+
+fn load_part(path: &Path) -> Result<SimDevice> {
+    let d = file::load(path).with_context(|| format!("reading part {}", path.display()))?;
+    if d.kind() != DeviceKind::SecureMcu {
+        anyhow::bail!(
+            "{} is a {}: only a secure MCU has a boot stage",
+            path.display(),
+            d.kind()
+        );
+    }
+    Ok(d)
+}
+
+fn save_part(d: &SimDevice, path: &Path) -> Result<()> {
+    file::save(d, path).with_context(|| format!("saving part {}", path.display()))
+}
+
+/// What a boot ran, in words.
+fn booted(path: &Path, outcome: &BootOutcome) -> String {
+    match outcome {
+        BootOutcome::Unverified => format!(
+            "{}: booted unverified (no root of trust: a development part)",
+            path.display()
+        ),
+        BootOutcome::Verified {
+            counter,
+            image_hash,
+            swap,
+        } => {
+            let what = match swap {
+                SwapOutcome::None => "booted".to_owned(),
+                SwapOutcome::Installed { test: false } => "installed the update and booted it".to_owned(),
+                SwapOutcome::Installed { test: true } => {
+                    "installed the update for a test boot (it reverts at the next boot unless `trustfab device confirm` runs)".to_owned()
+                }
+                SwapOutcome::Reverted => "reverted the unconfirmed test image and booted the previous one".to_owned(),
+                SwapOutcome::Refused(reason) => {
+                    format!("refused the update ({reason}) and booted the previous image")
+                }
+            };
+            format!(
+                "{}: {what}: image sha256 {}, security counter {counter}",
+                path.display(),
+                hex::encode(image_hash)
+            )
+        }
+    }
+}
+
+fn update(a: &UpdateArgs) -> Result<()> {
+    let part = load_part(&a.part)?;
+    let image = crate::files::read_limited(&a.image, trustfab_firmware::MAX_IMAGE_BYTES)
+        .with_context(|| format!("reading update image {}", a.image.display()))?;
+    let mut socket = Socket::with_device(part, 0);
+    let request = if a.test {
+        UpdateRequest::Test
+    } else {
+        UpdateRequest::Permanent
+    };
+    let staged =
+        trustfab_device::SecureBoot::write_boot_slot(&mut socket, BootSlot::Secondary, &image)
+            .and_then(|()| trustfab_device::SecureBoot::request_update(&mut socket, request));
+    let outcome = staged.and_then(|()| {
+        if let Some(write) = a.power_loss_at_write {
+            let next = socket.operations() + 1;
+            socket = std::mem::replace(&mut socket, Socket::new(0)).fault(
+                Fault::PowerLossAtWrite {
+                    write,
+                    after_commit: a.after_commit,
+                },
+                Trigger::AtOperation(next),
+            );
+        }
+        trustfab_device::SecureBoot::boot(&mut socket)
+    });
+    // The part's flash is what it is now, whatever the update did: save it before reporting.
+    let part = socket.remove().context("the socket lost the part")?;
+    save_part(&part, &a.part)?;
+    match outcome {
+        Ok(
+            o @ BootOutcome::Verified {
+                swap: SwapOutcome::Refused(_),
+                ..
+            },
+        ) => anyhow::bail!("{}", booted(&a.part, &o)),
+        Ok(o) => {
+            println!("{}", booted(&a.part, &o));
+            Ok(())
+        }
+        Err(trustfab_device::Error::PowerLoss { .. }) => anyhow::bail!(
+            "{}: power was cut during the update's boot; run `trustfab device boot {}` to \
+             finish or undo the swap",
+            a.part.display(),
+            a.part.display()
+        ),
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "{}: the update was not installed",
+            a.part.display()
+        ))),
+    }
+}
+
+fn boot(a: &PartArgs) -> Result<()> {
+    let mut part = load_part(&a.part)?;
+    let outcome = part.boot();
+    save_part(&part, &a.part)?;
+    let o = outcome.with_context(|| format!("{}: boot", a.part.display()))?;
+    println!("{}", booted(&a.part, &o));
+    Ok(())
+}
+
+fn confirm(a: &PartArgs) -> Result<()> {
+    let mut part = load_part(&a.part)?;
+    if !part
+        .image_unconfirmed()
+        .with_context(|| format!("{}: reading the boot state", a.part.display()))?
+    {
+        println!(
+            "{}: the running image is confirmed already",
+            a.part.display()
+        );
+        return Ok(());
+    }
+    part.confirm_image()
+        .with_context(|| format!("{}: confirming the image", a.part.display()))?;
+    save_part(&part, &a.part)?;
+    println!(
+        "{}: the running image is confirmed: the next boot keeps it",
+        a.part.display()
+    );
     Ok(())
 }
 

@@ -286,7 +286,7 @@ fn shown<'a>(show: &'a str, label: &str) -> &'a str {
 /// another key, a run given another image file, a family key without a family. The family
 /// private key is in no file of the directory but its encrypted key file and the parts.
 fn firmware_programmed_by_a_job_through_the_command_line(d: &Path, backend: &str, pass: &str) {
-    use trustfab_device::sim::{BootOutcome, BootSlot, SwapOutcome, UpdateRequest};
+    use trustfab_device::sim::{BootOutcome, SwapOutcome};
 
     let tf = Trustfab::new(env!("CARGO_BIN_EXE_trustfab"), pass);
     let ok = |args: &[&str]| tf.ok(d, args);
@@ -509,37 +509,109 @@ fn firmware_programmed_by_a_job_through_the_command_line(d: &Path, backend: &str
         "4",
     );
     assert!(out.contains("encrypted"), "{out}");
-    let update = std::fs::read(d.join("app-2.0.0-mcu-1.bin")).unwrap();
-    for (i, installs) in [(1, true), (2, false)] {
-        let path = d.join(format!("parts/mcu-{i}.dev"));
-        let mut mcu = trustfab_device::file::load(&path).unwrap();
-        mcu.write_boot_slot(BootSlot::Secondary, &update).unwrap();
-        mcu.request_update(UpdateRequest::Permanent).unwrap();
-        match (mcu.boot().unwrap(), installs) {
-            (
-                BootOutcome::Verified {
-                    counter: 4,
-                    swap: SwapOutcome::Installed { test: false },
-                    ..
-                },
-                true,
-            )
-            | (
-                BootOutcome::Verified {
-                    counter: 3,
-                    swap: SwapOutcome::Refused(_),
-                    ..
-                },
-                false,
-            ) => {}
-            (other, _) => panic!("mcu-{i}: the update for mcu-1 booted {other:?}"),
-        }
-        trustfab_device::file::save(&mcu, &path).unwrap();
-    }
+    // The field update, delivered as the part's update agent would: mcu-1 installs it, mcu-2
+    // (another part) cannot decrypt it, refuses it, says why and keeps its image.
+    let out = ok(&["device", "update", "parts/mcu-1.dev", "app-2.0.0-mcu-1.bin"]);
+    assert!(out.contains("installed the update and booted it"), "{out}");
+    assert!(out.contains("security counter 4"), "{out}");
+    let e = fails(&["device", "update", "parts/mcu-2.dev", "app-2.0.0-mcu-1.bin"]);
+    assert!(e.contains("refused the update ("), "{e}");
+    assert!(e.contains("booted the previous image"), "{e}");
+    assert!(e.contains("security counter 3"), "{e}");
     let show = ok(&["device", "show", "parts/mcu-1.dev"]);
     assert_eq!(shown(&show, "sec counter"), "4", "{show}");
     let show = ok(&["device", "show", "parts/mcu-2.dev"]);
     assert_eq!(shown(&show, "sec counter"), "3", "{show}");
+
+    // A test swap reverts at the next boot unless the image confirms itself; confirmed, it
+    // stays and raises the counter.
+    master(
+        "fwsign.key.pem",
+        ["--encrypt-for-device", "mcu-1.pem"],
+        "app-3.0.0-mcu-1.bin",
+        "3.0.0",
+        "5",
+    );
+    std::fs::copy(d.join("parts/mcu-1.dev"), d.join("trial.dev")).unwrap();
+    let out = ok(&[
+        "device",
+        "update",
+        "trial.dev",
+        "app-3.0.0-mcu-1.bin",
+        "--test",
+    ]);
+    assert!(
+        out.contains("installed the update for a test boot"),
+        "{out}"
+    );
+    assert!(out.contains("security counter 4"), "{out}");
+    let out = ok(&["device", "boot", "trial.dev"]);
+    assert!(out.contains("reverted the unconfirmed test image"), "{out}");
+    ok(&[
+        "device",
+        "update",
+        "trial.dev",
+        "app-3.0.0-mcu-1.bin",
+        "--test",
+    ]);
+    assert!(ok(&["device", "confirm", "trial.dev"]).contains("the next boot keeps it"));
+    let out = ok(&["device", "boot", "trial.dev"]);
+    assert!(
+        out.contains(": booted: ") && out.contains("security counter 5"),
+        "{out}"
+    );
+    let new_image = out
+        .split("image sha256 ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // A power cut at every write of the installing boot, before and after its commit point:
+    // the part boots afterwards, on its old image (counter 4) or on the new one.
+    let old_image = {
+        let out = ok(&["device", "boot", "parts/mcu-1.dev"]);
+        out.split("image sha256 ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let mut cuts = 0;
+    'writes: for write in 0..64u32 {
+        for after in [false, true] {
+            std::fs::copy(d.join("parts/mcu-1.dev"), d.join("cut.dev")).unwrap();
+            let n = write.to_string();
+            let mut args = vec!["device", "update", "cut.dev", "app-3.0.0-mcu-1.bin"];
+            args.extend(["--power-loss-at-write", &n]);
+            if after {
+                args.push("--after-commit");
+            }
+            let run = tf.run(d, &args);
+            if run.status.success() {
+                // The boot made fewer writes than this: the update went through whole.
+                assert!(write > 0, "no write was cut");
+                break 'writes;
+            }
+            let e = String::from_utf8_lossy(&run.stderr);
+            assert!(e.contains("power was cut during the update's boot"), "{e}");
+            cuts += 1;
+            let out = ok(&["device", "boot", "cut.dev"]);
+            assert!(
+                out.contains(&old_image) || out.contains(&new_image),
+                "write {write} (after commit: {after}): {out}"
+            );
+        }
+    }
+    assert!(cuts >= 4, "only {cuts} power cuts were tried");
+    // The copies are parts too; the search below counts the job's three.
+    for copy in ["trial.dev", "cut.dev"] {
+        std::fs::remove_file(d.join(copy)).unwrap();
+    }
 
     // The family private key in the clear is nowhere but inside the parts. The device files are
     // the parts' memory (secret slot 5 holds the key the part unwrapped inside), so they are
