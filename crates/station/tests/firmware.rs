@@ -215,3 +215,57 @@ fn with_socket_faults_every_mcu_ends_booting_the_image_or_failed_with_a_reason()
     }
     assert!(sum.good > 0);
 }
+
+/// Locked secure MCUs a first job provisioned with its image, given to a second job of the
+/// product that programs another image: they are the first job's (neither good nor failed for
+/// the second, nothing recorded for it), and they still run the first job's image.
+#[test]
+fn parts_of_another_job_are_left_as_they_are_not_counted_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = FwKeys::new();
+    let s = site_with(dir.path(), 10, Some(&keys));
+    let (first_image, _) = keys.master(1_000, 1, None);
+    let fw = job_firmware(&s.hsm, &product(), "app-1.bin", &first_image, 5).unwrap();
+    let first = s.hsm.reserve(mcu_spec("job-first", 3, fw)).unwrap();
+    let supply = FleetSupply::new(mcu_fleet(&mut vendor(), 3), Faults::none());
+    let sum = run(&s.hsm, &first, &supply, &with_image(&first_image)).unwrap();
+    assert_eq!(sum.good, 3, "{sum:?}");
+    let counters: Vec<u32> = {
+        let mut fleet = supply.into_fleet();
+        let c: Vec<u32> = (0..3)
+            .map(|i| fleet.nth_mut(i).unwrap().security_counter().unwrap())
+            .collect();
+        let supply = FleetSupply::new(fleet, Faults::none());
+        let (second_image, _) = keys.master(1_000, 9, None);
+        let fw = job_firmware(&s.hsm, &product(), "app-9.bin", &second_image, 5).unwrap();
+        let second = s.hsm.reserve(mcu_spec("job-second", 3, fw)).unwrap();
+        let sum = run(&s.hsm, &second, &supply, &with_image(&second_image)).unwrap();
+        assert_eq!(
+            (sum.good, sum.issued, sum.failed_attempts),
+            (0, 0, 0),
+            "{sum:?}"
+        );
+        assert!(!sum.complete());
+        assert_eq!(sum.elsewhere.len(), 3, "{sum:?}");
+        for e in &sum.elsewhere {
+            assert_eq!(e.job.as_ref().map(|j| j.as_str()), Some("job-first"), "{e}");
+            assert!(
+                e.to_string()
+                    .ends_with("already provisioned by job job-first"),
+                "{e}"
+            );
+        }
+        let st = s.hsm.job_status(&second).unwrap();
+        assert_eq!((st.good.len(), st.issued.len(), st.failures), (0, 0, 0));
+        let mut fleet = supply.into_fleet();
+        for (i, before) in c.iter().enumerate() {
+            assert_eq!(
+                fleet.nth_mut(i).unwrap().security_counter().unwrap(),
+                *before,
+                "part {i} was reprogrammed"
+            );
+        }
+        c
+    };
+    assert_eq!(counters, vec![1, 1, 1]);
+}
