@@ -154,6 +154,8 @@ impl Known {
 /// A key store inside a PKCS#11 token.
 pub struct Pkcs11Token {
     ctx: Pkcs11,
+    /// The module this token's context came from (see [`MODULES`]).
+    module: PathBuf,
     slot: Slot,
     label: String,
     pool: Pool,
@@ -178,9 +180,90 @@ impl fmt::Debug for Pkcs11Token {
 impl Drop for Pkcs11Token {
     fn drop(&mut self) {
         self.pool.close_all();
-        // Finalizing lets the module be initialized again in this process (a reopen). An error
-        // here has no one left to report to.
-        let _ = self.ctx.clone().finalize();
+        release(&self.module);
+    }
+}
+
+/// A PKCS#11 module loaded and initialized in this process. `C_Initialize` is per process
+/// (PKCS#11 v2.40 §5.4): a second one fails with `CKR_CRYPTOKI_ALREADY_INITIALIZED`, and
+/// `C_Finalize` ends every handle's use of the module. So every [`Pkcs11Token`] of one module
+/// shares one initialized context, and the last one to close finalizes it.
+struct Module {
+    path: PathBuf,
+    ctx: Pkcs11,
+    users: usize,
+    /// Login is per process too (`CKR_USER_ALREADY_LOGGED_IN` does not check the PIN): the
+    /// SHA-256 of the PIN each token label was logged in with, so that a second handle opened
+    /// with another PIN is refused as the first would have been.
+    logins: Vec<(String, [u8; 32])>,
+}
+
+static MODULES: Mutex<Vec<Module>> = Mutex::new(Vec::new());
+
+fn modules() -> std::sync::MutexGuard<'static, Vec<Module>> {
+    MODULES.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The initialized context of `path`, loading and initializing the module on first use.
+fn acquire(path: &std::path::Path) -> Result<Pkcs11, Error> {
+    let mut all = modules();
+    if let Some(m) = all.iter_mut().find(|m| m.path == path) {
+        m.users += 1;
+        return Ok(m.ctx.clone());
+    }
+    let ctx =
+        Pkcs11::new(path).map_err(|e| Error::Module(format!("loading {}: {e}", path.display())))?;
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .map_err(p11)?;
+    all.push(Module {
+        path: path.to_owned(),
+        ctx: ctx.clone(),
+        users: 1,
+        logins: Vec::new(),
+    });
+    Ok(ctx)
+}
+
+/// One user of `path` is done; the last finalizes the module (so that it can be initialized
+/// again, for a reopen).
+fn release(path: &std::path::Path) {
+    let mut all = modules();
+    let Some(i) = all.iter().position(|m| m.path == path) else {
+        return;
+    };
+    all[i].users = all[i].users.saturating_sub(1);
+    if all[i].users == 0 {
+        let m = all.swap_remove(i);
+        // An error here has no one left to report to.
+        let _ = m.ctx.finalize();
+    }
+}
+
+/// Records the PIN `label` was logged in with, or checks a second login's PIN against it.
+fn check_login(
+    module: &std::path::Path,
+    label: &str,
+    pin: &[u8],
+    fresh: bool,
+) -> Result<(), Error> {
+    let digest: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pin)
+        .as_ref()
+        .try_into()
+        .map_err(|_| Error::WrongCredential)?;
+    let mut all = modules();
+    let Some(m) = all.iter_mut().find(|m| m.path == module) else {
+        return Ok(());
+    };
+    match m.logins.iter().find(|(l, _)| l == label) {
+        Some((_, known)) if !fresh => {
+            aws_lc_rs::constant_time::verify_slices_are_equal(known, &digest)
+                .map_err(|_| Error::WrongCredential)
+        }
+        _ => {
+            m.logins.retain(|(l, _)| l != label);
+            m.logins.push((label.to_owned(), digest));
+            Ok(())
+        }
     }
 }
 
@@ -190,18 +273,13 @@ impl Pkcs11Token {
     /// # Errors
     /// [`Error::Module`] when the module does not load, [`Error::NoToken`],
     /// [`Error::WrongCredential`] for a wrong PIN, or [`Error::Pkcs11`].
+    ///
+    /// Several tokens of one module may be open in one process at once (they share the
+    /// module's initialized context); opening the same token again checks the PIN against the
+    /// one it was logged in with.
     pub fn open(config: &Pkcs11Config) -> Result<Self, Error> {
-        let ctx = Pkcs11::new(&config.module)
-            .map_err(|e| Error::Module(format!("loading {}: {e}", config.module.display())))?;
-        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .map_err(p11)?;
-        match Self::open_initialized(ctx.clone(), config) {
-            Ok(t) => Ok(t),
-            Err(e) => {
-                let _ = ctx.finalize();
-                Err(e)
-            }
-        }
+        let ctx = acquire(&config.module)?;
+        Self::open_initialized(ctx, config).inspect_err(|_| release(&config.module))
     }
 
     fn open_initialized(ctx: Pkcs11, config: &Pkcs11Config) -> Result<Self, Error> {
@@ -224,7 +302,18 @@ impl Pkcs11Token {
             std::str::from_utf8(config.pin.expose_secret()).map_err(|_| Error::WrongCredential)?;
         let pin = AuthPin::new(Zeroizing::new(pin.to_owned()).as_str().into());
         match session.login(UserType::User, Some(&pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Ok(()) => check_login(
+                &config.module,
+                &config.token_label,
+                config.pin.expose_secret(),
+                true,
+            )?,
+            Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => check_login(
+                &config.module,
+                &config.token_label,
+                config.pin.expose_secret(),
+                false,
+            )?,
             Err(CkError::Pkcs11(
                 RvError::PinIncorrect | RvError::PinLenRange | RvError::PinInvalid,
                 _,
@@ -233,6 +322,7 @@ impl Pkcs11Token {
         }
         Ok(Self {
             ctx,
+            module: config.module.clone(),
             slot,
             label: config.token_label.clone(),
             pool: Pool::new(session, config.sessions),

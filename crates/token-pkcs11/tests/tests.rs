@@ -104,6 +104,45 @@ mod pkcs11 {
         KeySpec::new(KeyLabel::new(label).unwrap(), curve, usage)
     }
 
+    /// Two handles of one token in one process share the module's initialized context: both
+    /// work at once, closing one leaves the other working, a second open with another PIN is
+    /// refused although the token is logged in already, and once both are closed the module
+    /// opens again.
+    #[test]
+    fn two_handles_in_one_process_share_the_module() {
+        let hsm = fixture();
+        let first = hsm.open();
+        let key = first
+            .generate(&key_spec("shared", Curve::P256, KeyUsage::Sign))
+            .unwrap();
+        let second = Pkcs11Token::open(&hsm.config(PIN, 2)).unwrap();
+        let again = second
+            .find(&KeyLabel::new("shared").unwrap())
+            .unwrap()
+            .unwrap();
+        let public = first.public_key(key).unwrap();
+        assert!(public
+            .verify(b"one", first.sign(key, b"one").unwrap())
+            .is_ok());
+        assert!(public
+            .verify(b"two", second.sign(again, b"two").unwrap())
+            .is_ok());
+        assert!(matches!(
+            Pkcs11Token::open(&hsm.config("4321", 2)),
+            Err(Error::WrongCredential)
+        ));
+        drop(first);
+        assert!(public
+            .verify(b"three", second.sign(again, b"three").unwrap())
+            .is_ok());
+        drop(second);
+        let reopened = hsm.open();
+        assert!(reopened
+            .find(&KeyLabel::new("shared").unwrap())
+            .unwrap()
+            .is_some());
+    }
+
     /// A P-256 key-transport key generated in the token under `label`, as an HSM has one.
     fn key_transport(t: &Pkcs11Token, label: &str) -> KeyHandle {
         t.generate(&key_spec(label, Curve::P256, KeyUsage::KeyTransport))
