@@ -21,6 +21,55 @@ pub enum InitError {
     /// A PKI error.
     #[error(transparent)]
     Pki(#[from] trustfab_pki::Error),
+    /// The ledger does not reach the head this HSM anchored in its token: deleted, cut short,
+    /// rolled back or replaced.
+    #[error(transparent)]
+    Anchor(#[from] AnchorError),
+}
+
+/// Why the ledger does not match the HSM's rollback anchor, or the anchor could not be kept.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnchorError {
+    /// The store ends before the record the HSM anchored (deleted, cut short, rolled back).
+    #[error("ledger is behind the HSM: record {expected} expected, the store's head is {head}")]
+    Behind {
+        /// The anchored seq.
+        expected: u64,
+        /// The store's head seq.
+        head: u64,
+    },
+    /// The store holds another record at the anchored seq (another ledger).
+    #[error("ledger record {seq} differs from the one the HSM anchored")]
+    Forked {
+        /// The anchored seq.
+        seq: u64,
+    },
+    /// An append got a seq the HSM had anchored already: the store was rolled back under it.
+    #[error("ledger is behind the HSM: it appended record {seq}, the HSM had anchored record {anchored} already (the store was rolled back); this HSM appends and issues nothing more")]
+    RolledBack {
+        /// The first seq the append got.
+        seq: u64,
+        /// The seq anchored before the append.
+        anchored: u64,
+    },
+    /// Refused because a rollback was seen earlier in this process.
+    #[error("refused: the ledger was rolled back under this HSM (record {seq} appended, record {anchored} anchored); reopen it against the right ledger")]
+    Stopped {
+        /// The first seq the rolled-back append got.
+        seq: u64,
+        /// The seq anchored before it.
+        anchored: u64,
+    },
+    /// The token's anchor value is not one this release writes.
+    #[error("the HSM's ledger anchor in the token does not decode")]
+    Malformed,
+    /// A token error reading or writing the anchor.
+    #[error("the HSM's ledger anchor: {0}")]
+    Token(trustfab_token::Error),
+    /// A ledger error reading the head or the anchored record.
+    #[error("checking the ledger against the HSM's anchor: {0}")]
+    Ledger(trustfab_ledger::Error),
 }
 
 /// Why a package was refused. Nothing was imported when this is returned.
@@ -96,6 +145,9 @@ pub enum ImportError {
     /// A ledger error.
     #[error(transparent)]
     Ledger(trustfab_ledger::Error),
+    /// The ledger was rolled back under this HSM, or its anchor could not be advanced.
+    #[error(transparent)]
+    Anchor(#[from] AnchorError),
 }
 
 /// Why an issuance was refused. When this is returned, no count was spent and no record made.
@@ -219,6 +271,9 @@ pub enum IssueError {
         /// The job.
         job: JobId,
     },
+    /// The ledger was rolled back under this HSM, or its anchor could not be advanced.
+    #[error(transparent)]
+    Anchor(#[from] AnchorError),
 }
 
 /// Why a job could not be reserved, attached, read or closed. Nothing was reserved or
@@ -303,4 +358,7 @@ pub enum JobOpError {
     /// A ledger error.
     #[error(transparent)]
     Ledger(trustfab_ledger::Error),
+    /// The ledger was rolled back under this HSM, or its anchor could not be advanced.
+    #[error(transparent)]
+    Anchor(#[from] AnchorError),
 }

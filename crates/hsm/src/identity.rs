@@ -35,7 +35,9 @@ impl Hsm {
     /// Opens an initialised HSM. `certs`, when given, must certify this token's keys.
     ///
     /// # Errors
-    /// [`InitError::NotInitialised`], [`InitError::WrongCertificates`], or a token error.
+    /// [`InitError::NotInitialised`], [`InitError::WrongCertificates`], [`InitError::Anchor`]
+    /// when the ledger does not reach the head anchored in the token (deleted, cut short,
+    /// rolled back, replaced), or a token error.
     pub fn open(
         token: Arc<dyn Token>,
         ledger: Arc<dyn Store>,
@@ -70,6 +72,7 @@ impl Hsm {
             None => None,
         };
         let identity_point = token.public_key(identity)?.point().to_vec();
+        let anchor = crate::anchor::Anchor::open(Arc::clone(&token), &*ledger)?;
         Ok(Self {
             token,
             ledger,
@@ -82,6 +85,7 @@ impl Hsm {
             certs: certs.cloned(),
             products: RwLock::new(HashMap::new()),
             serial_alloc: Mutex::new(()),
+            anchor,
         })
     }
 
@@ -127,9 +131,13 @@ impl Hsm {
         let sign = |m: &[u8]| -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
             Ok(trustfab_pki::Signer::sign_der(&signer, m)?)
         };
-        self.ledger
+        let floor = self.anchor.floor()?;
+        let rec = self
+            .ledger
             .checkpoint(self.clock.now(), &sign)
-            .map_err(IssueError::Ledger)
+            .map_err(IssueError::Ledger)?;
+        self.anchor.advance(floor, std::slice::from_ref(&rec))?;
+        Ok(rec)
     }
 
     /// Verifies the whole ledger: the hash chain, every checkpoint under this HSM's identity key,

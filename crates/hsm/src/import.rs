@@ -248,6 +248,7 @@ impl Hsm {
             a
         };
         let created = append_creates(&append);
+        let floor = self.anchor.floor()?;
         let recs = self.ledger.append(append).map_err(|e| match e {
             trustfab_ledger::Error::Duplicate {
                 namespace,
@@ -259,6 +260,7 @@ impl Hsm {
             },
             other => ImportError::Ledger(other),
         })?;
+        self.anchor.advance(floor, &recs)?;
         Ok(Imported {
             product: key,
             created,

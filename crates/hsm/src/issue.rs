@@ -215,7 +215,8 @@ impl Hsm {
             }
             recs.push((i, rec));
         }
-        self.ledger.append(append).map_err(|e| match (e, job) {
+        let floor = self.anchor.floor()?;
+        let appended = self.ledger.append(append).map_err(|e| match (e, job) {
             (trustfab_ledger::Error::Exhausted { product, .. }, _)
                 if product == serial_counter(&p.key) =>
             {
@@ -259,6 +260,8 @@ impl Hsm {
             (other, _) => IssueError::Ledger(other),
         })?;
         drop(guard);
+        // Anchored before anything is signed; other threads' appends share the token write.
+        self.anchor.advance(floor, &appended)?;
         for (i, rec) in recs {
             if let (Some(slot), Some(d)) = (out.get_mut(i), devices.get(i)) {
                 *slot = Some(sign_record(p, issuer, &rec, &d.public_key, false)?);

@@ -184,6 +184,7 @@ impl Hsm {
                 count: s.quantity,
             })
             .with_claim(CLAIM_JOB, s.job_id.as_str().as_bytes().to_vec());
+        let floor = self.anchor.floor()?;
         let recs = self.ledger.append(append).map_err(|e| match e {
             // Only the product's spend can be exhausted (the job counter is created here).
             trustfab_ledger::Error::Exhausted {
@@ -199,6 +200,7 @@ impl Hsm {
             },
             other => JobOpError::Ledger(other),
         })?;
+        self.anchor.advance(floor, &recs)?;
         Ok(Reservation {
             created_seq: recs.first().map_or(0, |r| r.seq),
             package,
@@ -390,13 +392,24 @@ impl Hsm {
                 }
             });
         }
+        let floor = self.anchor.floor()?;
+        let mut appended = Vec::new();
+        let mut failed = None;
         for res in self.ledger.append_all(appends) {
             match res {
-                Ok(_) | Err(trustfab_ledger::Error::Duplicate { .. }) => {}
-                Err(e) => return Err(IssueError::Ledger(e)),
+                Ok(recs) => appended.extend(recs),
+                Err(trustfab_ledger::Error::Duplicate { .. }) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        // What was appended is anchored even when another append of the batch was refused.
+        self.anchor.advance(floor, &appended)?;
+        match failed {
+            Some(e) => Err(IssueError::Ledger(e)),
+            None => Ok(()),
+        }
     }
 
     /// Closes a job: records `JobClosed` and credits back to the product what the reservation
@@ -459,8 +472,12 @@ impl Hsm {
                     });
                 }
             }
+            let floor = self.anchor.floor()?;
             match self.ledger.append(append) {
-                Ok(_) => return Ok(body),
+                Ok(recs) => {
+                    self.anchor.advance(floor, &recs)?;
+                    return Ok(body);
+                }
                 // An issuance spent from the job after we read it: read again.
                 Err(trustfab_ledger::Error::Exhausted { product, .. })
                     if product == counter && attempts <= spec.quantity =>

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod anchor;
 mod client;
 mod deliver;
 mod error;
@@ -19,8 +20,9 @@ use trustfab_pki::HsmCertificates;
 use trustfab_token::{KeyHandle, KeyLabel, Token};
 use trustfab_types::{Clock, DeviceUid, Fingerprint, HsmId, ProductKey, Serial};
 
+pub use anchor::ANCHOR_LABEL;
 pub use client::HsmClient;
-pub use error::{ImportError, InitError, IssueError, JobOpError};
+pub use error::{AnchorError, ImportError, InitError, IssueError, JobOpError};
 pub use import::Imported;
 pub use issue::{DeviceKey, Issued};
 pub use jobs::{DeviceOutcome, JobStatus, Reservation};
@@ -93,6 +95,8 @@ pub struct Hsm {
     /// Serializes sequential serial allocation within this process; claims make it safe across
     /// processes.
     serial_alloc: Mutex<()>,
+    /// The ledger head anchored in the token; every append advances it before returning.
+    anchor: anchor::Anchor,
 }
 
 impl std::fmt::Debug for Hsm {

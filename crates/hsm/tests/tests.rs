@@ -1,6 +1,8 @@
 //! The HSM application on a real token and a real ledger (SQLite file). Where tests go:
 //! - `suite.rs` `import`: package checks, in the order the HSM makes them (both backends)
 //! - `suite.rs` `issue`: issuance, counts, concurrency, re-issue (both backends)
+//! - `anchor.rs`: the ledger deleted, cut short, rolled back or replaced is refused (both
+//!   backends)
 //! - `crash`: SIGKILL at random moments, then the invariants
 
 // Fixtures unwrap: a failure there is a test failure.
@@ -181,12 +183,14 @@ mod soft {
     use super::*;
     const BACKEND: Backend = Backend::Soft;
     include!("suite.rs");
+    include!("anchor.rs");
 }
 
 mod pkcs11 {
     use super::*;
     const BACKEND: Backend = Backend::Pkcs11;
     include!("suite.rs");
+    include!("anchor.rs");
 }
 
 /// DESIGN.md property 4 across crashes: a process issuing in a loop is killed with SIGKILL at
