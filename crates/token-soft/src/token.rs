@@ -495,20 +495,24 @@ impl Token for SoftToken {
 
     fn write_anchor(&self, label: &KeyLabel, value: &[u8]) -> Result<(), Error> {
         check_anchor(value)?;
+        // The lock file serializes every writer of the store (handles and processes alike), so
+        // nothing changes the keys or the anchors between the refresh and the replace below.
         let _lock = lock_store(&self.path)?;
+        self.refresh(&mut self.write())?;
+        // Seal and fsync under a read lock only: signing (a reader) goes on meanwhile, instead
+        // of waiting ~10 ms for the disk on every anchor write.
+        let mut anchors = {
+            let state = self.read();
+            let mut anchors = state.anchors.clone();
+            anchors.insert(label.as_str().to_owned(), value.to_vec());
+            state
+                .sealing
+                .write(&self.path, &encode_with(&state, &anchors))?;
+            anchors
+        };
+        // Memory takes the anchor only once the file holds it.
         let mut state = self.write();
-        self.refresh(&mut state)?;
-        let old = state
-            .anchors
-            .insert(label.as_str().to_owned(), value.to_vec());
-        if let Err(e) = self.persist(&state) {
-            // Memory never holds an anchor the file does not.
-            match old {
-                Some(v) => state.anchors.insert(label.as_str().to_owned(), v),
-                None => state.anchors.remove(label.as_str()),
-            };
-            return Err(e);
-        }
+        std::mem::swap(&mut state.anchors, &mut anchors);
         Ok(())
     }
 
@@ -547,6 +551,11 @@ fn lock_store(path: &Path) -> Result<std::fs::File, Error> {
 /// bump: a file without them is byte-for-byte what earlier builds wrote and read, and an earlier
 /// build refuses a file with them ("unknown usage", "trailing bytes") rather than misread it.
 fn encode(state: &State) -> Zeroizing<Vec<u8>> {
+    encode_with(state, &state.anchors)
+}
+
+/// The store body of `state` with `anchors` in place of its own.
+fn encode_with(state: &State, anchors: &Anchors) -> Zeroizing<Vec<u8>> {
     let mut out = Zeroizing::new(Vec::new());
     out.extend_from_slice(&state.next_id.to_be_bytes());
     out.extend_from_slice(
@@ -571,13 +580,13 @@ fn encode(state: &State) -> Zeroizing<Vec<u8>> {
         );
         out.extend_from_slice(secret);
     }
-    if !state.anchors.is_empty() {
+    if !anchors.is_empty() {
         out.extend_from_slice(
-            &u32::try_from(state.anchors.len())
+            &u32::try_from(anchors.len())
                 .unwrap_or(u32::MAX)
                 .to_be_bytes(),
         );
-        for (label, value) in &state.anchors {
+        for (label, value) in anchors {
             // Labels are at most 64 bytes (`KeyLabel`), values at most `ANCHOR_MAX`.
             out.push(u8::try_from(label.len()).unwrap_or(u8::MAX));
             out.extend_from_slice(label.as_bytes());
