@@ -112,7 +112,7 @@ fn job_refused(e: &trustfab_hsm::JobOpError) -> bool {
     use trustfab_hsm::JobOpError as E;
     match e {
         E::Issue(i) => issue_refused(i),
-        E::Ledger(_) | E::Token(_) => false,
+        E::Ledger(_) | E::Token(_) | E::CheckpointAfterClose { .. } => false,
         _ => true,
     }
 }

@@ -341,6 +341,18 @@ pub enum JobOpError {
         /// The `JobClosed` record.
         seq: u64,
     },
+    /// The job closed (durably), but the signed checkpoint made after every close failed; the
+    /// next checkpoint (another close, a report) covers the close.
+    #[error("job {job} is closed (ledger record {seq}), but the checkpoint after it failed")]
+    CheckpointAfterClose {
+        /// The job.
+        job: JobId,
+        /// The `JobClosed` record.
+        seq: u64,
+        /// Why the checkpoint failed.
+        #[source]
+        source: Box<IssueError>,
+    },
     /// A ledger record of this job does not decode.
     #[error("ledger record {seq} of job {job} does not decode")]
     BadRecord {

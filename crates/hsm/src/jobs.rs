@@ -476,6 +476,15 @@ impl Hsm {
             match self.ledger.append(append) {
                 Ok(recs) => {
                     self.anchor.advance(floor, &recs)?;
+                    // A signed checkpoint right after every close, so that the OEM sees any
+                    // later rewrite of the job's history (`docs/ledger.md`).
+                    let closed_seq = recs.first().map_or(0, |r| r.seq);
+                    self.checkpoint()
+                        .map_err(|source| JobOpError::CheckpointAfterClose {
+                            job: spec.job_id.clone(),
+                            seq: closed_seq,
+                            source: Box::new(source),
+                        })?;
                     return Ok(body);
                 }
                 // An issuance spent from the job after we read it: read again.

@@ -649,7 +649,18 @@ mod reservation {
         assert_eq!(counter(&s, "acme/thermo"), (100, 4));
         assert_eq!(counter(&s, "job:job-a"), (10, 10), "drained at close");
         assert_eq!(certificates_of(&s, "job-a"), 4);
-        s.hsm.verify_ledger().unwrap();
+        // The close is followed by a checkpoint the HSM identity signed.
+        let head = s.ledger.head().unwrap().seq;
+        let last: Vec<_> = s.ledger.records(head - 1).map(|r| r.unwrap().kind).collect();
+        assert_eq!(
+            last,
+            vec![
+                trustfab_ledger::Kind::JobClosed,
+                trustfab_ledger::Kind::Checkpoint
+            ]
+        );
+        let verified = s.hsm.verify_ledger().unwrap();
+        assert_eq!(verified.last_checkpoint, Some(head), "{verified:?}");
         let p = s.hsm.products().unwrap();
         assert_eq!(p.len(), 1, "job counters are not products: {p:?}");
         assert_eq!((p[0].ordered, p[0].issued, p[0].remaining), (100, 4, 96));

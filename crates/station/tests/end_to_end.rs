@@ -21,7 +21,7 @@ fn a_job_of_1000_devices_locks_every_device_and_the_ledger_counts_match() {
     assert_eq!(sum.latencies_us.len(), 1000);
 
     let ledger = &s.ledger;
-    let a = audit(&**ledger, "job-1000");
+    let a = audit(&**ledger, s.hsm.identity_point(), "job-1000");
     assert_eq!(a.issued.len(), 1000);
     assert_eq!(a.good.len(), 1000);
     assert_eq!(a.good_records, 1000);

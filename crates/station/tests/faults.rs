@@ -15,7 +15,7 @@ fn with_5_percent_socket_faults_every_device_is_accounted_for() {
     assert!(sum.failed_attempts > 0, "no fault fired: {sum:?}");
 
     let ledger = &s.ledger;
-    let a = audit(&**ledger, "job-faults");
+    let a = audit(&**ledger, s.hsm.identity_point(), "job-faults");
     let job_issued: HashSet<&Vec<u8>> = uids.iter().filter(|u| a.issued.contains_key(*u)).collect();
     let mut failed_after_issue = 0u64;
     for u in &uids {

@@ -79,7 +79,7 @@ fn a_firmware_job_installs_the_family_image_on_every_mcu_before_the_lock() {
             }
         ));
     }
-    let a = audit(&*s.ledger, "job-fw");
+    let a = audit(&*s.ledger, s.hsm.identity_point(), "job-fw");
     assert_eq!(a.good.len(), 50);
     // Nothing the ledger holds is the family private key.
     let scalar = keys.family.secret_pkcs8_der().unwrap();
@@ -108,7 +108,9 @@ fn the_image_given_to_a_run_must_be_the_one_the_job_names() {
     }
     // Nothing was issued: the refusal comes before any device.
     assert_eq!(s.ledger.counter(PRODUCT).unwrap().unwrap().issued, 5);
-    assert!(audit(&*s.ledger, "job-img").issued.is_empty());
+    assert!(audit(&*s.ledger, s.hsm.identity_point(), "job-img")
+        .issued
+        .is_empty());
 }
 
 #[test]
@@ -161,7 +163,7 @@ fn an_image_for_another_family_fails_at_the_firmware_step_and_leaves_devices_unl
     let supply = FleetSupply::new(mcu_fleet(&mut vendor(), 3), Faults::none());
     let sum = run(&s.hsm, &job, &supply, &with_image(&image)).unwrap();
     assert_eq!((sum.good, sum.failed_after_issue), (0, 3), "{sum:?}");
-    let a = audit(&*s.ledger, "job-wrong");
+    let a = audit(&*s.ledger, s.hsm.identity_point(), "job-wrong");
     for f in a.failed.values() {
         assert_eq!(f.step, Step::Firmware as u8);
         // The part's own reason reaches the ledger (not "no image" on this blank part).
@@ -196,7 +198,7 @@ fn with_socket_faults_every_mcu_ends_booting_the_image_or_failed_with_a_reason()
     let supply = FleetSupply::new(mcu_fleet(&mut vendor(), 100), Faults::line(0.03, 7));
     let sum = run(&s.hsm, &job, &supply, &with_image(&image)).unwrap();
     assert!(sum.failed_attempts > 0, "no fault fired: {sum:?}");
-    let a = audit(&*s.ledger, "job-fw-faults");
+    let a = audit(&*s.ledger, s.hsm.identity_point(), "job-fw-faults");
     let mut fleet = supply.into_fleet();
     let uids: Vec<_> = fleet.uids().cloned().collect();
     for uid in uids {

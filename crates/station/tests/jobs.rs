@@ -27,7 +27,7 @@ fn creating_a_job_reserves_its_quantity_and_closing_credits_back_the_unused() {
         "issued is exactly the certificates"
     );
     assert_eq!(c.issued + c.remaining(), c.total);
-    let a = audit(&**ledger, "job-a");
+    let a = audit(&**ledger, s.hsm.identity_point(), "job-a");
     assert_eq!(a.issued.len(), 4);
 
     // A closed job neither runs nor closes again.

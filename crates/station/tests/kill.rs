@@ -48,7 +48,7 @@ fn run_child(dir: &Path, kill_after: Option<Duration>) -> Vec<String> {
 /// The invariants after any run, killed or not. Returns (issued, good) of the job.
 fn check(dir: &Path, job: &[u8], parts: &HashMap<Vec<u8>, std::path::PathBuf>) -> (u64, u64) {
     let (hsm, ledger) = open_site_with_ledger(dir);
-    let a = audit(&*ledger, "job-kill");
+    let a = audit(&*ledger, hsm.identity_point(), "job-kill");
     let c = ledger.counter(PRODUCT).unwrap().unwrap();
     assert!(c.issued <= c.total, "over the count: {c:?}");
     let st = hsm.job_status(&hsm.attach(job).unwrap()).unwrap();

@@ -45,7 +45,7 @@ fn a_device_put_back_after_a_failure_resumes_without_a_second_unit() {
     assert_eq!(s.ledger.counter(PRODUCT).unwrap().unwrap().issued, spent);
     let mut fleet = supply.into_fleet();
     let uids: Vec<_> = fleet.uids().cloned().collect();
-    let a = audit(&*s.ledger, "job-r");
+    let a = audit(&*s.ledger, s.hsm.identity_point(), "job-r");
     for u in uids {
         let d = fleet.get_mut(&u).unwrap();
         assert!(d.lock_state().unwrap().data);
@@ -78,7 +78,7 @@ fn a_stopped_run_resumes_and_ends_with_exactly_the_quantity() {
     assert_eq!((second.good, second.issued), (40, 40));
     assert_eq!(first.good_this_run + second.good_this_run, 40);
     assert_eq!(second.already_good, 0, "good devices were not put back");
-    let a = audit(&*s.ledger, "job-s");
+    let a = audit(&*s.ledger, s.hsm.identity_point(), "job-s");
     assert_eq!((a.good.len(), a.issued.len()), (40, 40));
     close(&s, &job);
     assert_eq!(s.ledger.counter(PRODUCT).unwrap().unwrap().issued, 40);

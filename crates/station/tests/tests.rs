@@ -206,8 +206,13 @@ struct Audit {
     failed: HashMap<Vec<u8>, DeviceFailed>,
 }
 
-fn audit(ledger: &dyn Store, job: &str) -> Audit {
-    ledger.verify(&|_, _| false).unwrap();
+/// `identity` is the HSM identity key's point: every checkpoint (one follows each close) must
+/// verify under it.
+fn audit(ledger: &dyn Store, identity: &[u8], job: &str) -> Audit {
+    let key = PublicKey::from_point(Curve::P256, identity).unwrap();
+    ledger
+        .verify(&|m, sig| trustfab_formats::report::verify_signature(&key, m, sig).is_ok())
+        .unwrap();
     let mut a = Audit::default();
     for r in ledger.records(1) {
         let r = r.unwrap();
