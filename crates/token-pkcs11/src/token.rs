@@ -589,16 +589,15 @@ impl Pkcs11Token {
                 value: value.to_vec(),
             });
         }
-        found.sort_by_key(|a| std::cmp::Reverse(a.generation));
-        if let [first, second, ..] = found.as_slice() {
-            if first.generation == second.generation {
-                // Two writers made the same generation at once: which one is meant is unknown.
-                return Err(Error::Ambiguous {
-                    what: "anchor",
-                    label: label.as_str().to_owned(),
-                });
-            }
-        }
+        // Newest generation first. Two objects of one generation are two processes that wrote at
+        // once: the greater value in byte order is taken (for a value that encodes a counter
+        // big-endian after a fixed prefix, as the HSM's ledger anchor does, the more advanced
+        // one), and the next write removes both.
+        found.sort_by(|a, b| {
+            b.generation
+                .cmp(&a.generation)
+                .then_with(|| b.value.cmp(&a.value))
+        });
         Ok(found)
     }
 

@@ -122,15 +122,6 @@ pub enum Error {
     /// A MAC tag that does not verify for this key and message (or is not a tag at all).
     #[error("MAC does not verify")]
     MacMismatch,
-    /// The token holds two objects where there must be one (two generations of an anchor
-    /// written by two processes at once): it cannot tell which one is meant.
-    #[error("the token holds more than one {what} labelled {label:?}")]
-    Ambiguous {
-        /// What kind of object ("anchor").
-        what: &'static str,
-        /// The label.
-        label: String,
-    },
     /// A cryptographic primitive failed where it should not (random source, key generation).
     #[error("cryptographic operation failed: {0}")]
     Crypto(&'static str),

@@ -134,8 +134,8 @@ pub trait Token: fmt::Debug + Send + Sync {
     /// have their own label space, apart from keys.
     ///
     /// # Errors
-    /// [`Error::Ambiguous`] when the token holds two anchors under the label, or a backend
-    /// error.
+    /// A backend error. (A backend that can hold two values at once, after two processes wrote
+    /// at the same instant, takes the greater in byte order: `docs/key-policies.md`.)
     fn read_anchor(&self, label: &KeyLabel) -> Result<Option<Vec<u8>>, Error>;
 
     /// Sets the anchor labelled `label` to `value` (at most [`ANCHOR_MAX`] bytes), creating it
@@ -145,8 +145,8 @@ pub trait Token: fmt::Debug + Send + Sync {
     /// can copy it back, is the backend's (`docs/key-policies.md`).
     ///
     /// # Errors
-    /// [`Error::TooLarge`] over [`ANCHOR_MAX`] (the anchor is left as it was),
-    /// [`Error::Ambiguous`], or a backend error.
+    /// [`Error::TooLarge`] over [`ANCHOR_MAX`] (the anchor is left as it was), or a backend
+    /// error.
     fn write_anchor(&self, label: &KeyLabel, value: &[u8]) -> Result<(), Error>;
 
     /// Fills `out` from the token's random generator.
