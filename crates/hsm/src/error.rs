@@ -70,6 +70,19 @@ pub enum AnchorError {
     /// A ledger error reading the head or the anchored record.
     #[error("checking the ledger against the HSM's anchor: {0}")]
     Ledger(trustfab_ledger::Error),
+    /// A product definition in the store is not the one this HSM imported: its SHA-256 differs
+    /// from the digest the HSM keeps for it in the token (its template, CA, key or firmware
+    /// was changed outside the HSM). The HSM issues nothing for the product.
+    #[error("ledger record {seq}: the definition of product {product} is not the one this HSM imported (it differs from its digest in the token)")]
+    ProductTampered {
+        /// The product the definition claims to be, or was looked up as.
+        product: ProductKey,
+        /// The `ProductCreated` record.
+        seq: u64,
+    },
+    /// A token error reading or writing a product definition's digest.
+    #[error("the product definition's digest in the token: {0}")]
+    ProductDigest(trustfab_token::Error),
 }
 
 /// Why a package was refused. Nothing was imported when this is returned.

@@ -100,7 +100,7 @@ impl Hsm {
             .claimed(CLAIM_OEM, oem.as_bytes())
             .map_err(ImportError::Ledger)?
         {
-            let bound = self.product_def_near(seq).map_err(ImportError::Ledger)?;
+            let bound = self.product_def_near(seq, None)?;
             if bound.map(|d| sha256(&d.root_cert)) != Some(root_fp) {
                 return Err(ImportError::OemRootMismatch {
                     oem: c.oem_id.clone(),
@@ -113,7 +113,7 @@ impl Hsm {
             .claimed(CLAIM_PRODUCT, counter.as_bytes())
             .map_err(ImportError::Ledger)?
         {
-            Some(seq) => self.product_def_near(seq).map_err(ImportError::Ledger)?,
+            Some(seq) => self.product_def_near(seq, Some(&key))?,
             None => None,
         };
         let label = product_key_label(&key).map_err(ImportError::Token)?;
@@ -214,8 +214,10 @@ impl Hsm {
                 serial_range: c.serial_range.map(|r| (r.first, r.last)),
                 firmware,
             };
+            let def_body = def.encode();
+            self.keep_def_digest(&key, &def_body)?;
             let mut a = Append::record(Kind::PackageImported, imported_body)
-                .with_record(Kind::ProductCreated, def.encode())
+                .with_record(Kind::ProductCreated, def_body)
                 .with_counter(CounterOp::Create {
                     product: counter.clone(),
                     count: c.count,

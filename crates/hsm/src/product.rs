@@ -10,7 +10,41 @@ use trustfab_pki::Template;
 use trustfab_token::{KeyHandle, KeyLabel};
 use trustfab_types::{OemId, ProductId, ProductKey};
 
-use crate::{sha256, Hsm, IssueError, CLAIM_PRODUCT};
+use crate::{hashed_label, sha256, AnchorError, Hsm, IssueError, CLAIM_PRODUCT};
+
+/// Why a product definition could not be read from the store.
+pub(crate) enum DefError {
+    Ledger(trustfab_ledger::Error),
+    Anchor(AnchorError),
+}
+
+impl From<DefError> for IssueError {
+    fn from(e: DefError) -> Self {
+        match e {
+            DefError::Ledger(e) => Self::Ledger(e),
+            DefError::Anchor(e) => Self::Anchor(e),
+        }
+    }
+}
+
+impl From<DefError> for crate::ImportError {
+    fn from(e: DefError) -> Self {
+        match e {
+            DefError::Ledger(e) => Self::Ledger(e),
+            DefError::Anchor(e) => Self::Anchor(e),
+        }
+    }
+}
+
+fn digest_err(e: trustfab_token::Error) -> DefError {
+    DefError::Anchor(AnchorError::ProductDigest(e))
+}
+
+/// The token label of a product definition's digest: `pdef:` and 20 hex digits of SHA-256 of the
+/// product key (an anchor label: anchors have their own label space).
+fn def_digest_label(product: &ProductKey) -> Result<KeyLabel, DefError> {
+    hashed_label("pdef", product).map_err(digest_err)
+}
 
 /// The firmware a product's devices boot, as its package set it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,18 +87,63 @@ pub(crate) struct Product {
 }
 
 impl Hsm {
-    /// The product definition recorded at or just after `seq` (the append that claimed it).
+    /// The product definition of `product` recorded at or just after `seq` (the append that
+    /// claimed it), checked against the digest the HSM keeps for it in the token: the store is
+    /// outside the HSM's boundary, and a definition changed there (another template, CA or
+    /// key) is refused, naming its record. A product imported by an earlier release, before
+    /// these digests, has none yet: its definition is taken as it is now, once, and its digest
+    /// kept from then on.
+    ///
+    /// `product` is the key it was looked up by; `None` when any product's definition will do
+    /// (the OEM's first, which binds its root), checked under the key it names.
     pub(crate) fn product_def_near(
         &self,
         seq: u64,
-    ) -> Result<Option<ProductDef>, trustfab_ledger::Error> {
-        for raw in self.ledger.read_raw(seq, 4)? {
-            let r = raw.into_record()?;
-            if r.kind == Kind::ProductCreated {
-                return Ok(ProductDef::decode(&r.body).ok());
+        product: Option<&ProductKey>,
+    ) -> Result<Option<ProductDef>, DefError> {
+        for raw in self.ledger.read_raw(seq, 4).map_err(DefError::Ledger)? {
+            let r = raw.into_record().map_err(DefError::Ledger)?;
+            if r.kind != Kind::ProductCreated {
+                continue;
             }
+            let tampered = |product: &ProductKey| {
+                DefError::Anchor(AnchorError::ProductTampered {
+                    product: product.clone(),
+                    seq: r.seq,
+                })
+            };
+            let def = match (ProductDef::decode(&r.body), product) {
+                (Ok(d), Some(p)) if &d.product != p => return Err(tampered(p)),
+                (Ok(d), _) => d,
+                (Err(_), Some(p)) => return Err(tampered(p)),
+                (Err(_), None) => return Ok(None),
+            };
+            let product = &def.product;
+            let label = def_digest_label(product)?;
+            let digest = sha256(&r.body);
+            match self.token.read_anchor(&label).map_err(digest_err)? {
+                Some(kept) if kept.as_slice() == digest.as_slice() => {}
+                Some(_) => return Err(tampered(product)),
+                None => self
+                    .token
+                    .write_anchor(&label, &digest)
+                    .map_err(digest_err)?,
+            }
+            return Ok(Some(def));
         }
         Ok(None)
+    }
+
+    /// Keeps the digest of a product definition about to be appended in the token, before the
+    /// append: a crash between the two leaves a digest that the same import writes again.
+    pub(crate) fn keep_def_digest(
+        &self,
+        product: &ProductKey,
+        body: &[u8],
+    ) -> Result<(), DefError> {
+        self.token
+            .write_anchor(&def_digest_label(product)?, &sha256(body))
+            .map_err(digest_err)
     }
 
     /// The firmware a product's devices boot: family, boot key hash, family key; `None` when
@@ -98,10 +177,7 @@ impl Hsm {
             .claimed(CLAIM_PRODUCT, key.to_string().as_bytes())
             .map_err(IssueError::Ledger)?
             .ok_or_else(unknown)?;
-        let def = self
-            .product_def_near(seq)
-            .map_err(IssueError::Ledger)?
-            .ok_or_else(unknown)?;
+        let def = self.product_def_near(seq, Some(key))?.ok_or_else(unknown)?;
         let template = Template::from_toml(&def.template).map_err(|e| IssueError::Render {
             uid: "-".into(),
             source: e.into(),

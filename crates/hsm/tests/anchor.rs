@@ -52,6 +52,65 @@ mod anchor {
         }
     }
 
+    /// The factory's database staff change a product's stored template in place (its subject
+    /// becomes a TLS server name): the HSM refuses to issue for the product, naming the record,
+    /// instead of signing from it, and its earlier certificate is not re-signed either.
+    #[test]
+    fn a_product_definition_changed_in_the_store_is_refused() {
+        use trustfab_formats::records::ProductDef;
+        let t = tempfile::tempdir().unwrap();
+        let (vendor, s, oem) = acme_site(t.path());
+        s.hsm
+            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
+            .unwrap();
+        let product = pk("acme/thermo");
+        let d = device(1);
+        s.hsm
+            .issue_direct(&product, std::slice::from_ref(&d))
+            .unwrap();
+        let certs = s.certs.clone();
+        drop(s);
+
+        let c = rusqlite::Connection::open(t.path().join("ledger.sqlite")).unwrap();
+        let code = i64::from(trustfab_ledger::Kind::ProductCreated.code());
+        let (seq, body): (i64, Vec<u8>) = c
+            .query_row(
+                "SELECT seq, body FROM records WHERE kind = ?1",
+                [code],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let mut def = ProductDef::decode(&body).unwrap();
+        assert!(def.template.contains("common_name = "), "{}", def.template);
+        def.template = def
+            .template
+            .replacen("common_name = ", "common_name = \"update.acme.example\" # ", 1);
+        c.execute(
+            "UPDATE records SET body = ?1 WHERE seq = ?2",
+            rusqlite::params![def.encode(), seq],
+        )
+        .unwrap();
+        drop(c);
+
+        let s = reopen(t.path(), "hsm-1", &certs, BACKEND);
+        let want = u64::try_from(seq).unwrap();
+        for r in [
+            s.hsm
+                .issue_direct(&product, &[device(2)])
+                .map(drop),
+            s.hsm
+                .certificate_for(&product, &d.uid)
+                .map(drop),
+        ] {
+            match r {
+                Err(IssueError::Anchor(AnchorError::ProductTampered { product: p, seq }))
+                    if p == product && seq == want => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(s.hsm.products().unwrap()[0].issued, 1, "nothing spent");
+    }
+
     #[test]
     fn a_deleted_ledger_is_refused_and_the_package_does_not_import_again() {
         let t = tempfile::tempdir().unwrap();
