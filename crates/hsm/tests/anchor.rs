@@ -59,10 +59,7 @@ mod anchor {
     fn a_product_definition_changed_in_the_store_is_refused() {
         use trustfab_formats::records::ProductDef;
         let t = tempfile::tempdir().unwrap();
-        let (vendor, s, oem) = acme_site(t.path());
-        s.hsm
-            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
-            .unwrap();
+        let (_, s, _) = thermo_site(t.path(), 10);
         let product = pk("acme/thermo");
         let d = device(1);
         s.hsm
@@ -140,10 +137,7 @@ mod anchor {
         let t = tempfile::tempdir().unwrap();
         let db = FreshDatabase::new();
         std::fs::write(t.path().join("ledger-url"), db.url()).unwrap();
-        let (vendor, s, oem) = acme_site(t.path());
-        s.hsm
-            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
-            .unwrap();
+        let (_, s, _) = thermo_site(t.path(), 10);
         let anchored = head(&s);
         let certs = s.certs.clone();
         drop(s);
@@ -161,10 +155,7 @@ mod anchor {
     #[test]
     fn the_newest_records_cut_off_are_refused_with_the_record_expected() {
         let t = tempfile::tempdir().unwrap();
-        let (vendor, s, oem) = acme_site(t.path());
-        s.hsm
-            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
-            .unwrap();
+        let (_, s, _) = thermo_site(t.path(), 10);
         let kept = head(&s);
         s.hsm
             .issue_direct(&pk("acme/thermo"), &[device(1), device(2)])
@@ -221,10 +212,7 @@ mod anchor {
     #[test]
     fn another_ledger_of_the_same_length_is_refused() {
         let t = tempfile::tempdir().unwrap();
-        let (vendor, s, oem) = acme_site(t.path());
-        s.hsm
-            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
-            .unwrap();
+        let (vendor, s, oem) = thermo_site(t.path(), 10);
         let anchored = head(&s);
         let certs = s.certs.clone();
         // The same steps with another count make another chain of the same length.
@@ -254,10 +242,7 @@ mod anchor {
         let t = tempfile::tempdir().unwrap();
         let db = FreshDatabase::new();
         std::fs::write(t.path().join("ledger-url"), db.url()).unwrap();
-        let (vendor, s, oem) = acme_site(t.path());
-        s.hsm
-            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
-            .unwrap();
+        let (_, s, _) = thermo_site(t.path(), 10);
         s.hsm
             .issue_direct(&pk("acme/thermo"), &[device(1)])
             .unwrap();
@@ -291,10 +276,7 @@ mod anchor {
     #[test]
     fn the_anchor_is_the_ledger_head_in_its_versioned_encoding() {
         let t = tempfile::tempdir().unwrap();
-        let (vendor, s, oem) = acme_site(t.path());
-        s.hsm
-            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", 10, 1)))
-            .unwrap();
+        let (_, s, _) = thermo_site(t.path(), 10);
         let anchored = head(&s);
         let certs = s.certs.clone();
         let hash = s.ledger.head().unwrap().hash;

@@ -8,6 +8,15 @@ fn acme_site(dir: &Path) -> (Vendor, Site, Oem) {
     (vendor, s, Oem::new("acme", NOW))
 }
 
+/// [`acme_site`] with `count` of acme/thermo imported (package id 1).
+fn thermo_site(dir: &Path, count: u64) -> (Vendor, Site, Oem) {
+    let (vendor, s, oem) = acme_site(dir);
+    s.hsm
+        .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", count, 1)))
+        .unwrap();
+    (vendor, s, oem)
+}
+
 mod import {
     use super::*;
 
@@ -209,10 +218,7 @@ mod issue {
     use super::*;
 
     fn ready(dir: &Path, count: u64) -> (Site, Oem) {
-        let (vendor, s, oem) = acme_site(dir);
-        s.hsm
-            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", count, 1)))
-            .unwrap();
+        let (_, s, oem) = thermo_site(dir, count);
         (s, oem)
     }
 
@@ -567,11 +573,7 @@ mod reservation {
     use trustfab_hsm::{JobOpError, Reservation};
 
     fn thermo(dir: &Path, count: u64) -> Site {
-        let (vendor, s, oem) = acme_site(dir);
-        s.hsm
-            .import(&oem.package(&s.certs, &vendor.root, &spec("thermo", count, 1)))
-            .unwrap();
-        s
+        thermo_site(dir, count).1
     }
 
     fn counter(s: &Site, key: &str) -> (u64, u64) {

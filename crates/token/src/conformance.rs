@@ -731,6 +731,19 @@ pub fn anchor_writes_from_two_threads<B: Backend>(b: &B) {
     check(&t);
 }
 
+/// Writes `n` anchors of the HSM's size (41 bytes) one after another and returns the writes per
+/// second: a measurement for the backends' ignored `measure_write_anchor_per_second`, printed,
+/// never asserted.
+pub fn anchor_writes_per_second<T: Token>(t: &T, n: u32) -> f64 {
+    let anchor = KeyLabel::new("ledger-anchor").unwrap();
+    let start = std::time::Instant::now();
+    for i in 0..n {
+        let value = [&[1u8][..], &u64::from(i).to_be_bytes()[..], &[0xab; 32]].concat();
+        t.write_anchor(&anchor, &value).unwrap();
+    }
+    f64::from(n) / start.elapsed().as_secs_f64()
+}
+
 /// Instantiates every conformance test for a backend: `token_conformance!(fixture_expr);` where
 /// the expression makes a fresh [`Backend`] for each test.
 #[macro_export]
