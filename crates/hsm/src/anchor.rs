@@ -72,8 +72,12 @@ impl Anchor {
     /// of a release before anchors) the store's current head is anchored.
     pub(crate) fn open(token: Arc<dyn Token>, ledger: &dyn Store) -> Result<Self, AnchorError> {
         let label = KeyLabel::new(ANCHOR_LABEL).map_err(AnchorError::Token)?;
+        // The anchor first, then the head: another process anchors only what its store has
+        // committed, so a head read after the anchor reaches it; read the other way round, an
+        // append committed and anchored between the two reads looks like a ledger behind.
+        let anchor = token.read_anchor(&label).map_err(AnchorError::Token)?;
         let head = ledger.head().map_err(AnchorError::Ledger)?;
-        let anchored = match token.read_anchor(&label).map_err(AnchorError::Token)? {
+        let anchored = match anchor {
             Some(v) => {
                 let a = decode(&v)?;
                 check_reaches(ledger, &head, &a)?;

@@ -163,9 +163,6 @@ pub struct Pkcs11Token {
     /// Handles this instance issued. A handle not in here is refused: cryptoki object handles
     /// cannot be forged from numbers without `unsafe`, and need not be.
     known: RwLock<HashMap<u64, Known>>,
-    /// Serializes this process's anchor writes, so that two threads never make the same
-    /// generation of one anchor.
-    anchor_writes: Mutex<()>,
 }
 
 impl fmt::Debug for Pkcs11Token {
@@ -199,6 +196,11 @@ struct Module {
 }
 
 static MODULES: Mutex<Vec<Module>> = Mutex::new(Vec::new());
+
+/// Serializes this process's anchor writes, across every handle of every token, so that two
+/// threads (or two handles of one token) never make the same generation of one anchor. Anchor
+/// writes are one per ledger batch, so one lock for all of them costs nothing worth a finer one.
+static ANCHOR_WRITES: Mutex<()> = Mutex::new(());
 
 fn modules() -> std::sync::MutexGuard<'static, Vec<Module>> {
     MODULES.lock().unwrap_or_else(PoisonError::into_inner)
@@ -246,22 +248,26 @@ fn check_login(
     pin: &[u8],
     fresh: bool,
 ) -> Result<(), Error> {
-    let digest: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pin)
-        .as_ref()
-        .try_into()
-        .map_err(|_| Error::WrongCredential)?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pin);
     let mut all = modules();
+    // Every open token holds its module (acquire before login): a module missing here is a
+    // bug, refused rather than passed without a PIN check.
     let Some(m) = all.iter_mut().find(|m| m.path == module) else {
-        return Ok(());
+        return Err(Error::Module(format!(
+            "{} is not initialized in this process",
+            module.display()
+        )));
     };
     match m.logins.iter().find(|(l, _)| l == label) {
         Some((_, known)) if !fresh => {
-            aws_lc_rs::constant_time::verify_slices_are_equal(known, &digest)
+            aws_lc_rs::constant_time::verify_slices_are_equal(known, digest.as_ref())
                 .map_err(|_| Error::WrongCredential)
         }
         _ => {
             m.logins.retain(|(l, _)| l != label);
-            m.logins.push((label.to_owned(), digest));
+            let mut d = [0u8; 32];
+            d.copy_from_slice(digest.as_ref());
+            m.logins.push((label.to_owned(), d));
             Ok(())
         }
     }
@@ -328,7 +334,6 @@ impl Pkcs11Token {
             pool: Pool::new(session, config.sessions),
             mode,
             known: RwLock::new(HashMap::new()),
-            anchor_writes: Mutex::new(()),
         })
     }
 
@@ -1164,10 +1169,7 @@ impl Token for Pkcs11Token {
     /// older object that the next write removes.
     fn write_anchor(&self, label: &KeyLabel, value: &[u8]) -> Result<(), Error> {
         check_anchor(value)?;
-        let _one_writer = self
-            .anchor_writes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _one_writer = ANCHOR_WRITES.lock().unwrap_or_else(PoisonError::into_inner);
         let s = self.session()?;
         let older = Self::anchor_objects(&s, label)?;
         let generation = match older.first() {

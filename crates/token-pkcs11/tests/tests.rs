@@ -556,10 +556,11 @@ mod pkcs11 {
 
     /// Two generations of one anchor (a write stopped between creating the new object and
     /// destroying the old): the newest is read, and the next write leaves one object. Two
-    /// objects of the same generation (two processes writing at once) are refused as ambiguous,
-    /// never guessed between; an object without a generation is refused as malformed.
+    /// objects of the same generation (two processes writing at once) read as the greater
+    /// value, the same answer every time; an object without a generation is refused as
+    /// malformed.
     #[test]
-    fn anchor_generations_newest_wins_and_a_tie_is_refused() {
+    fn anchor_generations_newest_wins_and_a_tie_takes_the_greater_value() {
         let hsm = fixture();
         let t = hsm.open();
         let label = KeyLabel::new("ledger-anchor").unwrap();

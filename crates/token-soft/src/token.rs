@@ -62,15 +62,20 @@ struct Entry {
 }
 
 impl Entry {
-    /// Loads a key from the bytes the store keeps for it (PKCS#8 DER, or a MAC key's raw bytes).
-    fn load(info: KeyInfo, stored: SecretBytes) -> Result<Self, Error> {
-        if info.usage == KeyUsage::Mac {
-            return Self::load_mac(info, stored);
+    /// Loads a key from the secret the store keeps for it (PKCS#8 DER, or a MAC key's raw
+    /// bytes), taking it over without a copy.
+    fn load(info: KeyInfo, secret: Secret) -> Result<Self, Error> {
+        match secret {
+            Secret::Mac(raw) => Self::load_mac(info, raw),
+            Secret::Pkcs8(der) => Self::load_ec(info, der),
         }
+    }
+
+    /// An EC key from its PKCS#8 DER.
+    fn load_ec(info: KeyInfo, pkcs8: SecretKeyDer) -> Result<Self, Error> {
         let curve = info
             .curve
             .ok_or(Error::BadKey("an EC key without a curve"))?;
-        let pkcs8 = SecretKeyDer::new(stored.expose_secret().to_vec());
         let der = pkcs8.secret_pkcs8_der();
         let (live, point) = match info.usage {
             KeyUsage::Sign => {
@@ -278,7 +283,7 @@ impl SoftToken {
         for (id, (info, stored)) in records {
             match state.keys.get(&id) {
                 None => fresh.push((id, load(info, stored).map_err(format)?)),
-                Some(e) if e.info == info && e.secret.stored() == stored.expose_secret() => {}
+                Some(e) if e.info == info && e.secret.stored() == stored.stored() => {}
                 // The same id holding another key: not a store written by these rules.
                 Some(_) => return Err(tampered()),
             }
@@ -344,19 +349,19 @@ impl Token for SoftToken {
             KeyUsage::Sign | KeyUsage::Distribute => {
                 let doc = EcdsaKeyPair::generate_pkcs8(spec.curve.signing_alg(), &self.rng)
                     .map_err(|_| Error::Crypto("key generation"))?;
-                SecretBytes::new(doc.as_ref().to_vec())
+                SecretKeyDer::new(doc.as_ref().to_vec())
             }
             KeyUsage::KeyTransport => {
                 let k = agreement::PrivateKey::generate(&ECDH_P256)
                     .map_err(|_| Error::Crypto("key generation"))?;
                 let der: Pkcs8V1Der<'static> =
                     k.as_der().map_err(|_| Error::Crypto("key serialisation"))?;
-                SecretBytes::new(der.as_ref().to_vec())
+                SecretKeyDer::new(der.as_ref().to_vec())
             }
             // `spec.check` refuses a MAC usage in an EC spec.
             KeyUsage::Mac => return Err(Error::BadSpec("MAC keys are made with generate_mac")),
         };
-        self.insert(Entry::load(Self::info_of(spec), pkcs8)?)
+        self.insert(Entry::load_ec(Self::info_of(spec), pkcs8)?)
     }
 
     fn generate_mac(&self, spec: &MacKeySpec) -> Result<KeyHandle, Error> {
@@ -372,7 +377,7 @@ impl Token for SoftToken {
             sensitive: true,
             extractable: false,
         };
-        self.insert(Entry::load(info, SecretBytes::new(raw.to_vec()))?)
+        self.insert(Entry::load_mac(info, SecretBytes::new(raw.to_vec()))?)
     }
 
     fn find(&self, label: &KeyLabel) -> Result<Option<KeyHandle>, Error> {
@@ -446,8 +451,7 @@ impl Token for SoftToken {
             )?;
             unwrap_pkcs8(&kek, wrapped.ciphertext())?
         };
-        let pkcs8 = SecretBytes::new(pkcs8.secret_pkcs8_der().to_vec());
-        let entry = Entry::load(Self::info_of(spec), pkcs8).map_err(|_| Error::Unwrap)?;
+        let entry = Entry::load_ec(Self::info_of(spec), pkcs8).map_err(|_| Error::Unwrap)?;
         if entry.public.as_ref() != Some(wrapped.public_key()) {
             return Err(Error::Unwrap);
         }
@@ -487,10 +491,15 @@ impl Token for SoftToken {
 
     fn read_anchor(&self, label: &KeyLabel) -> Result<Option<Vec<u8>>, Error> {
         // The file is the truth: another handle or process may have written since. The store is
-        // replaced by rename, so a read without the lock sees one whole version.
-        let mut state = self.write();
-        self.refresh(&mut state)?;
-        Ok(state.anchors.get(label.as_str()).cloned())
+        // replaced by rename, so a read without the lock sees one whole version. Only the
+        // anchors are taken from it: keys are loaded by the writers that need them, and signing
+        // goes on meanwhile under the read lock.
+        let body = self.read().sealing.reread(&self.path)?;
+        let (_, _, anchors) = decode(&body).map_err(|reason| Error::StoreFormat {
+            path: self.path.display().to_string(),
+            reason,
+        })?;
+        Ok(anchors.get(label.as_str()).cloned())
     }
 
     fn write_anchor(&self, label: &KeyLabel, value: &[u8]) -> Result<(), Error> {
@@ -598,13 +607,13 @@ fn encode_with(state: &State, anchors: &Anchors) -> Zeroizing<Vec<u8>> {
 }
 
 /// A stored key as the store body holds it, not yet loaded.
-type Record = (KeyInfo, SecretBytes);
+type Record = (KeyInfo, Secret);
 
 /// A store body: the next key id, the keys by id (not loaded) and the anchors.
 type Body = (u64, BTreeMap<u64, Record>, Anchors);
 
 /// Loads one stored key (parses its PKCS#8, or takes a MAC key's bytes).
-fn load(info: KeyInfo, stored: SecretBytes) -> Result<Entry, &'static str> {
+fn load(info: KeyInfo, stored: Secret) -> Result<Entry, &'static str> {
     Entry::load(info, stored).map_err(|_| "a stored key does not load")
 }
 
@@ -654,7 +663,11 @@ fn decode(body: &[u8]) -> Result<Body, &'static str> {
         }
         let l = r.take(2)?;
         let len = usize::from(u16::from_be_bytes([l[0], l[1]]));
-        let stored = SecretBytes::new(r.take(len)?.to_vec());
+        let raw = r.take(len)?.to_vec();
+        let stored = match usage {
+            KeyUsage::Mac => Secret::Mac(SecretBytes::new(raw)),
+            _ => Secret::Pkcs8(SecretKeyDer::new(raw)),
+        };
         let info = KeyInfo {
             label,
             curve,

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, UnparsedPublicKey};
+use aws_lc_rs::signature::{EcdsaKeyPair, UnparsedPublicKey};
 use trustfab_types::SecretKeyDer;
 
 use crate::{
@@ -60,31 +60,30 @@ fn verify(curve: Curve, point: &[u8], msg: &[u8], sig: &[u8]) -> bool {
 /// public point.
 struct SoftKey {
     der: SecretKeyDer,
-    point: Vec<u8>,
+    public: PublicKey,
 }
 
 impl SoftKey {
     fn public_point(&self) -> &[u8] {
-        &self.point
+        self.public.point()
     }
 
-    fn secret_pkcs8_der(&self) -> SecretKeyDer {
-        SecretKeyDer::new(self.der.secret_pkcs8_der().to_vec())
+    fn secret_pkcs8_der(&self) -> &SecretKeyDer {
+        &self.der
     }
 }
 
 fn oem_key(curve: Curve) -> SoftKey {
     let doc = EcdsaKeyPair::generate_pkcs8(curve.signing_alg(), &SystemRandom::new()).unwrap();
-    let pair = EcdsaKeyPair::from_pkcs8(curve.signing_alg(), doc.as_ref()).unwrap();
-    SoftKey {
-        point: pair.public_key().as_ref().to_vec(),
-        der: SecretKeyDer::new(doc.as_ref().to_vec()),
-    }
+    let der = SecretKeyDer::new(doc.as_ref().to_vec());
+    let public = pkcs8_public_key(&der).unwrap();
+    assert_eq!(public.curve(), curve);
+    SoftKey { der, public }
 }
 
 /// The private scalar of a PKCS#8 key, to look for it where it must not be.
 fn scalar_of(key: &SoftKey, curve: Curve) -> Vec<u8> {
-    scalar_of_der(&key.secret_pkcs8_der(), curve)
+    scalar_of_der(key.secret_pkcs8_der(), curve)
 }
 
 fn scalar_of_der(der: &SecretKeyDer, curve: Curve) -> Vec<u8> {
@@ -98,15 +97,14 @@ fn scalar_of_der(der: &SecretKeyDer, curve: Curve) -> Vec<u8> {
 /// key, the recipient of [`Token::wrap_key`].
 fn device_key(curve: Curve) -> (SecretKeyDer, PublicKey) {
     let k = oem_key(curve);
-    let public = PublicKey::from_point(curve, k.public_point()).unwrap();
-    (k.secret_pkcs8_der(), public)
+    (k.der, k.public)
 }
 
 /// `key` wrapped for the key-transport key `kt` of `t`, binding `info`, as it arrives: through
 /// its byte encoding.
 fn wrapped_to(t: &dyn Token, kt: KeyHandle, key: &SoftKey, info: &[u8]) -> WrappedKey {
     let der = key.secret_pkcs8_der();
-    let wrapped = wrap_for(&t.public_key(kt).unwrap(), &der, info).unwrap();
+    let wrapped = wrap_for(&t.public_key(kt).unwrap(), der, info).unwrap();
     WrappedKey::from_bytes(&wrapped.to_bytes()).unwrap()
 }
 
@@ -249,7 +247,7 @@ pub fn wrong_wrapped_blob_refused<B: Backend>(b: &B) {
     let other_kt = transport_key(&t, "kt2");
     let oem = oem_key(Curve::P256);
     let der = oem.secret_pkcs8_der();
-    let good = wrap_for(&t.public_key(kt).unwrap(), &der, b"pkg").unwrap();
+    let good = wrap_for(&t.public_key(kt).unwrap(), der, b"pkg").unwrap();
     let spec = KeySpec::new(label("oem"), Curve::P256, KeyUsage::Sign);
     let refused = |w: &WrappedKey, kt: KeyHandle| {
         assert!(matches!(t.unwrap_key(kt, w, &spec), Err(Error::Unwrap)));
@@ -288,7 +286,7 @@ pub fn distribute_key_wraps_out_to_a_device<B: Backend>(b: &B) {
     let kt = transport_key(&t, "kt");
     let family = oem_key(Curve::P256);
     let family_der = family.secret_pkcs8_der();
-    let family_pub = pkcs8_public_key(&family_der).unwrap();
+    let family_pub = pkcs8_public_key(family_der).unwrap();
     let d = import_distribute(&t, kt, &family, "family:widget", true).unwrap();
     let info = t.info(d).unwrap();
     assert_eq!(

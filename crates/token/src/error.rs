@@ -139,9 +139,3 @@ impl From<trustfab_keys::Error> for Error {
         }
     }
 }
-
-impl From<trustfab_keys::SignError> for Error {
-    fn from(e: trustfab_keys::SignError) -> Self {
-        Self::Crypto(e.reason())
-    }
-}
