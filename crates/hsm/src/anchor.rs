@@ -31,7 +31,7 @@ fn encode(head: &Head) -> Vec<u8> {
 }
 
 /// Decodes an anchor value; anything but a version-1 value of the exact length is refused.
-fn decode(b: &[u8]) -> Result<Head, AnchorError> {
+pub(crate) fn decode(b: &[u8]) -> Result<Head, AnchorError> {
     if b.len() != ENCODED_LEN || b.first() != Some(&VERSION) {
         return Err(AnchorError::Malformed);
     }

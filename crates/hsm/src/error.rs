@@ -230,6 +230,16 @@ pub enum IssueError {
         /// The product.
         product: ProductKey,
     },
+    /// A device's issuance record is not under this HSM's seal: it, or a record of its append,
+    /// was changed, added or moved in the store, or the append was not sealed by this HSM. No
+    /// certificate is rebuilt and no key delivered from it.
+    #[error("the issuance record of device {uid} (ledger append at record {seq}) is not sealed by this HSM: it was changed or written outside it")]
+    UnsealedRecord {
+        /// The device's UID, hex.
+        uid: String,
+        /// The first record of the append its claim names.
+        seq: u64,
+    },
     /// The ledger claims the UID but holds no issuance record for it: the ledger was tampered
     /// with (`trustfab ledger verify` names the record).
     #[error("device {uid} is claimed at ledger record {seq} but its issuance record is missing")]

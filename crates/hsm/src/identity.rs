@@ -27,6 +27,7 @@ impl Hsm {
         let identity = token.generate(&KeySpec::new(id_label, curve, KeyUsage::Sign))?;
         let kt_label = KeyLabel::new(KT_LABEL)?;
         let kt = token.generate(&KeySpec::new(kt_label, curve, KeyUsage::KeyTransport))?;
+        crate::seal::seal_key(token)?;
         let signer = TokenSigner::new(token, identity)?;
         let kt_pk = token.public_key(kt)?;
         Ok(HsmRequest::new(hsm_id.as_str(), &signer, &kt_pk)?)
@@ -73,6 +74,13 @@ impl Hsm {
         };
         let identity_point = token.public_key(identity)?.point().to_vec();
         let anchor = crate::anchor::Anchor::open(Arc::clone(&token), &*ledger)?;
+        // From here on the store takes counters from sealed records only, walking the chain to
+        // the anchor before its first append.
+        let seal_key = crate::seal::seal_key(&*token)?;
+        ledger.seal_with(Arc::new(crate::seal::SealGuard {
+            token: Arc::clone(&token),
+            key: seal_key,
+        }));
         Ok(Self {
             token,
             ledger,
@@ -86,6 +94,7 @@ impl Hsm {
             products: RwLock::new(HashMap::new()),
             serial_alloc: Mutex::new(()),
             anchor,
+            seal_key,
         })
     }
 

@@ -251,17 +251,21 @@ impl Hsm {
         };
         let created = append_creates(&append);
         let floor = self.anchor.floor()?;
-        let recs = self.ledger.append(append).map_err(|e| match e {
-            trustfab_ledger::Error::Duplicate {
-                namespace,
-                first_seq,
-                ..
-            } if namespace == CLAIM_PACKAGE => ImportError::Replayed {
-                package: hex(&c.package_id),
-                seq: first_seq,
-            },
-            other => ImportError::Ledger(other),
-        })?;
+        // It creates or adds units: sealed at its place in the chain.
+        let recs = self
+            .append_positional(&append)
+            .map_err(ImportError::Token)?
+            .map_err(|e| match e {
+                trustfab_ledger::Error::Duplicate {
+                    namespace,
+                    first_seq,
+                    ..
+                } if namespace == CLAIM_PACKAGE => ImportError::Replayed {
+                    package: hex(&c.package_id),
+                    seq: first_seq,
+                },
+                other => ImportError::Ledger(other),
+            })?;
         self.anchor.advance(floor, &recs)?;
         Ok(Imported {
             product: key,

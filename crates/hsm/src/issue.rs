@@ -215,6 +215,8 @@ impl Hsm {
             }
             recs.push((i, rec));
         }
+        // Sealed without a position: the batch may share a transaction with other stations'.
+        let append = crate::seal::seal_free(&*self.token, self.seal_key, append)?;
         let floor = self.anchor.floor()?;
         let appended = self.ledger.append(append).map_err(|e| match (e, job) {
             (trustfab_ledger::Error::Exhausted { product, .. }, _)
@@ -291,7 +293,7 @@ impl Hsm {
                 // the serial claims refuse a second process that read the same k.
                 let used = self
                     .ledger
-                    .counter(&serial_counter(&p.key))
+                    .verified_counter(&serial_counter(&p.key))
                     .map_err(IssueError::Ledger)?
                     .map_or(0, |c| c.issued);
                 (0..n)
@@ -307,37 +309,67 @@ impl Hsm {
         }
     }
 
+    /// The issuance record of `uid` in the append whose first record is `seq` (what its claim
+    /// names), believed only under that append's seal: the token's MAC over exactly its records.
+    /// A record changed, added or moved in the store, or an append the HSM did not seal, is
+    /// refused naming the record.
     pub(crate) fn issuance_near(
         &self,
         seq: u64,
         product: &ProductKey,
         uid: &DeviceUid,
     ) -> Result<IssuanceRecord, IssueError> {
-        // The claim names the first record of the issuing append; the device's record is one of
-        // the next BATCH_MAX + 1. Read them in chunks: batches are small (64 by default), and a
-        // station asks this for every device of a firmware job.
+        // The append is the device's batch (at most BATCH_MAX records) and its seal. Read it in
+        // chunks: batches are small (64 by default), and a station asks this for every device
+        // of a firmware job.
         const CHUNK: usize = 128;
+        let unsealed = || IssueError::UnsealedRecord {
+            uid: uid.to_hex(),
+            seq,
+        };
+        let mut recs = Vec::new();
         let mut from = seq;
-        let mut left = BATCH_MAX + 1;
-        while left > 0 {
+        while recs.len() <= BATCH_MAX {
+            let want = CHUNK.min(BATCH_MAX + 1 - recs.len());
             let chunk = self
                 .ledger
-                .read_raw(from, CHUNK.min(left))
+                .read_raw(from, want)
                 .map_err(IssueError::Ledger)?;
-            let Some(last) = chunk.last().map(|r| r.seq) else {
+            if chunk.is_empty() {
                 break;
-            };
-            left = left.saturating_sub(chunk.len());
-            from = last + 1;
+            }
+            let mut sealed = false;
             for raw in chunk {
-                let r = raw.into_record().map_err(IssueError::Ledger)?;
-                if r.kind != Kind::CertificateIssued {
-                    continue;
+                if raw.seq != from {
+                    return Err(unsealed());
                 }
-                if let Ok(rec) = IssuanceRecord::decode(&r.body) {
-                    if rec.product == *product && &rec.uid == uid {
-                        return Ok(rec);
-                    }
+                from += 1;
+                let r = raw.into_record().map_err(IssueError::Ledger)?;
+                sealed = r.kind == Kind::Seal;
+                recs.push(r);
+                if sealed {
+                    break;
+                }
+            }
+            if sealed {
+                break;
+            }
+        }
+        if recs.is_empty() {
+            return Err(IssueError::MissingRecord {
+                uid: uid.to_hex(),
+                seq,
+            });
+        }
+        let covered =
+            crate::seal::check_free(&*self.token, self.seal_key, &recs).ok_or_else(unsealed)?;
+        for r in covered {
+            if r.kind != Kind::CertificateIssued {
+                continue;
+            }
+            if let Ok(rec) = IssuanceRecord::decode(&r.body) {
+                if rec.product == *product && &rec.uid == uid {
+                    return Ok(rec);
                 }
             }
         }

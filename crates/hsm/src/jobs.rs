@@ -141,7 +141,7 @@ impl Hsm {
         // The product's counter is named by its `oem/product` text (never holding a `:`).
         let remaining = match self
             .ledger
-            .counter(&product.to_string())
+            .verified_counter(&product.to_string())
             .map_err(JobOpError::Ledger)?
         {
             Some(c) => c.remaining(),
@@ -185,21 +185,25 @@ impl Hsm {
             })
             .with_claim(CLAIM_JOB, s.job_id.as_str().as_bytes().to_vec());
         let floor = self.anchor.floor()?;
-        let recs = self.ledger.append(append).map_err(|e| match e {
-            // Only the product's spend can be exhausted (the job counter is created here).
-            trustfab_ledger::Error::Exhausted {
-                remaining, asked, ..
-            } => JobOpError::OverRemaining {
-                product: s.product.clone(),
-                remaining,
-                asked,
-            },
-            trustfab_ledger::Error::Duplicate { first_seq, .. } => JobOpError::Exists {
-                job: s.job_id.clone(),
-                seq: first_seq,
-            },
-            other => JobOpError::Ledger(other),
-        })?;
+        // It creates units (the job's): sealed at its place in the chain.
+        let recs = self
+            .append_positional(&append)
+            .map_err(JobOpError::Token)?
+            .map_err(|e| match e {
+                // Only the product's spend can be exhausted (the job counter is created here).
+                trustfab_ledger::Error::Exhausted {
+                    remaining, asked, ..
+                } => JobOpError::OverRemaining {
+                    product: s.product.clone(),
+                    remaining,
+                    asked,
+                },
+                trustfab_ledger::Error::Duplicate { first_seq, .. } => JobOpError::Exists {
+                    job: s.job_id.clone(),
+                    seq: first_seq,
+                },
+                other => JobOpError::Ledger(other),
+            })?;
         self.anchor.advance(floor, &recs)?;
         Ok(Reservation {
             created_seq: recs.first().map_or(0, |r| r.seq),
@@ -250,7 +254,7 @@ impl Hsm {
         }
         let legacy = self
             .ledger
-            .counter(&job_counter(id))
+            .verified_counter(&job_counter(id))
             .map_err(JobOpError::Ledger)?
             .is_none();
         Ok(Reservation {
@@ -293,7 +297,7 @@ impl Hsm {
             0
         } else {
             self.ledger
-                .counter(&job_counter(id))
+                .verified_counter(&job_counter(id))
                 .map_err(JobOpError::Ledger)?
                 .map_or(0, |c| c.remaining())
         };
@@ -443,7 +447,7 @@ impl Hsm {
             } else {
                 let left = self
                     .ledger
-                    .counter(&counter)
+                    .verified_counter(&counter)
                     .map_err(JobOpError::Ledger)?
                     .map_or(0, |c| c.remaining());
                 (left, spec.quantity.saturating_sub(left))
@@ -473,7 +477,13 @@ impl Hsm {
                 }
             }
             let floor = self.anchor.floor()?;
-            match self.ledger.append(append) {
+            let res = if append.counters.is_empty() {
+                self.ledger.append(append)
+            } else {
+                // It credits units back: sealed at its place in the chain.
+                self.append_positional(&append).map_err(JobOpError::Token)?
+            };
+            match res {
                 Ok(recs) => {
                     self.anchor.advance(floor, &recs)?;
                     // A signed checkpoint right after every close, so that the OEM sees any

@@ -10,6 +10,7 @@ mod issue;
 mod jobs;
 mod product;
 mod report;
+mod seal;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,6 +28,7 @@ pub use import::Imported;
 pub use issue::{DeviceKey, Issued};
 pub use jobs::{DeviceOutcome, JobStatus, Reservation};
 pub use product::{ProductFirmware, ProductStatus};
+pub use seal::SEAL_LABEL;
 pub use trustfab_formats::binding::{family_delivery_info, family_wrap_info, wrap_info};
 pub use trustfab_formats::records::IssuanceRecord;
 
@@ -97,6 +99,8 @@ pub struct Hsm {
     serial_alloc: Mutex<()>,
     /// The ledger head anchored in the token; every append advances it before returning.
     anchor: anchor::Anchor,
+    /// The MAC key that seals this HSM's appends (`docs/ledger.md`, "Seals").
+    seal_key: KeyHandle,
 }
 
 impl std::fmt::Debug for Hsm {

@@ -653,11 +653,12 @@ mod reservation {
         assert_eq!(certificates_of(&s, "job-a"), 4);
         // The close is followed by a checkpoint the HSM identity signed.
         let head = s.ledger.head().unwrap().seq;
-        let last: Vec<_> = s.ledger.records(head - 1).map(|r| r.unwrap().kind).collect();
+        let last: Vec<_> = s.ledger.records(head - 2).map(|r| r.unwrap().kind).collect();
         assert_eq!(
             last,
             vec![
                 trustfab_ledger::Kind::JobClosed,
+                trustfab_ledger::Kind::Seal,
                 trustfab_ledger::Kind::Checkpoint
             ]
         );

@@ -184,6 +184,7 @@ mod soft {
     const BACKEND: Backend = Backend::Soft;
     include!("suite.rs");
     include!("anchor.rs");
+    include!("tamper.rs");
 }
 
 mod pkcs11 {
@@ -191,6 +192,7 @@ mod pkcs11 {
     const BACKEND: Backend = Backend::Pkcs11;
     include!("suite.rs");
     include!("anchor.rs");
+    include!("tamper.rs");
 }
 
 /// DESIGN.md property 4 across crashes: a process issuing in a loop is killed with SIGKILL at

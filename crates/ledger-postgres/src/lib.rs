@@ -20,9 +20,9 @@ use trustfab_ledger::backend::{
     i64_of, pending_migrations, raw_record, u64_of, ClaimKey, ClaimRow, Conn, CounterState, Writer,
 };
 use trustfab_ledger::Error;
-use trustfab_ledger::Store;
 use trustfab_ledger::{Append, Counter};
 use trustfab_ledger::{CounterEvent, RawRecord};
+use trustfab_ledger::{Guard, Store};
 use trustfab_ledger::{Head, Record};
 
 fn pg_err(op: &'static str) -> impl FnOnce(postgres::Error) -> Error {
@@ -348,6 +348,34 @@ impl Statements {
     }
 }
 
+fn read_raw(c: &mut Client, from_seq: u64, limit: usize) -> Result<Vec<RawRecord>, Error> {
+    let from = i64::try_from(from_seq).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = c
+        .query(
+            "SELECT seq, CAST(kind AS BIGINT), body, effects, prev_hash, hash FROM records
+             WHERE seq >= $1 ORDER BY seq LIMIT $2",
+            &[&from, &limit],
+        )
+        .map_err(pg_err("reading records"))?;
+    rows.iter()
+        .map(|r| {
+            let t = (|| {
+                Ok::<_, postgres::Error>((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                    r.try_get(5)?,
+                ))
+            })()
+            .map_err(pg_err("reading records"))?;
+            raw_record(t)
+        })
+        .collect()
+}
+
 impl Conn for WriteConn {
     fn begin(&mut self) -> Result<(), Error> {
         if self.client.is_closed() {
@@ -448,6 +476,10 @@ impl Conn for WriteConn {
         Ok(())
     }
 
+    fn read_raw(&mut self, from_seq: u64, limit: usize) -> Result<Vec<RawRecord>, Error> {
+        read_raw(&mut self.client, from_seq, limit)
+    }
+
     fn retryable(&self, e: &Error) -> bool {
         retryable(e)
     }
@@ -468,33 +500,7 @@ impl Store for PgStore {
     }
 
     fn read_raw(&self, from_seq: u64, limit: usize) -> Result<Vec<RawRecord>, Error> {
-        let from = i64::try_from(from_seq).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.read(|c| {
-            let rows = c
-                .query(
-                    "SELECT seq, CAST(kind AS BIGINT), body, effects, prev_hash, hash FROM records
-                     WHERE seq >= $1 ORDER BY seq LIMIT $2",
-                    &[&from, &limit],
-                )
-                .map_err(pg_err("reading records"))?;
-            rows.iter()
-                .map(|r| {
-                    let t = (|| {
-                        Ok::<_, postgres::Error>((
-                            r.try_get(0)?,
-                            r.try_get(1)?,
-                            r.try_get(2)?,
-                            r.try_get(3)?,
-                            r.try_get(4)?,
-                            r.try_get(5)?,
-                        ))
-                    })()
-                    .map_err(pg_err("reading records"))?;
-                    raw_record(t)
-                })
-                .collect()
-        })
+        self.read(|c| read_raw(c, from_seq, limit))
     }
 
     fn read_counter_events(
@@ -546,6 +552,15 @@ impl Store for PgStore {
                 .map_err(pg_err("reading a counter"))?;
             Ok(counter_state(row)?.map(|(_, c)| c))
         })
+    }
+
+    fn seal_with(&self, guard: std::sync::Arc<dyn Guard>) {
+        self.writer.seal_with(guard);
+    }
+
+    fn verified_counter(&self, product: &str) -> Result<Option<Counter>, Error> {
+        self.writer
+            .verified_counter(product, || self.counter(product))
     }
 
     fn counters(&self) -> Result<Vec<(String, Counter)>, Error> {

@@ -15,9 +15,9 @@ use trustfab_ledger::backend::{
     Writer,
 };
 use trustfab_ledger::Error;
-use trustfab_ledger::Store;
 use trustfab_ledger::{Append, Counter};
 use trustfab_ledger::{CounterEvent, RawRecord};
+use trustfab_ledger::{Guard, Store};
 use trustfab_ledger::{Head, Record};
 
 fn sqlite_err(op: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
@@ -203,6 +203,22 @@ fn claimed(c: &Connection, namespace: &str, key: &[u8]) -> Result<Option<u64>, E
     row.map(|s| u64_of(s, "claim seq")).transpose()
 }
 
+fn read_raw(c: &Connection, from_seq: u64, limit: usize) -> Result<Vec<RawRecord>, Error> {
+    let from = i64::try_from(from_seq).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = c
+        .prepare_cached(
+            "SELECT seq, kind, body, effects, prev_hash, hash FROM records
+             WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![from, limit], raw_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(sqlite_err("reading records"))?;
+    rows.into_iter().map(raw_record).collect()
+}
+
 struct WriteConn(Connection);
 
 impl Conn for WriteConn {
@@ -298,6 +314,10 @@ impl Conn for WriteConn {
         Ok(())
     }
 
+    fn read_raw(&mut self, from_seq: u64, limit: usize) -> Result<Vec<RawRecord>, Error> {
+        read_raw(&self.0, from_seq, limit)
+    }
+
     fn retryable(&self, e: &Error) -> bool {
         matches!(
             e.storage_source::<rusqlite::Error>()
@@ -317,21 +337,7 @@ impl Store for SqliteStore {
     }
 
     fn read_raw(&self, from_seq: u64, limit: usize) -> Result<Vec<RawRecord>, Error> {
-        let from = i64::try_from(from_seq).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.read(|c| {
-            let rows = c
-                .prepare_cached(
-                    "SELECT seq, kind, body, effects, prev_hash, hash FROM records
-                     WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
-                )
-                .and_then(|mut s| {
-                    s.query_map(params![from, limit], raw_row)?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .map_err(sqlite_err("reading records"))?;
-            rows.into_iter().map(raw_record).collect()
-        })
+        self.read(|c| read_raw(c, from_seq, limit))
     }
 
     fn read_counter_events(
@@ -380,6 +386,15 @@ impl Store for SqliteStore {
 
     fn counter(&self, product: &str) -> Result<Option<Counter>, Error> {
         self.read(|c| Ok(counter(c, product)?.map(|(_, c)| c)))
+    }
+
+    fn seal_with(&self, guard: std::sync::Arc<dyn Guard>) {
+        self.writer.seal_with(guard);
+    }
+
+    fn verified_counter(&self, product: &str) -> Result<Option<Counter>, Error> {
+        self.writer
+            .verified_counter(product, || self.counter(product))
     }
 
     fn counters(&self) -> Result<Vec<(String, Counter)>, Error> {

@@ -9,13 +9,14 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
 use crate::append::{decode_effects, encode_effects, Append, Counter, CounterOp};
 use crate::error::{Error, Problem};
 use crate::record::{record_hash, Checkpoint, Head, Kind, Record};
+use crate::tracker::{Guard, Tracked, Tracker};
 
 /// The most appends one transaction carries.
 pub(crate) const MAX_BATCH_APPENDS: usize = 2048;
@@ -143,6 +144,12 @@ pub trait Conn: Send + 'static {
         events: &[CounterEvent],
         claims: &[ClaimRow<'_>],
     ) -> Result<(), Error>;
+    /// Up to `limit` stored records with `seq >= from_seq`, in seq order, read inside the
+    /// transaction (a sealed store follows the chain with it).
+    ///
+    /// # Errors
+    /// A storage error.
+    fn read_raw(&mut self, from_seq: u64, limit: usize) -> Result<Vec<RawRecord>, Error>;
     /// Whether a storage error is a conflict with another writer worth retrying.
     fn retryable(&self, e: &Error) -> bool;
 }
@@ -153,6 +160,9 @@ struct BatchState {
     head: Head,
     counters: HashMap<String, Option<CounterState>>,
     claims: HashMap<ClaimKey, u64>,
+    /// The claims of the appends accepted in this batch (a sealed store's account takes them
+    /// once the batch commits).
+    new_claims: std::collections::HashSet<ClaimKey>,
 }
 
 /// The migrations of `migrations` after schema version `current`, in order; a schema newer than
@@ -179,10 +189,25 @@ pub fn pending_migrations(
 /// changes nothing.
 fn check_one(
     conn: &mut dyn Conn,
+    tracked: Option<&Tracked>,
     st: &mut BatchState,
     a: &Append,
 ) -> Result<(Vec<Record>, Vec<CounterEvent>), Error> {
     let head = st.head;
+    if tracked.is_some() && !a.counters.is_empty() {
+        // A sealed store's counters move only under the sealer's seal, positional (and so
+        // at an expected head) when units are added.
+        let ok = match a.is_sealed() {
+            Some(positional) => {
+                (positional && a.expect_head.is_some())
+                    || !a.counters.iter().any(crate::seal::adds_units)
+            }
+            None => false,
+        };
+        if !ok {
+            return Err(Error::Invalid(crate::error::Invalid::Unsealed));
+        }
+    }
     if let Some(expected) = a.expect_head {
         if expected != head.seq {
             return Err(Error::HeadMoved {
@@ -208,9 +233,32 @@ fn check_one(
         h.seq += 1;
     }
     for c in &a.claims {
+        let key = (c.namespace.clone(), c.key.clone());
+        if let Some(t) = tracked {
+            // A sealed store's claims are the chain's: a stored claim row deleted or forged is
+            // named, not believed.
+            let in_chain = t.has_claim(&c.namespace, &c.key) || st.new_claims.contains(&key);
+            if in_chain != st.claims.contains_key(&key) {
+                return Err(Error::Tampered {
+                    seq: head.seq,
+                    problem: Problem::StateMismatch {
+                        what: format!(
+                            "claim {} {}: {}",
+                            c.namespace,
+                            hex::encode(&c.key),
+                            if in_chain {
+                                "a record made it, its stored row is gone"
+                            } else {
+                                "stored, but no record made it"
+                            }
+                        ),
+                    },
+                });
+            }
+        }
         // Claims were read for the whole batch up front; the map also holds the claims of the
         // appends accepted earlier in this batch.
-        if let Some(&first_seq) = st.claims.get(&(c.namespace.clone(), c.key.clone())) {
+        if let Some(&first_seq) = st.claims.get(&key) {
             return Err(Error::Duplicate {
                 namespace: c.namespace.clone(),
                 key: c.key.clone(),
@@ -227,7 +275,28 @@ fn check_one(
             None => match st.counters.get(product) {
                 Some(s) => *s,
                 None => {
-                    let s = conn.counter(product)?;
+                    // A sealed store's counters are the chain's, never the stored rows.
+                    let stored = conn.counter(product)?;
+                    let s = match tracked {
+                        Some(t) => {
+                            let chain = t.counters.get(product).copied();
+                            if stored != chain {
+                                // Rows rewritten or forged: named, and nothing appended.
+                                return Err(Error::Tampered {
+                                    seq: head.seq,
+                                    problem: Problem::StateMismatch {
+                                        what: format!(
+                                            "counter of product {product}: the stored rows say {}, the chain says {}",
+                                            show(stored),
+                                            show(chain)
+                                        ),
+                                    },
+                                });
+                            }
+                            chain
+                        }
+                        None => stored,
+                    };
                     st.counters.insert(product.to_owned(), s);
                     s
                 }
@@ -270,16 +339,36 @@ fn check_one(
     for c in &a.claims {
         st.claims
             .insert((c.namespace.clone(), c.key.clone()), first_seq);
+        if tracked.is_some() {
+            st.new_claims.insert((c.namespace.clone(), c.key.clone()));
+        }
     }
     Ok((out, events))
 }
 
+/// A counter state as a verification finding shows it.
+fn show(s: Option<CounterState>) -> String {
+    match s {
+        Some((event, c)) => format!("{} issued of {} (event {event})", c.issued, c.total),
+        None => "no counter".into(),
+    }
+}
+
 type Outcome = Result<Vec<Record>, Error>;
 
-/// Runs a batch as one transaction; `Err` only for a storage error (nothing committed).
-fn run_batch(conn: &mut dyn Conn, batch: &[&Append]) -> Result<Vec<Outcome>, Error> {
+/// Runs a batch as one transaction; `Err` only for a storage error (nothing committed), or, in
+/// a sealed store, for a chain found tampered with.
+fn run_batch(
+    conn: &mut dyn Conn,
+    mut tracker: Option<&mut Tracker>,
+    batch: &[&Append],
+) -> Result<Vec<Outcome>, Error> {
     conn.begin()?;
     let attempt = (|| {
+        if let Some(t) = tracker.as_deref_mut() {
+            t.sync(conn)?;
+        }
+        let tracked = tracker.as_deref().and_then(|t| t.state.as_ref());
         let head = conn.head()?;
         let keys: Vec<(&str, &[u8])> = batch
             .iter()
@@ -295,12 +384,13 @@ fn run_batch(conn: &mut dyn Conn, batch: &[&Append]) -> Result<Vec<Outcome>, Err
             head,
             counters: HashMap::new(),
             claims,
+            new_claims: std::collections::HashSet::new(),
         };
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
         let mut claim_rows = Vec::new();
         for a in batch {
-            match check_one(conn, &mut st, a) {
+            match check_one(conn, tracked, &mut st, a) {
                 Ok((recs, evs)) => {
                     let first_seq = recs.first().map_or(0, |r| r.seq);
                     claim_rows.extend(a.claims.iter().map(|c| ClaimRow {
@@ -325,6 +415,10 @@ fn run_batch(conn: &mut dyn Conn, batch: &[&Append]) -> Result<Vec<Outcome>, Err
             conn.insert(&records, &events, &claim_rows)?;
         }
         conn.commit()?;
+        // Committed: the batch's own appends are part of the account.
+        if let Some(t) = tracker.as_deref_mut().and_then(|t| t.state.as_mut()) {
+            t.accept(st.head, st.counters, &st.new_claims);
+        }
         Ok(outcomes)
     })();
     if attempt.is_err() {
@@ -334,11 +428,15 @@ fn run_batch(conn: &mut dyn Conn, batch: &[&Append]) -> Result<Vec<Outcome>, Err
 }
 
 /// Runs a batch, retrying it whole on conflicts; every append gets an outcome.
-pub(crate) fn commit_batch(conn: &mut dyn Conn, batch: &[&Append]) -> Vec<Outcome> {
+pub(crate) fn commit_batch(
+    conn: &mut dyn Conn,
+    mut tracker: Option<&mut Tracker>,
+    batch: &[&Append],
+) -> Vec<Outcome> {
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match run_batch(conn, batch) {
+        match run_batch(conn, tracker.as_deref_mut(), batch) {
             Ok(outcomes) => return outcomes,
             Err(e) if conn.retryable(&e) => {
                 if attempt >= MAX_ATTEMPTS {
@@ -371,6 +469,8 @@ struct Job {
 pub struct Writer {
     queue: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
+    /// The sealed store's guard and account, once [`Writer::seal_with`] installed one.
+    tracker: Arc<Mutex<Option<Tracker>>>,
 }
 
 impl Writer {
@@ -380,6 +480,8 @@ impl Writer {
     /// The writer thread could not be started.
     pub fn start<C: Conn>(name: &str, mut conn: C) -> Result<Self, std::io::Error> {
         let (tx, rx) = mpsc::channel::<Job>();
+        let tracker: Arc<Mutex<Option<Tracker>>> = Arc::new(Mutex::new(None));
+        let shared = Arc::clone(&tracker);
         let thread = thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
@@ -396,8 +498,11 @@ impl Writer {
                         }
                     }
                     let batch: Vec<&Append> = jobs.iter().flat_map(|j| j.appends.iter()).collect();
-                    let mut outcomes = commit_batch(&mut conn, &batch).into_iter();
+                    let mut guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut outcomes = commit_batch(&mut conn, guard.as_mut(), &batch).into_iter();
+                    drop(guard);
                     for j in &jobs {
+                        // A sync request (no appends) gets no outcome; it reads the account.
                         let mine: Vec<Outcome> = outcomes.by_ref().take(j.appends.len()).collect();
                         // A caller that gave up waiting is no error of the ledger's.
                         let _ = j.reply.send(mine);
@@ -407,7 +512,71 @@ impl Writer {
         Ok(Self {
             queue: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            tracker,
         })
+    }
+
+    /// Makes this a sealed store under `guard`: from the next transaction on, counters are the
+    /// chain's (walked once from record 1 to the anchored head, then followed), counter
+    /// operations are accepted only in sealed appends, and a chain found tampered with fails
+    /// every append ([`Error::Tampered`]).
+    pub fn seal_with(&self, guard: Arc<dyn Guard>) {
+        let mut t = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+        *t = Some(Tracker {
+            guard,
+            state: None,
+            last_error: None,
+            poisoned: None,
+        });
+    }
+
+    /// A product's counter as the chain says, brought up to the store's head first; in a store
+    /// that is not sealed, what `stored` reads from the rows ([`crate::Store::verified_counter`]).
+    ///
+    /// # Errors
+    /// [`Error::Tampered`] when following the chain finds it tampered with, or a storage error.
+    pub fn verified_counter(
+        &self,
+        product: &str,
+        stored: impl FnOnce() -> Result<Option<Counter>, Error>,
+    ) -> Result<Option<Counter>, Error> {
+        if self
+            .tracker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+        {
+            return stored();
+        }
+        self.sync()?;
+        let t = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(t.as_ref()
+            .and_then(|t| t.state.as_ref())
+            .and_then(|s| s.counters.get(product).map(|(_, c)| *c)))
+    }
+
+    /// Runs an empty transaction: a sealed store follows the chain to its head.
+    fn sync(&self) -> Result<(), Error> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let sent = match self.queue.lock() {
+            Ok(q) => q.as_ref().is_some_and(|q| {
+                q.send(Job {
+                    appends: Vec::new(),
+                    reply,
+                })
+                .is_ok()
+            }),
+            Err(_) => false,
+        };
+        if !sent {
+            return Err(Error::WriterStopped);
+        }
+        answer.recv().map_err(|_| Error::WriterStopped)?;
+        let t = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+        match t.as_ref().map(|t| t.last_error.clone()) {
+            Some(Some(e)) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Validates, submits and waits: one outcome per append, in order.

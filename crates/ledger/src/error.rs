@@ -120,6 +120,9 @@ pub enum Error {
         /// How many times it was tried.
         attempts: u32,
     },
+    /// The store's guard (the sealer's anchor) could not be read.
+    #[error("ledger guard failed")]
+    Guard(#[source] Arc<dyn StdError + Send + Sync>),
     /// The storage backend failed.
     #[error("{backend} ledger: {op}")]
     Storage {
@@ -174,6 +177,9 @@ pub enum Invalid {
     RepeatedClaim,
     /// A checkpoint record whose body does not parse.
     Checkpoint,
+    /// A sealed store takes counter operations only in an append that ends with its seal, and
+    /// operations that add units only under a positional seal with an expected head.
+    Unsealed,
 }
 
 impl fmt::Display for Invalid {
@@ -199,6 +205,9 @@ impl fmt::Display for Invalid {
             Self::ClaimKey => f.write_str("claim key is empty or too long"),
             Self::RepeatedClaim => f.write_str("the same claim appears twice"),
             Self::Checkpoint => f.write_str("checkpoint body is malformed"),
+            Self::Unsealed => f.write_str(
+                "counter operations need a seal (a positional one, with an expected head, to add units)",
+            ),
         }
     }
 }
@@ -247,6 +256,24 @@ pub enum Problem {
         /// What differs.
         what: String,
     },
+    /// A seal body does not parse, or covers records that are not there.
+    MalformedSeal,
+    /// A seal's MAC does not verify: a covered record was changed, or the seal was not made by
+    /// the sealer (or, positional, not at this place in the chain).
+    BadSeal,
+    /// A record carries counter operations no valid seal covers (operations that add units
+    /// need a positional one): it was not written by the sealer.
+    Unsealed,
+    /// The store is behind what this process saw of it: records it read are gone or replaced.
+    RolledBack {
+        /// The store's head seq now.
+        head: u64,
+    },
+    /// The store does not reach the head anchored outside it.
+    BehindAnchor {
+        /// The anchored seq.
+        anchored: u64,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -281,6 +308,21 @@ impl fmt::Display for Problem {
             Self::StateMismatch { what } => {
                 write!(f, "stored state differs from the chain: {what}")
             }
+            Self::MalformedSeal => f.write_str("malformed seal, or one covering missing records"),
+            Self::BadSeal => f.write_str(
+                "seal does not verify (a covered record changed, or the seal is not the sealer's or not at its place)",
+            ),
+            Self::Unsealed => f.write_str(
+                "carries counter operations no valid seal covers (not written by the sealer)",
+            ),
+            Self::RolledBack { head } => write!(
+                f,
+                "is gone or replaced: the store rolled back under this process (its head is {head})"
+            ),
+            Self::BehindAnchor { anchored } => write!(
+                f,
+                "does not lead to the anchored head: the store is behind the HSM (record {anchored} expected)"
+            ),
         }
     }
 }

@@ -8,6 +8,8 @@ pub mod backend;
 mod engine;
 mod error;
 mod record;
+mod seal;
+mod tracker;
 
 use std::error::Error as StdError;
 
@@ -24,6 +26,8 @@ pub use record::{
     record_hash, Checkpoint, Hash, Head, Kind, Record, CHECKPOINT_TAG, CHECKPOINT_VERSION,
     GENESIS_HASH, MAX_BODY_BYTES, MAX_SIGNATURE_BYTES, RECORD_HASH_TAG,
 };
+pub use seal::{adds_units, seal_digest, Covered, Seal, SEAL_MAC_LEN, SEAL_TAG, SEAL_VERSION};
+pub use tracker::Guard;
 
 /// Signs a checkpoint message; the HSM identity key stands behind it.
 pub type Signer<'a> = dyn Fn(&[u8]) -> Result<Vec<u8>, Box<dyn StdError + Send + Sync>> + 'a;
@@ -92,6 +96,21 @@ pub trait Store: Send + Sync {
     ///
     /// A storage error, or [`Error::Corrupt`] for an impossible stored value.
     fn counter(&self, product: &str) -> Result<Option<Counter>, Error>;
+
+    /// Makes this a sealed store under `guard` (the HSM's token): counters are then taken from
+    /// the chain, walked once to the anchored head and followed after, never from the stored
+    /// counter rows; counter operations are accepted only in sealed appends; a chain found
+    /// tampered with fails every append with [`Error::Tampered`] naming the record.
+    fn seal_with(&self, guard: std::sync::Arc<dyn Guard>);
+
+    /// A product's counter: in a sealed store the chain's, brought up to the head first; in
+    /// any other, the stored one ([`Store::counter`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tampered`] in a sealed store whose chain does not check out, or a storage
+    /// error.
+    fn verified_counter(&self, product: &str) -> Result<Option<Counter>, Error>;
 
     /// Every product's counter, ordered by product key.
     ///

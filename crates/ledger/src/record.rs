@@ -93,6 +93,9 @@ kinds! {
     CreditBack = 11,
     /// A signed checkpoint over the chain head.
     Checkpoint = 12,
+    /// The sealer's MAC over the records of its append, the append's last record
+    /// ([`Seal`](crate::Seal)).
+    Seal = 13,
 }
 
 impl fmt::Display for Kind {
@@ -283,7 +286,7 @@ mod tests {
             assert_eq!(Kind::from_code(k.code()), Some(k));
         }
         assert_eq!(Kind::from_code(0), None);
-        assert_eq!(Kind::from_code(13), None);
+        assert_eq!(Kind::from_code(14), None);
     }
 
     #[test]
