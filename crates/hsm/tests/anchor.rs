@@ -176,6 +176,33 @@ mod anchor {
     }
 
     #[test]
+    fn the_newest_records_cut_off_a_postgres_ledger_are_refused_at_open() {
+        let t = tempfile::tempdir().unwrap();
+        let db = FreshDatabase::new();
+        std::fs::write(t.path().join("ledger-url"), db.url()).unwrap();
+        let (_, s, _) = thermo_site(t.path(), 10);
+        let kept = head(&s);
+        s.hsm
+            .issue_direct(&pk("acme/thermo"), &[device(1), device(2)])
+            .unwrap();
+        let anchored = head(&s);
+        let certs = s.certs.clone();
+        drop(s);
+        let mut c = postgres::Client::connect(db.url(), postgres::NoTls).unwrap();
+        let kept_i = i64::try_from(kept).unwrap();
+        for table in ["records", "counter_events", "claims"] {
+            c.execute(&format!("DELETE FROM {table} WHERE seq > $1"), &[&kept_i])
+                .unwrap();
+        }
+        match reopen_err(t.path(), &certs) {
+            AnchorError::Behind { expected, head } => {
+                assert_eq!((expected, head), (anchored, kept));
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
     fn the_file_rolled_back_to_an_older_copy_is_refused() {
         let t = tempfile::tempdir().unwrap();
         let (vendor, s, oem) = acme_site(t.path());

@@ -242,4 +242,15 @@ mod tests {
         assert_eq!(sealed.is_sealed(), Some(false));
         assert_eq!(sealed.records.len(), 3);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn seal_decoder_never_panics_and_what_parses_encodes_back(
+            b in proptest::collection::vec(proptest::num::u8::ANY, 0..80)
+        ) {
+            if let Ok(s) = Seal::decode(&b) {
+                proptest::prop_assert_eq!(s.encode(), b);
+            }
+        }
+    }
 }
