@@ -95,6 +95,7 @@ impl Hsm {
             serial_alloc: Mutex::new(()),
             anchor,
             seal_key,
+            checkpoint_every: std::sync::atomic::AtomicU64::new(crate::CHECKPOINT_EVERY),
         })
     }
 
@@ -129,6 +130,34 @@ impl Hsm {
     /// The uncompressed point of the identity key: what job packages are checked against.
     pub fn identity_point(&self) -> &[u8] {
         &self.identity_point
+    }
+
+    /// Makes a checkpoint when `recs` (just appended) crossed a multiple of the checkpoint
+    /// interval ([`Hsm::set_checkpoint_every`], [`CHECKPOINT_EVERY`](crate::CHECKPOINT_EVERY)
+    /// records by default), so that the OEM's verification has a signed head at most that many
+    /// records back. Best effort: what was appended stands either way, and a checkpoint that
+    /// cannot be made now (the head kept moving) is made at the next crossing, close or report.
+    pub(crate) fn checkpoint_if_due(&self, recs: &[trustfab_ledger::Record]) {
+        let every = self
+            .checkpoint_every
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1);
+        let (Some(first), Some(last)) = (
+            recs.iter().map(|r| r.seq).min(),
+            recs.iter().map(|r| r.seq).max(),
+        ) else {
+            return;
+        };
+        if (first - 1) / every != last / every {
+            // Best effort, as said: nothing of the append depends on it.
+            let _ = self.checkpoint();
+        }
+    }
+
+    /// Sets the automatic checkpoint interval, in records (at least 1).
+    pub fn set_checkpoint_every(&self, records: u64) {
+        self.checkpoint_every
+            .store(records.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Appends a checkpoint signed by the identity key over the ledger's current head.

@@ -269,6 +269,7 @@ impl Hsm {
                 *slot = Some(sign_record(p, issuer, &rec, &d.public_key, false)?);
             }
         }
+        self.checkpoint_if_due(&appended);
         Ok(())
     }
 

@@ -410,6 +410,7 @@ impl Hsm {
         }
         // What was appended is anchored even when another append of the batch was refused.
         self.anchor.advance(floor, &appended)?;
+        self.checkpoint_if_due(&appended);
         match failed {
             Some(e) => Err(IssueError::Ledger(e)),
             None => Ok(()),

@@ -36,6 +36,9 @@ pub use trustfab_formats::records::IssuanceRecord;
 pub const IDENTITY_LABEL: &str = "hsm-identity";
 /// Token label of the key-transport key (packages are wrapped to it).
 pub const KT_LABEL: &str = "hsm-key-transport";
+/// The default automatic checkpoint interval: a signed checkpoint each time the ledger passes a
+/// multiple of this many records (besides one after every job close and one per report).
+pub const CHECKPOINT_EVERY: u64 = 10_000;
 /// Most devices in one issuance call.
 /// Two claims per device must fit the ledger's operations per append.
 pub const BATCH_MAX: usize = 4000;
@@ -101,6 +104,8 @@ pub struct Hsm {
     anchor: anchor::Anchor,
     /// The MAC key that seals this HSM's appends (`docs/ledger.md`, "Seals").
     seal_key: KeyHandle,
+    /// A checkpoint is made each time the ledger passes a multiple of this many records.
+    checkpoint_every: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Hsm {

@@ -808,3 +808,37 @@ mod reservation {
         assert_eq!(counter(&s, "acme/thermo"), (100, 0));
     }
 }
+
+mod checkpoints {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_is_made_each_time_the_ledger_passes_the_interval() {
+        let t = tempfile::tempdir().unwrap();
+        let (_, s, _) = thermo_site(t.path(), 100);
+        s.hsm.set_checkpoint_every(10);
+        let mut crossings = 0;
+        for i in 0..6u32 {
+            let before = s.ledger.head().unwrap().seq;
+            s.hsm
+                .issue_direct(&pk("acme/thermo"), &[device(2 * i), device(2 * i + 1)])
+                .unwrap();
+            // The batch's records: two issuances and the seal.
+            if before / 10 != (before + 3) / 10 {
+                crossings += 1;
+            }
+        }
+        let checkpoints: Vec<u64> = s
+            .ledger
+            .records(1)
+            .map(|r| r.unwrap())
+            .filter(|r| r.kind == trustfab_ledger::Kind::Checkpoint)
+            .map(|r| r.seq)
+            .collect();
+        assert!(crossings >= 1);
+        assert_eq!(checkpoints.len(), crossings, "{checkpoints:?}");
+        let v = s.hsm.verify_ledger().unwrap();
+        assert_eq!(v.checkpoints, u64::try_from(crossings).unwrap());
+        assert_eq!(v.last_checkpoint, checkpoints.last().copied());
+    }
+}
