@@ -57,8 +57,18 @@ mod anchor {
     /// instead of signing from it, and its earlier certificate is not re-signed either.
     #[test]
     fn a_product_definition_changed_in_the_store_is_refused() {
+        for pg in [false, true] {
+            product_definition_changed(pg);
+        }
+    }
+
+    fn product_definition_changed(pg: bool) {
         use trustfab_formats::records::ProductDef;
         let t = tempfile::tempdir().unwrap();
+        let fresh = pg.then(FreshDatabase::new);
+        if let Some(db) = &fresh {
+            std::fs::write(t.path().join("ledger-url"), db.url()).unwrap();
+        }
         let (_, s, _) = thermo_site(t.path(), 10);
         let product = pk("acme/thermo");
         let d = device(1);
@@ -68,26 +78,47 @@ mod anchor {
         let certs = s.certs.clone();
         drop(s);
 
-        let c = rusqlite::Connection::open(t.path().join("ledger.sqlite")).unwrap();
         let code = i64::from(trustfab_ledger::Kind::ProductCreated.code());
-        let (seq, body): (i64, Vec<u8>) = c
-            .query_row(
-                "SELECT seq, body FROM records WHERE kind = ?1",
-                [code],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
-        let mut def = ProductDef::decode(&body).unwrap();
-        assert!(def.template.contains("common_name = "), "{}", def.template);
-        def.template = def
-            .template
-            .replacen("common_name = ", "common_name = \"update.acme.example\" # ", 1);
-        c.execute(
-            "UPDATE records SET body = ?1 WHERE seq = ?2",
-            rusqlite::params![def.encode(), seq],
-        )
-        .unwrap();
-        drop(c);
+        let change = |body: &[u8]| {
+            let mut def = ProductDef::decode(body).unwrap();
+            assert!(def.template.contains("common_name = "), "{}", def.template);
+            def.template = def
+                .template
+                .replacen("common_name = ", "common_name = \"update.acme.example\" # ", 1);
+            def.encode()
+        };
+        let seq: i64 = match &fresh {
+            Some(db) => {
+                let mut c = postgres::Client::connect(db.url(), postgres::NoTls).unwrap();
+                let code = i32::try_from(code).unwrap();
+                let row = c
+                    .query_one("SELECT seq, body FROM records WHERE kind = $1", &[&code])
+                    .unwrap();
+                let (seq, body): (i64, Vec<u8>) = (row.get(0), row.get(1));
+                c.execute(
+                    "UPDATE records SET body = $1 WHERE seq = $2",
+                    &[&change(&body), &seq],
+                )
+                .unwrap();
+                seq
+            }
+            None => {
+                let c = rusqlite::Connection::open(t.path().join("ledger.sqlite")).unwrap();
+                let (seq, body): (i64, Vec<u8>) = c
+                    .query_row(
+                        "SELECT seq, body FROM records WHERE kind = ?1",
+                        [code],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .unwrap();
+                c.execute(
+                    "UPDATE records SET body = ?1 WHERE seq = ?2",
+                    rusqlite::params![change(&body), seq],
+                )
+                .unwrap();
+                seq
+            }
+        };
 
         let s = reopen(t.path(), "hsm-1", &certs, BACKEND);
         let want = u64::try_from(seq).unwrap();
