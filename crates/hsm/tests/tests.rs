@@ -305,7 +305,15 @@ mod crash {
 
     fn check_count(dir: &Path, returned: &[String], count: u64) -> u64 {
         let ledger = open_ledger(dir);
-        ledger.verify(&|_, _| false).unwrap();
+        // Checkpoints (the automatic ones every CHECKPOINT_EVERY records) under the identity.
+        let certs =
+            HsmCertificates::from_pem(&std::fs::read_to_string(dir.join("hsm.pem")).unwrap())
+                .unwrap();
+        let (_, x) = x509_parser::parse_x509_certificate(&certs.identity).unwrap();
+        let key = PublicKey::from_spki_der(x.public_key().raw).unwrap();
+        ledger
+            .verify(&|m, sig| trustfab_formats::report::verify_signature(&key, m, sig).is_ok())
+            .unwrap();
         let counter = ledger.counter("acme/thermo").unwrap().unwrap();
         assert!(counter.issued <= count, "over the count: {counter:?}");
         let mut recorded = std::collections::HashSet::new();
