@@ -161,5 +161,60 @@ fn bench_postgres(c: &mut Criterion) {
         .unwrap();
 }
 
-criterion_group!(benches, bench_sqlite, bench_postgres);
+/// What a sealed store needs of its guard for a chain that lies wholly under the anchor: the
+/// anchor (the head), and no seal to check (records up to the anchor need none).
+struct AnchoredAt(trustfab_ledger::Head);
+
+impl trustfab_ledger::Guard for AnchoredAt {
+    fn seal_valid(&self, _: &trustfab_ledger::Hash, _: &[u8]) -> bool {
+        false
+    }
+
+    fn anchored(
+        &self,
+    ) -> Result<Option<trustfab_ledger::Head>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Some(self.0))
+    }
+}
+
+/// Records in the ledger whose first walk is measured.
+const WALK_RECORDS: u64 = 100_000;
+
+/// The first walk of a sealed store (once per process): every record read, hashed and its
+/// effects and claims taken into the account, on a SQLite ledger of `WALK_RECORDS` issuances.
+fn bench_first_walk(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walk.sqlite");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        setup(&store);
+        for chunk in 0..WALK_RECORDS / 1000 {
+            let appends = (0..1000).map(|i| issuance(chunk * 1000 + i)).collect();
+            for r in store.append_all(appends) {
+                r.unwrap();
+            }
+        }
+    }
+    let mut g = c.benchmark_group("sealed store");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(WALK_RECORDS));
+    g.bench_function("first walk, SQLite, 100k records with claims", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let store = SqliteStore::open(&path).unwrap();
+                let head = store.head().unwrap();
+                store.seal_with(Arc::new(AnchoredAt(head)));
+                let start = Instant::now();
+                let c = store.verified_counter(PRODUCT).unwrap().unwrap();
+                total += start.elapsed();
+                assert_eq!(c.issued, WALK_RECORDS);
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_sqlite, bench_postgres, bench_first_walk);
 criterion_main!(benches);
