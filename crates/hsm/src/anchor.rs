@@ -30,8 +30,17 @@ fn encode(head: &Head) -> Vec<u8> {
     v
 }
 
+/// The head anchored under `label` in `token`, if any.
+pub(crate) fn read(token: &dyn Token, label: &KeyLabel) -> Result<Option<Head>, AnchorError> {
+    token
+        .read_anchor(label)
+        .map_err(AnchorError::Token)?
+        .map(|v| decode(&v))
+        .transpose()
+}
+
 /// Decodes an anchor value; anything but a version-1 value of the exact length is refused.
-pub(crate) fn decode(b: &[u8]) -> Result<Head, AnchorError> {
+fn decode(b: &[u8]) -> Result<Head, AnchorError> {
     if b.len() != ENCODED_LEN || b.first() != Some(&VERSION) {
         return Err(AnchorError::Malformed);
     }
@@ -75,11 +84,10 @@ impl Anchor {
         // The anchor first, then the head: another process anchors only what its store has
         // committed, so a head read after the anchor reaches it; read the other way round, an
         // append committed and anchored between the two reads looks like a ledger behind.
-        let anchor = token.read_anchor(&label).map_err(AnchorError::Token)?;
+        let anchor = read(&*token, &label)?;
         let head = ledger.head().map_err(AnchorError::Ledger)?;
         let anchored = match anchor {
-            Some(v) => {
-                let a = decode(&v)?;
+            Some(a) => {
                 check_reaches(ledger, &head, &a)?;
                 a
             }
@@ -180,12 +188,7 @@ impl Anchor {
     /// Writes `w` unless the token already holds a higher anchor (another process of this HSM
     /// wrote it); returns what the token now holds.
     fn write_max(&self, w: &Head) -> Result<Head, AnchorError> {
-        if let Some(v) = self
-            .token
-            .read_anchor(&self.label)
-            .map_err(AnchorError::Token)?
-        {
-            let cur = decode(&v)?;
+        if let Some(cur) = read(&*self.token, &self.label)? {
             if cur.seq > w.seq {
                 return Ok(cur);
             }

@@ -232,25 +232,21 @@ impl Hsm {
     /// # Errors
     /// A ledger error.
     pub fn products(&self) -> Result<Vec<ProductStatus>, trustfab_ledger::Error> {
-        // The stored rows name the products; their counts are the chain's, as the HSM checked
-        // them (`Store::verified_counter`), not what the rows say.
-        let mut out = Vec::new();
-        for (product, _) in self.ledger.counters()? {
-            if product.contains(':') {
-                continue;
-            }
-            let Ok(key) = ProductKey::parse(&product) else {
-                continue;
-            };
-            if let Some(c) = self.ledger.verified_counter(&product)? {
-                out.push(ProductStatus {
-                    product: key,
+        // The chain's counters, names and counts, as the HSM checked them, not what the rows
+        // say (`Store::verified_counters`).
+        Ok(self
+            .ledger
+            .verified_counters()?
+            .into_iter()
+            .filter(|(product, _)| !product.contains(':'))
+            .filter_map(|(product, c)| {
+                Some(ProductStatus {
+                    product: ProductKey::parse(&product).ok()?,
                     ordered: c.total,
                     issued: c.issued,
                     remaining: c.remaining(),
-                });
-            }
-        }
-        Ok(out)
+                })
+            })
+            .collect())
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use trustfab_ledger::{Append, Guard, Hash, Head, Record, Seal, Store};
 use trustfab_token::{KeyHandle, KeyLabel, MacKeySpec, Token};
 
-use crate::anchor::{decode, ANCHOR_LABEL};
+use crate::anchor::ANCHOR_LABEL;
 
 /// Token label of the HSM's seal key (HMAC-SHA256 over its ledger appends).
 pub const SEAL_LABEL: &str = "hsm-ledger-seal";
@@ -47,11 +47,10 @@ impl Guard for SealGuard {
     }
 
     fn anchored(&self) -> Result<Option<Head>, Box<dyn std::error::Error + Send + Sync>> {
-        let label = KeyLabel::new(ANCHOR_LABEL)?;
-        match self.token.read_anchor(&label)? {
-            Some(v) => Ok(Some(decode(&v)?)),
-            None => Ok(None),
-        }
+        Ok(crate::anchor::read(
+            &*self.token,
+            &KeyLabel::new(ANCHOR_LABEL)?,
+        )?)
     }
 }
 
@@ -75,8 +74,7 @@ pub(crate) fn append_positional(
     ledger: &dyn Store,
     append: &Append,
 ) -> Result<Result<Vec<Record>, trustfab_ledger::Error>, trustfab_token::Error> {
-    let mut last = trustfab_ledger::Error::Contention { attempts: 0 };
-    for attempt in 1..=POSITIONAL_ATTEMPTS {
+    for _ in 0..POSITIONAL_ATTEMPTS {
         let head = match ledger.head() {
             Ok(h) => h,
             Err(e) => return Ok(Err(e)),
@@ -85,13 +83,13 @@ pub(crate) fn append_positional(
         a.expect_head = Some(head.seq);
         let tag = token.mac(key, &a.seal_digest(Some(&head.hash)))?;
         match ledger.append(a.with_seal(true, tag.to_bytes())) {
-            Err(trustfab_ledger::Error::HeadMoved { .. }) => {
-                last = trustfab_ledger::Error::Contention { attempts: attempt };
-            }
+            Err(trustfab_ledger::Error::HeadMoved { .. }) => {}
             other => return Ok(other),
         }
     }
-    Ok(Err(last))
+    Ok(Err(trustfab_ledger::Error::Contention {
+        attempts: POSITIONAL_ATTEMPTS,
+    }))
 }
 
 /// Checks the seal that ends an issuing append: `recs` are its stored records from its first

@@ -42,6 +42,16 @@ mod anchor {
         s.ledger.head().unwrap().seq
     }
 
+    /// Cuts every record after `seq` from a PostgreSQL ledger, with its counter events and claims.
+    fn cut_postgres(url: &str, seq: u64) {
+        let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+        let seq = i64::try_from(seq).unwrap();
+        for table in ["records", "counter_events", "claims"] {
+            c.execute(&format!("DELETE FROM {table} WHERE seq > $1"), &[&seq])
+                .unwrap();
+        }
+    }
+
     /// Cuts every record after `seq` from the SQLite ledger, with its counter events and claims.
     fn cut_sqlite(dir: &Path, seq: u64) {
         let c = rusqlite::Connection::open(dir.join("ledger.sqlite")).unwrap();
@@ -219,12 +229,7 @@ mod anchor {
         let anchored = head(&s);
         let certs = s.certs.clone();
         drop(s);
-        let mut c = postgres::Client::connect(db.url(), postgres::NoTls).unwrap();
-        let kept_i = i64::try_from(kept).unwrap();
-        for table in ["records", "counter_events", "claims"] {
-            c.execute(&format!("DELETE FROM {table} WHERE seq > $1"), &[&kept_i])
-                .unwrap();
-        }
+        cut_postgres(db.url(), kept);
         match reopen_err(t.path(), &certs) {
             AnchorError::Behind { expected, head } => {
                 assert_eq!((expected, head), (anchored, kept));
@@ -311,12 +316,7 @@ mod anchor {
             .issue_direct(&pk("acme/thermo"), &[device(2)])
             .unwrap();
         let anchored = head(&s);
-        let mut c = postgres::Client::connect(db.url(), postgres::NoTls).unwrap();
-        let kept_i = i64::try_from(kept).unwrap();
-        for table in ["records", "counter_events", "claims"] {
-            c.execute(&format!("DELETE FROM {table} WHERE seq > $1"), &[&kept_i])
-                .unwrap();
-        }
+        cut_postgres(db.url(), kept);
         // The store follows the chain it has seen: records it read are gone.
         let rolled_back = |r: Result<Vec<_>, IssueError>| match r {
             Err(IssueError::Ledger(trustfab_ledger::Error::Tampered {
@@ -330,7 +330,6 @@ mod anchor {
         for d in [device(4), device(2)] {
             rolled_back(s.hsm.issue_direct(&pk("acme/thermo"), &[d]));
         }
-        drop(c);
     }
 
     #[test]

@@ -563,6 +563,10 @@ impl Store for PgStore {
             .verified_counter(product, || self.counter(product))
     }
 
+    fn verified_counters(&self) -> Result<Vec<(String, Counter)>, Error> {
+        self.writer.verified_counters(|| self.counters())
+    }
+
     fn counters(&self) -> Result<Vec<(String, Counter)>, Error> {
         self.read(|c| {
             let rows = c

@@ -397,6 +397,10 @@ impl Store for SqliteStore {
             .verified_counter(product, || self.counter(product))
     }
 
+    fn verified_counters(&self) -> Result<Vec<(String, Counter)>, Error> {
+        self.writer.verified_counters(|| self.counters())
+    }
+
     fn counters(&self) -> Result<Vec<(String, Counter)>, Error> {
         self.read(|c| {
             let rows: Vec<(String, i64, i64)> = c

@@ -365,11 +365,12 @@ fn run_batch(
 ) -> Result<Vec<Outcome>, Error> {
     conn.begin()?;
     let attempt = (|| {
-        if let Some(t) = tracker.as_deref_mut() {
-            t.sync(conn)?;
-        }
+        // A sealed store follows the chain to the head first; that read is the batch's head.
+        let head = match tracker.as_deref_mut() {
+            Some(t) => t.sync(conn)?,
+            None => conn.head()?,
+        };
         let tracked = tracker.as_deref().and_then(|t| t.state.as_ref());
-        let head = conn.head()?;
         let keys: Vec<(&str, &[u8])> = batch
             .iter()
             .flat_map(|a| a.claims.iter())
@@ -540,19 +541,51 @@ impl Writer {
         product: &str,
         stored: impl FnOnce() -> Result<Option<Counter>, Error>,
     ) -> Result<Option<Counter>, Error> {
+        match self.account(|t| t.counters.get(product).map(|(_, c)| *c))? {
+            Some(c) => Ok(c),
+            None => stored(),
+        }
+    }
+
+    /// Every counter as the chain says, ordered by product key, brought up to the store's head
+    /// first (one transaction); in a store that is not sealed, what `stored` reads from the rows
+    /// ([`crate::Store::verified_counters`]).
+    ///
+    /// # Errors
+    /// [`Error::Tampered`] when following the chain finds it tampered with, or a storage error.
+    pub fn verified_counters(
+        &self,
+        stored: impl FnOnce() -> Result<Vec<(String, Counter)>, Error>,
+    ) -> Result<Vec<(String, Counter)>, Error> {
+        let all = self.account(|t| {
+            let mut all: Vec<(String, Counter)> = t
+                .counters
+                .iter()
+                .map(|(p, (_, c))| (p.clone(), *c))
+                .collect();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all
+        })?;
+        match all {
+            Some(all) => Ok(all),
+            None => stored(),
+        }
+    }
+
+    /// `read` of the sealed store's account, brought up to the store's head first; `None` in a
+    /// store that is not sealed.
+    fn account<T>(&self, read: impl FnOnce(&Tracked) -> T) -> Result<Option<T>, Error> {
         if self
             .tracker
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_none()
         {
-            return stored();
+            return Ok(None);
         }
         self.sync()?;
         let t = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(t.as_ref()
-            .and_then(|t| t.state.as_ref())
-            .and_then(|s| s.counters.get(product).map(|(_, c)| *c)))
+        Ok(t.as_ref().and_then(|t| t.state.as_ref()).map(read))
     }
 
     /// Runs an empty transaction: a sealed store follows the chain to its head.
@@ -638,6 +671,36 @@ impl Drop for Writer {
     }
 }
 
+/// Checks that stored record `r` is the one after `prev`: the next seq, its hash the hash of its
+/// fields, committing to `prev`'s hash, of a known kind. Returns its hash and kind.
+///
+/// # Errors
+/// [`Error::Tampered`] naming the record expected and what is wrong.
+pub(crate) fn follows(prev: &Head, r: &RawRecord) -> Result<(crate::Hash, Kind), Error> {
+    let expected = prev.seq + 1;
+    let bad = |problem| Error::Tampered {
+        seq: expected,
+        problem,
+    };
+    if r.seq != expected {
+        // Rows come back ordered by seq, so a higher one means `expected` is gone.
+        return Err(bad(Problem::Missing { next_found: r.seq }));
+    }
+    let recomputed = record_hash(&prev.hash, r.seq, r.kind, &r.body, &r.effects);
+    if r.hash[..] != recomputed[..] {
+        // Either this record changed, or it does not follow the previous one.
+        if r.prev_hash[..] != prev.hash[..] {
+            return Err(bad(Problem::BrokenLink));
+        }
+        return Err(bad(Problem::HashMismatch));
+    }
+    if r.prev_hash[..] != prev.hash[..] {
+        return Err(bad(Problem::BrokenLink));
+    }
+    let kind = Kind::from_code(r.kind).ok_or(bad(Problem::UnknownKind { code: r.kind }))?;
+    Ok((recomputed, kind))
+}
+
 /// What a successful verification covered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified {
@@ -699,24 +762,7 @@ impl<'v> ChainWalk<'v> {
             seq: expected,
             problem,
         };
-        if r.seq != expected {
-            // Rows come back ordered by seq, so a higher one means `expected` is gone.
-            return Err(bad(Problem::Missing { next_found: r.seq }));
-        }
-        let recomputed = record_hash(&self.prev.hash, r.seq, r.kind, &r.body, &r.effects);
-        if r.hash[..] != recomputed[..] {
-            // Either this record changed, or it does not follow the previous one.
-            if r.prev_hash[..] != self.prev.hash[..] {
-                return Err(bad(Problem::BrokenLink));
-            }
-            return Err(bad(Problem::HashMismatch));
-        }
-        if r.prev_hash[..] != self.prev.hash[..] {
-            return Err(bad(Problem::BrokenLink));
-        }
-        let Some(kind) = Kind::from_code(r.kind) else {
-            return Err(bad(Problem::UnknownKind { code: r.kind }));
-        };
+        let (recomputed, kind) = follows(&self.prev, r)?;
         if kind == Kind::Checkpoint {
             let cp = Checkpoint::decode(&r.body).map_err(bad)?;
             if cp.head != self.prev {

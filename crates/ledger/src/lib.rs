@@ -112,6 +112,16 @@ pub trait Store: Send + Sync {
     /// error.
     fn verified_counter(&self, product: &str) -> Result<Option<Counter>, Error>;
 
+    /// Every product's counter, ordered by product key: in a sealed store the chain's (names
+    /// included), brought up to the head first; in any other, the stored ones
+    /// ([`Store::counters`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tampered`] in a sealed store whose chain does not check out, or a storage
+    /// error.
+    fn verified_counters(&self) -> Result<Vec<(String, Counter)>, Error>;
+
     /// Every product's counter, ordered by product key.
     ///
     /// # Errors

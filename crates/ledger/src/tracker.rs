@@ -12,9 +12,9 @@ use sha2::{Digest, Sha256};
 use std::error::Error as StdError;
 
 use crate::append::{decode_effects, MAX_RECORDS_PER_APPEND};
-use crate::engine::{Conn, CounterState, RawRecord};
+use crate::engine::{follows, Conn, CounterState, RawRecord};
 use crate::error::{Error, Problem};
-use crate::record::{record_hash, Hash, Head, Kind};
+use crate::record::{Hash, Head, Kind};
 use crate::seal::{adds_units, seal_digest, Seal};
 
 /// What a sealed store checks its records with: the sealer's MAC and its anchor, both kept
@@ -109,20 +109,7 @@ impl Tracked {
     /// Follows one stored record: it must link to the head, hash right, and its counter
     /// operations must come under a seal that verifies.
     fn step(&mut self, guard: &dyn Guard, r: RawRecord) -> Result<(), Error> {
-        let expected = self.head.seq + 1;
-        if r.seq != expected {
-            return Err(bad(expected, Problem::Missing { next_found: r.seq }));
-        }
-        if r.prev_hash[..] != self.head.hash[..] {
-            return Err(bad(r.seq, Problem::BrokenLink));
-        }
-        let hash = record_hash(&self.head.hash, r.seq, r.kind, &r.body, &r.effects);
-        if r.hash[..] != hash[..] {
-            return Err(bad(r.seq, Problem::HashMismatch));
-        }
-        let Some(kind) = Kind::from_code(r.kind) else {
-            return Err(bad(r.seq, Problem::UnknownKind { code: r.kind }));
-        };
+        let (hash, kind) = follows(&self.head, &r)?;
         let (ops, claims) = decode_effects(&r.effects).map_err(|p| bad(r.seq, p))?;
         for c in &claims {
             if !self.claims.insert(claim_digest(&c.namespace, &c.key)) {
@@ -232,7 +219,8 @@ impl Tracker {
     /// Brings the account up to the store's head inside the batch's transaction: the whole
     /// chain the first time (it must reach the anchored head), then what other writers added.
     /// Leaves the account as it was when the store is found tampered with.
-    pub(crate) fn sync(&mut self, conn: &mut dyn Conn) -> Result<(), Error> {
+    /// Returns the head it brought the account to, the store's head in this transaction.
+    pub(crate) fn sync(&mut self, conn: &mut dyn Conn) -> Result<Head, Error> {
         if let Some(e) = &self.poisoned {
             return Err(e.clone());
         }
@@ -246,7 +234,7 @@ impl Tracker {
         res
     }
 
-    fn follow(&mut self, conn: &mut dyn Conn) -> Result<(), Error> {
+    fn follow(&mut self, conn: &mut dyn Conn) -> Result<Head, Error> {
         match self.state.as_mut() {
             Some(t) => {
                 let head = conn.head()?;
@@ -256,7 +244,7 @@ impl Tracker {
                 // What other writers added; what is applied stays applied, a storage error
                 // leaves the account at the last record it checked.
                 walk(conn, &*self.guard, t, &head, None)?;
-                Ok(())
+                Ok(head)
             }
             None => {
                 // The anchor first, then the head: the sealer anchors only committed records.
@@ -266,7 +254,7 @@ impl Tracker {
                 t.vouched = anchored.map_or(0, |a| a.seq);
                 walk(conn, &*self.guard, &mut t, &head, anchored)?;
                 self.state = Some(t);
-                Ok(())
+                Ok(head)
             }
         }
     }
