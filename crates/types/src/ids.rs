@@ -166,6 +166,12 @@ name_id!(
     HsmId,
     "HSM id"
 );
+name_id!(
+    /// A station (a programmer on the line) as its certificate from the HSM's station CA names
+    /// it; every ledger record it causes through the HSM service names it.
+    StationId,
+    "station id"
+);
 
 /// A product as the HSM and the ledger key it: the (OEM id, product id) pair, written
 /// `oem/product`. Neither half may hold a `/` (the id alphabet has none), so the form parses back
