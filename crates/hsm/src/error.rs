@@ -287,6 +287,28 @@ pub enum IssueError {
         /// The `JobClosed` record.
         seq: u64,
     },
+    /// The station's ceiling of devices has fewer left than the batch.
+    #[error("station {station} has {remaining} devices left of its ceiling, {asked} asked")]
+    StationCeiling {
+        /// The station.
+        station: trustfab_types::StationId,
+        /// Devices its ceiling has left.
+        remaining: u64,
+        /// Devices asked.
+        asked: u64,
+    },
+    /// The HSM service refused or failed the request (the network client's view of an error
+    /// it has no other variant for).
+    #[error("HSM service: {code}: {message}")]
+    Remote {
+        /// The service's error code (`docs/service.md`).
+        code: String,
+        /// The service's message.
+        message: String,
+    },
+    /// The HSM service could not be reached, or its answer was not one.
+    #[error("HSM service unreachable: {0}")]
+    Transport(String),
     /// The job was created by an earlier release, which kept its reservation in the product's
     /// counter: it can only be closed.
     #[error("job {job} was created by an earlier release and can only be closed (`trustfab job close`); create a new job for the rest")]
@@ -394,6 +416,74 @@ pub enum JobOpError {
     #[error(transparent)]
     Ledger(trustfab_ledger::Error),
     /// The ledger was rolled back under this HSM, or its anchor could not be advanced.
+    #[error(transparent)]
+    Anchor(#[from] AnchorError),
+}
+
+/// Why a station operation (certify, revoke, admit a request) was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StationError {
+    /// The grant names no product.
+    #[error("a station certificate must grant at least one product")]
+    EmptyGrant,
+    /// The grant names a product this HSM has not imported.
+    #[error("product {product} is not imported in this HSM")]
+    UnknownProduct {
+        /// The product.
+        product: ProductKey,
+    },
+    /// The station id was certified before.
+    #[error("station {station} is certified already (ledger record {seq}); certify a new id")]
+    AlreadyCertified {
+        /// The station.
+        station: trustfab_types::StationId,
+        /// Its certification record.
+        seq: u64,
+    },
+    /// The ledger has no certification of the station.
+    #[error("station {station} was not certified by this HSM")]
+    UnknownStation {
+        /// The station.
+        station: trustfab_types::StationId,
+    },
+    /// The certificate presented is not the one the ledger recorded for its id.
+    #[error("station {station}: the certificate presented is not the one this HSM recorded")]
+    OtherCertificate {
+        /// The station.
+        station: trustfab_types::StationId,
+    },
+    /// The station is revoked.
+    #[error("station {station} is revoked")]
+    Revoked {
+        /// The station.
+        station: trustfab_types::StationId,
+    },
+    /// The station's certificate has expired.
+    #[error("station {station}: its certificate has expired")]
+    Expired {
+        /// The station.
+        station: trustfab_types::StationId,
+    },
+    /// A station record does not decode.
+    #[error("ledger record {seq} is not the station record it should be")]
+    BadRecord {
+        /// The record.
+        seq: u64,
+    },
+    /// Building or reading a certificate failed.
+    #[error("station certificate: {0}")]
+    Certificate(String),
+    /// A PKI error.
+    #[error(transparent)]
+    Pki(#[from] trustfab_pki::Error),
+    /// A token error.
+    #[error(transparent)]
+    Token(#[from] trustfab_token::Error),
+    /// A ledger error.
+    #[error(transparent)]
+    Ledger(#[from] trustfab_ledger::Error),
+    /// The ledger anchor refused.
     #[error(transparent)]
     Anchor(#[from] AnchorError),
 }

@@ -96,6 +96,8 @@ impl Hsm {
             anchor,
             seal_key,
             checkpoint_every: std::sync::atomic::AtomicU64::new(crate::CHECKPOINT_EVERY),
+            admitted: RwLock::new(std::collections::HashSet::new()),
+            service_key: std::sync::OnceLock::new(),
         })
     }
 

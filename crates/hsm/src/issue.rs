@@ -14,7 +14,7 @@ use trustfab_types::{DeviceUid, JobId, ProductKey, Serial};
 
 use crate::product::Product;
 use crate::{
-    jobs, serial_claim, serial_counter, uid_claim, Hsm, IssueError, Reservation, BATCH_MAX,
+    jobs, serial_claim, serial_counter, uid_claim, Caller, Hsm, IssueError, Reservation, BATCH_MAX,
     CLAIM_SERIAL, CLAIM_UID,
 };
 
@@ -53,13 +53,28 @@ impl Hsm {
     /// [`IssueError::ReservationExhausted`], [`IssueError::JobClosed`], or any error of
     /// [`Self::issue_direct`].
     pub fn issue(&self, r: &Reservation, devices: &[DeviceKey]) -> Result<Vec<Issued>, IssueError> {
+        self.issue_as(r, devices, None)
+    }
+
+    /// [`Self::issue`] for a station of the HSM service: its issuance records name it and, when
+    /// it has a ceiling, the batch also spends from its counter (`station:<id>`) in the same
+    /// append.
+    ///
+    /// # Errors
+    /// As [`Self::issue`], and [`IssueError::StationCeiling`].
+    pub fn issue_as(
+        &self,
+        r: &Reservation,
+        devices: &[DeviceKey],
+        caller: Option<&Caller>,
+    ) -> Result<Vec<Issued>, IssueError> {
         self.own(r)?;
         if r.is_legacy() {
             return Err(IssueError::LegacyJob {
                 job: r.job_id().clone(),
             });
         }
-        self.issue_within(r.product(), Some(r.job_id()), devices)
+        self.issue_within(r.product(), Some(r.job_id()), devices, caller)
     }
 
     /// Issues certificates for a batch of devices of one product outside any job, spending
@@ -78,7 +93,7 @@ impl Hsm {
         product: &ProductKey,
         devices: &[DeviceKey],
     ) -> Result<Vec<Issued>, IssueError> {
-        self.issue_within(product, None, devices)
+        self.issue_within(product, None, devices, None)
     }
 
     fn issue_within(
@@ -86,6 +101,7 @@ impl Hsm {
         product: &ProductKey,
         job: Option<&JobId>,
         devices: &[DeviceKey],
+        caller: Option<&Caller>,
     ) -> Result<Vec<Issued>, IssueError> {
         if devices.len() > BATCH_MAX {
             return Err(IssueError::BadRequest {
@@ -111,7 +127,7 @@ impl Hsm {
         let mut out: Vec<Option<Issued>> = vec![None; devices.len()];
         // Fast path: every device is new. The UID claims in the append enforce that; only when
         // one is refused are the devices looked up one by one (a device put back in a socket).
-        match self.issue_fresh(&p, job, &issuer, devices, &all, &mut out) {
+        match self.issue_fresh(&p, job, caller, &issuer, devices, &all, &mut out) {
             Err(IssueError::Ledger(trustfab_ledger::Error::Duplicate { namespace, .. }))
                 if namespace == CLAIM_UID => {}
             other => {
@@ -143,17 +159,19 @@ impl Hsm {
             }
         }
         if !fresh.is_empty() {
-            self.issue_fresh(&p, job, &issuer, devices, &fresh, &mut out)?;
+            self.issue_fresh(&p, job, caller, &issuer, devices, &fresh, &mut out)?;
         }
         Ok(out.into_iter().flatten().collect())
     }
 
     /// Spends (from the job's reservation, or the product's count without a job), records and
     /// claims the `which` devices in one append, then signs them into `out`.
+    #[allow(clippy::too_many_arguments)]
     fn issue_fresh(
         &self,
         p: &Product,
         job: Option<&JobId>,
+        caller: Option<&Caller>,
         issuer: &Issuer<'_>,
         devices: &[DeviceKey],
         which: &[usize],
@@ -181,6 +199,15 @@ impl Hsm {
                 n,
             });
         }
+        let ceiling = caller
+            .filter(|c| c.metered)
+            .map(|c| (crate::station::station_counter(&c.id), c.id.clone()));
+        if let Some((counter, _)) = &ceiling {
+            append = append.with_counter(CounterOp::Spend {
+                product: counter.clone(),
+                n,
+            });
+        }
         for (&i, serial) in which.iter().zip(serials) {
             let Some(d) = devices.get(i) else { continue };
             let rec = IssuanceRecord {
@@ -190,6 +217,7 @@ impl Hsm {
                 spki: d.public_key.to_spki_der(),
                 not_before: now,
                 job: job.cloned(),
+                station: caller.map(|c| c.id.clone()),
             };
             // Render now, so a template that cannot hold this device fails before any count
             // is spent.
@@ -218,7 +246,25 @@ impl Hsm {
         // Sealed without a position: the batch may share a transaction with other stations'.
         let append = crate::seal::seal_free(&*self.token, self.seal_key, append)?;
         let floor = self.anchor.floor()?;
-        let appended = self.ledger.append(append).map_err(|e| match (e, job) {
+        let res = self.ledger.append(append);
+        if let (
+            Err(trustfab_ledger::Error::Exhausted {
+                product,
+                remaining,
+                asked,
+            }),
+            Some((counter, station)),
+        ) = (&res, &ceiling)
+        {
+            if product == counter {
+                return Err(IssueError::StationCeiling {
+                    station: station.clone(),
+                    remaining: *remaining,
+                    asked: *asked,
+                });
+            }
+        }
+        let appended = res.map_err(|e| match (e, job) {
             (trustfab_ledger::Error::Exhausted { product, .. }, _)
                 if product == serial_counter(&p.key) =>
             {
@@ -226,6 +272,7 @@ impl Hsm {
                     product: p.key.clone(),
                 }
             }
+
             (
                 trustfab_ledger::Error::Exhausted {
                     product,

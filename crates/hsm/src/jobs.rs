@@ -32,7 +32,7 @@ use trustfab_ledger::{Append, CounterOp, Kind};
 use trustfab_types::{DeviceUid, JobId, ProductKey};
 
 use crate::error::{IssueError, JobOpError};
-use crate::{Hsm, IssuanceRecord};
+use crate::{Caller, Hsm, IssuanceRecord};
 
 /// The ledger counter of a job's reservation, `job:<id>`. Product keys never hold a `:`, so it
 /// cannot name a product.
@@ -127,6 +127,18 @@ impl Hsm {
     /// [`JobOpError::OverRemaining`], [`JobOpError::Exists`], a package, token or ledger error.
     /// Nothing is reserved then.
     pub fn reserve(&self, spec: JobSpec) -> Result<Reservation, JobOpError> {
+        self.reserve_as(spec, None)
+    }
+
+    /// [`Self::reserve`] for a station of the HSM service: the `JobCreated` record names it.
+    ///
+    /// # Errors
+    /// As [`Self::reserve`].
+    pub fn reserve_as(
+        &self,
+        spec: JobSpec,
+        caller: Option<&Caller>,
+    ) -> Result<Reservation, JobOpError> {
         if spec.hsm_id != self.hsm_id {
             return Err(JobOpError::WrongHsm {
                 job: spec.job_id,
@@ -173,6 +185,7 @@ impl Hsm {
             quantity: s.quantity,
             package_sha256: records::Digest(package.digest()),
             time: s.created_at,
+            station: caller.map(|c| c.id.clone()),
         };
         let append = Append::record(Kind::JobCreated, records::encode(&body))
             .with_counter(CounterOp::Spend {
@@ -365,12 +378,28 @@ impl Hsm {
         r: &Reservation,
         outcomes: Vec<DeviceOutcome>,
     ) -> Result<(), IssueError> {
+        self.record_outcomes_as(r, outcomes, None)
+    }
+
+    /// [`Self::record_outcomes`] for a station of the HSM service: each record names the
+    /// caller (whatever station the outcome itself named).
+    ///
+    /// # Errors
+    /// As [`Self::record_outcomes`].
+    pub fn record_outcomes_as(
+        &self,
+        r: &Reservation,
+        outcomes: Vec<DeviceOutcome>,
+        caller: Option<&Caller>,
+    ) -> Result<(), IssueError> {
         self.own(r)?;
+        let station = caller.map(|c| c.id.clone());
         let id = r.job_id();
         let mut appends = Vec::with_capacity(outcomes.len());
         for o in outcomes {
             appends.push(match o {
-                DeviceOutcome::Good(g) => {
+                DeviceOutcome::Good(mut g) => {
+                    g.station.clone_from(&station);
                     let uid = DeviceUid::new(&g.uid.0).map_err(|_| IssueError::BadRequest {
                         uid: "-".into(),
                         reason: "a good device's UID is not a UID".into(),
@@ -384,7 +413,8 @@ impl Hsm {
                         .with_record(Kind::DeviceLocked, body)
                         .with_claim(CLAIM_GOOD, claim)
                 }
-                DeviceOutcome::Failed(f) => {
+                DeviceOutcome::Failed(mut f) => {
+                    f.station.clone_from(&station);
                     if f.job != *id {
                         let uid = f
                             .uid
@@ -424,6 +454,18 @@ impl Hsm {
     /// # Errors
     /// [`JobOpError::Closed`] when it is closed already, or a ledger error.
     pub fn close(&self, r: Reservation) -> Result<JobClosed, JobOpError> {
+        self.close_as(r, None)
+    }
+
+    /// [`Self::close`] for a station of the HSM service: the `JobClosed` record names it.
+    ///
+    /// # Errors
+    /// As [`Self::close`].
+    pub fn close_as(
+        &self,
+        r: Reservation,
+        caller: Option<&Caller>,
+    ) -> Result<JobClosed, JobOpError> {
         let spec = r.spec();
         let (st, released) = self.scan(&r)?;
         let good = u64::try_from(st.good.len()).unwrap_or(u64::MAX);
@@ -462,6 +504,7 @@ impl Hsm {
                 failed_after_issue: issued.saturating_sub(good),
                 credited,
                 time: self.clock.now().0,
+                station: caller.map(|c| c.id.clone()),
             };
             let mut append = Append::record(Kind::JobClosed, records::encode(&body))
                 .with_claim(CLAIM_JOB_CLOSED, spec.job_id.as_str().as_bytes().to_vec());

@@ -11,6 +11,7 @@ mod jobs;
 mod product;
 mod report;
 mod seal;
+mod station;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -23,12 +24,13 @@ use trustfab_types::{Clock, DeviceUid, Fingerprint, HsmId, ProductKey, Serial};
 
 pub use anchor::ANCHOR_LABEL;
 pub use client::HsmClient;
-pub use error::{AnchorError, ImportError, InitError, IssueError, JobOpError};
+pub use error::{AnchorError, ImportError, InitError, IssueError, JobOpError, StationError};
 pub use import::Imported;
 pub use issue::{DeviceKey, Issued};
 pub use jobs::{DeviceOutcome, JobStatus, Reservation};
 pub use product::{ProductFirmware, ProductStatus};
 pub use seal::SEAL_LABEL;
+pub use station::{Caller, StationStatus, SERVICE_TLS_LABEL, STATION_CA_LABEL};
 pub use trustfab_formats::binding::{family_delivery_info, family_wrap_info, wrap_info};
 pub use trustfab_formats::records::IssuanceRecord;
 
@@ -106,6 +108,11 @@ pub struct Hsm {
     seal_key: KeyHandle,
     /// A checkpoint is made each time the ledger passes a multiple of this many records.
     checkpoint_every: std::sync::atomic::AtomicU64,
+    /// Fingerprints of station certificates found recorded in the ledger (a certification is
+    /// never undone; revocation is checked on every request).
+    admitted: RwLock<std::collections::HashSet<[u8; 32]>>,
+    /// The service's TLS key, once looked up.
+    service_key: std::sync::OnceLock<KeyHandle>,
 }
 
 impl std::fmt::Debug for Hsm {

@@ -222,6 +222,7 @@ mod tamper {
                 spki: forged.public_key.to_spki_der(),
                 not_before: NOW,
                 job: None,
+                station: None,
             };
             let mut claim = b"acme/thermo".to_vec();
             claim.push(0);

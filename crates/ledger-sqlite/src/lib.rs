@@ -397,6 +397,11 @@ impl Store for SqliteStore {
             .verified_counter(product, || self.counter(product))
     }
 
+    fn verified_claim(&self, namespace: &str, key: &[u8]) -> Result<bool, Error> {
+        self.writer
+            .verified_claim(namespace, key, || self.claimed(namespace, key))
+    }
+
     fn verified_counters(&self) -> Result<Vec<(String, Counter)>, Error> {
         self.writer.verified_counters(|| self.counters())
     }

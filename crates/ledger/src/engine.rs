@@ -572,6 +572,24 @@ impl Writer {
         }
     }
 
+    /// Whether a claim exists as the chain says, brought up to the store's head first; in a
+    /// store that is not sealed, what `stored` reads from the rows
+    /// ([`crate::Store::verified_claim`]).
+    ///
+    /// # Errors
+    /// [`Error::Tampered`] when following the chain finds it tampered with, or a storage error.
+    pub fn verified_claim(
+        &self,
+        namespace: &str,
+        key: &[u8],
+        stored: impl FnOnce() -> Result<Option<u64>, Error>,
+    ) -> Result<bool, Error> {
+        match self.account(|t| t.has_claim(namespace, key))? {
+            Some(b) => Ok(b),
+            None => Ok(stored()?.is_some()),
+        }
+    }
+
     /// `read` of the sealed store's account, brought up to the store's head first; `None` in a
     /// store that is not sealed.
     fn account<T>(&self, read: impl FnOnce(&Tracked) -> T) -> Result<Option<T>, Error> {

@@ -136,6 +136,16 @@ pub trait Store: Send + Sync {
     /// A storage error, or [`Error::Corrupt`] for an impossible stored value.
     fn claimed(&self, namespace: &str, key: &[u8]) -> Result<Option<u64>, Error>;
 
+    /// Whether `(namespace, key)` is claimed: in a sealed store as the chain says, brought up to
+    /// the head first (a claim row deleted or forged in the store does not change the answer);
+    /// in any other, whether a stored row says so ([`Store::claimed`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Tampered`] in a sealed store whose chain does not check out, or a storage
+    /// error.
+    fn verified_claim(&self, namespace: &str, key: &[u8]) -> Result<bool, Error>;
+
     /// How many stored claims were made by records up to `up_to_seq`.
     ///
     /// # Errors

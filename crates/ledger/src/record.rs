@@ -96,6 +96,10 @@ kinds! {
     /// The sealer's MAC over the records of its append, the append's last record
     /// ([`Seal`](crate::Seal)).
     Seal = 13,
+    /// The HSM's station CA certified a station (its id, certificate and grant).
+    StationCertified = 14,
+    /// A station was revoked: the HSM service refuses its next request.
+    StationRevoked = 15,
 }
 
 impl fmt::Display for Kind {

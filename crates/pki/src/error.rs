@@ -71,6 +71,10 @@ pub enum Error {
     /// A certificate is malformed.
     #[error("certificate is malformed: {0}")]
     BadCertificate(String),
+    /// A station grant (the extension of a station certificate) is malformed, of an unknown
+    /// version, or outside its limits.
+    #[error("station grant refused: {0}")]
+    BadGrant(String),
     /// The issuer certificate's key does not match the signing key given.
     #[error("the signing key does not belong to the issuer certificate")]
     IssuerKeyMismatch,

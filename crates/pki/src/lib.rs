@@ -6,6 +6,7 @@ mod hsm;
 mod issue;
 mod key;
 pub mod pem;
+pub mod station;
 pub mod template;
 mod validate;
 
@@ -16,6 +17,10 @@ pub use issue::{
     intermediate_ca, issue_device, self_signed_ca, CaRole, CaSpec, DeviceRequest, Issuer,
 };
 pub use key::{public_key_from_pem, SoftKey};
+pub use station::{
+    certify_station, decode_grant, encode_grant, parse_station_cert, service_certificate,
+    station_ca, StationCert, StationGrant, StationRequest, GRANT_OID, STATION_URI_PREFIX,
+};
 pub use template::{RenderInputs, Template, TemplateError};
 pub use trustfab_keys::{Curve, PublicKey, SignError, Signer};
 pub use validate::{validate, Policy, Purpose};

@@ -3,6 +3,7 @@
 //! - chain and profile interop with openssl / pkilint: `chains`
 //! - revocation: `revocation`
 //! - determinism and refusals of issuance: `issuance`
+//! - the HSM service's station CA, station and service certificates, grant: `station`
 
 // Test fixtures outside #[test] functions unwrap too: a failure there is a test failure.
 #![allow(clippy::unwrap_used)]
@@ -18,6 +19,8 @@ use trustfab_test_support::{openssl, pkilint, Scratch};
 use trustfab_types::{DeviceUid, OemId, OsRng, Passphrase, ProductId, Serial, UnixTime};
 
 const NOW: UnixTime = UnixTime(1_790_000_000); // 2026-09-21
+
+mod station;
 
 struct Oem {
     root_key: SoftKey,

@@ -233,6 +233,8 @@ pub(crate) fn provision<D: Device>(
         serial: Bytes(issued.serial.as_be_bytes().to_vec()),
         cert_sha256: Digest(sha256(&cert)),
         resumed,
+        // The HSM names the station that asked (the service's caller), not the station.
+        station: None,
     })
 }
 

@@ -278,6 +278,7 @@ fn socket_loop<S: Supply>(
                     reason: reason.clone(),
                     serial: serial.as_ref().map(|s| Bytes(s.as_be_bytes().to_vec())),
                     retry: again,
+                    station: None,
                 };
                 let _ = record_tx.send(DeviceOutcome::Failed(body));
                 if let Some(k) = key {

@@ -5,8 +5,8 @@ mod secret;
 mod time;
 
 pub use ids::{
-    check_name, DeviceUid, Fingerprint, HsmId, IdError, JobId, OemId, ProductId, ProductKey, Serial,
-    StationId,
+    check_name, DeviceUid, Fingerprint, HsmId, IdError, JobId, OemId, ProductId, ProductKey,
+    Serial, StationId,
 };
 pub use secret::{Passphrase, SecretBytes, SecretKeyDer};
 pub use time::{Clock, FixedClock, OsRng, Rng, RngError, SystemClock, UnixTime};

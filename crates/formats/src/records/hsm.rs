@@ -4,7 +4,7 @@
 
 use ciborium::Value;
 use trustfab_types::{
-    DeviceUid, Fingerprint, JobId, OemId, ProductId, ProductKey, Serial, UnixTime,
+    DeviceUid, Fingerprint, JobId, OemId, ProductId, ProductKey, Serial, StationId, UnixTime,
 };
 
 use super::{check_len, RecordError};
@@ -87,6 +87,8 @@ pub struct IssuanceRecord {
     /// The job whose reservation the certificate was spent from; `None` for the HSM
     /// operator's issuance outside a job, and for records of an earlier release.
     pub job: Option<JobId>,
+    /// The station that asked, when it came through the HSM service (key 6); `None` in process.
+    pub station: Option<StationId>,
 }
 
 fn int(n: u64) -> Value {
@@ -318,6 +320,9 @@ impl IssuanceRecord {
         if let Some(job) = &self.job {
             m.push((int(5), Value::Text(job.to_string())));
         }
+        if let Some(station) = &self.station {
+            m.push((int(6), Value::Text(station.to_string())));
+        }
         to_bytes(&Value::Map(m))
     }
 
@@ -336,6 +341,10 @@ impl IssuanceRecord {
             not_before: UnixTime(m.uint(4, "4 notBefore")?),
             job: match m.get(5) {
                 Some(_) => Some(m.parsed(5, "5 job", JobId::new)?),
+                None => None,
+            },
+            station: match m.get(6) {
+                Some(_) => Some(m.parsed(6, "6 station", StationId::new)?),
                 None => None,
             },
         })
@@ -407,7 +416,9 @@ mod tests {
 
     #[test]
     fn issuance_record_round_trips() {
-        for job in [None, Some(JobId::new("j1").unwrap())] {
+        let jobs = [None, Some(JobId::new("j1").unwrap())];
+        let stations = [None, Some(StationId::new("line-1.st-02").unwrap())];
+        for (job, station) in jobs.into_iter().zip(stations) {
             let r = IssuanceRecord {
                 product: ProductKey::parse("acme/thermo").unwrap(),
                 uid: DeviceUid::new(&[0xab; 8]).unwrap(),
@@ -415,6 +426,7 @@ mod tests {
                 spki: vec![0x30, 0x59],
                 not_before: UnixTime(1_700_000_000),
                 job,
+                station,
             };
             assert_eq!(IssuanceRecord::decode(&r.encode()).unwrap(), r);
         }

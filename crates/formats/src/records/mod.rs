@@ -12,7 +12,7 @@
 //! Every decoder refuses a body over [`BODY_MAX`] and returns a [`RecordError`], never panics.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use trustfab_types::{JobId, ProductKey};
+use trustfab_types::{JobId, ProductKey, StationId};
 
 pub use crate::job::serde_bytes_vec::Bytes;
 
@@ -90,6 +90,44 @@ pub const CLAIM_JOB_CLOSED: &str = "job-closed";
 /// Claim namespace: one good outcome per (product, UID).
 pub const CLAIM_GOOD: &str = "device-good";
 
+/// Claim namespace: one `StationCertified` per station id (a station id is certified once).
+pub const CLAIM_STATION: &str = "station";
+/// Claim namespace: one `StationRevoked` per station id.
+pub const CLAIM_STATION_REVOKED: &str = "station-revoked";
+
+/// `StationCertified`: the HSM's station CA certified a station; what the certificate grants.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StationCertified {
+    /// The station id.
+    pub station: StationId,
+    /// The certificate serial.
+    pub serial: Bytes,
+    /// SHA-256 of the certificate.
+    pub cert_sha256: Digest,
+    /// The products it may provision.
+    pub products: Vec<ProductKey>,
+    /// Most devices it may have certificates issued for, in all (its ledger counter
+    /// `station:<id>` holds the rest).
+    pub max_devices: Option<u64>,
+    /// Most devices per UTC day.
+    pub max_per_day: Option<u64>,
+    /// notAfter, Unix seconds.
+    pub not_after: u64,
+    /// When, Unix seconds.
+    pub time: u64,
+}
+
+/// `StationRevoked`: the station is cut off; the HSM service refuses its next request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StationRevoked {
+    /// The station id.
+    pub station: StationId,
+    /// Why, as the operator gave it.
+    pub reason: String,
+    /// When, Unix seconds.
+    pub time: u64,
+}
+
 /// `JobCreated`: the job reserved `quantity` units of the product's count.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobCreated {
@@ -103,6 +141,9 @@ pub struct JobCreated {
     pub package_sha256: Digest,
     /// When, Unix seconds.
     pub time: u64,
+    /// The station that caused it, when it came through the HSM service; absent in process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub station: Option<StationId>,
 }
 
 /// Why count was credited back to a product.
@@ -144,6 +185,9 @@ pub struct DeviceGood {
     pub cert_sha256: Digest,
     /// Whether the certificate was issued in an earlier attempt (a resumed device).
     pub resumed: bool,
+    /// The station that caused it, when it came through the HSM service; absent in process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub station: Option<StationId>,
 }
 
 /// `DeviceFailed`: a device failed at `step`.
@@ -163,6 +207,9 @@ pub struct DeviceFailed {
     pub serial: Option<Bytes>,
     /// Whether the device goes back for another attempt.
     pub retry: bool,
+    /// The station that caused it, when it came through the HSM service; absent in process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub station: Option<StationId>,
 }
 
 /// `JobClosed`: the job's final accounting.
@@ -184,6 +231,9 @@ pub struct JobClosed {
     pub credited: u64,
     /// When, Unix seconds.
     pub time: u64,
+    /// The station that caused it, when it came through the HSM service; absent in process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub station: Option<StationId>,
 }
 
 /// Encodes a job or device record body (a CBOR map keyed by field name).
@@ -254,6 +304,7 @@ mod tests {
             quantity: 10,
             package_sha256: Digest([7; 32]),
             time: 1_700_000_000,
+            station: None,
         });
     }
 
@@ -283,6 +334,7 @@ mod tests {
             serial: Bytes(vec![1, 2, 3]),
             cert_sha256: Digest([9; 32]),
             resumed: true,
+            station: None,
         });
         round_trip(&DeviceFailed {
             job: job(),
@@ -292,6 +344,7 @@ mod tests {
             reason: "socket lost power".into(),
             serial: None,
             retry: false,
+            station: None,
         });
         round_trip(&DeviceFailed {
             job: job(),
@@ -301,6 +354,7 @@ mod tests {
             reason: "no answer".into(),
             serial: Some(Bytes(vec![5])),
             retry: true,
+            station: None,
         });
     }
 
@@ -315,6 +369,7 @@ mod tests {
             failed_after_issue: 1,
             credited: 2,
             time: 1_700_000_001,
+            station: None,
         });
     }
 
@@ -364,6 +419,7 @@ mod tests {
             failed_after_issue: 1,
             credited: 2,
             time: 1_700_000_001,
+            station: None,
         };
         let earlier = Earlier {
             job: "j1".into(),

@@ -371,6 +371,7 @@ mod tests {
             quantity: 5,
             package_sha256: Digest([1; 32]),
             time: 0,
+            station: None,
         });
         let good = encode(&DeviceGood {
             job: JobId::new("j1").unwrap(),
@@ -378,6 +379,7 @@ mod tests {
             serial: Bytes(vec![2]),
             cert_sha256: Digest([3; 32]),
             resumed: false,
+            station: None,
         });
         // A device record of a job not seen yet belongs to no product.
         let r = record(Kind::DeviceLocked, good.clone());
@@ -397,6 +399,7 @@ mod tests {
             failed_after_issue: 0,
             credited: 1,
             time: 0,
+            station: None,
         });
         let r = record(Kind::JobClosed, closed);
         assert_eq!(product_of(&r, &mut jobs), Some(key("acme/gateway")));
