@@ -75,6 +75,27 @@ pub(crate) enum HsmCommand {
         #[command(flatten)]
         at: HsmDir,
     },
+    /// Serve the HSM to stations over HTTPS with mutual TLS (docs/service.md) until SIGTERM.
+    Serve(crate::service::ServeArgs),
+    /// Certify a station (`trustfab station init`) from the station CA inside the token: which
+    /// products it may provision and how many devices in all.
+    CertifyStation(crate::service::CertifyArgs),
+    /// Revoke a station: the service refuses its next request.
+    RevokeStation {
+        #[command(flatten)]
+        at: HsmDir,
+        /// The station.
+        #[arg(long)]
+        station_id: trustfab_types::StationId,
+        /// Why (recorded in the ledger).
+        #[arg(long, default_value = "revoked by the HSM operator")]
+        reason: String,
+    },
+    /// List the stations this HSM certified, with their state and ceiling.
+    Stations {
+        #[command(flatten)]
+        at: HsmDir,
+    },
 }
 
 /// Where the HSM lives and how to unlock it.
@@ -165,6 +186,10 @@ struct Settings {
 }
 
 fn pkcs11_config(s: &Settings, pin: Passphrase) -> Result<Pkcs11Config> {
+    pkcs11_config_sessions(s, pin, 2)
+}
+
+fn pkcs11_config_sessions(s: &Settings, pin: Passphrase, sessions: usize) -> Result<Pkcs11Config> {
     let module = match &s.pkcs11_module {
         Some(m) => m.clone(),
         None => trustfab_token_pkcs11::module_path()?,
@@ -173,7 +198,7 @@ fn pkcs11_config(s: &Settings, pin: Passphrase) -> Result<Pkcs11Config> {
         module,
         token_label: s.token_label.clone().unwrap_or_else(|| "trustfab".into()),
         pin,
-        sessions: 2,
+        sessions,
     })
 }
 
@@ -207,19 +232,32 @@ fn open_ledger(dir: &Path, s: &Settings) -> Result<Arc<dyn trustfab_ledger::Stor
     })
 }
 
-fn open_token(dir: &Path, s: &Settings, pass: Passphrase) -> Result<Arc<dyn Token>> {
+fn open_token_sessions(
+    dir: &Path,
+    s: &Settings,
+    pass: Passphrase,
+    sessions: usize,
+) -> Result<Arc<dyn Token>> {
     Ok(match s.backend {
         Backend::Soft => Arc::new(
             SoftToken::open(&dir.join(TOKEN_FILE), &pass)
                 .with_context(|| format!("opening the token in {}", dir.display()))?,
         ),
-        Backend::Pkcs11 => Arc::new(Pkcs11Token::open(&pkcs11_config(s, pass)?)?),
+        Backend::Pkcs11 => Arc::new(Pkcs11Token::open(&pkcs11_config_sessions(
+            s, pass, sessions,
+        )?)?),
     })
 }
 
 /// Opens the HSM in `at.dir`: its token (unlocked with the passphrase), its ledger and, when
 /// installed, its identity certificates.
 pub(crate) fn open(at: &HsmDir) -> Result<Hsm> {
+    open_sessions(at, 2)
+}
+
+/// Opens the HSM in `at.dir` for the service: a PKCS#11 token gets `sessions` sessions, so that
+/// many stations' requests sign at once.
+pub(crate) fn open_sessions(at: &HsmDir, sessions: usize) -> Result<Hsm> {
     let identity_path = at.dir.join(IDENTITY_FILE);
     let certs = if identity_path.exists() {
         Some(HsmCertificates::from_pem(&files::read_text(
@@ -229,13 +267,17 @@ pub(crate) fn open(at: &HsmDir) -> Result<Hsm> {
     } else {
         None
     };
-    open_with(at, certs.as_ref())
+    open_inner(at, certs.as_ref(), sessions.max(1))
 }
 
 /// Opens the HSM in `at.dir` with `certs` as its identity (checked to certify the token's keys).
 fn open_with(at: &HsmDir, certs: Option<&HsmCertificates>) -> Result<Hsm> {
+    open_inner(at, certs, 2)
+}
+
+fn open_inner(at: &HsmDir, certs: Option<&HsmCertificates>, sessions: usize) -> Result<Hsm> {
     let s = read_settings(&at.dir)?;
-    let token = open_token(&at.dir, &s, at.pass.get("the HSM token", false)?)?;
+    let token = open_token_sessions(&at.dir, &s, at.pass.get("the HSM token", false)?, sessions)?;
     let ledger = open_ledger(&at.dir, &s)?;
     Ok(Hsm::open(
         token,
@@ -398,6 +440,14 @@ pub(crate) fn run(cmd: HsmCommand) -> Result<()> {
             );
             Ok(())
         }
+        HsmCommand::Serve(a) => crate::service::serve(&a),
+        HsmCommand::CertifyStation(a) => crate::service::certify(&a),
+        HsmCommand::RevokeStation {
+            at,
+            station_id,
+            reason,
+        } => crate::service::revoke(&at, &station_id, &reason),
+        HsmCommand::Stations { at } => crate::service::list(&at),
         HsmCommand::Checkpoint { at } => {
             let hsm = open(&at)?;
             let r = hsm.checkpoint()?;

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use trustfab_device::{file, DeviceKind, SiliconVendor};
-use trustfab_hsm::{Hsm, Reservation};
+use trustfab_hsm::{Hsm, HsmClient, Reservation};
 use trustfab_station::{
     device_kind, run as run_job, Faults, FileSupply, JobSpec, LockPolicy, MadeSupply, PartKind,
     Progress, RunOptions, SlotMap, Summary,
@@ -20,6 +20,7 @@ use trustfab_types::{Clock as _, JobId, ProductKey, SystemClock, UnixTime};
 
 use crate::files;
 use crate::hsm::{self, HsmDir};
+use crate::service::{client, RemoteArgs};
 
 /// The largest job package read from a file.
 const JOB_FILE_MAX: usize = trustfab_formats::job::MAX_PACKAGE_BYTES;
@@ -78,6 +79,8 @@ pub(crate) enum LockArg {
 pub(crate) struct CreateArgs {
     #[command(flatten)]
     at: HsmDir,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// The product, as `oem/product`.
     #[arg(long)]
     product: ProductKey,
@@ -115,6 +118,8 @@ pub(crate) struct RunArgs {
     job: PathBuf,
     #[command(flatten)]
     at: HsmDir,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// Sockets driven in parallel.
     #[arg(long, default_value_t = 8)]
     sockets: usize,
@@ -151,6 +156,8 @@ pub(crate) struct JobRef {
     job: PathBuf,
     #[command(flatten)]
     at: HsmDir,
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 pub(crate) fn run(cmd: JobCommand) -> Result<()> {
@@ -162,8 +169,8 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
         }
         JobCommand::Run(a) => run_cmd(&a),
         JobCommand::Close(a) => {
-            let hsm = hsm::open(&a.at)?;
-            let job = read_job(&hsm, &a.job)?;
+            let hsm = client(&a.at, &a.remote)?;
+            let job = read_job(&*hsm, &a.job)?;
             let c = hsm.close(job)?;
             println!(
                 "closed job {}: {} issued, {} good, {} failed after issue, {} credited back to {}",
@@ -172,8 +179,8 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
             Ok(())
         }
         JobCommand::Status(a) => {
-            let hsm = hsm::open(&a.at)?;
-            let job = read_job(&hsm, &a.job)?;
+            let hsm = client(&a.at, &a.remote)?;
+            let job = read_job(&*hsm, &a.job)?;
             let st = hsm.job_status(&job)?;
             let s = job.spec();
             println!(
@@ -206,7 +213,7 @@ pub(crate) fn job_id_at(prefix: &str, now: UnixTime) -> Result<JobId> {
     JobId::new(&id).with_context(|| format!("making the job id {id:?}"))
 }
 
-fn read_job(hsm: &Hsm, path: &Path) -> Result<Reservation> {
+fn read_job(hsm: &dyn HsmClient, path: &Path) -> Result<Reservation> {
     let bytes = files::read_limited(path, JOB_FILE_MAX)
         .with_context(|| format!("reading job package {}", path.display()))?;
     hsm.attach(&bytes)
@@ -214,7 +221,7 @@ fn read_job(hsm: &Hsm, path: &Path) -> Result<Reservation> {
 }
 
 fn create(a: &CreateArgs) -> Result<()> {
-    let hsm = hsm::open(&a.at)?;
+    let hsm = client(&a.at, &a.remote)?;
     let now = SystemClock.now();
     let attestation_root = match &a.attestation_root {
         Some(p) => {
@@ -252,7 +259,7 @@ fn create(a: &CreateArgs) -> Result<()> {
                     .file_name()
                     .map_or_else(|| "image".into(), |n| n.to_string_lossy().into_owned());
                 Some(trustfab_station::job_firmware(
-                    &hsm,
+                    &*hsm,
                     &a.product,
                     &name,
                     &bytes,
@@ -325,8 +332,8 @@ pub(crate) fn options(sockets: usize, batch: usize, show: Option<ProgressBar>) -
 }
 
 fn run_cmd(a: &RunArgs) -> Result<()> {
-    let hsm = hsm::open(&a.at)?;
-    let job = read_job(&hsm, &a.job)?;
+    let hsm = client(&a.at, &a.remote)?;
+    let job = read_job(&*hsm, &a.job)?;
     let spec = job.spec().clone();
     let st = hsm.job_status(&job)?;
     let pb = (!a.json).then(|| progress_bar(spec.quantity, st.good.len() as u64));
@@ -341,7 +348,7 @@ fn run_cmd(a: &RunArgs) -> Result<()> {
     };
     let summary = if let Some(dir) = &a.parts {
         let supply = FileSupply::open(dir, faults)?;
-        run_job(&hsm, &job, &supply, &opts)?
+        run_job(&*hsm, &job, &supply, &opts)?
     } else {
         let n = a.simulate.unwrap_or(spec.quantity);
         let kind = device_kind(spec.device_kind);
@@ -354,7 +361,7 @@ fn run_cmd(a: &RunArgs) -> Result<()> {
                 .collect::<Result<_, _>>()?,
         };
         let supply = MadeSupply::new(vendors, kind, n, now, faults);
-        let s = run_job(&hsm, &job, &supply, &opts)?;
+        let s = run_job(&*hsm, &job, &supply, &opts)?;
         if let Some(p) = &a.vendor {
             if let Some(v) = supply.into_vendors().first() {
                 file::save_vendor(v, p)

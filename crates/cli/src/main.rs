@@ -35,6 +35,7 @@ mod hsm;
 mod job;
 mod oem;
 mod secrets;
+mod service;
 mod vendor;
 
 /// trustfab: provision IoT devices at a factory you do not trust.
@@ -80,6 +81,9 @@ enum Command {
     /// Firmware in MCUboot's image format: keygen, master, inspect, verify, decrypt.
     #[command(subcommand)]
     Fw(fw::FwCommand),
+    /// A station of the HSM service: its key and certification request.
+    #[command(subcommand)]
+    Station(service::StationCommand),
     /// Run the chain of trust end to end on the embedded defaults and say what each step made.
     Demo(demo::DemoArgs),
 }
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(&a),
         Command::Fw(c) => fw::run(c),
         Command::Demo(a) => demo::run(&a),
+        Command::Station(c) => service::run_station(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,6 +54,27 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// A reservation as a client of the HSM service holds it: the package the service returned,
+    /// checked here to be signed by the service's HSM identity (`hsm_point`). It confers
+    /// nothing by itself: the service attaches the job again from its own ledger and checks
+    /// every call against it.
+    ///
+    /// # Errors
+    /// A package error when it does not open under `hsm_point`.
+    pub fn remote(
+        package: &[u8],
+        hsm_point: &[u8],
+        created_seq: u64,
+        legacy: bool,
+    ) -> Result<Self, trustfab_formats::JobError> {
+        Ok(Self {
+            package: JobPackage::open(package, hsm_point)?,
+            created_seq,
+            hsm_point: hsm_point.to_vec(),
+            legacy,
+        })
+    }
+
     /// The job package.
     pub fn package(&self) -> &JobPackage {
         &self.package

@@ -227,7 +227,7 @@ pub(crate) fn provision<D: Device>(
         Ok(c) => c,
         Err(o) => return o,
     };
-    Outcome::Good(DeviceGood {
+    Outcome::Good(Box::new(DeviceGood {
         job: spec.job_id.clone(),
         uid: Bytes(uid.as_bytes().to_vec()),
         serial: Bytes(issued.serial.as_be_bytes().to_vec()),
@@ -235,7 +235,7 @@ pub(crate) fn provision<D: Device>(
         resumed,
         // The HSM names the station that asked (the service's caller), not the station.
         station: None,
-    })
+    }))
 }
 
 fn keygen_and_issue<D: Device>(

@@ -249,7 +249,7 @@ fn socket_loop<S: Supply>(
                     .push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
                 guard(&sh.good).insert(g.uid.0.clone());
                 sh.good_count.fetch_add(1, Ordering::Relaxed);
-                let _ = record_tx.send(DeviceOutcome::Good(g));
+                let _ = record_tx.send(DeviceOutcome::Good(*g));
             }
             Outcome::Failed {
                 uid,

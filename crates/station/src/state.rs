@@ -26,7 +26,7 @@ pub(crate) fn len64(n: usize) -> u64 {
 
 /// How one device's attempt ended.
 pub(crate) enum Outcome {
-    Good(DeviceGood),
+    Good(Box<DeviceGood>),
     Failed {
         uid: Option<DeviceUid>,
         step: Step,

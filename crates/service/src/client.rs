@@ -1,0 +1,442 @@
+//! The station's side: [`RemoteHsm`] is a [`trustfab_hsm::HsmClient`] over HTTPS with mutual
+//! TLS, so `trustfab job run --hsm URL` drives the same station code as the in-process HSM.
+//!
+//! Retries: a request that could not be sent (connection refused or reset before an answer,
+//! the service draining or restarting) is sent again, with backoff, until `retry_for` has
+//! passed. That is safe for every operation but reserve: an issuance batch sent again carries
+//! the same batch id and devices and is answered from the ledger (a UID issued before is
+//! rebuilt, never spent again); outcomes recorded twice are recorded once; status, chain and
+//! attach only read. A reserve is sent again only when the first attempt never connected.
+//! After a restart of the service a job is attached again from the package the client holds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::Client;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use trustfab_formats::records::JobClosed;
+use trustfab_formats::JobSpec;
+use trustfab_hsm::{
+    DeviceKey, DeviceOutcome, HsmClient, IssueError, Issued, JobOpError, JobStatus,
+    ProductFirmware, ProductStatus, Reservation,
+};
+use trustfab_types::{DeviceUid, HsmId, ProductKey, SecretKeyDer, StationId};
+
+use crate::wire::{self, ErrorBody, ErrorDetail};
+
+/// What a station needs to reach the service: the station CA (its only trust anchor for the
+/// service), its certificate and its private key (PKCS#8, zeroized on drop).
+pub struct StationCredentials {
+    /// The station CA certificate, DER.
+    pub ca_der: Vec<u8>,
+    /// The station's certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// The station's private key.
+    pub key: SecretKeyDer,
+}
+
+impl std::fmt::Debug for StationCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StationCredentials")
+            .field("key", &"[secret elided]")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a call failed: the service's refusal, or no answer.
+#[derive(Debug)]
+enum Failure {
+    Api(ErrorDetail),
+    Transport(String),
+}
+
+/// The HSM service as a station's [`HsmClient`].
+pub struct RemoteHsm {
+    base: String,
+    http: Client,
+    info: wire::HsmInfo,
+    hsm_id: HsmId,
+    identity_point: Vec<u8>,
+    retry_for: Duration,
+    batch_counter: AtomicU64,
+    batch_salt: [u8; 8],
+}
+
+impl std::fmt::Debug for RemoteHsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteHsm")
+            .field("base", &self.base)
+            .field("hsm_id", &self.hsm_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A retry's wait: 50 ms doubling to 1 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(5)).min(1000))
+}
+
+impl RemoteHsm {
+    /// Connects to the service at `url` (`https://host:port`) as the station `creds` name, and
+    /// reads which HSM it is. Calls that find the service down retry for `retry_for`.
+    ///
+    /// # Errors
+    /// [`IssueError::Transport`] when the TLS configuration is refused or the service does
+    /// not answer within `retry_for`, [`IssueError::Remote`] when it refuses the station.
+    pub fn connect(
+        url: &str,
+        creds: &StationCredentials,
+        retry_for: Duration,
+    ) -> Result<Self, IssueError> {
+        let tls = crate::tls::client_config(&creds.ca_der, &creds.cert_der, &creds.key)
+            .map_err(|e| IssueError::Transport(e.to_string()))?;
+        let http = Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(120))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| IssueError::Transport(e.to_string()))?;
+        let mut salt = [0u8; 8];
+        getrandom::fill(&mut salt).map_err(|e| IssueError::Transport(e.to_string()))?;
+        let mut me = Self {
+            base: url.trim_end_matches('/').to_owned(),
+            http,
+            info: wire::HsmInfo {
+                api: String::new(),
+                hsm_id: HsmId::new("-").map_err(|e| IssueError::Transport(e.to_string()))?,
+                identity_point: wire::Hex(Vec::new()),
+                station: StationId::new("-").map_err(|e| IssueError::Transport(e.to_string()))?,
+                products: Vec::new(),
+                max_devices: None,
+            },
+            hsm_id: HsmId::new("-").map_err(|e| IssueError::Transport(e.to_string()))?,
+            identity_point: Vec::new(),
+            retry_for,
+            batch_counter: AtomicU64::new(0),
+            batch_salt: salt,
+        };
+        let info: wire::HsmInfo = me
+            .call(Method::GET, "/v1/hsm", None::<&()>, true)
+            .map_err(issue_error)?;
+        if info.api != wire::API_VERSION {
+            return Err(IssueError::Transport(format!(
+                "the service speaks API {}, this station {}",
+                info.api,
+                wire::API_VERSION
+            )));
+        }
+        me.hsm_id = info.hsm_id.clone();
+        me.identity_point = info.identity_point.0.clone();
+        me.info = info;
+        Ok(me)
+    }
+
+    /// The station as the service's certificate check names it.
+    pub fn station(&self) -> &StationId {
+        &self.info.station
+    }
+
+    /// The products this station may provision.
+    pub fn granted(&self) -> &[ProductKey] {
+        &self.info.products
+    }
+
+    /// One call: JSON in and out; retried while the service cannot be reached (`idempotent`),
+    /// or only while it could not even be connected to.
+    fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        idempotent: bool,
+    ) -> Result<T, Failure> {
+        let url = format!("{}{path}", self.base);
+        let start = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let mut req = self.http.request(method.clone(), &url);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let retry = match req.send() {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let bytes = read_limited(resp)?;
+                    if status.is_success() {
+                        return serde_json::from_slice(&bytes).map_err(|e| {
+                            Failure::Transport(format!("the service's answer to {path}: {e}"))
+                        });
+                    }
+                    let detail = serde_json::from_slice::<ErrorBody>(&bytes)
+                        .map(|b| b.error)
+                        .unwrap_or_else(|_| ErrorDetail {
+                            code: format!("http_{}", status.as_u16()),
+                            message: String::from_utf8_lossy(&bytes).chars().take(512).collect(),
+                            job: None,
+                            seq: None,
+                            remaining: None,
+                            asked: None,
+                        });
+                    // Draining or restarting: the request was not acted on.
+                    if status == StatusCode::SERVICE_UNAVAILABLE && detail.code == "draining" {
+                        Failure::Transport(detail.message)
+                    } else {
+                        return Err(Failure::Api(detail));
+                    }
+                }
+                Err(e) => {
+                    let sent = !e.is_connect();
+                    if sent && !idempotent {
+                        return Err(Failure::Transport(format!(
+                            "{path}: {e} (the request may have been acted on)"
+                        )));
+                    }
+                    Failure::Transport(format!("{path}: {e}"))
+                }
+            };
+            if start.elapsed() >= self.retry_for {
+                return Err(retry);
+            }
+            std::thread::sleep(backoff(attempt));
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    /// A job call: attaches the job again when the service no longer has it (it restarted).
+    fn job_call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        r: &Reservation,
+        method: Method,
+        op: &str,
+        body: Option<&B>,
+    ) -> Result<T, Failure> {
+        let path = format!("/v1/jobs/{}/{op}", r.job_id());
+        match self.call(method.clone(), &path, body, true) {
+            Err(Failure::Api(d)) if d.code == "job_not_attached" => {
+                self.attach_wire(r.package().as_bytes())?;
+                self.call(method, &path, body, true)
+            }
+            other => other,
+        }
+    }
+
+    fn attach_wire(&self, package: &[u8]) -> Result<wire::WireReservation, Failure> {
+        self.call(
+            Method::POST,
+            "/v1/jobs/attach",
+            Some(&wire::AttachRequest {
+                package: wire::B64(package.to_vec()),
+            }),
+            true,
+        )
+    }
+
+    fn reservation(&self, w: wire::WireReservation) -> Result<Reservation, JobOpError> {
+        Ok(Reservation::remote(
+            &w.package.0,
+            &self.identity_point,
+            w.created_seq,
+            w.legacy,
+        )?)
+    }
+
+    fn batch_id(&self) -> wire::Hex {
+        let n = self.batch_counter.fetch_add(1, Ordering::Relaxed);
+        let mut id = self.batch_salt.to_vec();
+        id.extend_from_slice(&n.to_be_bytes());
+        wire::Hex(id)
+    }
+}
+
+fn read_limited(resp: reqwest::blocking::Response) -> Result<Vec<u8>, Failure> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    let limit = u64::try_from(wire::RESPONSE_MAX).unwrap_or(u64::MAX);
+    resp.take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| Failure::Transport(format!("reading the service's answer: {e}")))?;
+    if out.len() > wire::RESPONSE_MAX {
+        return Err(Failure::Transport(format!(
+            "the service's answer is over {} bytes",
+            wire::RESPONSE_MAX
+        )));
+    }
+    Ok(out)
+}
+
+/// The service's refusal as the HSM's own error, where the station acts on it.
+fn issue_error(f: Failure) -> IssueError {
+    match f {
+        Failure::Transport(m) => IssueError::Transport(m),
+        Failure::Api(d) => match (d.code.as_str(), d.job.clone(), d.seq) {
+            ("reservation_exhausted", Some(job), _) => IssueError::ReservationExhausted {
+                job,
+                remaining: d.remaining.unwrap_or(0),
+                asked: d.asked.unwrap_or(0),
+            },
+            ("job_closed", Some(job), Some(seq)) => IssueError::JobClosed { job, seq },
+            ("legacy_job", Some(job), _) => IssueError::LegacyJob { job },
+            // Spent and recorded in the service: the devices resume from the record.
+            ("sign_failed", _, _) => {
+                IssueError::Sign(trustfab_pki::Error::BadCertificate(d.message))
+            }
+            _ => IssueError::Remote {
+                code: d.code,
+                message: d.message,
+            },
+        },
+    }
+}
+
+fn job_error(f: Failure) -> JobOpError {
+    match f {
+        Failure::Api(d) => match (d.code.as_str(), d.job.clone(), d.seq) {
+            ("job_exists", Some(job), Some(seq)) => JobOpError::Exists { job, seq },
+            ("job_closed", Some(job), Some(seq)) => JobOpError::Closed { job, seq },
+            ("unknown_job", Some(job), _) => JobOpError::UnknownJob { job },
+            ("other_package", Some(job), _) => JobOpError::OtherPackage { job },
+            _ => JobOpError::Issue(issue_error(Failure::Api(d))),
+        },
+        other => JobOpError::Issue(issue_error(other)),
+    }
+}
+
+fn product_path(p: &ProductKey, what: &str) -> String {
+    format!("/v1/products/{}/{}/{what}", p.oem(), p.product())
+}
+
+impl HsmClient for RemoteHsm {
+    fn hsm_id(&self) -> &HsmId {
+        &self.hsm_id
+    }
+
+    fn identity_point(&self) -> &[u8] {
+        &self.identity_point
+    }
+
+    fn products(&self) -> Result<Vec<ProductStatus>, IssueError> {
+        let l: wire::ProductList = self
+            .call(Method::GET, "/v1/products", None::<&()>, true)
+            .map_err(issue_error)?;
+        Ok(l.products.into_iter().map(Into::into).collect())
+    }
+
+    fn chain(&self, product: &ProductKey) -> Result<(Vec<u8>, Option<Vec<u8>>), IssueError> {
+        let c: wire::Chain = self
+            .call(
+                Method::GET,
+                &product_path(product, "chain"),
+                None::<&()>,
+                true,
+            )
+            .map_err(issue_error)?;
+        Ok((c.root.0, c.device_ca.map(|b| b.0)))
+    }
+
+    fn firmware(&self, product: &ProductKey) -> Result<Option<ProductFirmware>, IssueError> {
+        let f: wire::Firmware = self
+            .call(
+                Method::GET,
+                &product_path(product, "firmware"),
+                None::<&()>,
+                true,
+            )
+            .map_err(issue_error)?;
+        f.firmware
+            .map(ProductFirmware::try_from)
+            .transpose()
+            .map_err(IssueError::Transport)
+    }
+
+    fn reserve(&self, spec: JobSpec) -> Result<Reservation, JobOpError> {
+        let w: wire::WireReservation = self
+            .call(
+                Method::POST,
+                "/v1/jobs",
+                Some(&wire::ReserveRequest { spec }),
+                false,
+            )
+            .map_err(job_error)?;
+        self.reservation(w)
+    }
+
+    fn attach(&self, package: &[u8]) -> Result<Reservation, JobOpError> {
+        let w = self.attach_wire(package).map_err(job_error)?;
+        self.reservation(w)
+    }
+
+    fn job_status(&self, r: &Reservation) -> Result<JobStatus, JobOpError> {
+        let s: wire::WireStatus = self
+            .job_call(r, Method::GET, "status", None::<&()>)
+            .map_err(job_error)?;
+        Ok(s.into())
+    }
+
+    fn issue(&self, r: &Reservation, devices: &[DeviceKey]) -> Result<Vec<Issued>, IssueError> {
+        let req = wire::IssueRequest {
+            batch: self.batch_id(),
+            devices: devices.iter().map(Into::into).collect(),
+        };
+        let out: wire::IssueResponse = self
+            .job_call(r, Method::POST, "issue", Some(&req))
+            .map_err(issue_error)?;
+        out.issued
+            .into_iter()
+            .map(Issued::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(IssueError::Transport)
+    }
+
+    fn certificate_for(
+        &self,
+        r: &Reservation,
+        uid: &DeviceUid,
+    ) -> Result<Option<Issued>, IssueError> {
+        let req = wire::UidRequest {
+            uid: wire::Hex(uid.as_bytes().to_vec()),
+        };
+        let out: wire::CertificateResponse = self
+            .job_call(r, Method::POST, "certificate", Some(&req))
+            .map_err(issue_error)?;
+        out.issued
+            .map(Issued::try_from)
+            .transpose()
+            .map_err(IssueError::Transport)
+    }
+
+    fn family_key_for(&self, r: &Reservation, uid: &DeviceUid) -> Result<Vec<u8>, IssueError> {
+        let req = wire::UidRequest {
+            uid: wire::Hex(uid.as_bytes().to_vec()),
+        };
+        let out: wire::FamilyKeyResponse = self
+            .job_call(r, Method::POST, "family-key", Some(&req))
+            .map_err(issue_error)?;
+        Ok(out.wrapped.0)
+    }
+
+    fn record_outcomes(
+        &self,
+        r: &Reservation,
+        outcomes: Vec<DeviceOutcome>,
+    ) -> Result<(), IssueError> {
+        for chunk in outcomes.chunks(wire::OUTCOMES_MAX) {
+            let req = wire::OutcomesRequest {
+                outcomes: chunk.iter().map(Into::into).collect(),
+            };
+            let _: wire::Health = self
+                .job_call(r, Method::POST, "outcomes", Some(&req))
+                .map_err(issue_error)?;
+        }
+        Ok(())
+    }
+
+    fn close(&self, r: Reservation) -> Result<JobClosed, JobOpError> {
+        let out: wire::CloseResponse = self
+            .job_call(&r, Method::POST, "close", None::<&()>)
+            .map_err(job_error)?;
+        Ok(out.closed)
+    }
+}

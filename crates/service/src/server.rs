@@ -1,0 +1,988 @@
+//! `trustfab hsm serve`: the HSM behind HTTPS with mutual TLS. The token, its PIN and the
+//! ledger live only here; a station holds its certificate and key and calls the operations of
+//! [`trustfab_hsm::HsmClient`] over the wire.
+//!
+//! Every request, in order: the TLS handshake validated the client certificate to the station
+//! CA; the certificate parses as a station certificate (its id and grant); the HSM admits it (the
+//! ledger recorded this certificate for the id, and the id is not revoked: read from the chain
+//! on every request); the product is one the grant names; the body is under
+//! [`wire::REQUEST_MAX`] and parses. Only then does the HSM act, in a blocking thread, so that
+//! many stations' batches meet in the ledger's group commit.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+use trustfab_hsm::{Caller, DeviceKey, Hsm, IssueError, JobOpError, Reservation, StationError};
+use trustfab_pki::station::{parse_station_cert, StationCert};
+use trustfab_types::{Clock, DeviceUid, JobId, OemId, ProductId, ProductKey, SystemClock};
+
+use crate::wire::{self, ErrorBody, ErrorDetail};
+
+/// How the service runs.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// The DNS names and IP addresses its certificate carries (stations connect by one).
+    pub names: Vec<String>,
+    /// Days the service certificate (made anew at each start) is valid.
+    pub cert_days: u32,
+    /// How long a SIGTERM waits for requests in flight before it stops anyway.
+    pub drain: Duration,
+    /// Most connections at once; more wait in the listen queue.
+    pub max_connections: usize,
+}
+
+impl ServeOptions {
+    /// Defaults for `listen`: its IP address and `localhost` in the certificate, 30 days, 30 s
+    /// of drain, 1024 connections.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            names: vec![listen.ip().to_string(), "localhost".into()],
+            cert_days: 30,
+            drain: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Why the service did not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The station CA or the service certificate could not be made.
+    #[error(transparent)]
+    Station(#[from] StationError),
+    /// The TLS configuration was refused.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// Listening failed.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The async runtime could not start.
+    #[error("starting the service runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A job attached by some station: its package, and the reservation the HSM made from it.
+struct Attached {
+    digest: [u8; 32],
+    package: Vec<u8>,
+    reservation: Arc<Reservation>,
+}
+
+/// Batch ids seen lately, per station, with a digest of their devices: a retry (same id, same
+/// devices) goes on; the same id for other devices is refused.
+#[derive(Default)]
+struct Batches {
+    seen: HashMap<(String, Vec<u8>), [u8; 32]>,
+    order: VecDeque<(String, Vec<u8>)>,
+}
+
+/// Batch ids remembered.
+const BATCHES_KEPT: usize = 1 << 16;
+
+impl Batches {
+    fn check(&mut self, station: &str, id: &[u8], digest: [u8; 32]) -> bool {
+        let key = (station.to_owned(), id.to_vec());
+        if let Some(d) = self.seen.get(&key) {
+            return *d == digest;
+        }
+        self.seen.insert(key.clone(), digest);
+        self.order.push_back(key);
+        if self.order.len() > BATCHES_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// The service's state, shared by every connection.
+pub struct Service {
+    hsm: Arc<Hsm>,
+    clock: Arc<dyn Clock>,
+    jobs: Mutex<HashMap<JobId, Attached>>,
+    batches: Mutex<Batches>,
+    draining: AtomicBool,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("hsm", &self.hsm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The station a connection's certificate names, or why it names none.
+#[derive(Clone, Debug)]
+struct Peer(Result<Arc<StationCert>, String>);
+
+/// A refusal: its HTTP status and body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    detail: Box<ErrorDetail>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: Box::new(ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                job: None,
+                seq: None,
+                remaining: None,
+                asked: None,
+            }),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn job(mut self, job: &JobId) -> Self {
+        self.detail.job = Some(job.clone());
+        self
+    }
+
+    fn seq(mut self, seq: u64) -> Self {
+        self.detail.seq = Some(seq);
+        self
+    }
+
+    fn counts(mut self, remaining: u64, asked: u64) -> Self {
+        self.detail.remaining = Some(remaining);
+        self.detail.asked = Some(asked);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: *self.detail,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<StationError> for ApiError {
+    fn from(e: StationError) -> Self {
+        let m = e.to_string();
+        match e {
+            StationError::Revoked { .. } => Self::new(StatusCode::FORBIDDEN, "station_revoked", m),
+            StationError::Expired { .. } => Self::new(StatusCode::FORBIDDEN, "station_expired", m),
+            StationError::UnknownStation { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "station_unknown", m)
+            }
+            StationError::OtherCertificate { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "station_other_certificate", m)
+            }
+            _ => Self::new(StatusCode::SERVICE_UNAVAILABLE, "hsm_unavailable", m),
+        }
+    }
+}
+
+impl From<IssueError> for ApiError {
+    fn from(e: IssueError) -> Self {
+        let m = e.to_string();
+        let conflict = StatusCode::CONFLICT;
+        match e {
+            IssueError::UnknownProduct { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_product", m)
+            }
+            IssueError::CountExhausted {
+                remaining, asked, ..
+            } => Self::new(conflict, "count_exhausted", m).counts(remaining, asked),
+            IssueError::ReservationExhausted {
+                job,
+                remaining,
+                asked,
+            } => Self::new(conflict, "reservation_exhausted", m)
+                .job(&job)
+                .counts(remaining, asked),
+            IssueError::StationCeiling {
+                remaining, asked, ..
+            } => Self::new(conflict, "station_ceiling", m).counts(remaining, asked),
+            IssueError::JobClosed { job, seq } => {
+                Self::new(conflict, "job_closed", m).job(&job).seq(seq)
+            }
+            IssueError::LegacyJob { job } => Self::new(conflict, "legacy_job", m).job(&job),
+            IssueError::SerialsExhausted { .. } => Self::new(conflict, "serials_exhausted", m),
+            IssueError::BadRequest { .. }
+            | IssueError::DuplicateInBatch { .. }
+            | IssueError::Render { .. } => Self::new(StatusCode::BAD_REQUEST, "bad_device", m),
+            IssueError::NoFamilyKey { .. } | IssueError::NotIssued { .. } => {
+                Self::new(conflict, "no_family_key", m)
+            }
+            IssueError::ForeignReservation { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "foreign_reservation", m)
+            }
+            // Spent and recorded, not signed: the devices resume from the record.
+            IssueError::Sign(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "sign_failed", m),
+            _ => Self::new(StatusCode::SERVICE_UNAVAILABLE, "hsm_unavailable", m),
+        }
+    }
+}
+
+impl From<JobOpError> for ApiError {
+    fn from(e: JobOpError) -> Self {
+        let m = e.to_string();
+        let conflict = StatusCode::CONFLICT;
+        match e {
+            JobOpError::Issue(i) => i.into(),
+            JobOpError::Job(_) => Self::new(StatusCode::BAD_REQUEST, "bad_job", m),
+            JobOpError::WrongHsm { job, .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "wrong_hsm", m).job(&job)
+            }
+            JobOpError::UnknownProduct { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_product", m)
+            }
+            JobOpError::Firmware(_) => Self::new(StatusCode::BAD_REQUEST, "bad_firmware", m),
+            JobOpError::OverRemaining {
+                remaining, asked, ..
+            } => Self::new(conflict, "over_remaining", m).counts(remaining, asked),
+            JobOpError::Exists { job, seq } => {
+                Self::new(conflict, "job_exists", m).job(&job).seq(seq)
+            }
+            JobOpError::UnknownJob { job } => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_job", m).job(&job)
+            }
+            JobOpError::OtherPackage { job } => Self::new(conflict, "other_package", m).job(&job),
+            JobOpError::Closed { job, seq } => {
+                Self::new(conflict, "job_closed", m).job(&job).seq(seq)
+            }
+            _ => Self::new(StatusCode::SERVICE_UNAVAILABLE, "hsm_unavailable", m),
+        }
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+impl Service {
+    /// The service over an open HSM.
+    pub fn new(hsm: Arc<Hsm>) -> Self {
+        Self {
+            hsm,
+            clock: Arc::new(SystemClock),
+            jobs: Mutex::new(HashMap::new()),
+            batches: Mutex::new(Batches::default()),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The station a request comes from, admitted by the HSM (certified here, not revoked, not
+    /// expired).
+    fn admit(&self, peer: &Peer) -> Result<Arc<StationCert>, ApiError> {
+        let cert = peer
+            .0
+            .as_ref()
+            .map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "station_certificate", m.clone()))?;
+        self.hsm.admit_station(cert, self.clock.now())?;
+        Ok(Arc::clone(cert))
+    }
+
+    fn granted(cert: &StationCert, product: &ProductKey) -> Result<(), ApiError> {
+        if cert.grant.allows(product) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "product_not_granted",
+                format!(
+                    "station {} may not provision product {product}",
+                    cert.station_id
+                ),
+            ))
+        }
+    }
+
+    /// The attached reservation of `job`, for a station granted its product.
+    fn attached(&self, cert: &StationCert, job: &JobId) -> Result<Arc<Reservation>, ApiError> {
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let a = jobs.get(job).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "job_not_attached",
+                format!("job {job} is not attached to this service: POST its package to /v1/jobs/attach"),
+            )
+            .job(job)
+        })?;
+        Self::granted(cert, a.reservation.product())?;
+        Ok(Arc::clone(&a.reservation))
+    }
+
+    fn keep(&self, r: Reservation) -> Arc<Reservation> {
+        let r = Arc::new(r);
+        let package = r.package();
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                r.job_id().clone(),
+                Attached {
+                    digest: package.digest(),
+                    package: package.as_bytes().to_vec(),
+                    reservation: Arc::clone(&r),
+                },
+            );
+        r
+    }
+
+    fn wire_reservation(r: &Reservation) -> wire::WireReservation {
+        wire::WireReservation {
+            job_id: r.job_id().clone(),
+            package: wire::B64(r.package().as_bytes().to_vec()),
+            created_seq: r.created_seq(),
+            legacy: r.is_legacy(),
+        }
+    }
+}
+
+/// Runs `op` for an admitted station in a blocking thread.
+async fn blocking<T: Serialize + Send + 'static>(
+    svc: Arc<Service>,
+    peer: Peer,
+    op: impl FnOnce(&Service, &StationCert) -> Result<T, ApiError> + Send + 'static,
+) -> ApiResult<T> {
+    if svc.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the service is stopping; try again",
+        ));
+    }
+    tokio::task::spawn_blocking(move || {
+        let cert = svc.admit(&peer)?;
+        op(&svc, &cert)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the request's worker failed: {e}"),
+        )
+    })?
+    .map(Json)
+}
+
+fn product_of(oem: &str, product: &str) -> Result<ProductKey, ApiError> {
+    let oem = OemId::new(oem).map_err(|e| ApiError::bad_request(format!("oem: {e}")))?;
+    let product =
+        ProductId::new(product).map_err(|e| ApiError::bad_request(format!("product: {e}")))?;
+    Ok(ProductKey::new(oem, product))
+}
+
+fn job_of(job: &str) -> Result<JobId, ApiError> {
+    JobId::new(job).map_err(|e| ApiError::bad_request(format!("job: {e}")))
+}
+
+type Body = Result<Bytes, BytesRejection>;
+
+fn body<T: serde::de::DeserializeOwned>(b: &Body) -> Result<T, ApiError> {
+    let b = b.as_ref().map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request body is over {} bytes", wire::REQUEST_MAX),
+            )
+        } else {
+            ApiError::bad_request(format!("request body: {}", r.body_text()))
+        }
+    })?;
+    if b.len() > wire::REQUEST_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body is over {} bytes", wire::REQUEST_MAX),
+        ));
+    }
+    wire::parse(b).map_err(ApiError::bad_request)
+}
+
+async fn health() -> Json<wire::Health> {
+    Json(wire::Health {
+        status: "ok".into(),
+        ledger_head: None,
+    })
+}
+
+async fn ready(State(svc): State<Arc<Service>>) -> Response {
+    if svc.draining.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(wire::Health {
+                status: "draining".into(),
+                ledger_head: None,
+            }),
+        )
+            .into_response();
+    }
+    let hsm = Arc::clone(&svc.hsm);
+    // The ledger answers and its chain checks out to the head.
+    match tokio::task::spawn_blocking(move || hsm.products()).await {
+        Ok(Ok(_)) => Json(wire::Health {
+            status: "ready".into(),
+            ledger_head: None,
+        })
+        .into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(wire::Health {
+                status: "unavailable".into(),
+                ledger_head: None,
+            }),
+        )
+            .into_response(),
+    }
+}
+
+async fn hsm_info(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+) -> ApiResult<wire::HsmInfo> {
+    blocking(svc, peer, |s, cert| {
+        Ok(wire::HsmInfo {
+            api: wire::API_VERSION.into(),
+            hsm_id: s.hsm.hsm_id().clone(),
+            identity_point: wire::Hex(s.hsm.identity_point().to_vec()),
+            station: cert.station_id.clone(),
+            products: cert.grant.products.clone(),
+            max_devices: cert.grant.max_devices,
+        })
+    })
+    .await
+}
+
+async fn products(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+) -> ApiResult<wire::ProductList> {
+    blocking(svc, peer, |s, cert| {
+        let all = s.hsm.products().map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "hsm_unavailable",
+                e.to_string(),
+            )
+        })?;
+        Ok(wire::ProductList {
+            products: all
+                .into_iter()
+                .filter(|p| cert.grant.allows(&p.product))
+                .map(Into::into)
+                .collect(),
+        })
+    })
+    .await
+}
+
+async fn chain(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    Path((oem, product)): Path<(String, String)>,
+) -> ApiResult<wire::Chain> {
+    let product = product_of(&oem, &product)?;
+    blocking(svc, peer, move |s, cert| {
+        Service::granted(cert, &product)?;
+        let (root, ca) = s.hsm.chain(&product)?;
+        Ok(wire::Chain {
+            root: wire::B64(root),
+            device_ca: ca.map(wire::B64),
+        })
+    })
+    .await
+}
+
+async fn firmware(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    Path((oem, product)): Path<(String, String)>,
+) -> ApiResult<wire::Firmware> {
+    let product = product_of(&oem, &product)?;
+    blocking(svc, peer, move |s, cert| {
+        Service::granted(cert, &product)?;
+        Ok(wire::Firmware {
+            firmware: s.hsm.firmware(&product)?.map(Into::into),
+        })
+    })
+    .await
+}
+
+async fn reserve(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    b: Body,
+) -> ApiResult<wire::WireReservation> {
+    let req: wire::ReserveRequest = body(&b)?;
+    blocking(svc, peer, move |s, cert| {
+        Service::granted(cert, &req.spec.product)?;
+        let r = s.hsm.reserve_as(req.spec, Some(&Caller::of(cert)))?;
+        let w = Service::wire_reservation(&r);
+        s.keep(r);
+        Ok(w)
+    })
+    .await
+}
+
+async fn attach(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    b: Body,
+) -> ApiResult<wire::WireReservation> {
+    let req: wire::AttachRequest = body(&b)?;
+    blocking(svc, peer, move |s, cert| {
+        let r = s.hsm.attach(&req.package.0)?;
+        Service::granted(cert, r.product())?;
+        let w = Service::wire_reservation(&r);
+        s.keep(r);
+        Ok(w)
+    })
+    .await
+}
+
+async fn job_status(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    Path(job): Path<String>,
+) -> ApiResult<wire::WireStatus> {
+    let job = job_of(&job)?;
+    blocking(svc, peer, move |s, cert| {
+        let r = s.attached(cert, &job)?;
+        Ok(s.hsm.job_status(&r)?.into())
+    })
+    .await
+}
+
+async fn issue(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    Path(job): Path<String>,
+    b: Body,
+) -> ApiResult<wire::IssueResponse> {
+    let job = job_of(&job)?;
+    let req: wire::IssueRequest = body(&b)?;
+    if req.batch.0.len() != 16 {
+        return Err(ApiError::bad_request("batch: a batch id is 16 bytes"));
+    }
+    if req.devices.is_empty() || req.devices.len() > wire::BATCH_MAX {
+        return Err(ApiError::bad_request(format!(
+            "devices: a batch holds 1 to {} devices, this one {}",
+            wire::BATCH_MAX,
+            req.devices.len()
+        )));
+    }
+    let devices = req
+        .devices
+        .iter()
+        .map(DeviceKey::try_from)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_device", m))?;
+    let digest = batch_digest(&req.devices);
+    blocking(svc, peer, move |s, cert| {
+        let r = s.attached(cert, &job)?;
+        let fresh = s
+            .batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(cert.station_id.as_str(), &req.batch.0, digest);
+        if !fresh {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "batch_reused",
+                format!(
+                    "batch {} was sent before with other devices",
+                    hex::encode(&req.batch.0)
+                ),
+            )
+            .job(&job));
+        }
+        let out = s.hsm.issue_as(&r, &devices, Some(&Caller::of(cert)))?;
+        Ok(wire::IssueResponse {
+            issued: out.into_iter().map(Into::into).collect(),
+        })
+    })
+    .await
+}
+
+fn batch_digest(devices: &[wire::WireDevice]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for d in devices {
+        for part in [&d.uid.0, &d.public_key.0] {
+            h.update(u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+            h.update(part);
+        }
+    }
+    h.finalize().into()
+}
+
+async fn certificate(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    Path(job): Path<String>,
+    b: Body,
+) -> ApiResult<wire::CertificateResponse> {
+    let job = job_of(&job)?;
+    let req: wire::UidRequest = body(&b)?;
+    let uid = DeviceUid::new(&req.uid.0).map_err(|e| ApiError::bad_request(format!("uid: {e}")))?;
+    blocking(svc, peer, move |s, cert| {
+        let r = s.attached(cert, &job)?;
+        Ok(wire::CertificateResponse {
+            issued: trustfab_hsm::HsmClient::certificate_for(&*s.hsm, &r, &uid)?.map(Into::into),
+        })
+    })
+    .await
+}
+
+async fn family_key(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    Path(job): Path<String>,
+    b: Body,
+) -> ApiResult<wire::FamilyKeyResponse> {
+    let job = job_of(&job)?;
+    let req: wire::UidRequest = body(&b)?;
+    let uid = DeviceUid::new(&req.uid.0).map_err(|e| ApiError::bad_request(format!("uid: {e}")))?;
+    blocking(svc, peer, move |s, cert| {
+        let r = s.attached(cert, &job)?;
+        Ok(wire::FamilyKeyResponse {
+            wrapped: wire::B64(trustfab_hsm::HsmClient::family_key_for(&*s.hsm, &r, &uid)?),
+        })
+    })
+    .await
+}
+
+async fn outcomes(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    Path(job): Path<String>,
+    b: Body,
+) -> ApiResult<wire::Health> {
+    let job = job_of(&job)?;
+    let req: wire::OutcomesRequest = body(&b)?;
+    if req.outcomes.len() > wire::OUTCOMES_MAX {
+        return Err(ApiError::bad_request(format!(
+            "outcomes: at most {} per request",
+            wire::OUTCOMES_MAX
+        )));
+    }
+    let list = req
+        .outcomes
+        .into_iter()
+        .map(|o| o.into_outcome(&job))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::bad_request)?;
+    blocking(svc, peer, move |s, cert| {
+        let r = s.attached(cert, &job)?;
+        s.hsm
+            .record_outcomes_as(&r, list, Some(&Caller::of(cert)))?;
+        Ok(wire::Health {
+            status: "recorded".into(),
+            ledger_head: None,
+        })
+    })
+    .await
+}
+
+async fn close(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    Path(job): Path<String>,
+) -> ApiResult<wire::CloseResponse> {
+    let job = job_of(&job)?;
+    blocking(svc, peer, move |s, cert| {
+        // The product is checked on the attached reservation; close takes its own.
+        s.attached(cert, &job)?;
+        let package = s
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&job)
+            .map(|a| (a.package.clone(), a.digest));
+        let Some((package, _)) = package else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "job_not_attached",
+                "job is not attached",
+            )
+            .job(&job));
+        };
+        let r = s.hsm.attach(&package)?;
+        let closed = s.hsm.close_as(r, Some(&Caller::of(cert)))?;
+        Ok(wire::CloseResponse { closed })
+    })
+    .await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such operation (the API is under /v1/, docs/service.md)",
+    )
+}
+
+/// The API's routes over `svc`.
+pub fn router(svc: Arc<Service>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/ready", get(ready))
+        .route("/v1/hsm", get(hsm_info))
+        .route("/v1/products", get(products))
+        .route("/v1/products/{oem}/{product}/chain", get(chain))
+        .route("/v1/products/{oem}/{product}/firmware", get(firmware))
+        .route("/v1/jobs", post(reserve))
+        .route("/v1/jobs/attach", post(attach))
+        .route("/v1/jobs/{job}/status", get(job_status))
+        .route("/v1/jobs/{job}/issue", post(issue))
+        .route("/v1/jobs/{job}/certificate", post(certificate))
+        .route("/v1/jobs/{job}/family-key", post(family_key))
+        .route("/v1/jobs/{job}/outcomes", post(outcomes))
+        .route("/v1/jobs/{job}/close", post(close))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(wire::REQUEST_MAX))
+        .with_state(svc)
+}
+
+/// Serves `hsm` until SIGTERM or SIGINT, then drains: no new connection or request is taken,
+/// requests in flight finish (up to `opts.drain`), and it returns. What it acknowledged is in
+/// the ledger before the answer left (every operation appends before it answers), so a SIGKILL
+/// loses nothing acknowledged. The address it listens on goes to standard error first.
+///
+/// # Errors
+/// A [`ServeError`].
+pub fn serve(hsm: Arc<Hsm>, ca_der: &[u8], opts: &ServeOptions) -> Result<(), ServeError> {
+    let listener = bind(opts.listen)?;
+    let addr = listener.local_addr().unwrap_or(opts.listen);
+    let tls = tls_for(&hsm, ca_der, opts)?;
+    let rt = runtime()?;
+    eprintln!(
+        "trustfab HSM service {} listening on https://{addr}",
+        hsm.hsm_id()
+    );
+    rt.block_on(async move {
+        let listener = TcpListener::from_std(listener)
+            .map_err(|source| ServeError::Listen { addr, source })?;
+        let svc = Arc::new(Service::new(hsm));
+        run(listener, tls, svc, opts, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
+    let l =
+        std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr, source })?;
+    l.set_nonblocking(true)
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    Ok(l)
+}
+
+fn tls_for(
+    hsm: &Arc<Hsm>,
+    ca_der: &[u8],
+    opts: &ServeOptions,
+) -> Result<Arc<rustls::ServerConfig>, ServeError> {
+    let (cert, _) = hsm.service_tls(ca_der, &opts.names, opts.cert_days)?;
+    Ok(Arc::new(crate::tls::server_config(
+        Arc::clone(hsm),
+        ca_der,
+        cert,
+    )?))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ServeError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(256)
+        .build()
+        .map_err(ServeError::Runtime)
+}
+
+/// A service running on a thread of this process (the demo's, and tests'): stopped, with its
+/// drain, by [`Running::stop`] or on drop.
+pub struct Running {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its URL, `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Stops it: drains and waits for its thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Starts the service on a thread of this process.
+///
+/// # Errors
+/// A [`ServeError`].
+pub fn spawn(hsm: Arc<Hsm>, ca_der: &[u8], opts: &ServeOptions) -> Result<Running, ServeError> {
+    let listener = bind(opts.listen)?;
+    let addr = listener.local_addr().unwrap_or(opts.listen);
+    let tls = tls_for(&hsm, ca_der, opts)?;
+    let rt = runtime()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = opts.clone();
+    let thread = std::thread::Builder::new()
+        .name("hsm-service".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else {
+                    return;
+                };
+                let svc = Arc::new(Service::new(hsm));
+                run(listener, tls, svc, &opts, async {
+                    let _ = rx.await;
+                })
+                .await;
+            });
+        })
+        .map_err(ServeError::Runtime)?;
+    Ok(Running {
+        addr,
+        stop: Some(tx),
+        thread: Some(thread),
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        // Without signal handlers the process ends on the signal, as a SIGKILL would.
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+/// The accept loop over `listener` until `stop` completes, then the drain.
+pub async fn run(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    svc: Arc<Service>,
+    opts: &ServeOptions,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let app = router(Arc::clone(&svc));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(AtomicUsize::new(0));
+    tokio::pin!(stop);
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = &mut stop => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        if open.load(Ordering::Relaxed) >= opts.max_connections {
+            drop(tcp);
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        let open = Arc::clone(&open);
+        open.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+            if let Ok(Ok(stream)) = handshake {
+                let peer = Peer(match stream.get_ref().1.peer_certificates() {
+                    Some([leaf, ..]) => parse_station_cert(leaf.as_ref())
+                        .map(Arc::new)
+                        .map_err(|e| format!("the client certificate is not a station's: {e}")),
+                    _ => Err("no client certificate".into()),
+                });
+                let app = app.layer(Extension(peer));
+                let hyper_svc = hyper::service::service_fn(move |req| app.clone().oneshot(req));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), hyper_svc);
+                let _ = watcher.watch(conn).await;
+            }
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    svc.draining.store(true, Ordering::Relaxed);
+    drop(listener);
+    let _ = tokio::time::timeout(opts.drain, graceful.shutdown()).await;
+}
