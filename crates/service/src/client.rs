@@ -214,12 +214,17 @@ impl RemoteHsm {
         body: Option<&B>,
     ) -> Result<T, Failure> {
         let path = format!("/v1/jobs/{}/{op}", r.job_id());
-        match self.call(method.clone(), &path, body, true) {
-            Err(Failure::Api(d)) if d.code == "job_not_attached" => {
-                self.attach_wire(r.package().as_bytes())?;
-                self.call(method, &path, body, true)
+        let start = Instant::now();
+        loop {
+            match self.call(method.clone(), &path, body, true) {
+                // The service restarted (again, perhaps between the attach and the call).
+                Err(Failure::Api(d))
+                    if d.code == "job_not_attached" && start.elapsed() < self.retry_for =>
+                {
+                    self.attach_wire(r.package().as_bytes())?;
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 

@@ -1,0 +1,340 @@
+//! The HSM as a network service under load and under faults, with the real binary: one `hsm
+//! serve` process on loopback and eight `job run --hsm` station processes of 64 sockets each,
+//! each with its own certificate, offered more parts than the product's count, on SQLite and on
+//! PostgreSQL; then the service SIGKILLed at random moments while the stations run, and
+//! restarted each time. In every case the product ends with exactly its count issued, no UID
+//! has two certificates, and the ledger and the OEM's check of the report agree.
+
+// Fixtures outside #[test] functions unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+mod common;
+use common::{ok, tf};
+
+const STATIONS: usize = 8;
+const SOCKETS: &str = "64";
+
+/// A programming centre in `dir` (on `ledger_url` when given) with `acme/thermo` of `count`,
+/// and `STATIONS` stations certified for it (`st0` … `st7`).
+fn centre(dir: &Path, count: u64, ledger_url: Option<&str>) {
+    let mut init = vec!["--hsm-id", "hsm-s"];
+    if let Some(url) = ledger_url {
+        init.extend(["--ledger-url", url]);
+    }
+    tf().programming_centre(dir, &init);
+    tf().import_product(dir, "thermo", count, "p.pkg");
+    for i in 0..STATIONS {
+        let st = format!("st{i}");
+        let id = format!("line-1.station-{i}");
+        ok(dir, &["station", "init", "--dir", &st, "--station-id", &id]);
+        let csr = format!("{st}/station.csr");
+        ok(
+            dir,
+            &[
+                "hsm",
+                "certify-station",
+                "--request",
+                &csr,
+                "--product",
+                "acme/thermo",
+                "--out",
+                &st,
+            ],
+        );
+    }
+}
+
+/// `hsm serve` on `listen`; returns the child and the address it listens on.
+fn serve(dir: &Path, listen: &str) -> (Child, String) {
+    let mut c = tf()
+        .command(dir, &["hsm", "serve", "--listen", listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(c.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "hsm serve ended before listening"
+        );
+        if let Some(addr) = line.trim().split("https://").nth(1) {
+            let addr = addr.to_owned();
+            // Keep draining its standard error so that it never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while err.read_line(&mut sink).is_ok_and(|n| n > 0) {
+                    sink.clear();
+                }
+            });
+            return (c, addr);
+        }
+    }
+}
+
+fn remote<'a>(url: &'a str, station: &'a str) -> [&'a str; 4] {
+    ["--hsm", url, "--station", station]
+}
+
+fn spawn_station(dir: &Path, url: &str, station: &str, simulate: u64) -> Child {
+    let n = simulate.to_string();
+    let mut args = vec![
+        "job",
+        "run",
+        "job-a.bin",
+        "--simulate",
+        &n,
+        "--sockets",
+        SOCKETS,
+        "--json",
+    ];
+    args.extend(remote(url, station));
+    tf().command(dir, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A station ran beside others: it exits 0 (the job was complete when it ended) or 3 (not yet:
+/// a sibling still had the job's last devices); anything else is a failure.
+fn wait_done(c: Child) -> String {
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.code().is_some_and(|c| c == 0 || c == 3),
+        "a station failed ({:?}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn number_after(text: &str, label: &str) -> u64 {
+    let rest = text
+        .split(label)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {label:?} in {text}"));
+    rest.split(|c: char| !c.is_ascii_digit())
+        .find(|w| !w.is_empty())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `(ordered, issued, remaining)` of `acme/thermo`.
+fn products(dir: &Path) -> (u64, u64, u64) {
+    let out = ok(dir, &["hsm", "products"]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("acme/thermo"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|w| w.parse().unwrap())
+        .collect();
+    (n[0], n[1], n[2])
+}
+
+/// The ledger verifies (chain, checkpoints, counters, claims: a UID is claimed once) and the
+/// product has issued at most `count`; returns what it has issued.
+fn invariants(dir: &Path, count: u64) -> u64 {
+    assert!(ok(dir, &["ledger", "verify"]).contains("ledger verified"));
+    let (ordered, issued, remaining) = products(dir);
+    assert_eq!(ordered, count);
+    assert_eq!(ordered, issued + remaining);
+    assert!(issued <= count);
+    issued
+}
+
+/// The OEM's check of the signed report: exactly `count` certificates, none twice, within
+/// the order.
+fn audit(dir: &Path, count: u64) {
+    ok(
+        dir,
+        &[
+            "hsm",
+            "report",
+            "--product",
+            "acme/thermo",
+            "--out",
+            "r.report",
+        ],
+    );
+    let v = ok(
+        dir,
+        &[
+            "oem",
+            "verify-report",
+            "r.report",
+            "--order",
+            "p.pkg",
+            "--vendor-root",
+            "vendor/root.pem",
+        ],
+    );
+    assert_eq!(number_after(&v, "certificates"), count, "{v}");
+    assert_eq!(products(dir), (count, count, 0));
+}
+
+/// Every station's certificates are named in the ledger by the station: the report's records
+/// name stations, and the stations together made the whole count.
+fn stations_made(dir: &Path) -> u64 {
+    let out = ok(dir, &["hsm", "stations"]);
+    assert_eq!(out.lines().count(), STATIONS + 1, "{out}");
+    out.lines().filter(|l| l.contains("active")).count() as u64
+}
+
+fn eight_stations(ledger_url: Option<&str>) {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let count = 1024;
+    centre(d, count, ledger_url);
+    let (mut service, addr) = serve(d, "127.0.0.1:0");
+    let url = format!("https://{addr}");
+    let q = count.to_string();
+    let mut create = vec![
+        "job",
+        "create",
+        "--product",
+        "acme/thermo",
+        "--quantity",
+        &q,
+        "--job-id",
+        "job-a",
+        "--out",
+        "job-a.bin",
+    ];
+    create.extend(remote(&url, "st0"));
+    ok(d, &create);
+    // Each station is offered the whole count: eight times more parts than certificates.
+    let runs: Vec<_> = (0..STATIONS)
+        .map(|i| spawn_station(d, &url, &format!("st{i}"), count))
+        .collect();
+    for r in runs {
+        wait_done(r);
+    }
+    let mut status = vec!["job", "status", "job-a.bin"];
+    status.extend(remote(&url, "st3"));
+    let s = ok(d, &status);
+    assert_eq!(number_after(&s, "issued"), count, "{s}");
+    let mut close = vec!["job", "close", "job-a.bin"];
+    close.extend(remote(&url, "st5"));
+    ok(d, &close);
+    service.kill().ok();
+    service.wait().ok();
+    assert_eq!(invariants(d, count), count);
+    audit(d, count);
+    assert_eq!(stations_made(d), STATIONS as u64);
+}
+
+/// Eight station processes of 64 sockets each against one service on loopback, each offered
+/// the product's whole count: the product ends with exactly its count.
+#[test]
+fn eight_stations_of_64_sockets_issue_exactly_the_count() {
+    eight_stations(None);
+}
+
+#[test]
+fn eight_stations_of_64_sockets_issue_exactly_the_count_on_postgres() {
+    let db = trustfab_test_support::pg::FreshDatabase::new();
+    eight_stations(Some(db.url()));
+}
+
+/// A small deterministic generator for the kill moments (no dependency for one test).
+struct Moments(u64);
+
+impl Moments {
+    fn next_ms(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        lo + self.0 % (hi - lo)
+    }
+}
+
+/// The service SIGKILLed at random moments while eight stations run, 20 times or more, and
+/// restarted on the same address each time: after every kill the ledger verifies and the count
+/// holds; at the end the job has exactly its quantity, no UID two certificates.
+#[test]
+fn the_service_killed_20_times_during_a_run_loses_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let count = 1024;
+    centre(d, count, None);
+    let (service, addr) = serve(d, "127.0.0.1:0");
+    let url = format!("https://{addr}");
+    let q = count.to_string();
+    let mut create = vec![
+        "job",
+        "create",
+        "--product",
+        "acme/thermo",
+        "--quantity",
+        &q,
+        "--job-id",
+        "job-a",
+        "--out",
+        "job-a.bin",
+    ];
+    create.extend(remote(&url, "st0"));
+    ok(d, &create);
+    let mut runs: Vec<_> = (0..STATIONS)
+        .map(|i| spawn_station(d, &url, &format!("st{i}"), count))
+        .collect();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |t| t.as_nanos() as u64 | 1);
+    eprintln!("kill moments seed {seed}");
+    let mut moments = Moments(seed);
+    let mut service = service;
+    let mut kills = 0;
+    let mut during_run = 0;
+    let mut issued_before = 0;
+    while kills < 24 {
+        std::thread::sleep(Duration::from_millis(moments.next_ms(150, 900)));
+        let running = runs
+            .iter_mut()
+            .any(|r| r.try_wait().ok().flatten().is_none());
+        service.kill().unwrap();
+        service.wait().unwrap();
+        kills += 1;
+        if running {
+            during_run += 1;
+        }
+        let issued = invariants(d, count);
+        assert!(
+            issued >= issued_before,
+            "issued went down: {issued} < {issued_before}"
+        );
+        issued_before = issued;
+        let (s, _) = serve(d, &addr);
+        service = s;
+    }
+    for r in runs {
+        wait_done(r);
+    }
+    // A last run picks up any device a kill left between its certificate and its outcome.
+    wait_done(spawn_station(d, &url, "st1", count));
+    let mut status = vec!["job", "status", "job-a.bin"];
+    status.extend(remote(&url, "st2"));
+    let s = ok(d, &status);
+    assert_eq!(number_after(&s, "issued"), count, "{s}");
+    let mut close = vec!["job", "close", "job-a.bin"];
+    close.extend(remote(&url, "st2"));
+    ok(d, &close);
+    service.kill().ok();
+    service.wait().ok();
+    eprintln!("{kills} kills, {during_run} while stations ran");
+    assert!(during_run >= 20, "only {during_run} kills hit the run");
+    assert_eq!(invariants(d, count), count);
+    audit(d, count);
+}
