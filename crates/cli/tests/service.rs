@@ -49,7 +49,9 @@ fn centre(dir: &Path, count: u64, ledger_url: Option<&str>) {
     }
 }
 
-/// `hsm serve` on `listen`; returns the child and the address it listens on.
+/// `hsm serve` on `listen`; returns the child (the caller kills and waits for it) and the
+/// address it listens on.
+#[allow(clippy::zombie_processes)]
 fn serve(dir: &Path, listen: &str) -> (Child, String) {
     let mut c = tf()
         .command(dir, &["hsm", "serve", "--listen", listen])
@@ -61,10 +63,11 @@ fn serve(dir: &Path, listen: &str) -> (Child, String) {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "hsm serve ended before listening"
-        );
+        if err.read_line(&mut line).unwrap() == 0 {
+            c.kill().ok();
+            c.wait().ok();
+            panic!("hsm serve ended before listening");
+        }
         if let Some(addr) = line.trim().split("https://").nth(1) {
             let addr = addr.to_owned();
             // Keep draining its standard error so that it never blocks on a full pipe.
@@ -292,7 +295,9 @@ fn the_service_killed_20_times_during_a_run_loses_nothing() {
         .collect();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |t| t.as_nanos() as u64 | 1);
+        .map_or(1, |t| {
+            u64::try_from(t.as_nanos() & u128::from(u64::MAX)).unwrap_or(1) | 1
+        });
     eprintln!("kill moments seed {seed}");
     let mut moments = Moments(seed);
     let mut service = service;
