@@ -9,7 +9,7 @@ use clap::Args;
 use std::sync::Arc;
 
 use trustfab_device::{Device as _, DeviceKind, SiliconVendor};
-use trustfab_hsm::DeviceKey;
+use trustfab_hsm::{DeviceKey, HsmClient as _};
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
 use trustfab_pki::{pem, Curve, PublicKey, Reason, Signer, SoftKey};
 use trustfab_station::{Faults, FileSupply, JobSpec, LockPolicy, PartKind, RunOptions, SlotMap};
@@ -147,7 +147,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         package.display()
     );
 
-    let hsm = hsm::open(&hsm_at)?;
+    let hsm = Arc::new(hsm::open(&hsm_at)?);
     let imported = hsm.import(&files::read_limited(
         &package,
         trustfab_formats::package::PACKAGE_MAX,
@@ -165,7 +165,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     }
 
     let product_key = imported.product;
-    let summary = crate::job::demo_job(&hsm, &dir, &product_key, u64::from(a.devices))?;
+    let summary = crate::job::demo_job(&*hsm, &dir, &product_key, u64::from(a.devices))?;
     println!(
         "7. the station provisioned {} devices ({} failed after issue): key made inside, certificate from the HSM, root in write-protected storage, locked, verified",
         summary.good, summary.failed_after_issue
@@ -197,7 +197,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     let job = hsm.reserve(spec)?;
     let opts = RunOptions::new(2, Arc::new(SystemClock));
     let s2 = trustfab_station::run(
-        &hsm,
+        &*hsm,
         &job,
         &FileSupply::open(&parts, Faults::none())?,
         &opts,
@@ -291,7 +291,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     let mcu_package = dir.join("gateway-v1.package");
     crate::oem::wrap(&crate::oem::WrapArgs {
         dir: dir.join("oem"),
-        hsm: hsm_certs,
+        hsm: hsm_certs.clone(),
         vendor_root: vendor_dir.join("root.pem"),
         template: template_path,
         product: ProductId::new("gateway-v1")?,
@@ -304,7 +304,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
             boot_key: Some(fw.sign_pub.clone()),
             family_key: Some(fw.family_key.clone()),
         },
-        pass: pass_args,
+        pass: pass_args.clone(),
     })?;
     let imported = hsm.import(&files::read_limited(
         &mcu_package,
@@ -337,7 +337,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         lock: LockPolicy::Data,
         created_at: now.0,
         firmware: Some(trustfab_station::job_firmware(
-            &hsm,
+            &*hsm,
             &imported.product,
             "gateway-1.0.0.bin",
             &image,
@@ -348,7 +348,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     let mut opts = RunOptions::new(3, Arc::new(SystemClock));
     opts.image = Some(image);
     let s3 = trustfab_station::run(
-        &hsm,
+        &*hsm,
         &job,
         &FileSupply::open(&mcu_parts, Faults::none())?,
         &opts,
@@ -367,5 +367,98 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         .certificate_for(&imported.product, uid1)?
         .context("MCU 1 has no certificate")?;
     crate::fw::demo_field_update(&fw, &pass, &mcu_parts.join("mcu-1.dev"), &cert1.cert)?;
+
+    demo_service(&dir, &hsm_at, &hsm, &hsm_certs, &vendor_dir, &pass_args)
+}
+
+/// Step 15: the HSM as a network service on a loopback port, two stations with their own
+/// certificates provisioning one job each through it, one of them then revoked.
+fn demo_service(
+    dir: &std::path::Path,
+    hsm_at: &HsmDir,
+    hsm: &Arc<trustfab_hsm::Hsm>,
+    hsm_certs: &std::path::Path,
+    vendor_dir: &std::path::Path,
+    pass_args: &PassphraseArgs,
+) -> Result<()> {
+    let package = dir.join("sensor-v1.package");
+    crate::oem::wrap(&crate::oem::WrapArgs {
+        dir: dir.join("oem"),
+        hsm: hsm_certs.to_path_buf(),
+        vendor_root: vendor_dir.join("root.pem"),
+        template: dir.join("template.toml"),
+        product: ProductId::new("sensor-v1")?,
+        count: 24,
+        serial_range: None,
+        valid_days: 30,
+        out: package.clone(),
+        firmware: crate::oem::FirmwareArgs::default(),
+        pass: pass_args.clone(),
+    })?;
+    let product = hsm
+        .import(&files::read_limited(
+            &package,
+            trustfab_formats::package::PACKAGE_MAX,
+        )?)?
+        .product;
+    println!(
+        "15. the HSM as a network service: product {product} (count 24) for stations on other machines; each station makes its key and is certified by the station CA inside the HSM token:"
+    );
+    let mut stations = Vec::new();
+    for (name, ceiling) in [("line-1.station-a", None), ("line-1.station-b", Some(10))] {
+        let st_dir = dir.join(name);
+        let id = trustfab_types::StationId::new(name)?;
+        let csr = crate::service::init_station(&st_dir, &id, pass_args)?;
+        crate::service::certify(&crate::service::CertifyArgs::new(
+            hsm_at.clone(),
+            csr,
+            vec![product.clone()],
+            ceiling,
+            st_dir.clone(),
+        ))?;
+        stations.push(st_dir);
+    }
+    let ca = crate::service::station_ca(hsm, &hsm_at.dir)?;
+    let running = trustfab_service::spawn(
+        Arc::clone(hsm),
+        &ca,
+        &trustfab_service::ServeOptions::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+    )?;
+    let url = running.url();
+    println!(
+        "   service on {url}: TLS 1.3, a station certificate required, its TLS key inside the HSM token"
+    );
+    let mut remotes = Vec::new();
+    for st in &stations {
+        let remote = crate::service::connect(&url, st, pass_args, 30)?;
+        let s = crate::job::demo_job(&remote, dir, &product, 8)?;
+        println!(
+            "   station {} provisioned {} devices through the service",
+            remote.station(),
+            s.good
+        );
+        remotes.push(remote);
+    }
+    for s in hsm.stations()? {
+        println!(
+            "   ledger: station {} certified at record {}, named by {} issuance records, {}",
+            s.certified.station,
+            s.seq,
+            s.issued,
+            s.remaining.map_or_else(
+                || "no ceiling".into(),
+                |r| format!("{r} devices left of its ceiling")
+            )
+        );
+    }
+    let id = remotes.first().context("no station")?.station().clone();
+    let seq = hsm.revoke_station(&id, "demo")?;
+    match remotes.first().map(|r| r.products()) {
+        Some(Err(e)) => println!(
+            "   station {id} revoked (ledger record {seq}); its next request is refused: {e}"
+        ),
+        _ => anyhow::bail!("a revoked station was served"),
+    }
+    running.stop();
     Ok(())
 }

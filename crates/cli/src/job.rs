@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use trustfab_device::{file, DeviceKind, SiliconVendor};
-use trustfab_hsm::{Hsm, HsmClient, Reservation};
+use trustfab_hsm::{HsmClient, Reservation};
 use trustfab_station::{
     device_kind, run as run_job, Faults, FileSupply, JobSpec, LockPolicy, MadeSupply, PartKind,
     Progress, RunOptions, SlotMap, Summary,
@@ -525,7 +525,7 @@ fn print_summary(s: &Summary) {
 /// made on demand, closes it, prints what it made, and returns the summary. The job package is
 /// written to `dir/job-<id>.bin`.
 pub(crate) fn demo_job(
-    hsm: &Hsm,
+    hsm: &dyn HsmClient,
     dir: &Path,
     product: &ProductKey,
     devices: u64,

@@ -213,6 +213,26 @@ pub(crate) struct CertifyArgs {
     out: PathBuf,
 }
 
+impl CertifyArgs {
+    /// The demo's certification of a station for `products`.
+    pub(crate) fn new(
+        at: HsmDir,
+        request: PathBuf,
+        products: Vec<ProductKey>,
+        max_devices: Option<u64>,
+        out: PathBuf,
+    ) -> Self {
+        Self {
+            at,
+            request,
+            products,
+            max_devices,
+            days: 365,
+            out,
+        }
+    }
+}
+
 /// `hsm certify-station`, also used by the demo.
 pub(crate) fn certify(a: &CertifyArgs) -> Result<()> {
     let hsm = hsm::open(&a.at)?;
@@ -330,14 +350,15 @@ pub(crate) fn revoke(at: &HsmDir, id: &StationId, reason: &str) -> Result<()> {
 pub(crate) fn list(at: &HsmDir) -> Result<()> {
     let hsm = hsm::open(at)?;
     println!(
-        "{:<24} {:>8} {:>12} {:>10}  products",
-        "station", "record", "left", "state"
+        "{:<24} {:>8} {:>10} {:>12} {:>10}  products",
+        "station", "record", "issued", "left", "state"
     );
     for s in hsm.stations()? {
         println!(
-            "{:<24} {:>8} {:>12} {:>10}  {}",
+            "{:<24} {:>8} {:>10} {:>12} {:>10}  {}",
             s.certified.station.to_string(),
             s.seq,
+            s.issued,
             s.remaining.map_or_else(|| "-".into(), |r| r.to_string()),
             if s.revoked_seq.is_some() {
                 "revoked"

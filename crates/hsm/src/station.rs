@@ -22,7 +22,7 @@ use trustfab_token::{Curve, KeyHandle, KeyLabel, KeySpec, KeyUsage, TokenSigner}
 use trustfab_types::{Serial, StationId, UnixTime};
 
 use crate::error::StationError;
-use crate::Hsm;
+use crate::{Hsm, IssuanceRecord};
 
 /// Token label of the station CA key (signs station certificates and the service's TLS
 /// certificate).
@@ -70,6 +70,9 @@ pub struct StationStatus {
     pub revoked_seq: Option<u64>,
     /// Devices the ceiling has left, when it has one.
     pub remaining: Option<u64>,
+    /// Certificates whose issuance records name the station ([`Hsm::stations`] counts them;
+    /// 0 from [`Hsm::station`]).
+    pub issued: u64,
 }
 
 impl Hsm {
@@ -317,27 +320,48 @@ impl Hsm {
             seq,
             revoked_seq,
             remaining,
+            issued: 0,
         })
     }
 
-    /// Every station the ledger has certified, in certification order.
+    /// Every station the ledger has certified, in certification order, with the certificates
+    /// whose issuance records name it: one walk of the chain.
     ///
     /// # Errors
     /// A ledger error or a record that does not decode.
     pub fn stations(&self) -> Result<Vec<StationStatus>, StationError> {
         let mut ids = Vec::new();
         let mut seen = HashSet::new();
+        let mut issued: std::collections::HashMap<StationId, u64> =
+            std::collections::HashMap::new();
         for rec in self.ledger.records(1) {
             let rec = rec?;
-            if rec.kind == Kind::StationCertified {
-                let b: StationCertified = records::decode(&rec.body)
-                    .map_err(|_| StationError::BadRecord { seq: rec.seq })?;
-                if seen.insert(b.station.clone()) {
-                    ids.push(b.station);
+            match rec.kind {
+                Kind::StationCertified => {
+                    let b: StationCertified = records::decode(&rec.body)
+                        .map_err(|_| StationError::BadRecord { seq: rec.seq })?;
+                    if seen.insert(b.station.clone()) {
+                        ids.push(b.station);
+                    }
                 }
+                Kind::CertificateIssued => {
+                    if let Ok(IssuanceRecord {
+                        station: Some(st), ..
+                    }) = IssuanceRecord::decode(&rec.body)
+                    {
+                        *issued.entry(st).or_default() += 1;
+                    }
+                }
+                _ => {}
             }
         }
-        ids.iter().map(|id| self.station(id)).collect()
+        ids.iter()
+            .map(|id| {
+                let mut s = self.station(id)?;
+                s.issued = issued.get(id).copied().unwrap_or(0);
+                Ok(s)
+            })
+            .collect()
     }
 
     /// The service's TLS certificate for `names` (DNS names or IP addresses) and its key in the
