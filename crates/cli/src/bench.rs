@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use trustfab_device::{DeviceKind, SiliconVendor};
-use trustfab_hsm::Hsm;
+use trustfab_hsm::{Hsm, HsmClient, IssueError, JobOpError, Reservation};
 use trustfab_ledger_sqlite::SqliteStore;
 use trustfab_oem::{Firmware, Order};
 use trustfab_pki::template::EXAMPLE_TEMPLATE;
@@ -67,9 +67,220 @@ pub(crate) struct BenchArgs {
     /// family, installed by each part's secure boot (family key wrapped by the HSM per device).
     #[arg(long, value_name = "KIB")]
     firmware: Option<u32>,
+    /// Also run the same flow (a second job of --devices) through the HSM service on a
+    /// loopback port, as a station with its certificate over mutual TLS, and compare.
+    #[arg(long)]
+    service: bool,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// An [`HsmClient`] that times each issuance batch.
+struct Timed<'a> {
+    inner: &'a dyn HsmClient,
+    batches: std::sync::Mutex<Vec<std::time::Duration>>,
+}
+
+impl<'a> Timed<'a> {
+    fn new(inner: &'a dyn HsmClient) -> Self {
+        Self {
+            inner,
+            batches: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The `per_mille`/1000 quantile of the batch times, in milliseconds.
+    fn quantile_ms(&self, per_mille: usize) -> f64 {
+        let mut v = self
+            .batches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if v.is_empty() {
+            return 0.0;
+        }
+        v.sort();
+        let i = (v.len() - 1) * per_mille.min(1000) / 1000;
+        v.get(i).copied().map_or(0.0, ms)
+    }
+}
+
+impl HsmClient for Timed<'_> {
+    fn hsm_id(&self) -> &HsmId {
+        self.inner.hsm_id()
+    }
+    fn identity_point(&self) -> &[u8] {
+        self.inner.identity_point()
+    }
+    fn products(&self) -> Result<Vec<trustfab_hsm::ProductStatus>, IssueError> {
+        self.inner.products()
+    }
+    fn chain(&self, p: &ProductKey) -> Result<(Vec<u8>, Option<Vec<u8>>), IssueError> {
+        self.inner.chain(p)
+    }
+    fn firmware(
+        &self,
+        p: &ProductKey,
+    ) -> Result<Option<trustfab_hsm::ProductFirmware>, IssueError> {
+        self.inner.firmware(p)
+    }
+    fn reserve(&self, spec: JobSpec) -> Result<Reservation, JobOpError> {
+        self.inner.reserve(spec)
+    }
+    fn attach(&self, package: &[u8]) -> Result<Reservation, JobOpError> {
+        self.inner.attach(package)
+    }
+    fn job_status(&self, r: &Reservation) -> Result<trustfab_hsm::JobStatus, JobOpError> {
+        self.inner.job_status(r)
+    }
+    fn issue(
+        &self,
+        r: &Reservation,
+        devices: &[trustfab_hsm::DeviceKey],
+    ) -> Result<Vec<trustfab_hsm::Issued>, IssueError> {
+        let t = Instant::now();
+        let out = self.inner.issue(r, devices);
+        self.batches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(t.elapsed());
+        out
+    }
+    fn certificate_for(
+        &self,
+        r: &Reservation,
+        uid: &DeviceUid,
+    ) -> Result<Option<trustfab_hsm::Issued>, IssueError> {
+        self.inner.certificate_for(r, uid)
+    }
+    fn family_key_for(&self, r: &Reservation, uid: &DeviceUid) -> Result<Vec<u8>, IssueError> {
+        self.inner.family_key_for(r, uid)
+    }
+    fn record_outcomes(
+        &self,
+        r: &Reservation,
+        outcomes: Vec<trustfab_hsm::DeviceOutcome>,
+    ) -> Result<(), IssueError> {
+        self.inner.record_outcomes(r, outcomes)
+    }
+    fn close(&self, r: Reservation) -> Result<trustfab_formats::records::JobClosed, JobOpError> {
+        self.inner.close(r)
+    }
+}
+
+/// One measured run: the station's summary and its batch times.
+struct Measured {
+    summary: trustfab_station::Summary,
+    batch_p50: f64,
+    batch_p99: f64,
+}
+
+/// Reserves a job of `a.devices` through `hsm` and runs it on fresh simulated parts.
+fn measure(
+    a: &BenchArgs,
+    hsm: &dyn HsmClient,
+    sockets: usize,
+    fw: Option<&BenchFirmware>,
+    label: &str,
+) -> Result<Measured> {
+    let now = SystemClock.now();
+    let kind = if fw.is_some() {
+        DeviceKind::SecureMcu
+    } else {
+        DeviceKind::SecureElement
+    };
+    let job = hsm.reserve(JobSpec {
+        job_id: crate::job::job_id_at(label, now)?,
+        hsm_id: hsm.hsm_id().clone(),
+        product: ProductKey::parse(BENCH_PRODUCT)?,
+        quantity: a.devices,
+        device_kind: match kind {
+            DeviceKind::SecureElement => PartKind::SecureElement,
+            DeviceKind::SecureMcu => PartKind::SecureMcu,
+        },
+        slots: SlotMap::default(),
+        attestation_root: None,
+        lock: LockPolicy::Data,
+        created_at: now.0,
+        firmware: match fw {
+            Some(fw) => Some(trustfab_station::job_firmware(
+                hsm,
+                &ProductKey::parse(BENCH_PRODUCT)?,
+                "bench.bin",
+                &fw.image,
+                5,
+            )?),
+            None => None,
+        },
+    })?;
+    let vendors = (0..sockets)
+        .map(|_| SiliconVendor::new(now, &trustfab_types::OsRng))
+        .collect::<Result<_, _>>()?;
+    let supply = MadeSupply::new(vendors, kind, a.devices, now, Faults::none());
+    let pb = (!a.json).then(|| progress_bar(a.devices, 0));
+    let mut opts = options(sockets, a.batch, pb.clone());
+    opts.image = fw.map(|f| Arc::from(f.image.as_slice()));
+    let timed = Timed::new(hsm);
+    let s = run_job(&timed, &job, &supply, &opts)?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    if !s.complete() {
+        bail!(
+            "the bench job ({label}) ended with {} of {} good ({} failures; first: {})",
+            s.good,
+            s.quantity,
+            s.failures.len(),
+            s.failures
+                .first()
+                .map(|f| format!("step {} {}: {}", f.step as u8, f.step.name(), f.reason))
+                .unwrap_or_default()
+        );
+    }
+    Ok(Measured {
+        batch_p50: timed.quantile_ms(500),
+        batch_p99: timed.quantile_ms(990),
+        summary: s,
+    })
+}
+
+/// The same flow through the HSM service on a loopback port: a station certified by the
+/// station CA inside the token, over mutual TLS.
+fn measure_service(
+    a: &BenchArgs,
+    hsm: &Arc<Hsm>,
+    sockets: usize,
+    fw: Option<&BenchFirmware>,
+) -> Result<Measured> {
+    let ca = hsm.station_ca(None)?;
+    let key = SoftKey::generate(Curve::P256)?;
+    let id = trustfab_types::StationId::new("bench-station")?;
+    let req = trustfab_pki::station::StationRequest::new(&id, &key)?;
+    let grant = trustfab_pki::station::StationGrant {
+        products: vec![ProductKey::parse(BENCH_PRODUCT)?],
+        max_devices: None,
+        max_per_day: None,
+    };
+    let (cert, _) = hsm.certify_station(&ca, &req, &grant, 1)?;
+    let running = trustfab_service::spawn(
+        Arc::clone(hsm),
+        &ca,
+        &trustfab_service::ServeOptions::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+    )?;
+    let creds = trustfab_service::StationCredentials {
+        ca_der: ca,
+        cert_der: cert,
+        key: key.secret_pkcs8_der()?,
+    };
+    let remote = trustfab_service::RemoteHsm::connect(
+        &running.url(),
+        &creds,
+        std::time::Duration::from_secs(30),
+    )?;
+    let m = measure(a, &remote, sockets, fw, "bench-service")?;
+    running.stop();
+    Ok(m)
 }
 
 /// The OEM's firmware for a bench with `--firmware`: its boot key's hash, its family key and
@@ -385,62 +596,19 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
     };
     let fw = a.firmware.map(BenchFirmware::new).transpose()?;
     let token = bench_token(a, &dir)?;
-    let hsm = bench_site(token, &dir, a.ledger_url.as_deref(), a.devices, fw.as_ref())
-        .context("setting up the bench site")?;
-    let now = SystemClock.now();
-    let kind = if fw.is_some() {
-        DeviceKind::SecureMcu
-    } else {
-        DeviceKind::SecureElement
-    };
-    let job = hsm.reserve(JobSpec {
-        job_id: crate::job::job_id_at("bench", now)?,
-        hsm_id: hsm.hsm_id().clone(),
-        product: ProductKey::parse(BENCH_PRODUCT)?,
-        quantity: a.devices,
-        device_kind: match kind {
-            DeviceKind::SecureElement => PartKind::SecureElement,
-            DeviceKind::SecureMcu => PartKind::SecureMcu,
-        },
-        slots: SlotMap::default(),
-        attestation_root: None,
-        lock: LockPolicy::Data,
-        created_at: now.0,
-        firmware: match &fw {
-            Some(fw) => Some(trustfab_station::job_firmware(
-                &hsm,
-                &ProductKey::parse(BENCH_PRODUCT)?,
-                "bench.bin",
-                &fw.image,
-                5,
-            )?),
-            None => None,
-        },
-    })?;
-    let vendors = (0..sockets)
-        .map(|_| SiliconVendor::new(now, &trustfab_types::OsRng))
-        .collect::<Result<_, _>>()?;
-    let supply = MadeSupply::new(vendors, kind, a.devices, now, Faults::none());
-    let pb = (!a.json).then(|| progress_bar(a.devices, 0));
-    let mut opts = options(sockets, a.batch, pb.clone());
-    opts.image = fw.as_ref().map(|f| Arc::from(f.image.as_slice()));
-    let s = run_job(&hsm, &job, &supply, &opts)?;
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
+    let count = a.devices * if a.service { 2 } else { 1 };
+    let hsm = Arc::new(
+        bench_site(token, &dir, a.ledger_url.as_deref(), count, fw.as_ref())
+            .context("setting up the bench site")?,
+    );
+    let local = measure(a, &*hsm, sockets, fw.as_ref(), "bench")?;
     let rss = peak_rss();
-    if !s.complete() {
-        bail!(
-            "the bench job ended with {} of {} good ({} failures; first: {})",
-            s.good,
-            s.quantity,
-            s.failures.len(),
-            s.failures
-                .first()
-                .map(|f| format!("step {} {}: {}", f.step as u8, f.step.name(), f.reason))
-                .unwrap_or_default()
-        );
-    }
+    let remote = if a.service {
+        Some(measure_service(a, &hsm, sockets, fw.as_ref())?)
+    } else {
+        None
+    };
+    let s = &local.summary;
     let per_thread = a
         .limit_devices
         .unwrap_or_else(|| (a.devices / 10).clamp(100, 20_000))
@@ -466,6 +634,14 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
             "devices_per_s": rate, "p50_ms": ms(s.latency_quantile(0.5)),
             "p99_ms": ms(s.latency_quantile(0.99)), "peak_rss_mb": rss_mb,
             "limit_devices_per_s": limit, "ratio": rate / limit,
+            "batch_p50_ms": local.batch_p50, "batch_p99_ms": local.batch_p99,
+            "service": remote.as_ref().map(|r| serde_json::json!({
+                "devices_per_s": r.summary.devices_per_sec(),
+                "p50_ms": ms(r.summary.latency_quantile(0.5)),
+                "p99_ms": ms(r.summary.latency_quantile(0.99)),
+                "batch_p50_ms": r.batch_p50, "batch_p99_ms": r.batch_p99,
+                "ratio_to_in_process": r.summary.devices_per_sec() / rate,
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -482,23 +658,46 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
     )?;
     writeln!(
         out,
-        "{:<34} {:>11} {:>9} {:>9} {:>13}",
-        "", "devices/s", "p50 ms", "p99 ms", "peak RSS MB"
+        "{:<34} {:>11} {:>9} {:>9} {:>9} {:>9} {:>13}",
+        "", "devices/s", "p50 ms", "p99 ms", "batch p50", "batch p99", "peak RSS MB"
     )?;
     writeln!(
         out,
-        "{:<34} {:>11.0} {:>9.2} {:>9.2} {:>13}",
-        "station, full flow",
+        "{:<34} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>13}",
+        "station, full flow, in process",
         rate,
         ms(s.latency_quantile(0.5)),
         ms(s.latency_quantile(0.99)),
+        local.batch_p50,
+        local.batch_p99,
         rss_mb.map_or("-".into(), |m| format!("{m:.0}"))
     )?;
+    if let Some(r) = &remote {
+        writeln!(
+            out,
+            "{:<34} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>13}",
+            "station through the service (mTLS)",
+            r.summary.devices_per_sec(),
+            ms(r.summary.latency_quantile(0.5)),
+            ms(r.summary.latency_quantile(0.99)),
+            r.batch_p50,
+            r.batch_p99,
+            "-"
+        )?;
+    }
     writeln!(
         out,
-        "{:<34} {:>11.0} {:>9} {:>9} {:>13}",
-        "limit, same crypto, no I/O", limit, "-", "-", "-"
+        "{:<34} {:>11.0} {:>9} {:>9} {:>9} {:>9} {:>13}",
+        "limit, same crypto, no I/O", limit, "-", "-", "-", "-", "-"
     )?;
+    if let Some(r) = &remote {
+        writeln!(
+            out,
+            "{:<34} {:>10.0}%",
+            "service / in process",
+            100.0 * r.summary.devices_per_sec() / rate
+        )?;
+    }
     writeln!(
         out,
         "{:<34} {:>10.0}%",

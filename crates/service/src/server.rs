@@ -413,23 +413,73 @@ type Body = Result<Bytes, BytesRejection>;
 fn body<T: serde::de::DeserializeOwned>(b: &Body) -> Result<T, ApiError> {
     let b = b.as_ref().map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("request body is over {} bytes", wire::REQUEST_MAX),
-            )
+            too_large()
         } else {
             ApiError::bad_request(format!("request body: {}", r.body_text()))
         }
     })?;
     if b.len() > wire::REQUEST_MAX {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("request body is over {} bytes", wire::REQUEST_MAX),
-        ));
+        return Err(too_large());
     }
     wire::parse(b).map_err(ApiError::bad_request)
+}
+
+/// The most body bytes read, and dropped, of a request over [`wire::REQUEST_MAX`] before its
+/// refusal is sent.
+const DRAIN_MAX: usize = 8 * wire::REQUEST_MAX;
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("request body is over {} bytes", wire::REQUEST_MAX),
+    )
+}
+
+/// Reads every request's body before any handler runs: up to [`wire::REQUEST_MAX`] kept for
+/// the handler, beyond it dropped (up to [`DRAIN_MAX`]) and refused `too_large`. A refusal
+/// answered while the client still writes its body, with the body left unread, closes the
+/// connection under the client: it sees a reset, never the answer (a route that takes no
+/// body, a bad id in the path, a body over the limit).
+async fn read_body(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use http_body_util::BodyExt as _;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > u64::try_from(DRAIN_MAX).unwrap_or(u64::MAX)) {
+        return too_large().into_response();
+    }
+    let (parts, mut body) = req.into_parts();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return ApiError::bad_request(format!("request body: {e}")).into_response(),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= wire::REQUEST_MAX {
+            kept.extend_from_slice(&data);
+        } else {
+            kept = Vec::new();
+            if seen > DRAIN_MAX {
+                break;
+            }
+        }
+    }
+    if seen > wire::REQUEST_MAX {
+        return too_large().into_response();
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(kept),
+    ))
+    .await
 }
 
 async fn health() -> Json<wire::Health> {
@@ -774,6 +824,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/jobs/{job}/close", post(close))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(wire::REQUEST_MAX))
+        .layer(axum::middleware::from_fn(read_body))
         .with_state(svc)
 }
 
