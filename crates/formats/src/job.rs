@@ -142,6 +142,11 @@ pub mod serde_bytes_vec {
 
     impl<'de> Deserialize<'de> for Bytes {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            // JSON (the HSM service's wire) writes bytes as an array of integers 0-255; CBOR
+            // (packages, ledger bodies) only as a byte string.
+            if d.is_human_readable() {
+                return Vec::<u8>::deserialize(d).map(Self);
+            }
             let v = ciborium::Value::deserialize(d)?;
             match v {
                 ciborium::Value::Bytes(b) => Ok(Self(b)),
@@ -356,6 +361,32 @@ mod tests {
             created_at: 1,
             firmware: None,
         }
+    }
+
+    /// The HSM service carries a spec as JSON: its byte fields as arrays of integers, read back
+    /// the same; CBOR still takes only byte strings.
+    #[test]
+    fn a_spec_with_bytes_round_trips_through_json() {
+        let mut s = spec();
+        s.attestation_root = Some(Bytes(vec![0x30, 0x82, 0xff, 0]));
+        s.firmware = Some(JobFirmware {
+            name: "fw.bin".into(),
+            file_sha256: Bytes(vec![7; 32]),
+            image_hash: Bytes(vec![8; 32]),
+            security_counter: 2,
+            boot_key_hash: Bytes(vec![9; 32]),
+            family: "gw".into(),
+            encrypted: true,
+            secret_slot: 5,
+        });
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains("[48,130,255,0]"), "{json}");
+        let back: JobSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        assert!(serde_json::from_str::<Bytes>("[256]").is_err());
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&vec![1u8, 2], &mut cbor).unwrap();
+        assert!(ciborium::from_reader::<Bytes, _>(cbor.as_slice()).is_err());
     }
 
     #[test]
