@@ -71,6 +71,9 @@ pub(crate) struct BenchArgs {
     /// loopback port, as a station with its certificate over mutual TLS, and compare.
     #[arg(long)]
     service: bool,
+    /// Issuance batches a station keeps in flight through the service.
+    #[arg(long, default_value_t = 6)]
+    service_issuers: usize,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -183,6 +186,7 @@ fn measure(
     sockets: usize,
     fw: Option<&BenchFirmware>,
     label: &str,
+    issuers: usize,
 ) -> Result<Measured> {
     let now = SystemClock.now();
     let kind = if fw.is_some() {
@@ -221,6 +225,7 @@ fn measure(
     let pb = (!a.json).then(|| progress_bar(a.devices, 0));
     let mut opts = options(sockets, a.batch, pb.clone());
     opts.image = fw.map(|f| Arc::from(f.image.as_slice()));
+    opts.issuers = issuers;
     let timed = Timed::new(hsm);
     let s = run_job(&timed, &job, &supply, &opts)?;
     if let Some(pb) = pb {
@@ -278,7 +283,7 @@ fn measure_service(
         &creds,
         std::time::Duration::from_secs(30),
     )?;
-    let m = measure(a, &remote, sockets, fw, "bench-service")?;
+    let m = measure(a, &remote, sockets, fw, "bench-service", a.service_issuers)?;
     running.stop();
     Ok(m)
 }
@@ -601,7 +606,14 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
         bench_site(token, &dir, a.ledger_url.as_deref(), count, fw.as_ref())
             .context("setting up the bench site")?,
     );
-    let local = measure(a, &*hsm, sockets, fw.as_ref(), "bench")?;
+    let local = measure(
+        a,
+        &*hsm,
+        sockets,
+        fw.as_ref(),
+        "bench",
+        trustfab_station::ISSUERS,
+    )?;
     let rss = peak_rss();
     let remote = if a.service {
         Some(measure_service(a, &hsm, sockets, fw.as_ref())?)

@@ -142,9 +142,12 @@ impl Hsm {
         if grant.products.is_empty() {
             return Err(StationError::EmptyGrant);
         }
-        if self
-            .ledger
-            .verified_claim(CLAIM_STATION_REVOKED, id.as_str().as_bytes())?
+        // Revoked when the stored claim row says so (a revocation by another process is seen
+        // at once) or the sealed account does as of this process's last transaction (a row
+        // deleted in the store after that changes nothing). No writer round trip per request.
+        let key = id.as_str().as_bytes();
+        if self.ledger.claimed(CLAIM_STATION_REVOKED, key)?.is_some()
+            || self.ledger.claim_in_account(CLAIM_STATION_REVOKED, key) == Some(true)
         {
             return Err(StationError::Revoked {
                 station: id.clone(),

@@ -402,6 +402,10 @@ impl Store for SqliteStore {
             .verified_claim(namespace, key, || self.claimed(namespace, key))
     }
 
+    fn claim_in_account(&self, namespace: &str, key: &[u8]) -> Option<bool> {
+        self.writer.claim_in_account(namespace, key)
+    }
+
     fn verified_counters(&self) -> Result<Vec<(String, Counter)>, Error> {
         self.writer.verified_counters(|| self.counters())
     }

@@ -590,6 +590,16 @@ impl Writer {
         }
     }
 
+    /// Whether the sealed store's account, as of this process's last transaction (no new one
+    /// is run), holds a claim; `None` in a store that is not sealed or not yet walked
+    /// ([`crate::Store::claim_in_account`]).
+    pub fn claim_in_account(&self, namespace: &str, key: &[u8]) -> Option<bool> {
+        let t = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+        t.as_ref()
+            .and_then(|t| t.state.as_ref())
+            .map(|s| s.has_claim(namespace, key))
+    }
+
     /// `read` of the sealed store's account, brought up to the store's head first; `None` in a
     /// store that is not sealed.
     fn account<T>(&self, read: impl FnOnce(&Tracked) -> T) -> Result<Option<T>, Error> {

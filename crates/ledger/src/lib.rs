@@ -146,6 +146,12 @@ pub trait Store: Send + Sync {
     /// error.
     fn verified_claim(&self, namespace: &str, key: &[u8]) -> Result<bool, Error>;
 
+    /// Whether the sealed account holds `(namespace, key)` as of this process's last
+    /// transaction, without running one (cheap: no writer round trip); `None` in a store that
+    /// is not sealed or not yet walked. A caller that must also see other processes' latest
+    /// claims reads [`Store::claimed`] beside it.
+    fn claim_in_account(&self, namespace: &str, key: &[u8]) -> Option<bool>;
+
     /// How many stored claims were made by records up to `up_to_seq`.
     ///
     /// # Errors

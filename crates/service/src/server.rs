@@ -44,7 +44,7 @@ pub struct ServeOptions {
     pub cert_days: u32,
     /// How long a SIGTERM waits for requests in flight before it stops anyway.
     pub drain: Duration,
-    /// Most connections at once; more wait in the listen queue.
+    /// Most connections at once; one more is accepted and closed at once.
     pub max_connections: usize,
 }
 
@@ -99,6 +99,9 @@ struct Batches {
     seen: HashMap<(String, Vec<u8>), [u8; 32]>,
     order: VecDeque<(String, Vec<u8>)>,
 }
+
+/// How long a connection may take to send a request's head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Batch ids remembered.
 const BATCHES_KEPT: usize = 1 << 16;
@@ -797,6 +800,14 @@ async fn close(
     .await
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this operation takes another method (docs/service.md)",
+    )
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -823,6 +834,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/jobs/{job}/outcomes", post(outcomes))
         .route("/v1/jobs/{job}/close", post(close))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(wire::REQUEST_MAX))
         .layer(axum::middleware::from_fn(read_body))
         .with_state(svc)
@@ -1027,6 +1039,9 @@ pub async fn run(
                 let hyper_svc = hyper::service::service_fn(move |req| app.clone().oneshot(req));
                 let conn = hyper::server::conn::http1::Builder::new()
                     .keep_alive(true)
+                    // A connection that sends no request head in time is closed.
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), hyper_svc);
                 let _ = watcher.watch(conn).await;
             }

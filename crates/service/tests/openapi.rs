@@ -1,4 +1,5 @@
-//! `docs/service-openapi.json` against the code: it parses as OpenAPI 3.0.3, its operations are
+//! `docs/service-openapi.json` against the code: it parses as OpenAPI 3.1.0 (the version in which
+//! a `mutualTLS` security scheme is valid) with none of 3.0's keywords left, its operations are
 //! exactly the routes of `server::router()` (read from `src/server.rs` itself, so a route added
 //! without documenting it fails here), every error code the server can answer is documented
 //! with its HTTP status, and the schemas of the wire types have exactly the fields of the
@@ -140,9 +141,9 @@ fn documented_routes(spec: &Value) -> BTreeSet<(String, String)> {
 }
 
 #[test]
-fn it_is_openapi_3_0_3_with_mutual_tls() {
+fn it_is_openapi_3_1_with_mutual_tls() {
     let s = spec();
-    assert_eq!(s["openapi"], "3.0.3");
+    assert_eq!(s["openapi"], "3.1.0");
     assert!(s["info"]["title"].is_string());
     assert!(s["info"]["version"].is_string());
     let schemes = s["components"]["securitySchemes"]
@@ -160,6 +161,63 @@ fn it_is_openapi_3_0_3_with_mutual_tls() {
         "the global security requirement names {}",
         mtls[0]
     );
+}
+
+/// Every object of `v` with the path to it.
+fn objects<'a>(
+    v: &'a Value,
+    at: &str,
+    out: &mut Vec<(String, &'a serde_json::Map<String, Value>)>,
+) {
+    match v {
+        Value::Object(m) => {
+            out.push((at.to_owned(), m));
+            for (k, v) in m {
+                objects(v, &format!("{at}/{k}"), out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                objects(v, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What OpenAPI 3.1 (JSON Schema 2020-12) replaced: `nullable` (a `type` array with `"null"`),
+/// boolean `exclusiveMinimum`/`exclusiveMaximum` (numbers), a schema's `example` (`examples`),
+/// and `format: byte` (`contentEncoding: base64`).
+#[test]
+fn no_keyword_of_openapi_3_0_is_left() {
+    let s = spec();
+    let mut all = Vec::new();
+    objects(&s, "#", &mut all);
+    for (at, m) in all {
+        assert!(!m.contains_key("nullable"), "{at}: `nullable` is 3.0's");
+        for k in ["exclusiveMinimum", "exclusiveMaximum"] {
+            assert!(
+                m.get(k).is_none_or(Value::is_number),
+                "{at}: `{k}` is a number in 3.1"
+            );
+        }
+        assert!(
+            m.get("format").and_then(Value::as_str) != Some("byte"),
+            "{at}: `format: byte` is `contentEncoding: base64` in 3.1"
+        );
+        if at.contains("/schemas/") || at.ends_with("/schema") {
+            assert!(
+                !m.contains_key("example"),
+                "{at}: a schema's `example` is `examples`"
+            );
+        }
+        if let Some(Value::Array(types)) = m.get("type") {
+            assert!(
+                types.iter().all(Value::is_string) && !types.is_empty(),
+                "{at}: a `type` array names types"
+            );
+        }
+    }
 }
 
 #[test]
@@ -307,6 +365,7 @@ fn server_codes() -> BTreeMap<String, u16> {
             "BAD_REQUEST" => 400,
             "FORBIDDEN" => 403,
             "NOT_FOUND" => 404,
+            "METHOD_NOT_ALLOWED" => 405,
             "PAYLOAD_TOO_LARGE" => 413,
             "INTERNAL_SERVER_ERROR" => 500,
             "SERVICE_UNAVAILABLE" => 503,

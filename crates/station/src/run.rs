@@ -39,6 +39,9 @@ pub struct RunOptions {
     /// The image file of a job with a firmware step (as mastered: encrypted when the job says
     /// so); its SHA-256 must be the job's.
     pub image: Option<Arc<[u8]>>,
+    /// Issuance batches in flight at once (default [`ISSUERS`]); a station that reaches the
+    /// HSM over the network keeps more in flight to cover the round trip.
+    pub issuers: usize,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -62,6 +65,7 @@ impl RunOptions {
             progress: None,
             clock,
             image: None,
+            issuers: ISSUERS,
         }
     }
 }
@@ -89,7 +93,7 @@ pub fn run<S: Supply>(
     thread::scope(|scope| {
         let sh = &shared;
         let issue_rx = &issue_rx;
-        let issuers: Vec<_> = (0..ISSUERS)
+        let issuers: Vec<_> = (0..opts.issuers.max(1))
             .map(|_| scope.spawn(move || issuer_loop(sh, issue_rx)))
             .collect();
         let recorder = scope.spawn(move || recorder_loop(sh, &record_rx));
@@ -124,7 +128,7 @@ pub fn run<S: Supply>(
     Ok(tally.summary(&shared, started.elapsed()))
 }
 
-/// How many batches are in flight at once: while the HSM signs one, the next one's issuance
+/// How many batches are in flight at once by default: while the HSM signs one, the next one's issuance
 /// records are being made durable (they share fsyncs through the ledger's group commit).
 pub const ISSUERS: usize = 3;
 
