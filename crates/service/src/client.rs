@@ -9,7 +9,9 @@
 //! attach only read. A reserve is sent again only when the first attempt never connected.
 //! After a restart of the service a job is attached again from the package the client holds.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::Client;
@@ -52,6 +54,26 @@ enum Failure {
     Transport(String),
 }
 
+/// Questions of many sockets at once ("has this UID a certificate?") sent as one request: the
+/// first asker sends what is pending, the others wait for its answer; questions that arrive
+/// while a request is out go in the next one.
+#[derive(Default)]
+struct Lookups {
+    state: Mutex<LookupState>,
+    answered: Condvar,
+}
+
+#[derive(Default)]
+struct LookupState {
+    /// Questions not yet sent, with their ticket.
+    pending: Vec<(u64, DeviceUid)>,
+    /// Answers not yet taken, by ticket.
+    done: HashMap<u64, Result<Option<Issued>, String>>,
+    /// A caller is sending.
+    sending: bool,
+    next_ticket: u64,
+}
+
 /// The HSM service as a station's [`HsmClient`].
 pub struct RemoteHsm {
     base: String,
@@ -62,6 +84,7 @@ pub struct RemoteHsm {
     retry_for: Duration,
     batch_counter: AtomicU64,
     batch_salt: [u8; 8],
+    lookups: Lookups,
 }
 
 impl std::fmt::Debug for RemoteHsm {
@@ -117,6 +140,7 @@ impl RemoteHsm {
             retry_for,
             batch_counter: AtomicU64::new(0),
             batch_salt: salt,
+            lookups: Lookups::default(),
         };
         let info: wire::HsmInfo = me
             .call(Method::GET, "/v1/hsm", None::<&()>, true)
@@ -246,6 +270,69 @@ impl RemoteHsm {
             w.created_seq,
             w.legacy,
         )?)
+    }
+
+    /// The recorded certificate of `uid`, asked together with the other sockets' questions.
+    fn lookup(&self, r: &Reservation, uid: &DeviceUid) -> Result<Option<Issued>, IssueError> {
+        let l = &self.lookups;
+        let mut st = l.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.pending.push((ticket, uid.clone()));
+        loop {
+            if let Some(answer) = st.done.remove(&ticket) {
+                return answer.map_err(IssueError::Transport);
+            }
+            if st.sending {
+                st = l.answered.wait(st).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            // Nobody is sending: this caller sends everything pending, its own question too.
+            st.sending = true;
+            let batch: Vec<(u64, DeviceUid)> = {
+                let n = st.pending.len().min(wire::BATCH_MAX);
+                st.pending.drain(..n).collect()
+            };
+            drop(st);
+            let answers = self.certificates(r, &batch);
+            st = l.state.lock().unwrap_or_else(PoisonError::into_inner);
+            st.sending = false;
+            match answers {
+                Ok(mut found) => {
+                    for (t, u) in batch {
+                        st.done.insert(t, Ok(found.remove(u.as_bytes())));
+                    }
+                }
+                Err(e) => {
+                    let m = e.to_string();
+                    for (t, _) in batch {
+                        st.done.insert(t, Err(m.clone()));
+                    }
+                }
+            }
+            l.answered.notify_all();
+        }
+    }
+
+    fn certificates(
+        &self,
+        r: &Reservation,
+        batch: &[(u64, DeviceUid)],
+    ) -> Result<HashMap<Vec<u8>, Issued>, IssueError> {
+        let req = wire::UidsRequest {
+            uids: batch
+                .iter()
+                .map(|(_, u)| wire::Hex(u.as_bytes().to_vec()))
+                .collect(),
+        };
+        let out: wire::CertificatesResponse = self
+            .job_call(r, Method::POST, "certificates", Some(&req))
+            .map_err(issue_error)?;
+        out.issued
+            .into_iter()
+            .map(|w| Issued::try_from(w).map(|i| (i.uid.as_bytes().to_vec(), i)))
+            .collect::<Result<_, _>>()
+            .map_err(IssueError::Transport)
     }
 
     fn batch_id(&self) -> wire::Hex {
@@ -400,16 +487,7 @@ impl HsmClient for RemoteHsm {
         r: &Reservation,
         uid: &DeviceUid,
     ) -> Result<Option<Issued>, IssueError> {
-        let req = wire::UidRequest {
-            uid: wire::Hex(uid.as_bytes().to_vec()),
-        };
-        let out: wire::CertificateResponse = self
-            .job_call(r, Method::POST, "certificate", Some(&req))
-            .map_err(issue_error)?;
-        out.issued
-            .map(Issued::try_from)
-            .transpose()
-            .map_err(IssueError::Transport)
+        self.lookup(r, uid)
     }
 
     fn family_key_for(&self, r: &Reservation, uid: &DeviceUid) -> Result<Vec<u8>, IssueError> {

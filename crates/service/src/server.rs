@@ -720,6 +720,39 @@ async fn certificate(
     .await
 }
 
+async fn certificates(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    Path(job): Path<String>,
+    b: Body,
+) -> ApiResult<wire::CertificatesResponse> {
+    let job = job_of(&job)?;
+    let req: wire::UidsRequest = body(&b)?;
+    if req.uids.len() > wire::BATCH_MAX {
+        return Err(ApiError::bad_request(format!(
+            "uids: at most {} per request",
+            wire::BATCH_MAX
+        )));
+    }
+    let uids = req
+        .uids
+        .iter()
+        .map(|h| DeviceUid::new(&h.0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::bad_request(format!("uids: {e}")))?;
+    blocking(svc, peer, move |s, cert| {
+        let r = s.attached(cert, &job)?;
+        let mut issued = Vec::new();
+        for uid in &uids {
+            if let Some(i) = trustfab_hsm::HsmClient::certificate_for(&*s.hsm, &r, uid)? {
+                issued.push(i.into());
+            }
+        }
+        Ok(wire::CertificatesResponse { issued })
+    })
+    .await
+}
+
 async fn family_key(
     State(svc): State<Arc<Service>>,
     Extension(peer): Extension<Peer>,
@@ -830,6 +863,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/jobs/{job}/status", get(job_status))
         .route("/v1/jobs/{job}/issue", post(issue))
         .route("/v1/jobs/{job}/certificate", post(certificate))
+        .route("/v1/jobs/{job}/certificates", post(certificates))
         .route("/v1/jobs/{job}/family-key", post(family_key))
         .route("/v1/jobs/{job}/outcomes", post(outcomes))
         .route("/v1/jobs/{job}/close", post(close))

@@ -353,6 +353,23 @@ pub struct CertificateResponse {
     pub issued: Option<WireIssued>,
 }
 
+/// `POST /v1/jobs/{job}/certificates`: several devices of the job at once (a station's sockets
+/// ask before they make a key; the client sends their questions together).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UidsRequest {
+    /// The device UIDs, at most [`BATCH_MAX`].
+    pub uids: Vec<Hex>,
+}
+
+/// The certificates recorded for those of the UIDs that have one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatesResponse {
+    /// The certificates, rebuilt from their issuance records; a UID without one is absent.
+    pub issued: Vec<WireIssued>,
+}
+
 /// The product's family key wrapped for one device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -997,6 +997,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/jobs/{job}/status"),
     ("POST", "/v1/jobs/{job}/issue"),
     ("POST", "/v1/jobs/{job}/certificate"),
+    ("POST", "/v1/jobs/{job}/certificates"),
     ("POST", "/v1/jobs/{job}/family-key"),
     ("POST", "/v1/jobs/{job}/outcomes"),
     ("POST", "/v1/jobs/{job}/close"),
@@ -1257,6 +1258,7 @@ impl FuzzContext {
             "/v1/jobs/{job}/certificate" | "/v1/jobs/{job}/family-key" => {
                 json!({ "uid": uid(seed) })
             }
+            "/v1/jobs/{job}/certificates" => json!({ "uids": [uid(seed), uid(seed + 1)] }),
             "/v1/jobs/{job}/outcomes" => json!({
                 "outcomes": [
                     { "outcome": "good", "uid": uid(seed), "serial": "7f01",
