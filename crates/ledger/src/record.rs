@@ -290,7 +290,7 @@ mod tests {
             assert_eq!(Kind::from_code(k.code()), Some(k));
         }
         assert_eq!(Kind::from_code(0), None);
-        assert_eq!(Kind::from_code(14), None);
+        assert_eq!(Kind::from_code(16), None);
     }
 
     #[test]
