@@ -33,6 +33,8 @@ use crate::pool::{Pool, Pooled};
 
 /// CKA_APPLICATION of every anchor object: it tells trustfab's CKO_DATA objects from others.
 const ANCHOR_APPLICATION: &[u8] = b"trustfab anchor";
+/// Times an anchor object's creation is tried again after CKR_GENERAL_ERROR.
+const ANCHOR_CREATE_ATTEMPTS: u32 = 8;
 
 /// The environment variable naming the PKCS#11 module to load.
 pub const MODULE_ENV: &str = "TRUSTFAB_PKCS11_MODULE";
@@ -1182,7 +1184,7 @@ impl Token for Pkcs11Token {
         let mut stored = Vec::with_capacity(8 + value.len());
         stored.extend_from_slice(&generation.to_be_bytes());
         stored.extend_from_slice(value);
-        s.create_object(&[
+        let template = [
             Attribute::Class(ObjectClass::DATA),
             Attribute::Token(true),
             Attribute::Private(true),
@@ -1190,10 +1192,27 @@ impl Token for Pkcs11Token {
             Attribute::Application(ANCHOR_APPLICATION.to_vec()),
             Attribute::Label(label.as_str().as_bytes().to_vec()),
             Attribute::Value(stored),
-        ])
-        .map_err(p11)?;
+        ];
+        // SoftHSM2 answers CKR_GENERAL_ERROR now and then when a token object is created while
+        // other sessions of the process use the token; the create is then not done, and is
+        // tried again.
+        let mut attempt = 0u32;
+        loop {
+            match s.create_object(&template) {
+                Ok(_) => break,
+                Err(CkError::Pkcs11(RvError::GeneralError, _))
+                    if attempt < ANCHOR_CREATE_ATTEMPTS =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(u64::from(attempt)));
+                }
+                Err(e) => return Err(p11(e)),
+            }
+        }
+        // The new generation is written: an older one that fails to go is read past (the newest
+        // generation wins) and removed by the next write.
         for old in older {
-            s.destroy_object(old.object).map_err(p11)?;
+            let _ = s.destroy_object(old.object);
         }
         Ok(())
     }
