@@ -594,5 +594,13 @@ fn verify_report(report: &Path, orders: &[PathBuf], vendor_root: &Path) -> Resul
         "  counts         ordered {} (orders total {}), issued {}, remaining {}, reserved by open jobs {}",
         s.totals.ordered, s.ordered_by_oem, s.totals.issued, s.totals.remaining, s.reserved
     );
+    if s.by_station.keys().any(Option::is_some) {
+        for (station, n) in &s.by_station {
+            match station {
+                Some(id) => println!("  by station     {id}: {n} certificates"),
+                None => println!("  by station     (in process, no station): {n} certificates"),
+            }
+        }
+    }
     Ok(())
 }

@@ -195,6 +195,20 @@ fn audit_issued(dir: &Path, count: u64, issued: u64) {
     );
     assert_eq!(number_after(&v, "certificates"), issued, "{v}");
     assert_eq!(products(dir), (count, issued, count - issued));
+    // The report splits by station: every certificate was asked for by one of them.
+    let by_station: Vec<u64> = v
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("by station"))
+        .map(|l| {
+            assert!(
+                l.contains("line-1.station-"),
+                "a certificate of no station: {l}"
+            );
+            number_after(l, ": ")
+        })
+        .collect();
+    assert!(!by_station.is_empty(), "{v}");
+    assert_eq!(by_station.iter().sum::<u64>(), issued, "{v}");
 }
 
 /// Every station's certificates are named in the ledger by the station: the report's records

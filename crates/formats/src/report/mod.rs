@@ -325,6 +325,9 @@ pub struct ReportSummary {
     pub reserved: u64,
     /// Sum of the orders' counts.
     pub ordered_by_oem: u64,
+    /// Certificates per station that asked for them through the HSM service, by station id;
+    /// those issued in process (no station named) are under `None`.
+    pub by_station: std::collections::BTreeMap<Option<trustfab_types::StationId>, u64>,
 }
 
 /// Verifies an ECDSA signature (DER) by `key` over `message`: the trailer's, and the ledger's

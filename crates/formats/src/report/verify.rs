@@ -192,6 +192,7 @@ pub fn verify_report<R: BufRead>(
         totals: Totals::default(),
         reserved: 0,
         ordered_by_oem,
+        by_station: std::collections::BTreeMap::new(),
     };
     let mut prev = trustfab_ledger::GENESIS_HASH;
     let mut expected_seq = 1u64;
@@ -285,6 +286,7 @@ pub fn verify_report<R: BufRead>(
                         });
                     }
                     summary.certificates += 1;
+                    *summary.by_station.entry(rec.station).or_default() += 1;
                 }
                 Kind::PackageImported => {
                     let id = PackageImported::decode(body)
