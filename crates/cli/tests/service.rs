@@ -14,15 +14,39 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::{ok, tf};
+
+use trustfab_test_support::cli::Trustfab;
+
+thread_local! {
+    /// The passphrase of this test's key files and token (a PKCS#11 token's PIN on SoftHSM2).
+    static PASS: std::cell::Cell<&'static str> = const { std::cell::Cell::new(common::PASS) };
+}
+
+/// The binary under test, with this test's passphrase.
+fn tf() -> Trustfab {
+    Trustfab::new(env!("CARGO_BIN_EXE_trustfab"), PASS.get())
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    tf().ok(dir, args)
+}
 
 const STATIONS: usize = 8;
 const SOCKETS: &str = "64";
 
-/// A programming centre in `dir` (on `ledger_url` when given) with `acme/thermo` of `count`,
-/// and `STATIONS` stations certified for it (`st0` … `st7`).
-fn centre(dir: &Path, count: u64, ledger_url: Option<&str>) {
+/// A programming centre in `dir` (on `ledger_url` when given; on the SoftHSM2 token when
+/// `pkcs11`) with `acme/thermo` of `count`, and `STATIONS` stations certified for it (`st0` …
+/// `st7`).
+fn centre_on(dir: &Path, count: u64, ledger_url: Option<&str>, pkcs11: bool) {
     let mut init = vec!["--hsm-id", "hsm-s"];
+    if pkcs11 {
+        init.extend([
+            "--backend",
+            "pkcs11",
+            "--token-label",
+            trustfab_test_support::softhsm::TOKEN_LABEL,
+        ]);
+    }
     if let Some(url) = ledger_url {
         init.extend(["--ledger-url", url]);
     }
@@ -47,6 +71,10 @@ fn centre(dir: &Path, count: u64, ledger_url: Option<&str>) {
             ],
         );
     }
+}
+
+fn centre(dir: &Path, count: u64, ledger_url: Option<&str>) {
+    centre_on(dir, count, ledger_url, false);
 }
 
 /// `hsm serve` on `listen`; returns the child (the caller kills and waits for it) and the
@@ -221,9 +249,12 @@ fn stations_made(dir: &Path) -> u64 {
 
 fn eight_stations(ledger_url: Option<&str>) {
     let t = tempfile::tempdir().unwrap();
-    let d = t.path();
+    eight_stations_in(t.path(), ledger_url, false);
+}
+
+fn eight_stations_in(d: &Path, ledger_url: Option<&str>, pkcs11: bool) {
     let count = 1024;
-    centre(d, count, ledger_url);
+    centre_on(d, count, ledger_url, pkcs11);
     let (mut service, addr) = serve(d, "127.0.0.1:0");
     let url = format!("https://{addr}");
     let q = count.to_string();
@@ -273,6 +304,16 @@ fn eight_stations_of_64_sockets_issue_exactly_the_count() {
 fn eight_stations_of_64_sockets_issue_exactly_the_count_on_postgres() {
     let db = trustfab_test_support::pg::FreshDatabase::new();
     eight_stations(Some(db.url()));
+}
+
+/// The same on SoftHSM2 through PKCS#11: the station CA, the service's TLS key, the product
+/// key and the anchor in the token, a pool of its sessions in the service.
+#[test]
+fn eight_stations_of_64_sockets_issue_exactly_the_count_on_softhsm2() {
+    let t = tempfile::tempdir().unwrap();
+    let _softhsm = trustfab_test_support::softhsm::SoftHsm2::new(t.path());
+    PASS.set(trustfab_test_support::softhsm::PIN);
+    eight_stations_in(t.path(), None, true);
 }
 
 /// A small deterministic generator for the kill moments (no dependency for one test).
