@@ -2,12 +2,14 @@
 //! ledger live only here; a station holds its certificate and key and calls the operations of
 //! [`trustfab_hsm::HsmClient`] over the wire.
 //!
-//! Every request, in order: the TLS handshake validated the client certificate to the station
-//! CA; the certificate parses as a station certificate (its id and grant); the HSM admits it (the
-//! ledger recorded this certificate for the id, and the id is not revoked: read from the chain
-//! on every request); the product is one the grant names; the body is under
-//! [`wire::REQUEST_MAX`] and parses. Only then does the HSM act, in a blocking thread, so that
-//! many stations' batches meet in the ledger's group commit.
+//! Every request, in order (`docs/service.md`, "Per-request checks"): the TLS handshake
+//! validated the client certificate to the station CA; the certificate parses as a station
+//! certificate (its id and grant); the body is read whole, at most [`wire::REQUEST_MAX`]; the
+//! path and body parse; the service is not draining; the HSM admits the station (the ledger
+//! recorded this certificate for the id, the id is not revoked, the certificate not expired);
+//! the product is one the grant names. Only then does the HSM act, in a blocking thread, so that
+//! many stations' batches meet in the ledger's group commit. A refusal before admission touches
+//! neither the HSM nor the ledger.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
