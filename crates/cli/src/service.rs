@@ -205,6 +205,9 @@ pub(crate) struct CertifyArgs {
     /// Most devices the station may have certificates issued for, in all.
     #[arg(long)]
     max_devices: Option<u64>,
+    /// Most devices per UTC day (counted by the service from the ledger's records).
+    #[arg(long)]
+    max_per_day: Option<u64>,
     /// Days the certificate is valid.
     #[arg(long, default_value_t = 365)]
     days: u32,
@@ -227,6 +230,7 @@ impl CertifyArgs {
             request,
             products,
             max_devices,
+            max_per_day: None,
             days: 365,
             out,
         }
@@ -242,7 +246,7 @@ pub(crate) fn certify(a: &CertifyArgs) -> Result<()> {
     let grant = StationGrant {
         products: a.products.clone(),
         max_devices: a.max_devices,
-        max_per_day: None,
+        max_per_day: a.max_per_day,
     };
     let cert_path = a.out.join(STATION_CERT);
     if cert_path.exists() {

@@ -367,6 +367,37 @@ impl Hsm {
             .collect()
     }
 
+    /// The HSM's clock: what its records and certificates are dated by.
+    pub fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
+    /// Certificates whose issuance records name station `id` and whose notBefore (the moment
+    /// of issuance) is at `since` or later: one walk of the chain. The service counts a day's
+    /// issuance from it for a per-day ceiling.
+    ///
+    /// # Errors
+    /// A ledger error.
+    pub fn station_issued_since(
+        &self,
+        id: &StationId,
+        since: UnixTime,
+    ) -> Result<u64, StationError> {
+        let mut n = 0u64;
+        for rec in self.ledger.records(1) {
+            let rec = rec?;
+            if rec.kind != Kind::CertificateIssued {
+                continue;
+            }
+            if let Ok(r) = IssuanceRecord::decode(&rec.body) {
+                if r.station.as_ref() == Some(id) && r.not_before.0 >= since.0 {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// The service's TLS certificate for `names` (DNS names or IP addresses) and its key in the
     /// token, made there the first time; the certificate is issued anew by the station CA at
     /// every start of the service.

@@ -125,9 +125,20 @@ impl Batches {
     }
 }
 
+/// A station's issuance on one UTC day, for a grant with a per-day ceiling.
+struct Daily {
+    day: u64,
+    /// Certificates issued that day (read from the ledger at the day's first request, then
+    /// counted here).
+    used: u64,
+    /// Devices of batches in flight.
+    pending: u64,
+}
+
 /// The service's state, shared by every connection.
 pub struct Service {
     hsm: Arc<Hsm>,
+    daily: Mutex<HashMap<trustfab_types::StationId, Daily>>,
     clock: Arc<dyn Clock>,
     jobs: Mutex<HashMap<JobId, Attached>>,
     batches: Mutex<Batches>,
@@ -302,6 +313,7 @@ impl Service {
             clock: Arc::new(SystemClock),
             jobs: Mutex::new(HashMap::new()),
             batches: Mutex::new(Batches::default()),
+            daily: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
         }
     }
@@ -345,6 +357,60 @@ impl Service {
         })?;
         Self::granted(cert, a.reservation.product())?;
         Ok(Arc::clone(&a.reservation))
+    }
+
+    /// Holds `n` devices of the station's day (UTC) for a batch when its grant has a per-day
+    /// ceiling: refused when the day's certificates and the batches in flight leave fewer.
+    fn hold_day(&self, cert: &StationCert, n: u64) -> Result<(), ApiError> {
+        let Some(max) = cert.grant.max_per_day else {
+            return Ok(());
+        };
+        // The HSM's clock: the one its issuance records are dated by.
+        let day = self.hsm.now().0 / 86_400;
+        let mut daily = self.daily.lock().unwrap_or_else(PoisonError::into_inner);
+        let fresh = daily.get(&cert.station_id).is_none_or(|d| d.day != day);
+        if fresh {
+            let used = self
+                .hsm
+                .station_issued_since(&cert.station_id, trustfab_types::UnixTime(day * 86_400))?;
+            daily.insert(
+                cert.station_id.clone(),
+                Daily {
+                    day,
+                    used,
+                    pending: 0,
+                },
+            );
+        }
+        let d = daily
+            .get_mut(&cert.station_id)
+            .ok_or_else(|| ApiError::bad_request("station day"))?;
+        let left = max.saturating_sub(d.used.saturating_add(d.pending));
+        if n > left {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "station_day_ceiling",
+                format!(
+                    "station {} has {left} devices left of its {max} for today (UTC), {n} asked",
+                    cert.station_id
+                ),
+            )
+            .counts(left, n));
+        }
+        d.pending += n;
+        Ok(())
+    }
+
+    /// Releases a batch's hold: `issued` of its `n` devices became certificates of the day.
+    fn settle_day(&self, cert: &StationCert, n: u64, issued: u64) {
+        if cert.grant.max_per_day.is_none() {
+            return;
+        }
+        let mut daily = self.daily.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(d) = daily.get_mut(&cert.station_id) {
+            d.pending = d.pending.saturating_sub(n);
+            d.used = d.used.saturating_add(issued);
+        }
     }
 
     fn keep(&self, r: Reservation) -> Arc<Reservation> {
@@ -684,9 +750,18 @@ async fn issue(
             )
             .job(&job));
         }
-        let out = s.hsm.issue_as(&r, &devices, Some(&Caller::of(cert)))?;
+        let n = u64::try_from(devices.len()).unwrap_or(u64::MAX);
+        s.hold_day(cert, n)?;
+        let out = s.hsm.issue_as(&r, &devices, Some(&Caller::of(cert)));
+        let issued = match &out {
+            Ok(v) => u64::try_from(v.iter().filter(|i| !i.reissued).count()).unwrap_or(n),
+            // Spent and recorded, not signed: they count.
+            Err(IssueError::Sign(_)) => n,
+            Err(_) => 0,
+        };
+        s.settle_day(cert, n, issued);
         Ok(wire::IssueResponse {
-            issued: out.into_iter().map(Into::into).collect(),
+            issued: out?.into_iter().map(Into::into).collect(),
         })
     })
     .await

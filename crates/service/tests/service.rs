@@ -290,14 +290,29 @@ fn certify(
     max_devices: Option<u64>,
     days: u32,
 ) -> StationCredentials {
+    certify_grant(
+        hsm,
+        ca,
+        id,
+        &StationGrant {
+            products: products.iter().map(|p| pk(p)).collect(),
+            max_devices,
+            max_per_day: None,
+        },
+        days,
+    )
+}
+
+fn certify_grant(
+    hsm: &Hsm,
+    ca: &[u8],
+    id: &str,
+    grant: &StationGrant,
+    days: u32,
+) -> StationCredentials {
     let key = SoftKey::generate(Curve::P256).unwrap();
     let req = StationRequest::new(&sid(id), &key).unwrap();
-    let grant = StationGrant {
-        products: products.iter().map(|p| pk(p)).collect(),
-        max_devices,
-        max_per_day: None,
-    };
-    let (cert_der, _) = hsm.certify_station(ca, &req, &grant, days).unwrap();
+    let (cert_der, _) = hsm.certify_station(ca, &req, grant, days).unwrap();
     StationCredentials {
         ca_der: ca.to_vec(),
         cert_der,
@@ -940,6 +955,55 @@ fn a_station_ceiling_stops_issuance_at_it() {
     let thermo = p.iter().find(|p| p.product == pk(PRODUCT)).unwrap();
     assert_eq!(thermo.issued, 3);
     assert_eq!(fx.issuance_records().len(), 3);
+}
+
+/// A per-day ceiling: the day's certificates and the batches in flight bound a batch; a
+/// replayed batch (answered from the ledger) does not count again; the station's other limits
+/// are untouched.
+#[test]
+fn a_per_day_ceiling_stops_issuance_for_the_day() {
+    let fx = Fixture::new();
+    let creds = certify_grant(
+        &fx.hsm,
+        &fx.ca,
+        "line-2",
+        &StationGrant {
+            products: vec![pk(PRODUCT)],
+            max_devices: None,
+            max_per_day: Some(5),
+        },
+        30,
+    );
+    let remote = fx.remote(&creds);
+    let r = remote.reserve(fx.job("job-d", PRODUCT, 20)).unwrap();
+    let first = devices(2);
+    remote.issue(&r, &first).unwrap();
+    // The same devices again are answered from the ledger: not counted twice. (A batch is held
+    // whole while in flight, so a replay needs room for its size.)
+    assert!(remote.issue(&r, &first).unwrap().iter().all(|i| i.reissued));
+    let before = fx.books();
+    let raw = http(&creds);
+    let detail = fx
+        .post(
+            &raw,
+            &issue_path(&r),
+            &issue_body(&random::<16>(), &devices(4)),
+        )
+        .refused(409, "station_day_ceiling", "line-2");
+    assert_eq!((detail.remaining, detail.asked), (Some(3), Some(4)));
+    assert_eq!(fx.books(), before);
+    remote.issue(&r, &devices(3)).unwrap();
+    let e = remote.issue(&r, &devices(1)).unwrap_err();
+    assert_eq!(remote_code(&e), "station_day_ceiling");
+    let closed = remote.close(r).unwrap();
+    assert_eq!((closed.issued, closed.credited), (5, 15));
+    // A new service process counts the day from the ledger: still full.
+    assert_eq!(
+        fx.hsm
+            .station_issued_since(&sid("line-2"), trustfab_types::UnixTime(0))
+            .unwrap(),
+        5
+    );
 }
 
 /// `Running::stop` (what SIGTERM does) while a batch is being signed: the batch finishes and
