@@ -1000,7 +1000,7 @@ fn a_per_day_ceiling_stops_issuance_for_the_day() {
     // A new service process counts the day from the ledger: still full.
     assert_eq!(
         fx.hsm
-            .station_issued_since(&sid("line-2"), trustfab_types::UnixTime(0))
+            .station_issued_since(&sid("line-2"), UnixTime(0))
             .unwrap(),
         5
     );
