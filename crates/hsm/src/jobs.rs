@@ -207,6 +207,8 @@ impl Hsm {
             package_sha256: records::Digest(package.digest()),
             time: s.created_at,
             station: caller.map(|c| c.id.clone()),
+            package: (package.as_bytes().len() <= records::JOB_PACKAGE_IN_RECORD)
+                .then(|| records::Bytes(package.as_bytes().to_vec())),
         };
         let append = Append::record(Kind::JobCreated, records::encode(&body))
             .with_counter(CounterOp::Spend {
@@ -245,6 +247,42 @@ impl Hsm {
             hsm_point: self.identity_point.clone(),
             legacy: false,
         })
+    }
+
+    /// The package of an existing job as its `JobCreated` record carries it (checked against
+    /// the record's digest, then opened under this HSM's identity): what a station whose
+    /// reserve answer was lost fetches again. `None` for a job whose record does not carry it
+    /// (an earlier release's, or a package over [`records::JOB_PACKAGE_IN_RECORD`]).
+    ///
+    /// # Errors
+    /// [`JobOpError::UnknownJob`], [`JobOpError::BadRecord`], or a ledger error.
+    pub fn job_package(&self, job: &JobId) -> Result<Option<Reservation>, JobOpError> {
+        let created_seq = self
+            .ledger
+            .claimed(CLAIM_JOB, job.as_str().as_bytes())
+            .map_err(JobOpError::Ledger)?
+            .ok_or_else(|| JobOpError::UnknownJob { job: job.clone() })?;
+        let bad = || JobOpError::BadRecord {
+            job: job.clone(),
+            seq: created_seq,
+        };
+        let raw = self
+            .ledger
+            .read_raw(created_seq, 1)
+            .map_err(JobOpError::Ledger)?
+            .into_iter()
+            .next()
+            .ok_or_else(bad)?;
+        let r = raw.into_record().map_err(JobOpError::Ledger)?;
+        let b: JobCreated = records::decode(&r.body).map_err(|_| bad())?;
+        if r.kind != Kind::JobCreated || b.job != *job {
+            return Err(bad());
+        }
+        match b.package {
+            Some(p) if crate::sha256(&p.0) == b.package_sha256.0 => self.attach(&p.0).map(Some),
+            Some(_) => Err(bad()),
+            None => Ok(None),
+        }
     }
 
     /// The reservation of an existing job, from its package: a second station (or process) of

@@ -6,7 +6,9 @@
 //! passed. That is safe for every operation but reserve: an issuance batch sent again carries
 //! the same batch id and devices and is answered from the ledger (a UID issued before is
 //! rebuilt, never spent again); outcomes recorded twice are recorded once; status, chain and
-//! attach only read. A reserve is sent again only when the first attempt never connected.
+//! attach only read. A reserve whose answer was lost is sent again: a job that exists with the
+//! very same spec is the one it made, fetched from the ledger's record (`GET
+//! /v1/jobs/{job}/package`); another spec under that job id stays refused.
 //! After a restart of the service a job is attached again from the package the client holds.
 
 use std::collections::HashMap;
@@ -444,15 +446,30 @@ impl HsmClient for RemoteHsm {
     }
 
     fn reserve(&self, spec: JobSpec) -> Result<Reservation, JobOpError> {
-        let w: wire::WireReservation = self
-            .call(
-                Method::POST,
-                "/v1/jobs",
-                Some(&wire::ReserveRequest { spec }),
-                false,
-            )
-            .map_err(job_error)?;
-        self.reservation(w)
+        let req = wire::ReserveRequest { spec };
+        let start = Instant::now();
+        loop {
+            match self.call(Method::POST, "/v1/jobs", Some(&req), false) {
+                Ok(w) => return self.reservation(w),
+                // Sent, and no answer: it may have been reserved. Ask again; a job that exists
+                // with this very spec is this reserve's.
+                Err(Failure::Transport(_)) if start.elapsed() < self.retry_for => {
+                    std::thread::sleep(backoff(3));
+                }
+                Err(Failure::Api(d)) if d.code == "job_exists" => {
+                    let path = format!("/v1/jobs/{}/package", req.spec.job_id);
+                    let existing = match self.call(Method::GET, &path, None::<&()>, true) {
+                        Ok(w) => self.reservation(w)?,
+                        Err(_) => return Err(job_error(Failure::Api(d))),
+                    };
+                    if existing.spec() == &req.spec {
+                        return Ok(existing);
+                    }
+                    return Err(job_error(Failure::Api(d)));
+                }
+                Err(f) => return Err(job_error(f)),
+            }
+        }
     }
 
     fn attach(&self, package: &[u8]) -> Result<Reservation, JobOpError> {

@@ -694,6 +694,29 @@ async fn attach(
     .await
 }
 
+async fn job_package(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    Path(job): Path<String>,
+) -> ApiResult<wire::WireReservation> {
+    let job = job_of(&job)?;
+    blocking(svc, peer, move |s, cert| {
+        let Some(r) = s.hsm.job_package(&job)? else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_package",
+                format!("the ledger's record of job {job} does not carry its package"),
+            )
+            .job(&job));
+        };
+        Service::granted(cert, r.product())?;
+        let w = Service::wire_reservation(&r);
+        s.keep(r);
+        Ok(w)
+    })
+    .await
+}
+
 async fn job_status(
     State(svc): State<Arc<Service>>,
     Extension(peer): Extension<Peer>,
@@ -937,6 +960,7 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/products/{oem}/{product}/firmware", get(firmware))
         .route("/v1/jobs", post(reserve))
         .route("/v1/jobs/attach", post(attach))
+        .route("/v1/jobs/{job}/package", get(job_package))
         .route("/v1/jobs/{job}/status", get(job_status))
         .route("/v1/jobs/{job}/issue", post(issue))
         .route("/v1/jobs/{job}/certificate", post(certificate))

@@ -19,6 +19,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/products/{oem}/{product}/firmware"),
     ("post", "/v1/jobs"),
     ("post", "/v1/jobs/attach"),
+    ("get", "/v1/jobs/{job}/package"),
     ("get", "/v1/jobs/{job}/status"),
     ("post", "/v1/jobs/{job}/issue"),
     ("post", "/v1/jobs/{job}/certificate"),

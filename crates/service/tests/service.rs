@@ -957,6 +957,32 @@ fn a_station_ceiling_stops_issuance_at_it() {
     assert_eq!(fx.issuance_records().len(), 3);
 }
 
+/// A reserve asked again (its first answer lost) is answered with the job it made: the same
+/// package, from the ledger's record; another spec under the same job id is refused.
+#[test]
+fn a_reserve_asked_again_gets_the_job_it_made() {
+    let fx = Fixture::new();
+    let creds = fx.station("line-3", &[PRODUCT], None, 30);
+    let remote = fx.remote(&creds);
+    let spec = fx.job("job-r", PRODUCT, 4);
+    let first = remote.reserve(spec.clone()).unwrap();
+    let before = fx.books();
+    let again = remote.reserve(spec.clone()).unwrap();
+    assert_eq!(again.package().as_bytes(), first.package().as_bytes());
+    assert_eq!(again.created_seq(), first.created_seq());
+    assert_eq!(fx.books(), before, "nothing reserved twice");
+    let mut other = spec;
+    other.quantity = 5;
+    let e = remote.reserve(other).unwrap_err();
+    assert!(matches!(e, JobOpError::Exists { .. }), "{e:?}");
+    assert_eq!(fx.books(), before);
+    let raw = http(&creds);
+    let w: wire::WireReservation = fx.get(&raw, "/v1/jobs/job-r/package").json();
+    assert_eq!(w.package.0, first.package().as_bytes());
+    fx.get(&raw, "/v1/jobs/job-none/package")
+        .refused(404, "unknown_job", "job-none");
+}
+
 /// A per-day ceiling: the day's certificates and the batches in flight bound a batch; a
 /// replayed batch (answered from the ledger) does not count again; the station's other limits
 /// are untouched.
@@ -1058,6 +1084,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/products/{oem}/{product}/firmware"),
     ("POST", "/v1/jobs"),
     ("POST", "/v1/jobs/attach"),
+    ("GET", "/v1/jobs/{job}/package"),
     ("GET", "/v1/jobs/{job}/status"),
     ("POST", "/v1/jobs/{job}/issue"),
     ("POST", "/v1/jobs/{job}/certificate"),

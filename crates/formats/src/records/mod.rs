@@ -128,6 +128,9 @@ pub struct StationRevoked {
     pub time: u64,
 }
 
+/// The largest job package a `JobCreated` record carries whole.
+pub const JOB_PACKAGE_IN_RECORD: usize = 16 * 1024;
+
 /// `JobCreated`: the job reserved `quantity` units of the product's count.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobCreated {
@@ -144,6 +147,11 @@ pub struct JobCreated {
     /// The station that caused it, when it came through the HSM service; absent in process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub station: Option<StationId>,
+    /// The signed job package itself (at most [`JOB_PACKAGE_IN_RECORD`] bytes), so that a
+    /// station whose reserve answer was lost can fetch it again from the HSM service; its
+    /// SHA-256 is `package_sha256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<Bytes>,
 }
 
 /// Why count was credited back to a product.
@@ -304,6 +312,7 @@ mod tests {
             quantity: 10,
             package_sha256: Digest([7; 32]),
             time: 1_700_000_000,
+            package: None,
             station: None,
         });
     }

@@ -374,6 +374,7 @@ mod tests {
             quantity: 5,
             package_sha256: Digest([1; 32]),
             time: 0,
+            package: None,
             station: None,
         });
         let good = encode(&DeviceGood {
