@@ -202,6 +202,8 @@ static MODULES: Mutex<Vec<Module>> = Mutex::new(Vec::new());
 /// Serializes this process's anchor writes, across every handle of every token, so that two
 /// threads (or two handles of one token) never make the same generation of one anchor. Anchor
 /// writes are one per ledger batch, so one lock for all of them costs nothing worth a finer one.
+/// Key generation and unwrapping (which also create token objects) take it too: SoftHSM2 answers
+/// CKR_GENERAL_ERROR now and then to two token objects created at once from two sessions.
 static ANCHOR_WRITES: Mutex<()> = Mutex::new(());
 
 fn modules() -> std::sync::MutexGuard<'static, Vec<Module>> {
@@ -998,6 +1000,7 @@ fn octet_string(v: &[u8]) -> Vec<u8> {
 impl Token for Pkcs11Token {
     fn generate(&self, spec: &KeySpec) -> Result<KeyHandle, Error> {
         spec.check()?;
+        let _objects = ANCHOR_WRITES.lock().unwrap_or_else(PoisonError::into_inner);
         let s = self.session()?;
         Self::label_free(&s, &spec.label)?;
         let mut id = vec![0u8; 16];
@@ -1036,6 +1039,7 @@ impl Token for Pkcs11Token {
     }
 
     fn generate_mac(&self, spec: &MacKeySpec) -> Result<KeyHandle, Error> {
+        let _objects = ANCHOR_WRITES.lock().unwrap_or_else(PoisonError::into_inner);
         let s = self.session()?;
         Self::label_free(&s, &spec.label)?;
         let mut id = vec![0u8; 16];
@@ -1104,6 +1108,7 @@ impl Token for Pkcs11Token {
         spec: &KeySpec,
     ) -> Result<KeyHandle, Error> {
         check_unwrap_in(spec, wrapped)?;
+        let _objects = ANCHOR_WRITES.lock().unwrap_or_else(PoisonError::into_inner);
         let kt = self.known(kt)?;
         if kt.info.usage != KeyUsage::KeyTransport {
             return Err(Error::NotPermitted {
