@@ -253,6 +253,11 @@ fn demo_runs_end_to_end() {
         "a changed image is refused",
         "an older image is refused",
         "another family's image is refused",
+        "the HSM as a network service",
+        "station line-1.station-a provisioned 8 devices through the service",
+        "station line-1.station-b provisioned 8 devices through the service",
+        "named by 8 issuance records, 2 devices left of its ceiling",
+        "its next request is refused: HSM service: station_revoked",
     ] {
         assert!(
             out.contains(expected),
