@@ -148,18 +148,12 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     );
 
     let hsm = Arc::new(hsm::open(&hsm_at)?);
-    let imported = hsm.import(&files::read_limited(
-        &package,
-        trustfab_formats::package::PACKAGE_MAX,
-    )?)?;
+    let imported = import_file(&hsm, &package)?;
     println!(
         "6. HSM imported it: product {} with count {} (signing key unwrapped inside the token; ledger record {})",
         imported.product, imported.count, imported.seq
     );
-    match hsm.import(&files::read_limited(
-        &package,
-        trustfab_formats::package::PACKAGE_MAX,
-    )?) {
+    match import_file(&hsm, &package) {
         Err(e) => println!("   importing it again is refused: {e}"),
         Ok(_) => anyhow::bail!("a second import of the same package was accepted"),
     }
@@ -306,10 +300,7 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
         },
         pass: pass_args.clone(),
     })?;
-    let imported = hsm.import(&files::read_limited(
-        &mcu_package,
-        trustfab_formats::package::PACKAGE_MAX,
-    )?)?;
+    let imported = import_file(&hsm, &mcu_package)?;
     println!(
         "   OEM wrapped product {} with its firmware (root-of-trust key hash; family key wrapped for the HSM like the signing key): {}; the HSM imported it",
         imported.product,
@@ -371,6 +362,14 @@ pub(crate) fn run(a: &DemoArgs) -> Result<()> {
     demo_service(&dir, &hsm_at, &hsm, &hsm_certs, &vendor_dir, &pass_args)
 }
 
+/// `hsm import` of the package file at `path`.
+fn import_file(hsm: &trustfab_hsm::Hsm, path: &std::path::Path) -> Result<trustfab_hsm::Imported> {
+    Ok(hsm.import(&files::read_limited(
+        path,
+        trustfab_formats::package::PACKAGE_MAX,
+    )?)?)
+}
+
 /// Step 15: the HSM as a network service on a loopback port, two stations with their own
 /// certificates provisioning one job each through it, one of them then revoked.
 fn demo_service(
@@ -395,12 +394,7 @@ fn demo_service(
         firmware: crate::oem::FirmwareArgs::default(),
         pass: pass_args.clone(),
     })?;
-    let product = hsm
-        .import(&files::read_limited(
-            &package,
-            trustfab_formats::package::PACKAGE_MAX,
-        )?)?
-        .product;
+    let product = import_file(hsm, &package)?.product;
     println!(
         "15. the HSM as a network service: product {product} (count 24) for stations on other machines; each station makes its key and is certified by the station CA inside the HSM token:"
     );

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use trustfab_test_support::cli::Trustfab;
 
 mod common;
-use common::{ok, tf};
+use common::{number_after, ok, products, tf, verified_report, wait_done, wait_for};
 
 /// A programming centre in `dir` (on `ledger_url` when given) with `acme/thermo` of `count`
 /// imported from `p.pkg`.
@@ -76,81 +76,11 @@ fn wait_ok(c: Child) -> String {
     wait_for(c, &[0])
 }
 
-/// A station that ran beside others: it may end while a sibling still has the job's last
-/// devices in its sockets, so it exits 0 (the job was complete when it ended) or 3 (not yet);
-/// anything else is a failure.
-fn wait_done(c: Child) -> String {
-    wait_for(c, &[0, 3])
-}
-
-fn wait_for(c: Child, codes: &[i32]) -> String {
-    let out = c.wait_with_output().unwrap();
-    assert!(
-        out.status.code().is_some_and(|c| codes.contains(&c)),
-        "a station failed ({:?}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `(ordered, issued, remaining)` of `acme/thermo` as `hsm products` prints it.
-fn products(dir: &Path) -> (u64, u64, u64) {
-    let out = ok(dir, &["hsm", "products"]);
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("acme/thermo"))
-        .unwrap_or_else(|| panic!("{out}"));
-    let n: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|w| w.parse().unwrap())
-        .collect();
-    (n[0], n[1], n[2])
-}
-
-/// The number after `label` in `text`.
-fn number_after(text: &str, label: &str) -> u64 {
-    let rest = text
-        .split(label)
-        .nth(1)
-        .unwrap_or_else(|| panic!("no {label:?} in {text}"));
-    rest.split(|c: char| !c.is_ascii_digit())
-        .find(|w| !w.is_empty())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// The ledger verifies, the report verifies at the OEM, and its certificates are the units the
 /// product spent; returns that number.
 fn audit(dir: &Path, count: u64) -> u64 {
     assert!(ok(dir, &["ledger", "verify"]).contains("ledger verified"));
-    std::fs::remove_file(dir.join("r.report")).ok();
-    ok(
-        dir,
-        &[
-            "hsm",
-            "report",
-            "--product",
-            "acme/thermo",
-            "--out",
-            "r.report",
-        ],
-    );
-    let v = ok(
-        dir,
-        &[
-            "oem",
-            "verify-report",
-            "r.report",
-            "--order",
-            "p.pkg",
-            "--vendor-root",
-            "vendor/root.pem",
-        ],
-    );
+    let v = verified_report(dir);
     let certificates = number_after(&v, "certificates");
     let issued = number_after(&v, ", issued");
     let (ordered, spent, remaining) = products(dir);

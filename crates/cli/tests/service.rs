@@ -14,22 +14,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 mod common;
-
-use trustfab_test_support::cli::Trustfab;
-
-thread_local! {
-    /// The passphrase of this test's key files and token (a PKCS#11 token's PIN on SoftHSM2).
-    static PASS: std::cell::Cell<&'static str> = const { std::cell::Cell::new(common::PASS) };
-}
-
-/// The binary under test, with this test's passphrase.
-fn tf() -> Trustfab {
-    Trustfab::new(env!("CARGO_BIN_EXE_trustfab"), PASS.get())
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    tf().ok(dir, args)
-}
+use common::{number_after, ok, products, tf, verified_report, wait_done};
 
 const STATIONS: usize = 8;
 const SOCKETS: &str = "64";
@@ -138,47 +123,6 @@ fn spawn_station_on(dir: &Path, job: &str, url: &str, station: &str, simulate: u
         .unwrap()
 }
 
-/// A station ran beside others: it exits 0 (the job was complete when it ended) or 3 (not yet:
-/// a sibling still had the job's last devices); anything else is a failure.
-fn wait_done(c: Child) -> String {
-    let out = c.wait_with_output().unwrap();
-    assert!(
-        out.status.code().is_some_and(|c| c == 0 || c == 3),
-        "a station failed ({:?}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn number_after(text: &str, label: &str) -> u64 {
-    let rest = text
-        .split(label)
-        .nth(1)
-        .unwrap_or_else(|| panic!("no {label:?} in {text}"));
-    rest.split(|c: char| !c.is_ascii_digit())
-        .find(|w| !w.is_empty())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// `(ordered, issued, remaining)` of `acme/thermo`.
-fn products(dir: &Path) -> (u64, u64, u64) {
-    let out = ok(dir, &["hsm", "products"]);
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("acme/thermo"))
-        .unwrap_or_else(|| panic!("{out}"));
-    let n: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|w| w.parse().unwrap())
-        .collect();
-    (n[0], n[1], n[2])
-}
-
 /// The ledger verifies (chain, checkpoints, counters, claims: a UID is claimed once) and the
 /// product has issued at most `count`; returns what it has issued.
 fn invariants(dir: &Path, count: u64) -> u64 {
@@ -198,29 +142,7 @@ fn audit(dir: &Path, count: u64) {
 
 /// [`audit`] for a product of `count` that has issued `issued`.
 fn audit_issued(dir: &Path, count: u64, issued: u64) {
-    ok(
-        dir,
-        &[
-            "hsm",
-            "report",
-            "--product",
-            "acme/thermo",
-            "--out",
-            "r.report",
-        ],
-    );
-    let v = ok(
-        dir,
-        &[
-            "oem",
-            "verify-report",
-            "r.report",
-            "--order",
-            "p.pkg",
-            "--vendor-root",
-            "vendor/root.pem",
-        ],
-    );
+    let v = verified_report(dir);
     assert_eq!(number_after(&v, "certificates"), issued, "{v}");
     assert_eq!(products(dir), (count, issued, count - issued));
     // The report splits by station: every certificate was asked for by one of them.
@@ -239,9 +161,8 @@ fn audit_issued(dir: &Path, count: u64, issued: u64) {
     assert_eq!(by_station.iter().sum::<u64>(), issued, "{v}");
 }
 
-/// Every station's certificates are named in the ledger by the station: the report's records
-/// name stations, and the stations together made the whole count.
-fn stations_made(dir: &Path) -> u64 {
+/// The stations `hsm stations` lists as active (it lists every certified one).
+fn active_stations(dir: &Path) -> u64 {
     let out = ok(dir, &["hsm", "stations"]);
     assert_eq!(out.lines().count(), STATIONS + 1, "{out}");
     out.lines().filter(|l| l.contains("active")).count() as u64
@@ -257,21 +178,7 @@ fn eight_stations_in(d: &Path, ledger_url: Option<&str>, pkcs11: bool) {
     centre_on(d, count, ledger_url, pkcs11);
     let (mut service, addr) = serve(d, "127.0.0.1:0");
     let url = format!("https://{addr}");
-    let q = count.to_string();
-    let mut create = vec![
-        "job",
-        "create",
-        "--product",
-        "acme/thermo",
-        "--quantity",
-        &q,
-        "--job-id",
-        "job-a",
-        "--out",
-        "job-a.bin",
-    ];
-    create.extend(remote(&url, "st0"));
-    ok(d, &create);
+    create_remote(d, &url, "job-a", count);
     // Each station is offered the whole count: eight times more parts than certificates.
     let runs: Vec<_> = (0..STATIONS)
         .map(|i| spawn_station(d, &url, &format!("st{i}"), count))
@@ -279,18 +186,12 @@ fn eight_stations_in(d: &Path, ledger_url: Option<&str>, pkcs11: bool) {
     for r in runs {
         wait_done(r);
     }
-    let mut status = vec!["job", "status", "job-a.bin"];
-    status.extend(remote(&url, "st3"));
-    let s = ok(d, &status);
-    assert_eq!(number_after(&s, "issued"), count, "{s}");
-    let mut close = vec!["job", "close", "job-a.bin"];
-    close.extend(remote(&url, "st5"));
-    ok(d, &close);
+    close_complete(d, &url, "job-a.bin", count, ("st3", "st5"));
     service.kill().ok();
     service.wait().ok();
     assert_eq!(invariants(d, count), count);
     audit(d, count);
-    assert_eq!(stations_made(d), STATIONS as u64);
+    assert_eq!(active_stations(d), STATIONS as u64);
 }
 
 /// Eight station processes of 64 sockets each against one service on loopback, each offered
@@ -312,7 +213,7 @@ fn eight_stations_of_64_sockets_issue_exactly_the_count_on_postgres() {
 fn eight_stations_of_64_sockets_issue_exactly_the_count_on_softhsm2() {
     let t = tempfile::tempdir().unwrap();
     let _softhsm = trustfab_test_support::softhsm::SoftHsm2::new(t.path());
-    PASS.set(trustfab_test_support::softhsm::PIN);
+    common::use_passphrase(trustfab_test_support::softhsm::PIN);
     eight_stations_in(t.path(), None, true);
 }
 
@@ -332,7 +233,7 @@ impl Moments {
 fn create_remote(dir: &Path, url: &str, job: &str, quantity: u64) {
     let q = quantity.to_string();
     let out = format!("{job}.bin");
-    let mut create = vec![
+    let create = [
         "job",
         "create",
         "--product",
@@ -344,8 +245,22 @@ fn create_remote(dir: &Path, url: &str, job: &str, quantity: u64) {
         "--out",
         &out,
     ];
-    create.extend(remote(url, "st0"));
-    ok(dir, &create);
+    as_station(dir, url, "st0", &create);
+}
+
+/// `trustfab ARGS --hsm URL --station STATION`, asserted to succeed.
+fn as_station(dir: &Path, url: &str, station: &str, args: &[&str]) -> String {
+    let mut args = args.to_vec();
+    args.extend(remote(url, station));
+    ok(dir, &args)
+}
+
+/// The job in `file` has `quantity` certificates (as station `by.0` reads its status), and
+/// station `by.1` closes it.
+fn close_complete(dir: &Path, url: &str, file: &str, quantity: u64, by: (&str, &str)) {
+    let s = as_station(dir, url, by.0, &["job", "status", file]);
+    assert_eq!(number_after(&s, "issued"), quantity, "{s}");
+    as_station(dir, url, by.1, &["job", "close", file]);
 }
 
 /// The service SIGKILLed at random moments while eight stations run, and restarted on the same
@@ -417,13 +332,7 @@ fn the_service_killed_20_times_during_a_run_loses_nothing() {
         let file = format!("job-{round}.bin");
         // A last run picks up any device a kill left between its certificate and its outcome.
         wait_done(spawn_station_on(d, &file, &url, "st1", quantity));
-        let mut status = vec!["job", "status", file.as_str()];
-        status.extend(remote(&url, "st2"));
-        let s = ok(d, &status);
-        assert_eq!(number_after(&s, "issued"), quantity, "{s}");
-        let mut close = vec!["job", "close", file.as_str()];
-        close.extend(remote(&url, "st2"));
-        ok(d, &close);
+        close_complete(d, &url, &file, quantity, ("st2", "st2"));
     }
     service.kill().ok();
     service.wait().ok();

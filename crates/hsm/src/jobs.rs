@@ -257,32 +257,48 @@ impl Hsm {
     /// # Errors
     /// [`JobOpError::UnknownJob`], [`JobOpError::BadRecord`], or a ledger error.
     pub fn job_package(&self, job: &JobId) -> Result<Option<Reservation>, JobOpError> {
-        let created_seq = self
+        let (seq, b) = self.job_created(job)?;
+        let bad = || JobOpError::BadRecord {
+            job: job.clone(),
+            seq,
+        };
+        let b = b.ok_or_else(bad)?;
+        match b.package {
+            Some(p) if crate::sha256(&p.0) == b.package_sha256.0 => self.attach(&p.0).map(Some),
+            Some(_) => Err(bad()),
+            None => Ok(None),
+        }
+    }
+
+    /// The record the job's claim points at: its seq, and its body when it is this job's
+    /// `JobCreated` (`None` when the record there is another).
+    ///
+    /// # Errors
+    /// [`JobOpError::UnknownJob`], [`JobOpError::BadRecord`] for a body that does not decode,
+    /// or a ledger error.
+    fn job_created(&self, job: &JobId) -> Result<(u64, Option<JobCreated>), JobOpError> {
+        let seq = self
             .ledger
             .claimed(CLAIM_JOB, job.as_str().as_bytes())
             .map_err(JobOpError::Ledger)?
             .ok_or_else(|| JobOpError::UnknownJob { job: job.clone() })?;
         let bad = || JobOpError::BadRecord {
             job: job.clone(),
-            seq: created_seq,
+            seq,
         };
         let raw = self
             .ledger
-            .read_raw(created_seq, 1)
+            .read_raw(seq, 1)
             .map_err(JobOpError::Ledger)?
             .into_iter()
             .next()
             .ok_or_else(bad)?;
         let r = raw.into_record().map_err(JobOpError::Ledger)?;
         let b: JobCreated = records::decode(&r.body).map_err(|_| bad())?;
-        if r.kind != Kind::JobCreated || b.job != *job {
-            return Err(bad());
-        }
-        match b.package {
-            Some(p) if crate::sha256(&p.0) == b.package_sha256.0 => self.attach(&p.0).map(Some),
-            Some(_) => Err(bad()),
-            None => Ok(None),
-        }
+        Ok((
+            seq,
+            (r.kind == Kind::JobCreated && b.job == *job).then_some(b),
+        ))
     }
 
     /// The reservation of an existing job, from its package: a second station (or process) of
@@ -303,25 +319,8 @@ impl Hsm {
                 actual: self.hsm_id.clone(),
             });
         }
-        let created_seq = self
-            .ledger
-            .claimed(CLAIM_JOB, id.as_str().as_bytes())
-            .map_err(JobOpError::Ledger)?
-            .ok_or_else(|| JobOpError::UnknownJob { job: id.clone() })?;
-        let bad = || JobOpError::BadRecord {
-            job: id.clone(),
-            seq: created_seq,
-        };
-        let raw = self
-            .ledger
-            .read_raw(created_seq, 1)
-            .map_err(JobOpError::Ledger)?
-            .into_iter()
-            .next()
-            .ok_or_else(bad)?;
-        let r = raw.into_record().map_err(JobOpError::Ledger)?;
-        let b: JobCreated = records::decode(&r.body).map_err(|_| bad())?;
-        if r.kind != Kind::JobCreated || b.job != *id || b.package_sha256.0 != package.digest() {
+        let (created_seq, b) = self.job_created(id)?;
+        if b.is_none_or(|b| b.package_sha256.0 != package.digest()) {
             return Err(JobOpError::OtherPackage { job: id.clone() });
         }
         let legacy = self

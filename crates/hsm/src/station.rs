@@ -9,7 +9,7 @@
 //! from the certificate the TLS handshake validated, and its fingerprint must be the one the
 //! ledger recorded at certification.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::PoisonError;
 
 use trustfab_formats::records::{
@@ -76,15 +76,29 @@ pub struct StationStatus {
 }
 
 impl Hsm {
-    fn key_or_make(&self, label: &str) -> Result<(KeyHandle, bool), StationError> {
+    fn key_or_make(&self, label: &str) -> Result<KeyHandle, StationError> {
         let label = KeyLabel::new(label)?;
         if let Some(k) = self.token.find(&label)? {
-            return Ok((k, false));
+            return Ok(k);
         }
-        let k = self
+        Ok(self
             .token
-            .generate(&KeySpec::new(label, Curve::P256, KeyUsage::Sign))?;
-        Ok((k, true))
+            .generate(&KeySpec::new(label, Curve::P256, KeyUsage::Sign))?)
+    }
+
+    /// The station CA key (made the first time) as a signer.
+    fn station_ca_signer(&self) -> Result<TokenSigner<'_>, StationError> {
+        let key = self.key_or_make(STATION_CA_LABEL)?;
+        Ok(TokenSigner::new(&*self.token, key)?)
+    }
+
+    /// The service's TLS key (made the first time), looked up once.
+    fn service_key(&self) -> Result<KeyHandle, StationError> {
+        if let Some(k) = self.service_key.get() {
+            return Ok(*k);
+        }
+        let k = self.key_or_make(SERVICE_TLS_LABEL)?;
+        Ok(*self.service_key.get_or_init(|| k))
     }
 
     fn random_serial(&self) -> Result<Serial, StationError> {
@@ -104,8 +118,7 @@ impl Hsm {
     /// # Errors
     /// A token or certificate error.
     pub fn station_ca(&self, stored: Option<&[u8]>) -> Result<Vec<u8>, StationError> {
-        let (key, _) = self.key_or_make(STATION_CA_LABEL)?;
-        let signer = TokenSigner::new(&*self.token, key)?;
+        let signer = self.station_ca_signer()?;
         if let Some(der) = stored {
             // It must certify the token's key (a name and key are what stations anchor to).
             if Issuer::new(der, &signer).is_ok() {
@@ -142,12 +155,9 @@ impl Hsm {
         if grant.products.is_empty() {
             return Err(StationError::EmptyGrant);
         }
-        // Revoked when the stored claim row says so (a revocation by another process is seen
-        // at once) or the sealed account does as of this process's last transaction (a row
-        // deleted in the store after that changes nothing). No writer round trip per request.
-        let key = id.as_str().as_bytes();
-        if self.ledger.claimed(CLAIM_STATION_REVOKED, key)?.is_some()
-            || self.ledger.claim_in_account(CLAIM_STATION_REVOKED, key) == Some(true)
+        if self
+            .ledger
+            .verified_claim(CLAIM_STATION_REVOKED, id.as_str().as_bytes())?
         {
             return Err(StationError::Revoked {
                 station: id.clone(),
@@ -164,8 +174,7 @@ impl Hsm {
                 return Err(StationError::UnknownProduct { product: p.clone() });
             }
         }
-        let (key, _) = self.key_or_make(STATION_CA_LABEL)?;
-        let signer = TokenSigner::new(&*self.token, key)?;
+        let signer = self.station_ca_signer()?;
         let issuer = Issuer::new(ca_cert, &signer)?;
         let serial = self.random_serial()?;
         let now = self.clock.now();
@@ -236,23 +245,26 @@ impl Hsm {
     }
 
     /// Admits a request from a station whose certificate the TLS handshake validated to the
-    /// station CA: the certificate must be the one the ledger recorded for its id (a station CA
+    /// station CA (not expired by the HSM's clock): the certificate must be the one the ledger recorded for its id (a station CA
     /// key used outside this HSM's ledger is refused), and the id must not be revoked (checked
     /// against the chain on every call, so a revocation holds from the next request on).
     ///
     /// # Errors
     /// [`StationError::UnknownStation`], [`StationError::OtherCertificate`],
     /// [`StationError::Revoked`], [`StationError::Expired`], or a ledger error.
-    pub fn admit_station(&self, cert: &StationCert, now: UnixTime) -> Result<(), StationError> {
+    pub fn admit_station(&self, cert: &StationCert) -> Result<(), StationError> {
         let id = &cert.station_id;
-        if cert.not_after.0 < now.0 {
+        if cert.not_after.0 < self.clock.now().0 {
             return Err(StationError::Expired {
                 station: id.clone(),
             });
         }
-        if self
-            .ledger
-            .verified_claim(CLAIM_STATION_REVOKED, id.as_str().as_bytes())?
+        // Revoked when the stored claim row says so (a revocation by another process is seen
+        // at once) or the sealed account does as of this process's last transaction (a row
+        // deleted in the store after that changes nothing): no writer round trip per request.
+        let key = id.as_str().as_bytes();
+        if self.ledger.claimed(CLAIM_STATION_REVOKED, key)?.is_some()
+            || self.ledger.claim_in_account(CLAIM_STATION_REVOKED, key) == Some(true)
         {
             return Err(StationError::Revoked {
                 station: id.clone(),
@@ -333,10 +345,25 @@ impl Hsm {
     /// # Errors
     /// A ledger error or a record that does not decode.
     pub fn stations(&self) -> Result<Vec<StationStatus>, StationError> {
+        let (ids, issued) = self.walk_stations(UnixTime(0))?;
+        ids.iter()
+            .map(|id| {
+                let mut s = self.station(id)?;
+                s.issued = issued.get(id).copied().unwrap_or(0);
+                Ok(s)
+            })
+            .collect()
+    }
+
+    /// One walk of the chain: the stations certified, in order, and per station the
+    /// certificates whose issuance records name it with a notBefore at `since` or later.
+    fn walk_stations(
+        &self,
+        since: UnixTime,
+    ) -> Result<(Vec<StationId>, HashMap<StationId, u64>), StationError> {
         let mut ids = Vec::new();
         let mut seen = HashSet::new();
-        let mut issued: std::collections::HashMap<StationId, u64> =
-            std::collections::HashMap::new();
+        let mut issued: HashMap<StationId, u64> = HashMap::new();
         for rec in self.ledger.records(1) {
             let rec = rec?;
             match rec.kind {
@@ -349,22 +376,20 @@ impl Hsm {
                 }
                 Kind::CertificateIssued => {
                     if let Ok(IssuanceRecord {
-                        station: Some(st), ..
+                        station: Some(st),
+                        not_before,
+                        ..
                     }) = IssuanceRecord::decode(&rec.body)
                     {
-                        *issued.entry(st).or_default() += 1;
+                        if not_before.0 >= since.0 {
+                            *issued.entry(st).or_default() += 1;
+                        }
                     }
                 }
                 _ => {}
             }
         }
-        ids.iter()
-            .map(|id| {
-                let mut s = self.station(id)?;
-                s.issued = issued.get(id).copied().unwrap_or(0);
-                Ok(s)
-            })
-            .collect()
+        Ok((ids, issued))
     }
 
     /// The HSM's clock: what its records and certificates are dated by.
@@ -383,24 +408,13 @@ impl Hsm {
         id: &StationId,
         since: UnixTime,
     ) -> Result<u64, StationError> {
-        let mut n = 0u64;
-        for rec in self.ledger.records(1) {
-            let rec = rec?;
-            if rec.kind != Kind::CertificateIssued {
-                continue;
-            }
-            if let Ok(r) = IssuanceRecord::decode(&rec.body) {
-                if r.station.as_ref() == Some(id) && r.not_before.0 >= since.0 {
-                    n += 1;
-                }
-            }
-        }
-        Ok(n)
+        let (_, issued) = self.walk_stations(since)?;
+        Ok(issued.get(id).copied().unwrap_or(0))
     }
 
-    /// The service's TLS certificate for `names` (DNS names or IP addresses) and its key in the
-    /// token, made there the first time; the certificate is issued anew by the station CA at
-    /// every start of the service.
+    /// The service's TLS certificate for `names` (DNS names or IP addresses), certifying its key
+    /// in the token (made there the first time); issued anew by the station CA at every start of
+    /// the service.
     ///
     /// # Errors
     /// A token or certificate error.
@@ -409,11 +423,9 @@ impl Hsm {
         ca_cert: &[u8],
         names: &[String],
         days: u32,
-    ) -> Result<(Vec<u8>, KeyHandle), StationError> {
-        let (tls_key, _) = self.key_or_make(SERVICE_TLS_LABEL)?;
-        let public = self.token.public_key(tls_key)?;
-        let (ca_key, _) = self.key_or_make(STATION_CA_LABEL)?;
-        let signer = TokenSigner::new(&*self.token, ca_key)?;
+    ) -> Result<Vec<u8>, StationError> {
+        let public = self.token.public_key(self.service_key()?)?;
+        let signer = self.station_ca_signer()?;
         let issuer = Issuer::new(ca_cert, &signer)?;
         let serial = self.random_serial()?;
         let cert = trustfab_pki::station::service_certificate(
@@ -424,7 +436,7 @@ impl Hsm {
             days,
             &issuer,
         )?;
-        Ok((cert, tls_key))
+        Ok(cert)
     }
 
     /// Signs a TLS handshake message with the service's key in the token (ECDSA P-256 with
@@ -433,13 +445,6 @@ impl Hsm {
     /// # Errors
     /// A token error.
     pub fn sign_handshake(&self, message: &[u8]) -> Result<Vec<u8>, StationError> {
-        let key = match self.service_key.get() {
-            Some(k) => *k,
-            None => {
-                let (k, _) = self.key_or_make(SERVICE_TLS_LABEL)?;
-                *self.service_key.get_or_init(|| k)
-            }
-        };
-        Ok(self.token.sign(key, message)?.into_der())
+        Ok(self.token.sign(self.service_key()?, message)?.into_der())
     }
 }

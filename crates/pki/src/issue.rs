@@ -31,7 +31,7 @@ pub(crate) fn to_time(t: UnixTime) -> Result<OffsetDateTime, Error> {
     OffsetDateTime::from_unix_timestamp(secs).map_err(|_| Error::Time(t))
 }
 
-fn add_days(t: UnixTime, days: u64) -> Result<OffsetDateTime, Error> {
+pub(crate) fn add_days(t: UnixTime, days: u64) -> Result<OffsetDateTime, Error> {
     let end = days
         .checked_mul(86_400)
         .and_then(|s| t.0.checked_add(s))

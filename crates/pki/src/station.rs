@@ -46,7 +46,7 @@ use x509_parser::oid_registry::{Oid, OID_X509_COMMON_NAME, OID_X509_SERIALNUMBER
 use x509_parser::prelude::{FromDer as _, GeneralName, X509Name};
 use yasna::Tag;
 
-use crate::issue::{rcgen_serial, to_time, Issuer};
+use crate::issue::{add_days, rcgen_serial, to_time, Issuer};
 use crate::key::{RcgenPublicKey, RcgenSigner};
 use crate::{pem, Error, PublicKey, Signer};
 
@@ -66,8 +66,6 @@ const REQUEST_PEM_BYTES: usize = 16 * 1024;
 const OID_AT_SERIAL_NUMBER: &[u64] = &[2, 5, 4, 5];
 /// The service certificate's subject commonName.
 const SERVICE_COMMON_NAME: &str = "trustfab HSM service";
-/// The latest notAfter X.509 encodes (RFC 5280 §4.1.2.5): 9999-12-31T23:59:59Z.
-const LATEST_NOT_AFTER: u64 = 253_402_300_799;
 
 /// What a station may do, carried in its certificate: the products it may program and,
 /// optionally, how many devices in all and per day.
@@ -280,13 +278,8 @@ fn set_validity(p: &mut CertificateParams, not_before: UnixTime, days: u32) -> R
             "0 days: notAfter would not be after notBefore",
         ));
     }
-    let end = u64::from(days)
-        .checked_mul(86_400)
-        .and_then(|s| not_before.0.checked_add(s))
-        .filter(|end| *end <= LATEST_NOT_AFTER)
-        .ok_or(Error::Validity("ends after 9999-12-31"))?;
     p.not_before = to_time(not_before)?;
-    p.not_after = to_time(UnixTime(end))?;
+    p.not_after = add_days(not_before, u64::from(days))?;
     Ok(())
 }
 

@@ -26,7 +26,7 @@ use trustfab_hsm::{
     DeviceKey, DeviceOutcome, HsmClient, IssueError, Issued, JobOpError, JobStatus,
     ProductFirmware, ProductStatus, Reservation,
 };
-use trustfab_types::{DeviceUid, HsmId, ProductKey, SecretKeyDer, StationId};
+use trustfab_types::{DeviceUid, HsmId, JobId, ProductKey, SecretKeyDer, StationId};
 
 use crate::wire::{self, ErrorBody, ErrorDetail};
 
@@ -67,8 +67,8 @@ struct Lookups {
 
 #[derive(Default)]
 struct LookupState {
-    /// Questions not yet sent, with their ticket.
-    pending: Vec<(u64, DeviceUid)>,
+    /// Questions not yet sent, with their ticket and job (a request asks about one job).
+    pending: Vec<(u64, JobId, DeviceUid)>,
     /// Answers not yet taken, by ticket.
     done: HashMap<u64, Result<Option<Issued>, String>>,
     /// A caller is sending.
@@ -76,14 +76,18 @@ struct LookupState {
     next_ticket: u64,
 }
 
-/// The HSM service as a station's [`HsmClient`].
-pub struct RemoteHsm {
+/// The HTTPS client and where it calls.
+struct Net {
     base: String,
     http: Client,
-    info: wire::HsmInfo,
-    hsm_id: HsmId,
-    identity_point: Vec<u8>,
     retry_for: Duration,
+}
+
+/// The HSM service as a station's [`HsmClient`].
+pub struct RemoteHsm {
+    net: Net,
+    /// What `GET /v1/hsm` said at connect: the HSM and the caller.
+    info: wire::HsmInfo,
     batch_counter: AtomicU64,
     batch_salt: [u8; 8],
     lookups: Lookups,
@@ -92,84 +96,13 @@ pub struct RemoteHsm {
 impl std::fmt::Debug for RemoteHsm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteHsm")
-            .field("base", &self.base)
-            .field("hsm_id", &self.hsm_id)
+            .field("base", &self.net.base)
+            .field("hsm_id", &self.info.hsm_id)
             .finish_non_exhaustive()
     }
 }
 
-/// A retry's wait: 50 ms doubling to 1 s.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(5)).min(1000))
-}
-
-impl RemoteHsm {
-    /// Connects to the service at `url` (`https://host:port`) as the station `creds` name, and
-    /// reads which HSM it is. Calls that find the service down retry for `retry_for`.
-    ///
-    /// # Errors
-    /// [`IssueError::Transport`] when the TLS configuration is refused or the service does
-    /// not answer within `retry_for`, [`IssueError::Remote`] when it refuses the station.
-    pub fn connect(
-        url: &str,
-        creds: &StationCredentials,
-        retry_for: Duration,
-    ) -> Result<Self, IssueError> {
-        let tls = crate::tls::client_config(&creds.ca_der, &creds.cert_der, &creds.key)
-            .map_err(|e| IssueError::Transport(e.to_string()))?;
-        let http = Client::builder()
-            .use_preconfigured_tls(tls)
-            .timeout(Duration::from_secs(120))
-            .connect_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(64)
-            .build()
-            .map_err(|e| IssueError::Transport(e.to_string()))?;
-        let mut salt = [0u8; 8];
-        getrandom::fill(&mut salt).map_err(|e| IssueError::Transport(e.to_string()))?;
-        let mut me = Self {
-            base: url.trim_end_matches('/').to_owned(),
-            http,
-            info: wire::HsmInfo {
-                api: String::new(),
-                hsm_id: HsmId::new("-").map_err(|e| IssueError::Transport(e.to_string()))?,
-                identity_point: wire::Hex(Vec::new()),
-                station: StationId::new("-").map_err(|e| IssueError::Transport(e.to_string()))?,
-                products: Vec::new(),
-                max_devices: None,
-            },
-            hsm_id: HsmId::new("-").map_err(|e| IssueError::Transport(e.to_string()))?,
-            identity_point: Vec::new(),
-            retry_for,
-            batch_counter: AtomicU64::new(0),
-            batch_salt: salt,
-            lookups: Lookups::default(),
-        };
-        let info: wire::HsmInfo = me
-            .call(Method::GET, "/v1/hsm", None::<&()>, true)
-            .map_err(issue_error)?;
-        if info.api != wire::API_VERSION {
-            return Err(IssueError::Transport(format!(
-                "the service speaks API {}, this station {}",
-                info.api,
-                wire::API_VERSION
-            )));
-        }
-        me.hsm_id = info.hsm_id.clone();
-        me.identity_point = info.identity_point.0.clone();
-        me.info = info;
-        Ok(me)
-    }
-
-    /// The station as the service's certificate check names it.
-    pub fn station(&self) -> &StationId {
-        &self.info.station
-    }
-
-    /// The products this station may provision.
-    pub fn granted(&self) -> &[ProductKey] {
-        &self.info.products
-    }
-
+impl Net {
     /// One call: JSON in and out; retried while the service cannot be reached (`idempotent`),
     /// or only while it could not even be connected to.
     fn call<B: Serialize, T: DeserializeOwned>(
@@ -230,6 +163,69 @@ impl RemoteHsm {
             attempt = attempt.saturating_add(1);
         }
     }
+}
+
+/// A retry's wait: 50 ms doubling to 1 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(5)).min(1000))
+}
+
+impl RemoteHsm {
+    /// Connects to the service at `url` (`https://host:port`) as the station `creds` name, and
+    /// reads which HSM it is. Calls that find the service down retry for `retry_for`.
+    ///
+    /// # Errors
+    /// [`IssueError::Transport`] when the TLS configuration is refused or the service does
+    /// not answer within `retry_for`, [`IssueError::Remote`] when it refuses the station.
+    pub fn connect(
+        url: &str,
+        creds: &StationCredentials,
+        retry_for: Duration,
+    ) -> Result<Self, IssueError> {
+        let tls = crate::tls::client_config(&creds.ca_der, &creds.cert_der, &creds.key)
+            .map_err(|e| IssueError::Transport(e.to_string()))?;
+        let http = Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(120))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| IssueError::Transport(e.to_string()))?;
+        let mut salt = [0u8; 8];
+        getrandom::fill(&mut salt).map_err(|e| IssueError::Transport(e.to_string()))?;
+        let net = Net {
+            base: url.trim_end_matches('/').to_owned(),
+            http,
+            retry_for,
+        };
+        let info: wire::HsmInfo = net
+            .call(Method::GET, "/v1/hsm", None::<&()>, true)
+            .map_err(issue_error)?;
+        if info.api != wire::API_VERSION {
+            return Err(IssueError::Transport(format!(
+                "the service speaks API {}, this station {}",
+                info.api,
+                wire::API_VERSION
+            )));
+        }
+        Ok(Self {
+            net,
+            info,
+            batch_counter: AtomicU64::new(0),
+            batch_salt: salt,
+            lookups: Lookups::default(),
+        })
+    }
+
+    /// The station as the service's certificate check names it.
+    pub fn station(&self) -> &StationId {
+        &self.info.station
+    }
+
+    /// The products this station may provision.
+    pub fn granted(&self) -> &[ProductKey] {
+        &self.info.products
+    }
 
     /// A job call: attaches the job again when the service no longer has it (it restarted).
     fn job_call<B: Serialize, T: DeserializeOwned>(
@@ -242,10 +238,10 @@ impl RemoteHsm {
         let path = format!("/v1/jobs/{}/{op}", r.job_id());
         let start = Instant::now();
         loop {
-            match self.call(method.clone(), &path, body, true) {
+            match self.net.call(method.clone(), &path, body, true) {
                 // The service restarted (again, perhaps between the attach and the call).
                 Err(Failure::Api(d))
-                    if d.code == "job_not_attached" && start.elapsed() < self.retry_for =>
+                    if d.code == "job_not_attached" && start.elapsed() < self.net.retry_for =>
                 {
                     self.attach_wire(r.package().as_bytes())?;
                 }
@@ -255,7 +251,7 @@ impl RemoteHsm {
     }
 
     fn attach_wire(&self, package: &[u8]) -> Result<wire::WireReservation, Failure> {
-        self.call(
+        self.net.call(
             Method::POST,
             "/v1/jobs/attach",
             Some(&wire::AttachRequest {
@@ -268,7 +264,7 @@ impl RemoteHsm {
     fn reservation(&self, w: wire::WireReservation) -> Result<Reservation, JobOpError> {
         Ok(Reservation::remote(
             &w.package.0,
-            &self.identity_point,
+            &self.info.identity_point.0,
             w.created_seq,
             w.legacy,
         )?)
@@ -280,7 +276,7 @@ impl RemoteHsm {
         let mut st = l.state.lock().unwrap_or_else(PoisonError::into_inner);
         let ticket = st.next_ticket;
         st.next_ticket += 1;
-        st.pending.push((ticket, uid.clone()));
+        st.pending.push((ticket, r.job_id().clone(), uid.clone()));
         loop {
             if let Some(answer) = st.done.remove(&ticket) {
                 return answer.map_err(IssueError::Transport);
@@ -289,12 +285,17 @@ impl RemoteHsm {
                 st = l.answered.wait(st).unwrap_or_else(PoisonError::into_inner);
                 continue;
             }
-            // Nobody is sending: this caller sends everything pending, its own question too.
+            // Nobody is sending: this caller sends what is pending for its job, its own question
+            // too; another job's questions wait for their own asker.
             st.sending = true;
-            let batch: Vec<(u64, DeviceUid)> = {
-                let n = st.pending.len().min(wire::BATCH_MAX);
-                st.pending.drain(..n).collect()
-            };
+            let (mut batch, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut st.pending)
+                .into_iter()
+                .partition(|(_, job, _)| job == r.job_id());
+            st.pending = rest;
+            if batch.len() > wire::BATCH_MAX {
+                st.pending.extend(batch.split_off(wire::BATCH_MAX));
+            }
+            let batch: Vec<(u64, DeviceUid)> = batch.into_iter().map(|(t, _, u)| (t, u)).collect();
             drop(st);
             let answers = self.certificates(r, &batch);
             st = l.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -404,15 +405,16 @@ fn product_path(p: &ProductKey, what: &str) -> String {
 
 impl HsmClient for RemoteHsm {
     fn hsm_id(&self) -> &HsmId {
-        &self.hsm_id
+        &self.info.hsm_id
     }
 
     fn identity_point(&self) -> &[u8] {
-        &self.identity_point
+        &self.info.identity_point.0
     }
 
     fn products(&self) -> Result<Vec<ProductStatus>, IssueError> {
         let l: wire::ProductList = self
+            .net
             .call(Method::GET, "/v1/products", None::<&()>, true)
             .map_err(issue_error)?;
         Ok(l.products.into_iter().map(Into::into).collect())
@@ -420,6 +422,7 @@ impl HsmClient for RemoteHsm {
 
     fn chain(&self, product: &ProductKey) -> Result<(Vec<u8>, Option<Vec<u8>>), IssueError> {
         let c: wire::Chain = self
+            .net
             .call(
                 Method::GET,
                 &product_path(product, "chain"),
@@ -432,6 +435,7 @@ impl HsmClient for RemoteHsm {
 
     fn firmware(&self, product: &ProductKey) -> Result<Option<ProductFirmware>, IssueError> {
         let f: wire::Firmware = self
+            .net
             .call(
                 Method::GET,
                 &product_path(product, "firmware"),
@@ -449,16 +453,16 @@ impl HsmClient for RemoteHsm {
         let req = wire::ReserveRequest { spec };
         let start = Instant::now();
         loop {
-            match self.call(Method::POST, "/v1/jobs", Some(&req), false) {
+            match self.net.call(Method::POST, "/v1/jobs", Some(&req), false) {
                 Ok(w) => return self.reservation(w),
                 // Sent, and no answer: it may have been reserved. Ask again; a job that exists
                 // with this very spec is this reserve's.
-                Err(Failure::Transport(_)) if start.elapsed() < self.retry_for => {
+                Err(Failure::Transport(_)) if start.elapsed() < self.net.retry_for => {
                     std::thread::sleep(backoff(3));
                 }
                 Err(Failure::Api(d)) if d.code == "job_exists" => {
                     let path = format!("/v1/jobs/{}/package", req.spec.job_id);
-                    let existing = match self.call(Method::GET, &path, None::<&()>, true) {
+                    let existing = match self.net.call(Method::GET, &path, None::<&()>, true) {
                         Ok(w) => self.reservation(w)?,
                         Err(_) => return Err(job_error(Failure::Api(d))),
                     };

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -31,7 +30,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 use trustfab_hsm::{Caller, DeviceKey, Hsm, IssueError, JobOpError, Reservation, StationError};
 use trustfab_pki::station::{parse_station_cert, StationCert};
-use trustfab_types::{Clock, DeviceUid, JobId, OemId, ProductId, ProductKey, SystemClock};
+use trustfab_types::{DeviceUid, JobId, OemId, ProductId, ProductKey, UnixTime};
 
 use crate::wire::{self, ErrorBody, ErrorDetail};
 
@@ -87,13 +86,6 @@ pub enum ServeError {
     Runtime(std::io::Error),
 }
 
-/// A job attached by some station: its package, and the reservation the HSM made from it.
-struct Attached {
-    digest: [u8; 32],
-    package: Vec<u8>,
-    reservation: Arc<Reservation>,
-}
-
 /// Batch ids seen lately, per station, with a digest of their devices: a retry (same id, same
 /// devices) goes on; the same id for other devices is refused.
 #[derive(Default)]
@@ -139,8 +131,8 @@ struct Daily {
 pub struct Service {
     hsm: Arc<Hsm>,
     daily: Mutex<HashMap<trustfab_types::StationId, Daily>>,
-    clock: Arc<dyn Clock>,
-    jobs: Mutex<HashMap<JobId, Attached>>,
+    /// Jobs attached by some station: the reservation the HSM made from the package.
+    jobs: Mutex<HashMap<JobId, Arc<Reservation>>>,
     batches: Mutex<Batches>,
     draining: AtomicBool,
 }
@@ -310,7 +302,6 @@ impl Service {
     pub fn new(hsm: Arc<Hsm>) -> Self {
         Self {
             hsm,
-            clock: Arc::new(SystemClock),
             jobs: Mutex::new(HashMap::new()),
             batches: Mutex::new(Batches::default()),
             daily: Mutex::new(HashMap::new()),
@@ -325,7 +316,7 @@ impl Service {
             .0
             .as_ref()
             .map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "station_certificate", m.clone()))?;
-        self.hsm.admit_station(cert, self.clock.now())?;
+        self.hsm.admit_station(cert)?;
         Ok(Arc::clone(cert))
     }
 
@@ -347,7 +338,7 @@ impl Service {
     /// The attached reservation of `job`, for a station granted its product.
     fn attached(&self, cert: &StationCert, job: &JobId) -> Result<Arc<Reservation>, ApiError> {
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        let a = jobs.get(job).ok_or_else(|| {
+        let r = jobs.get(job).ok_or_else(|| {
             ApiError::new(
                 StatusCode::CONFLICT,
                 "job_not_attached",
@@ -355,8 +346,8 @@ impl Service {
             )
             .job(job)
         })?;
-        Self::granted(cert, a.reservation.product())?;
-        Ok(Arc::clone(&a.reservation))
+        Self::granted(cert, r.product())?;
+        Ok(Arc::clone(r))
     }
 
     /// Holds `n` devices of the station's day (UTC) for a batch when its grant has a per-day
@@ -368,23 +359,20 @@ impl Service {
         // The HSM's clock: the one its issuance records are dated by.
         let day = self.hsm.now().0 / 86_400;
         let mut daily = self.daily.lock().unwrap_or_else(PoisonError::into_inner);
-        let fresh = daily.get(&cert.station_id).is_none_or(|d| d.day != day);
-        if fresh {
-            let used = self
-                .hsm
-                .station_issued_since(&cert.station_id, trustfab_types::UnixTime(day * 86_400))?;
-            daily.insert(
-                cert.station_id.clone(),
-                Daily {
-                    day,
-                    used,
-                    pending: 0,
-                },
-            );
+        let d = daily.entry(cert.station_id.clone()).or_insert(Daily {
+            day: u64::MAX,
+            used: 0,
+            pending: 0,
+        });
+        if d.day != day {
+            *d = Daily {
+                day,
+                used: self
+                    .hsm
+                    .station_issued_since(&cert.station_id, UnixTime(day * 86_400))?,
+                pending: 0,
+            };
         }
-        let d = daily
-            .get_mut(&cert.station_id)
-            .ok_or_else(|| ApiError::bad_request("station day"))?;
         let left = max.saturating_sub(d.used.saturating_add(d.pending));
         if n > left {
             return Err(ApiError::new(
@@ -413,21 +401,11 @@ impl Service {
         }
     }
 
-    fn keep(&self, r: Reservation) -> Arc<Reservation> {
-        let r = Arc::new(r);
-        let package = r.package();
+    fn keep(&self, r: Reservation) {
         self.jobs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                r.job_id().clone(),
-                Attached {
-                    digest: package.digest(),
-                    package: package.as_bytes().to_vec(),
-                    reservation: Arc::clone(&r),
-                },
-            );
-        r
+            .insert(r.job_id().clone(), Arc::new(r));
     }
 
     fn wire_reservation(r: &Reservation) -> wire::WireReservation {
@@ -479,19 +457,8 @@ fn job_of(job: &str) -> Result<JobId, ApiError> {
     JobId::new(job).map_err(|e| ApiError::bad_request(format!("job: {e}")))
 }
 
-type Body = Result<Bytes, BytesRejection>;
-
-fn body<T: serde::de::DeserializeOwned>(b: &Body) -> Result<T, ApiError> {
-    let b = b.as_ref().map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large()
-        } else {
-            ApiError::bad_request(format!("request body: {}", r.body_text()))
-        }
-    })?;
-    if b.len() > wire::REQUEST_MAX {
-        return Err(too_large());
-    }
+/// A request's JSON body ([`read_body`] has bounded it to [`wire::REQUEST_MAX`]).
+fn body<T: serde::de::DeserializeOwned>(b: &Bytes) -> Result<T, ApiError> {
     wire::parse(b).map_err(ApiError::bad_request)
 }
 
@@ -554,37 +521,24 @@ async fn read_body(req: axum::extract::Request, next: axum::middleware::Next) ->
 }
 
 async fn health() -> Json<wire::Health> {
-    Json(wire::Health {
-        status: "ok".into(),
-        ledger_head: None,
-    })
+    Json(wire::Health::of("ok"))
 }
 
 async fn ready(State(svc): State<Arc<Service>>) -> Response {
     if svc.draining.load(Ordering::Relaxed) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(wire::Health {
-                status: "draining".into(),
-                ledger_head: None,
-            }),
+            Json(wire::Health::of("draining")),
         )
             .into_response();
     }
     let hsm = Arc::clone(&svc.hsm);
     // The ledger answers and its chain checks out to the head.
     match tokio::task::spawn_blocking(move || hsm.products()).await {
-        Ok(Ok(_)) => Json(wire::Health {
-            status: "ready".into(),
-            ledger_head: None,
-        })
-        .into_response(),
+        Ok(Ok(_)) => Json(wire::Health::of("ready")).into_response(),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(wire::Health {
-                status: "unavailable".into(),
-                ledger_head: None,
-            }),
+            Json(wire::Health::of("unavailable")),
         )
             .into_response(),
     }
@@ -665,7 +619,7 @@ async fn firmware(
 async fn reserve(
     State(svc): State<Arc<Service>>,
     Extension(peer): Extension<Peer>,
-    b: Body,
+    b: Bytes,
 ) -> ApiResult<wire::WireReservation> {
     let req: wire::ReserveRequest = body(&b)?;
     blocking(svc, peer, move |s, cert| {
@@ -681,7 +635,7 @@ async fn reserve(
 async fn attach(
     State(svc): State<Arc<Service>>,
     Extension(peer): Extension<Peer>,
-    b: Body,
+    b: Bytes,
 ) -> ApiResult<wire::WireReservation> {
     let req: wire::AttachRequest = body(&b)?;
     blocking(svc, peer, move |s, cert| {
@@ -734,7 +688,7 @@ async fn issue(
     State(svc): State<Arc<Service>>,
     Extension(peer): Extension<Peer>,
     Path(job): Path<String>,
-    b: Body,
+    b: Bytes,
 ) -> ApiResult<wire::IssueResponse> {
     let job = job_of(&job)?;
     let req: wire::IssueRequest = body(&b)?;
@@ -806,7 +760,7 @@ async fn certificate(
     State(svc): State<Arc<Service>>,
     Extension(peer): Extension<Peer>,
     Path(job): Path<String>,
-    b: Body,
+    b: Bytes,
 ) -> ApiResult<wire::CertificateResponse> {
     let job = job_of(&job)?;
     let req: wire::UidRequest = body(&b)?;
@@ -824,7 +778,7 @@ async fn certificates(
     State(svc): State<Arc<Service>>,
     Extension(peer): Extension<Peer>,
     Path(job): Path<String>,
-    b: Body,
+    b: Bytes,
 ) -> ApiResult<wire::CertificatesResponse> {
     let job = job_of(&job)?;
     let req: wire::UidsRequest = body(&b)?;
@@ -857,7 +811,7 @@ async fn family_key(
     State(svc): State<Arc<Service>>,
     Extension(peer): Extension<Peer>,
     Path(job): Path<String>,
-    b: Body,
+    b: Bytes,
 ) -> ApiResult<wire::FamilyKeyResponse> {
     let job = job_of(&job)?;
     let req: wire::UidRequest = body(&b)?;
@@ -875,7 +829,7 @@ async fn outcomes(
     State(svc): State<Arc<Service>>,
     Extension(peer): Extension<Peer>,
     Path(job): Path<String>,
-    b: Body,
+    b: Bytes,
 ) -> ApiResult<wire::Health> {
     let job = job_of(&job)?;
     let req: wire::OutcomesRequest = body(&b)?;
@@ -895,10 +849,7 @@ async fn outcomes(
         let r = s.attached(cert, &job)?;
         s.hsm
             .record_outcomes_as(&r, list, Some(&Caller::of(cert)))?;
-        Ok(wire::Health {
-            status: "recorded".into(),
-            ledger_head: None,
-        })
+        Ok(wire::Health::of("recorded"))
     })
     .await
 }
@@ -910,23 +861,8 @@ async fn close(
 ) -> ApiResult<wire::CloseResponse> {
     let job = job_of(&job)?;
     blocking(svc, peer, move |s, cert| {
-        // The product is checked on the attached reservation; close takes its own.
-        s.attached(cert, &job)?;
-        let package = s
-            .jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&job)
-            .map(|a| (a.package.clone(), a.digest));
-        let Some((package, _)) = package else {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "job_not_attached",
-                "job is not attached",
-            )
-            .job(&job));
-        };
-        let r = s.hsm.attach(&package)?;
+        // Close takes a reservation of its own, made again from the attached one's package.
+        let r = s.hsm.attach(s.attached(cert, &job)?.package().as_bytes())?;
         let closed = s.hsm.close_as(r, Some(&Caller::of(cert)))?;
         Ok(wire::CloseResponse { closed })
     })
@@ -1013,7 +949,7 @@ fn tls_for(
     ca_der: &[u8],
     opts: &ServeOptions,
 ) -> Result<Arc<rustls::ServerConfig>, ServeError> {
-    let (cert, _) = hsm.service_tls(ca_der, &opts.names, opts.cert_days)?;
+    let cert = hsm.service_tls(ca_der, &opts.names, opts.cert_days)?;
     Ok(Arc::new(crate::tls::server_config(
         Arc::clone(hsm),
         ca_der,

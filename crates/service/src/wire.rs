@@ -566,15 +566,21 @@ pub struct CloseResponse {
     pub closed: JobClosed,
 }
 
-/// `GET /v1/health` and `/v1/ready`.
+/// `GET /v1/health` and `/v1/ready`, and the answer to outcomes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
-    /// `ok`, `ready`, `draining` or `unavailable`.
+    /// `ok`, `ready`, `draining`, `unavailable`, or `recorded` (outcomes).
     pub status: String,
-    /// The ledger head, for readiness.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ledger_head: Option<u64>,
+}
+
+impl Health {
+    /// The answer with `status`.
+    pub fn of(status: &str) -> Self {
+        Self {
+            status: status.into(),
+        }
+    }
 }
 
 /// Parses a request body: size-limited, and the error names the field that is wrong.

@@ -33,8 +33,8 @@ use crate::pool::{Pool, Pooled};
 
 /// CKA_APPLICATION of every anchor object: it tells trustfab's CKO_DATA objects from others.
 const ANCHOR_APPLICATION: &[u8] = b"trustfab anchor";
-/// Times an anchor object's creation is tried again after CKR_GENERAL_ERROR.
-const ANCHOR_CREATE_ATTEMPTS: u32 = 8;
+/// Times a token object's creation is tried again after CKR_GENERAL_ERROR.
+const CREATE_ATTEMPTS: u32 = 8;
 
 /// The environment variable naming the PKCS#11 module to load.
 pub const MODULE_ENV: &str = "TRUSTFAB_PKCS11_MODULE";
@@ -199,12 +199,28 @@ struct Module {
 
 static MODULES: Mutex<Vec<Module>> = Mutex::new(Vec::new());
 
-/// Serializes this process's anchor writes, across every handle of every token, so that two
-/// threads (or two handles of one token) never make the same generation of one anchor. Anchor
-/// writes are one per ledger batch, so one lock for all of them costs nothing worth a finer one.
-/// Key generation and unwrapping (which also create token objects) take it too: SoftHSM2 answers
-/// CKR_GENERAL_ERROR now and then to two token objects created at once from two sessions.
-static ANCHOR_WRITES: Mutex<()> = Mutex::new(());
+/// Serializes this process's making of token objects (anchor writes, key generation,
+/// unwrapping), across every handle of every token: two threads (or two handles of one token)
+/// never make the same generation of one anchor, and SoftHSM2 never sees two token objects
+/// created at once from two sessions (it answers CKR_GENERAL_ERROR to that now and then).
+/// Anchor writes are one per ledger batch, so one lock for all of them costs nothing worth a
+/// finer one.
+static TOKEN_OBJECTS: Mutex<()> = Mutex::new(());
+
+/// Makes a token object with `make`, again after CKR_GENERAL_ERROR (which SoftHSM2 also answers
+/// now and then while other sessions use the token; the object is then not made).
+fn creating<T>(mut make: impl FnMut() -> Result<T, CkError>) -> Result<T, Error> {
+    let mut attempt = 0u32;
+    loop {
+        match make() {
+            Err(CkError::Pkcs11(RvError::GeneralError, _)) if attempt < CREATE_ATTEMPTS => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(u64::from(attempt)));
+            }
+            other => return other.map_err(p11),
+        }
+    }
+}
 
 fn modules() -> std::sync::MutexGuard<'static, Vec<Module>> {
     MODULES.lock().unwrap_or_else(PoisonError::into_inner)
@@ -1000,7 +1016,7 @@ fn octet_string(v: &[u8]) -> Vec<u8> {
 impl Token for Pkcs11Token {
     fn generate(&self, spec: &KeySpec) -> Result<KeyHandle, Error> {
         spec.check()?;
-        let _objects = ANCHOR_WRITES.lock().unwrap_or_else(PoisonError::into_inner);
+        let _objects = TOKEN_OBJECTS.lock().unwrap_or_else(PoisonError::into_inner);
         let s = self.session()?;
         Self::label_free(&s, &spec.label)?;
         let mut id = vec![0u8; 16];
@@ -1032,42 +1048,37 @@ impl Token for Pkcs11Token {
             Attribute::Label(label),
             Attribute::Id(id),
         ];
-        let (_, object) = s
-            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
-            .map_err(p11)?;
+        let (_, object) =
+            creating(|| s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private))?;
         self.learn(&s, object)
     }
 
     fn generate_mac(&self, spec: &MacKeySpec) -> Result<KeyHandle, Error> {
-        let _objects = ANCHOR_WRITES.lock().unwrap_or_else(PoisonError::into_inner);
+        let _objects = TOKEN_OBJECTS.lock().unwrap_or_else(PoisonError::into_inner);
         let s = self.session()?;
         Self::label_free(&s, &spec.label)?;
         let mut id = vec![0u8; 16];
         s.generate_random_slice(&mut id).map_err(p11)?;
-        let object = s
-            .generate_key(
-                &Mechanism::GenericSecretKeyGen,
-                &[
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::GENERIC_SECRET),
-                    Attribute::ValueLen(32.into()), // MAC_LEN
-                    Attribute::Token(true),
-                    Attribute::Private(true),
-                    Attribute::Sensitive(true),
-                    Attribute::Extractable(false),
-                    // The one usage, and every other said false: tokens default some to true.
-                    Attribute::Sign(true),
-                    Attribute::Verify(true),
-                    Attribute::Encrypt(false),
-                    Attribute::Decrypt(false),
-                    Attribute::Wrap(false),
-                    Attribute::Unwrap(false),
-                    Attribute::Derive(false),
-                    Attribute::Label(spec.label.as_str().as_bytes().to_vec()),
-                    Attribute::Id(id),
-                ],
-            )
-            .map_err(p11)?;
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::ValueLen(32.into()), // MAC_LEN
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            // The one usage, and every other said false: tokens default some to true.
+            Attribute::Sign(true),
+            Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Decrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::Label(spec.label.as_str().as_bytes().to_vec()),
+            Attribute::Id(id),
+        ];
+        let object = creating(|| s.generate_key(&Mechanism::GenericSecretKeyGen, &template))?;
         self.learn_mac(&s, object)
     }
 
@@ -1108,7 +1119,7 @@ impl Token for Pkcs11Token {
         spec: &KeySpec,
     ) -> Result<KeyHandle, Error> {
         check_unwrap_in(spec, wrapped)?;
-        let _objects = ANCHOR_WRITES.lock().unwrap_or_else(PoisonError::into_inner);
+        let _objects = TOKEN_OBJECTS.lock().unwrap_or_else(PoisonError::into_inner);
         let kt = self.known(kt)?;
         if kt.info.usage != KeyUsage::KeyTransport {
             return Err(Error::NotPermitted {
@@ -1176,7 +1187,7 @@ impl Token for Pkcs11Token {
     /// older object that the next write removes.
     fn write_anchor(&self, label: &KeyLabel, value: &[u8]) -> Result<(), Error> {
         check_anchor(value)?;
-        let _one_writer = ANCHOR_WRITES.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one_writer = TOKEN_OBJECTS.lock().unwrap_or_else(PoisonError::into_inner);
         let s = self.session()?;
         let older = Self::anchor_objects(&s, label)?;
         let generation = match older.first() {
@@ -1198,22 +1209,7 @@ impl Token for Pkcs11Token {
             Attribute::Label(label.as_str().as_bytes().to_vec()),
             Attribute::Value(stored),
         ];
-        // SoftHSM2 answers CKR_GENERAL_ERROR now and then when a token object is created while
-        // other sessions of the process use the token; the create is then not done, and is
-        // tried again.
-        let mut attempt = 0u32;
-        loop {
-            match s.create_object(&template) {
-                Ok(_) => break,
-                Err(CkError::Pkcs11(RvError::GeneralError, _))
-                    if attempt < ANCHOR_CREATE_ATTEMPTS =>
-                {
-                    attempt += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(u64::from(attempt)));
-                }
-                Err(e) => return Err(p11(e)),
-            }
-        }
+        creating(|| s.create_object(&template))?;
         // The new generation is written: an older one that fails to go is read past (the newest
         // generation wins) and removed by the next write.
         for old in older {
