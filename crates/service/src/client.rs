@@ -52,7 +52,7 @@ impl std::fmt::Debug for StationCredentials {
 /// Why a call failed: the service's refusal, or no answer.
 #[derive(Debug)]
 enum Failure {
-    Api(ErrorDetail),
+    Api(Box<ErrorDetail>),
     Transport(String),
 }
 
@@ -138,12 +138,13 @@ impl Net {
                             seq: None,
                             remaining: None,
                             asked: None,
+                            uid: None,
                         });
                     // Draining or restarting: the request was not acted on.
                     if status == StatusCode::SERVICE_UNAVAILABLE && detail.code == "draining" {
                         Failure::Transport(detail.message)
                     } else {
-                        return Err(Failure::Api(detail));
+                        return Err(Failure::Api(Box::new(detail)));
                     }
                 }
                 Err(e) => {
@@ -377,6 +378,18 @@ fn issue_error(f: Failure) -> IssueError {
             // Spent and recorded in the service: the devices resume from the record.
             ("sign_failed", _, _) => {
                 IssueError::Sign(trustfab_pki::Error::BadCertificate(d.message))
+            }
+            ("bad_device", _, _) if d.uid.is_some() => {
+                let uid = d.uid.clone().unwrap_or_default();
+                let prefix = format!("device {uid}: ");
+                IssueError::BadRequest {
+                    reason: d
+                        .message
+                        .strip_prefix(&prefix)
+                        .unwrap_or(&d.message)
+                        .to_owned(),
+                    uid,
+                }
             }
             _ => IssueError::Remote {
                 code: d.code,

@@ -167,6 +167,7 @@ impl ApiError {
                 seq: None,
                 remaining: None,
                 asked: None,
+                uid: None,
             }),
         }
     }
@@ -182,6 +183,11 @@ impl ApiError {
 
     fn seq(mut self, seq: u64) -> Self {
         self.detail.seq = Some(seq);
+        self
+    }
+
+    fn device(mut self, uid: String) -> Self {
+        self.detail.uid = Some(uid);
         self
     }
 
@@ -247,9 +253,11 @@ impl From<IssueError> for ApiError {
             }
             IssueError::LegacyJob { job } => Self::new(conflict, "legacy_job", m).job(&job),
             IssueError::SerialsExhausted { .. } => Self::new(conflict, "serials_exhausted", m),
-            IssueError::BadRequest { .. }
-            | IssueError::DuplicateInBatch { .. }
-            | IssueError::Render { .. } => Self::new(StatusCode::BAD_REQUEST, "bad_device", m),
+            IssueError::BadRequest { uid, .. }
+            | IssueError::DuplicateInBatch { uid }
+            | IssueError::Render { uid, .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "bad_device", m).device(uid)
+            }
             IssueError::NoFamilyKey { .. } | IssueError::NotIssued { .. } => {
                 Self::new(conflict, "no_family_key", m)
             }

@@ -92,6 +92,10 @@ pub struct ErrorDetail {
     /// Units asked, for the exhausted codes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asked: Option<u64>,
+    /// The device (UID in hex) a `bad_device` refusal names: a station leaves it out of the
+    /// batch and asks again for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 /// `GET /v1/hsm`: the HSM behind the service and the caller as its certificate names it.

@@ -916,6 +916,37 @@ fn a_replayed_batch_spends_nothing_and_a_reused_batch_id_is_refused() {
     assert_eq!(fx.books(), after_first);
 }
 
+/// A batch with one device issued before for another key is refused naming that device
+/// (`bad_device` with its `uid`), nothing spent, so the station can ask again without it.
+#[test]
+fn a_device_issued_before_for_another_key_is_refused_by_name() {
+    let fx = Fixture::new();
+    let creds = fx.station("line-1", &[PRODUCT], None, 30);
+    let remote = fx.remote(&creds);
+    let r = remote.reserve(fx.job("job-1", PRODUCT, 10)).unwrap();
+    let first = device();
+    remote.issue(&r, std::slice::from_ref(&first)).unwrap();
+    let before = fx.books();
+    let mut batch = devices(3);
+    batch.insert(
+        1,
+        DeviceKey {
+            uid: first.uid.clone(),
+            public_key: device().public_key,
+        },
+    );
+    match remote.issue(&r, &batch) {
+        Err(IssueError::BadRequest { uid, reason }) => {
+            assert_eq!(uid, first.uid.to_hex());
+            assert_eq!(reason, "already issued for another public key");
+        }
+        other => panic!("expected bad_device naming the UID, got {other:?}"),
+    }
+    assert_eq!(fx.books(), before);
+    batch.remove(1);
+    assert_eq!(remote.issue(&r, &batch).unwrap().len(), 3);
+}
+
 /// A station with a ceiling of devices: past it, `station_ceiling`, and neither the job nor
 /// the product is spent beyond it.
 #[test]

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Sender};
 
 use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
-use trustfab_device::{Device, Error as DeviceError, SlotKind, Zone};
+use trustfab_device::{Device, Error as DeviceError, Refusal, SlotKind, Zone};
 use trustfab_formats::records::{Bytes, DeviceGood, Digest};
 use trustfab_formats::LockPolicy;
 use trustfab_hsm::{DeviceKey, Issued};
@@ -91,9 +91,23 @@ pub(crate) fn provision<D: Device>(
             None,
         );
     }
-    let recorded = match sh.hsm.certificate_for(sh.reservation, &uid) {
-        Ok(r) => r,
-        Err(e) => return refuse(&uid, Step::Issue, format!("HSM: {e}"), None),
+    // A part whose key slot holds no key cannot use a certificate the HSM may have recorded
+    // for it (its key is gone), so the HSM is not asked: the issuance's UID claim refuses it if
+    // one exists. Any other answer (a key, a lost reply) and the HSM is asked.
+    let blank = matches!(
+        dev.public_key(spec.slots.key),
+        Err(DeviceError::Refused {
+            refusal: Refusal::NoKey,
+            ..
+        })
+    );
+    let recorded = if blank {
+        None
+    } else {
+        match sh.hsm.certificate_for(sh.reservation, &uid) {
+            Ok(r) => r,
+            Err(e) => return refuse(&uid, Step::Issue, format!("HSM: {e}"), None),
+        }
     };
     let recorded_serial = recorded.as_ref().map(|i| i.serial.clone());
     let locks = match dev.lock_state() {

@@ -188,6 +188,21 @@ fn issue_batch(sh: &Shared<'_>, mut batch: Vec<IssueRequest>) {
                 issue_batch(sh, batch);
             }
         }
+        // One device the HSM refuses (a UID it issued before for another key: a blank part
+        // that had a certificate) refuses that device alone; the others are asked again. Nothing
+        // was spent for the refused batch.
+        Err(IssueError::BadRequest { uid, reason })
+            if batch.len() > 1 && batch.iter().any(|r| r.key.uid.to_hex() == uid) =>
+        {
+            let (bad, rest): (Vec<_>, Vec<_>) =
+                batch.into_iter().partition(|r| r.key.uid.to_hex() == uid);
+            for r in bad {
+                let _ = r
+                    .reply
+                    .send(IssueReply::Refused(format!("device {uid}: {reason}")));
+            }
+            issue_batch(sh, rest);
+        }
         Err(e) => {
             let msg = e.to_string();
             if matches!(e, IssueError::Sign(_)) {

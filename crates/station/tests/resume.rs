@@ -10,9 +10,10 @@ fn a_device_put_back_after_a_failure_resumes_without_a_second_unit() {
     let s = site(dir.path(), 100);
     let job = create(&s, "job-r", 20);
     let mut v = vendor();
-    // Command 4 of every part is the certificate write, after issuance: it fails once.
+    // Command 5 of every part is the certificate write, after issuance (UID, key slot, locks,
+    // key generation before it): it fails once.
     let faults = Faults {
-        rules: vec![(Fault::WriteError, Trigger::AtOperation(4))],
+        rules: vec![(Fault::WriteError, Trigger::AtOperation(5))],
         seed: 1,
     };
     let supply = FleetSupply::new(fleet(&mut v, 10), faults);
@@ -82,4 +83,58 @@ fn a_stopped_run_resumes_and_ends_with_exactly_the_quantity() {
     assert_eq!((a.good.len(), a.issued.len()), (40, 40));
     close(&s, &job);
     assert_eq!(s.ledger.counter(PRODUCT).unwrap().unwrap().issued, 40);
+}
+
+#[test]
+fn a_blank_part_whose_uid_has_a_certificate_is_refused_alone_and_its_batch_goes_on() {
+    use trustfab_hsm::DeviceKey;
+    let dir = tempfile::tempdir().unwrap();
+    let s = site(dir.path(), 100);
+    let job = create(&s, "job-b", 20);
+    let mut v = vendor();
+    let fleet = fleet(&mut v, 12);
+    // The HSM already issued a certificate for one UID, for a key the part never had (its
+    // key slot is blank): the station does not ask the HSM about a blank part, so the refusal
+    // comes from the issuance, in a batch with other parts.
+    let taken = fleet.uids().nth(5).cloned().unwrap();
+    let other = SoftKey::generate(Curve::P256).unwrap();
+    let first = s
+        .hsm
+        .issue(
+            &job,
+            &[DeviceKey {
+                uid: taken.clone(),
+                public_key: PublicKey::from_point(Curve::P256, other.public_point()).unwrap(),
+            }],
+        )
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    let spent = s.ledger.counter("job:job-b").unwrap().unwrap().issued;
+
+    let supply = FleetSupply::new(fleet, Faults::none());
+    let mut o = options(12);
+    o.batch = 12;
+    let out = run(&s.hsm, &job, &supply, &o).unwrap();
+    assert_eq!(out.good, 11, "{:?}", out.failures);
+    let refused: Vec<_> = out
+        .failures
+        .iter()
+        .filter(|f| f.uid.as_deref() == Some(taken.to_hex().as_str()))
+        .collect();
+    assert!(!refused.is_empty());
+    for f in refused {
+        assert_eq!(f.step, trustfab_station::Step::Issue);
+        assert!(
+            f.reason.contains("already issued for another public key"),
+            "{}",
+            f.reason
+        );
+    }
+    // Eleven units for the eleven others, none for the refused part.
+    // The job has twelve certificates: the one issued first and the eleven of the run.
+    assert_eq!(out.issued, 12);
+    assert_eq!(
+        s.ledger.counter("job:job-b").unwrap().unwrap().issued,
+        spent + 11
+    );
 }
