@@ -87,11 +87,27 @@ pub enum ServeError {
 }
 
 /// Batch ids seen lately, per station, with a digest of their devices: a retry (same id, same
-/// devices) goes on; the same id for other devices is refused.
+/// devices) goes on; the same id for other devices is refused. A batch id is a session's 8
+/// bytes and a counter (docs/service.md): per station and session the highest counter is kept,
+/// and an id more than [`BATCH_WINDOW`] below it that is not remembered is refused as stale, so
+/// an id forgotten from the bounded memory cannot come back with other devices.
 #[derive(Default)]
 struct Batches {
     seen: HashMap<(String, Vec<u8>), [u8; 32]>,
     order: VecDeque<(String, Vec<u8>)>,
+    high: HashMap<(String, Vec<u8>), u64>,
+    sessions: VecDeque<(String, Vec<u8>)>,
+}
+
+/// What [`Batches::check`] says of a batch id.
+#[derive(Debug, PartialEq, Eq)]
+enum BatchCheck {
+    /// New, or a retry of the same devices.
+    Go,
+    /// Sent before with other devices.
+    Reused,
+    /// Further below its session's highest counter than the window.
+    Stale { high: u64 },
 }
 
 /// How long a connection may take to send a request's head.
@@ -100,11 +116,43 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Batch ids remembered.
 const BATCHES_KEPT: usize = 1 << 16;
 
+/// Sessions (batch id prefixes) whose highest counter is remembered.
+const SESSIONS_KEPT: usize = 1 << 12;
+
+/// How far below its session's highest counter a batch may arrive (batches in flight at once
+/// and retries arrive out of order; a station keeps a handful in flight).
+const BATCH_WINDOW: u64 = 4096;
+
 impl Batches {
-    fn check(&mut self, station: &str, id: &[u8], digest: [u8; 32]) -> bool {
+    fn check(&mut self, station: &str, id: &[u8], digest: [u8; 32]) -> BatchCheck {
         let key = (station.to_owned(), id.to_vec());
         if let Some(d) = self.seen.get(&key) {
-            return *d == digest;
+            return if *d == digest {
+                BatchCheck::Go
+            } else {
+                BatchCheck::Reused
+            };
+        }
+        let (session, counter) = id.split_at(id.len().min(8));
+        let n = counter
+            .try_into()
+            .map(u64::from_be_bytes)
+            .unwrap_or_default();
+        let skey = (station.to_owned(), session.to_vec());
+        match self.high.get_mut(&skey) {
+            Some(high) if n.saturating_add(BATCH_WINDOW) < *high => {
+                return BatchCheck::Stale { high: *high };
+            }
+            Some(high) => *high = (*high).max(n),
+            None => {
+                self.high.insert(skey.clone(), n);
+                self.sessions.push_back(skey);
+                if self.sessions.len() > SESSIONS_KEPT {
+                    if let Some(old) = self.sessions.pop_front() {
+                        self.high.remove(&old);
+                    }
+                }
+            }
         }
         self.seen.insert(key.clone(), digest);
         self.order.push_back(key);
@@ -113,7 +161,7 @@ impl Batches {
                 self.seen.remove(&old);
             }
         }
-        true
+        BatchCheck::Go
     }
 }
 
@@ -719,21 +767,36 @@ async fn issue(
     let digest = batch_digest(&req.devices);
     blocking(svc, peer, move |s, cert| {
         let r = s.attached(cert, &job)?;
-        let fresh = s
+        let check = s
             .batches
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .check(cert.station_id.as_str(), &req.batch.0, digest);
-        if !fresh {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "batch_reused",
-                format!(
-                    "batch {} was sent before with other devices",
-                    hex::encode(&req.batch.0)
-                ),
-            )
-            .job(&job));
+        match check {
+            BatchCheck::Go => {}
+            BatchCheck::Reused => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "batch_reused",
+                    format!(
+                        "batch {} was sent before with other devices",
+                        hex::encode(&req.batch.0)
+                    ),
+                )
+                .job(&job));
+            }
+            BatchCheck::Stale { high } => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "batch_stale",
+                    format!(
+                        "batch {} is more than {BATCH_WINDOW} below its session's batch {high}: \
+                         out of order or replayed",
+                        hex::encode(&req.batch.0)
+                    ),
+                )
+                .job(&job));
+            }
         }
         let n = u64::try_from(devices.len()).unwrap_or(u64::MAX);
         s.hold_day(cert, n)?;

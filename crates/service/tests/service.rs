@@ -863,7 +863,7 @@ fn malformed_and_oversized_requests_are_refused_naming_the_field() {
 /// A batch sent again (same id, same devices) is answered from the ledger, spending nothing;
 /// the same id with other devices is refused.
 #[test]
-fn a_replayed_batch_spends_nothing_and_a_reused_batch_id_is_refused() {
+fn a_replayed_batch_spends_nothing_and_a_reused_or_stale_batch_id_is_refused() {
     let fx = Fixture::new();
     let creds = fx.station("line-1", &[PRODUCT], None, 30);
     let r = fx
@@ -914,6 +914,28 @@ fn a_replayed_batch_spends_nothing_and_a_reused_batch_id_is_refused() {
         .json();
     assert!(fresh.issued.iter().all(|i| i.reissued));
     assert_eq!(fx.books(), after_first);
+
+    // Out of order within a session (8 bytes, then a big-endian counter): a batch far below
+    // the session's highest that the process does not remember is refused, one within the
+    // window goes on.
+    let session = random::<8>();
+    let id = |n: u64| {
+        let mut b = session.to_vec();
+        b.extend_from_slice(&n.to_be_bytes());
+        b
+    };
+    let _: wire::IssueResponse = fx
+        .post(&raw, &issue_path(&r), &issue_body(&id(10_000), &devices(1)))
+        .json();
+    let books = fx.books();
+    let e = fx
+        .post(&raw, &issue_path(&r), &issue_body(&id(1), &devices(1)))
+        .refused(409, "batch_stale", &hex::encode(id(1)));
+    assert_eq!(e.job.as_ref(), Some(r.job_id()));
+    assert_eq!(fx.books(), books);
+    let _: wire::IssueResponse = fx
+        .post(&raw, &issue_path(&r), &issue_body(&id(9_000), &devices(1)))
+        .json();
 }
 
 /// A batch with one device issued before for another key is refused naming that device
