@@ -413,14 +413,29 @@ fn demo_service(
         stations.push(st_dir);
     }
     let ca = crate::service::station_ca(hsm, &hsm_at.dir)?;
-    let running = trustfab_service::spawn(
-        Arc::clone(hsm),
-        &ca,
-        &trustfab_service::ServeOptions::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+    // The center's operators: their CA (the center's own), one operator certified by it.
+    let center = dir.join("operators");
+    let center_id = trustfab_types::StationId::new("center-1")?;
+    crate::operator::make_ca(&center, &center_id, 30, pass_args)?;
+    let operator = dir.join("operator-alice");
+    std::fs::write(dir.join("station-ca.pem"), pem::cert_pem(&ca))?;
+    crate::operator::certify(
+        &center,
+        &trustfab_types::StationId::new("alice")?,
+        &dir.join("station-ca.pem"),
+        30,
+        &operator,
+        pass_args,
     )?;
+    let mut opts =
+        trustfab_service::ServeOptions::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    opts.operator_ca = Some(crate::operator::read_operator_ca(
+        &center.join("operator-ca.pem"),
+    )?);
+    let running = trustfab_service::spawn(Arc::clone(hsm), &ca, &opts)?;
     let url = running.url();
     println!(
-        "   service on {url}: TLS 1.3, a station certificate required, its TLS key inside the HSM token"
+        "   service on {url}: TLS 1.3, a station certificate required, its TLS key inside the HSM token; operators of center {center_id} read /metrics"
     );
     let mut remotes = Vec::new();
     for st in &stations {
@@ -444,6 +459,13 @@ fn demo_service(
                 |r| format!("{r} devices left of its ceiling")
             )
         );
+    }
+    let text = crate::operator::metrics(&url, &operator, pass_args)?;
+    for line in text.lines().filter(|l| {
+        l.starts_with("trustfab_certificates_issued_total{")
+            || l.starts_with("trustfab_product_remaining{product=\"acme/sensor-v1\"")
+    }) {
+        println!("   metrics (operator alice): {line}");
     }
     let id = remotes.first().context("no station")?.station().clone();
     let seq = hsm.revoke_station(&id, "demo")?;

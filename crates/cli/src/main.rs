@@ -34,6 +34,7 @@ mod fw;
 mod hsm;
 mod job;
 mod oem;
+mod operator;
 mod secrets;
 mod service;
 mod vendor;
@@ -84,6 +85,9 @@ enum Command {
     /// A station of the HSM service: its key and certification request.
     #[command(subcommand)]
     Station(service::StationCommand),
+    /// The center's operators of the HSM service: their CA, certificates and metrics.
+    #[command(subcommand)]
+    Operator(operator::OperatorCommand),
     /// Run the chain of trust end to end on the embedded defaults and say what each step made.
     Demo(demo::DemoArgs),
 }
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
         Command::Fw(c) => fw::run(c),
         Command::Demo(a) => demo::run(&a),
         Command::Station(c) => service::run_station(c),
+        Command::Operator(c) => operator::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -286,6 +286,7 @@ struct ServeFile {
     drain_seconds: Option<u64>,
     max_connections: Option<usize>,
     pkcs11_sessions: Option<usize>,
+    operator_ca: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -296,13 +297,17 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// A TOML file with the same settings (`listen`, `names`, `cert_days`, `drain_seconds`,
-    /// `max_connections`, `pkcs11_sessions`).
+    /// `max_connections`, `pkcs11_sessions`, `operator_ca`).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// A DNS name or IP address for the service certificate (repeat; default: the listen
     /// address and `localhost`).
     #[arg(long = "name")]
     names: Vec<String>,
+    /// The center's operator CA certificate (PEM, `trustfab operator ca`): its operators may
+    /// read `/metrics`. Without it no operator is admitted.
+    #[arg(long, value_name = "FILE")]
+    operator_ca: Option<PathBuf>,
 }
 
 /// `hsm serve`.
@@ -331,6 +336,9 @@ pub(crate) fn serve(a: &ServeArgs) -> Result<()> {
     }
     if let Some(m) = file.max_connections {
         opts.max_connections = m;
+    }
+    if let Some(p) = a.operator_ca.as_ref().or(file.operator_ca.as_ref()) {
+        opts.operator_ca = Some(crate::operator::read_operator_ca(p)?);
     }
     let hsm = Arc::new(hsm::open_sessions(
         &a.at,

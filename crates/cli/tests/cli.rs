@@ -257,6 +257,10 @@ fn demo_runs_end_to_end() {
         "station line-1.station-a provisioned 8 devices through the service",
         "station line-1.station-b provisioned 8 devices through the service",
         "named by 8 issuance records, 2 devices left of its ceiling",
+        "operators of center center-1 read /metrics",
+        "station=\"line-1.station-a\"} 8",
+        "station=\"line-1.station-b\"} 8",
+        "metrics (operator alice): trustfab_product_remaining{product=\"acme/sensor-v1\"} 8",
         "its next request is refused: HSM service: station_revoked",
     ] {
         assert!(

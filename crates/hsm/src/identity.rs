@@ -129,6 +129,12 @@ impl Hsm {
         TokenSigner::new(&*self.token, self.identity)
     }
 
+    /// The ledger store, to read: what it returns is the untrusted center's (a reader checks
+    /// the hash chain, and the HSM's own verified accessors are the ones to believe).
+    pub fn ledger(&self) -> &Arc<dyn Store> {
+        &self.ledger
+    }
+
     /// The uncompressed point of the identity key: what job packages are checked against.
     pub fn identity_point(&self) -> &[u8] {
         &self.identity_point

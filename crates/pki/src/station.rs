@@ -385,19 +385,39 @@ pub fn station_ca(
     days: u32,
     key: &dyn Signer,
 ) -> Result<Vec<u8>, Error> {
+    issuing_ca(
+        "station CA",
+        ("HSM id", hsm_id.as_str()),
+        serial,
+        not_before,
+        days,
+        key,
+    )
+}
+
+/// A self-signed CA of this module: `O=trustfab, CN=<cn>, serialNumber=<id>`, `CA:true`
+/// pathLen 0, keyCertSign and cRLSign only (RFC 5280 §4.2.1.3: a CA key signs certificates and
+/// CRLs; nothing else).
+fn issuing_ca(
+    cn: &str,
+    (what, id): (&str, &str),
+    serial: &Serial,
+    not_before: UnixTime,
+    days: u32,
+    key: &dyn Signer,
+) -> Result<Vec<u8>, Error> {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "trustfab");
-    dn.push(DnType::CommonName, "station CA");
+    dn.push(DnType::CommonName, cn);
     dn.push(
         DnType::CustomDnType(OID_AT_SERIAL_NUMBER.to_vec()),
-        serial_number_value("HSM id", hsm_id.as_str())?,
+        serial_number_value(what, id)?,
     );
     p.distinguished_name = dn;
     p.serial_number = Some(rcgen_serial(serial));
     set_validity(&mut p, not_before, days)?;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    // RFC 5280 §4.2.1.3: a CA key signs certificates and CRLs; nothing else.
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     Ok(p.self_signed(&RcgenSigner(key))?.der().to_vec())
 }
@@ -419,18 +439,13 @@ pub fn certify_station(
     ca: &Issuer<'_>,
 ) -> Result<Vec<u8>, Error> {
     grant.check()?;
-    let mut p = CertificateParams::default();
-    p.distinguished_name = station_subject(&req.station_id)?;
-    p.subject_alt_names = vec![SanType::URI(Ia5String::try_from(format!(
-        "{STATION_URI_PREFIX}{}",
-        req.station_id
-    ))?)];
-    p.serial_number = Some(rcgen_serial(serial));
-    set_validity(&mut p, not_before, days)?;
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p.use_authority_key_identifier_extension = true;
+    let mut p = client_leaf(
+        station_subject(&req.station_id)?,
+        &format!("{STATION_URI_PREFIX}{}", req.station_id),
+        serial,
+        not_before,
+        days,
+    )?;
     // Non-critical: a verifier that does not know it still validates the path; the service
     // reads it with `parse_station_cert`.
     p.custom_extensions.push(CustomExtension::from_oid_content(
@@ -440,6 +455,93 @@ pub fn certify_station(
     Ok(p.signed_by(&RcgenPublicKey(&req.public_key), ca.rcgen())?
         .der()
         .to_vec())
+}
+
+/// The SAN URI prefix of an operator certificate: `urn:trustfab:operator:<name>`.
+pub const OPERATOR_URI_PREFIX: &str = "urn:trustfab:operator:";
+
+/// The center's operator CA certificate (DER): self-signed by `key`, `CA:true` pathLen 0,
+/// keyCertSign and cRLSign, subject `O=trustfab, CN=operator CA, serialNumber=<center>`, valid
+/// from `not_before` for `days`. The center makes and keeps it: its operators read the HSM
+/// service's metrics and console, and nothing else (the service tells them from stations by
+/// which CA their certificate validates to).
+///
+/// # Errors
+/// When the center id holds a `_`, the validity is empty or out of range, or the key fails to
+/// sign.
+pub fn operator_ca(
+    center: &StationId,
+    serial: &Serial,
+    not_before: UnixTime,
+    days: u32,
+    key: &dyn Signer,
+) -> Result<Vec<u8>, Error> {
+    issuing_ca(
+        "operator CA",
+        ("center id", center.as_str()),
+        serial,
+        not_before,
+        days,
+        key,
+    )
+}
+
+/// An operator certificate (DER) for `key`, signed by `ca` (the operator CA): subject
+/// `CN=operator <name>, serialNumber=<name>`, SAN URI `urn:trustfab:operator:<name>`,
+/// digitalSignature, clientAuth only, `CA:false`, AKI, no grant; valid from `not_before` for
+/// `days`. Names follow the rules of station ids.
+///
+/// # Errors
+/// When the name holds a `_`, the validity is empty or out of range, or the CA key fails to
+/// sign.
+pub fn certify_operator(
+    name: &StationId,
+    key: &PublicKey,
+    serial: &Serial,
+    not_before: UnixTime,
+    days: u32,
+    ca: &Issuer<'_>,
+) -> Result<Vec<u8>, Error> {
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        DnValue::Utf8String(format!("operator {name}")),
+    );
+    dn.push(
+        DnType::CustomDnType(OID_AT_SERIAL_NUMBER.to_vec()),
+        serial_number_value("operator name", name.as_str())?,
+    );
+    let p = client_leaf(
+        dn,
+        &format!("{OPERATOR_URI_PREFIX}{name}"),
+        serial,
+        not_before,
+        days,
+    )?;
+    Ok(p.signed_by(&RcgenPublicKey(key), ca.rcgen())?
+        .der()
+        .to_vec())
+}
+
+/// A TLS client leaf of this module: `subject`, one SAN URI, digitalSignature, clientAuth
+/// only, `CA:false`, AKI; valid from `not_before` for `days`.
+fn client_leaf(
+    subject: DistinguishedName,
+    uri: &str,
+    serial: &Serial,
+    not_before: UnixTime,
+    days: u32,
+) -> Result<CertificateParams, Error> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = subject;
+    p.subject_alt_names = vec![SanType::URI(Ia5String::try_from(uri)?)];
+    p.serial_number = Some(rcgen_serial(serial));
+    set_validity(&mut p, not_before, days)?;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.use_authority_key_identifier_extension = true;
+    Ok(p)
 }
 
 /// One service name as a SAN entry: an IP address literal, or a DNS name in the preferred name

@@ -557,3 +557,40 @@ impl HsmClient for RemoteHsm {
         Ok(out.closed)
     }
 }
+
+/// One scrape of the service's `/metrics` as the operator `creds` name (an operator
+/// certificate, the station CA to check the service by): the Prometheus text.
+///
+/// # Errors
+/// A message naming what failed: TLS setup, the connection, or the service's refusal (its
+/// code and message).
+pub fn scrape_metrics(
+    url: &str,
+    creds: &StationCredentials,
+    timeout: Duration,
+) -> Result<String, String> {
+    let tls = crate::tls::client_config(&creds.ca_der, &creds.cert_der, &creds.key)
+        .map_err(|e| e.to_string())?;
+    let client = Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(timeout)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = client
+        .get(format!("{}/metrics", url.trim_end_matches('/')))
+        .send()
+        .map_err(|e| format!("reaching {url}: {e}"))?;
+    let status = resp.status();
+    let body = read_limited(resp).map_err(|e| match e {
+        Failure::Transport(m) => m,
+        Failure::Api(d) => d.message,
+    })?;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if !status.is_success() {
+        return Err(match wire::parse::<ErrorBody>(&body) {
+            Ok(e) => format!("{status} {}: {}", e.error.code, e.error.message),
+            Err(_) => format!("{status}: {text}"),
+        });
+    }
+    Ok(text)
+}

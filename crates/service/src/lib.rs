@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod client;
+pub mod metrics;
 pub mod server;
 pub mod tls;
 pub mod wire;

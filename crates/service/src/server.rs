@@ -47,6 +47,9 @@ pub struct ServeOptions {
     pub drain: Duration,
     /// Most connections at once; one more is accepted and closed at once.
     pub max_connections: usize,
+    /// The center's operator CA (DER): a client certificate that validates to it may read
+    /// `/metrics` (and nothing else); without one, no operator is admitted.
+    pub operator_ca: Option<Vec<u8>>,
 }
 
 impl ServeOptions {
@@ -59,6 +62,7 @@ impl ServeOptions {
             cert_days: 30,
             drain: Duration::from_secs(30),
             max_connections: 1024,
+            operator_ca: None,
         }
     }
 }
@@ -183,6 +187,9 @@ pub struct Service {
     jobs: Mutex<HashMap<JobId, Arc<Reservation>>>,
     batches: Mutex<Batches>,
     draining: AtomicBool,
+    metrics: crate::metrics::Metrics,
+    station_ca: Vec<u8>,
+    operator_ca: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -193,9 +200,10 @@ impl std::fmt::Debug for Service {
     }
 }
 
-/// The station a connection's certificate names, or why it names none.
+/// The station a connection's certificate names, or why it names none; and the operator it
+/// names (the certificate's SHA-256, hex), when it validates to the operator CA.
 #[derive(Clone, Debug)]
-struct Peer(Result<Arc<StationCert>, String>);
+struct Peer(Result<Arc<StationCert>, String>, Option<String>);
 
 /// A refusal: its HTTP status and body.
 #[derive(Debug)]
@@ -246,15 +254,68 @@ impl ApiError {
     }
 }
 
+/// A refusal's code, carried on the response for [`count_refusals`].
+#[derive(Clone, Debug)]
+struct Refused(String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let code = Refused(self.detail.code.clone());
+        let mut r = (
             self.status,
             Json(ErrorBody {
                 error: *self.detail,
             }),
         )
-            .into_response()
+            .into_response();
+        r.extensions_mut().insert(code);
+        r
+    }
+}
+
+/// Counts every refusal by its code (`trustfab_requests_refused_total`).
+async fn count_refusals(
+    State(svc): State<Arc<Service>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let r = next.run(req).await;
+    if let Some(Refused(code)) = r.extensions().get::<Refused>() {
+        svc.metrics.refused(code);
+    }
+    r
+}
+
+/// `GET /metrics`, for an operator: the Prometheus text of [`crate::metrics`].
+async fn metrics(State(svc): State<Arc<Service>>, Extension(peer): Extension<Peer>) -> Response {
+    if peer.1.is_none() {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "operator_certificate",
+            "metrics are for operators: a client certificate from the center's operator CA \
+             (a station's is not one)",
+        )
+        .into_response();
+    }
+    let out = tokio::task::spawn_blocking(move || svc.metrics.render(&svc.hsm)).await;
+    match out {
+        Ok(Ok(text)) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                crate::metrics::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(Err(m)) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "hsm_unavailable", m).into_response()
+        }
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the request's worker failed: {e}"),
+        )
+        .into_response(),
     }
 }
 
@@ -355,14 +416,53 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 impl Service {
     /// The service over an open HSM.
-    pub fn new(hsm: Arc<Hsm>) -> Self {
+    pub fn new(hsm: Arc<Hsm>, station_ca: Vec<u8>, operator_ca: Option<Vec<u8>>) -> Self {
         Self {
             hsm,
             jobs: Mutex::new(HashMap::new()),
             batches: Mutex::new(Batches::default()),
             daily: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            metrics: crate::metrics::Metrics::new(),
+            station_ca,
+            operator_ca,
         }
+    }
+
+    /// What a connection's leaf certificate is. The handshake accepted it under the station CA
+    /// or the operator CA; which one is decided here, each by its own validation, so that an
+    /// operator CA cannot make a station nor the station CA an operator.
+    fn classify(&self, leaf: &[u8]) -> Peer {
+        let now = self.hsm.now();
+        let chains_to = |root: &[u8]| {
+            trustfab_pki::validate(
+                leaf,
+                &trustfab_pki::Policy {
+                    root,
+                    intermediates: &[],
+                    crls: &[],
+                    now,
+                    purpose: trustfab_pki::Purpose::ClientAuth,
+                },
+            )
+        };
+        let station = match (&self.operator_ca, chains_to(&self.station_ca)) {
+            (Some(_), Err(e)) => Err(format!(
+                "the client certificate does not validate to the station CA: {e}"
+            )),
+            // Without an operator CA the handshake validated to the station CA alone (an
+            // expired certificate is the HSM's `station_expired`, from its own clock).
+            _ => parse_station_cert(leaf)
+                .map(Arc::new)
+                .map_err(|e| format!("the client certificate is not a station's: {e}")),
+        };
+        let operator = self.operator_ca.as_deref().and_then(|ca| {
+            chains_to(ca).ok().map(|()| {
+                use sha2::Digest as _;
+                hex::encode(sha2::Sha256::digest(leaf))
+            })
+        });
+        Peer(station, operator)
     }
 
     /// The station a request comes from, admitted by the HSM (certified here, not revoked, not
@@ -800,7 +900,9 @@ async fn issue(
         }
         let n = u64::try_from(devices.len()).unwrap_or(u64::MAX);
         s.hold_day(cert, n)?;
+        let t0 = std::time::Instant::now();
         let out = s.hsm.issue_as(&r, &devices, Some(&Caller::of(cert)));
+        s.metrics.batch(t0.elapsed().as_secs_f64());
         let issued = match &out {
             Ok(v) => u64::try_from(v.iter().filter(|i| !i.reissued).count()).unwrap_or(n),
             // Spent and recorded, not signed: they count.
@@ -975,10 +1077,15 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/jobs/{job}/family-key", post(family_key))
         .route("/v1/jobs/{job}/outcomes", post(outcomes))
         .route("/v1/jobs/{job}/close", post(close))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(wire::REQUEST_MAX))
         .layer(axum::middleware::from_fn(read_body))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&svc),
+            count_refusals,
+        ))
         .with_state(svc)
 }
 
@@ -1001,7 +1108,7 @@ pub fn serve(hsm: Arc<Hsm>, ca_der: &[u8], opts: &ServeOptions) -> Result<(), Se
     rt.block_on(async move {
         let listener = TcpListener::from_std(listener)
             .map_err(|source| ServeError::Listen { addr, source })?;
-        let svc = Arc::new(Service::new(hsm));
+        let svc = Arc::new(Service::new(hsm, ca_der.to_vec(), opts.operator_ca.clone()));
         run(listener, tls, svc, opts, shutdown_signal()).await;
         Ok(())
     })
@@ -1024,6 +1131,7 @@ fn tls_for(
     Ok(Arc::new(crate::tls::server_config(
         Arc::clone(hsm),
         ca_der,
+        opts.operator_ca.as_deref(),
         cert,
     )?))
 }
@@ -1095,6 +1203,7 @@ pub fn spawn(hsm: Arc<Hsm>, ca_der: &[u8], opts: &ServeOptions) -> Result<Runnin
     let rt = runtime()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let opts = opts.clone();
+    let ca_der = ca_der.to_vec();
     let thread = std::thread::Builder::new()
         .name("hsm-service".into())
         .spawn(move || {
@@ -1102,7 +1211,7 @@ pub fn spawn(hsm: Arc<Hsm>, ca_der: &[u8], opts: &ServeOptions) -> Result<Runnin
                 let Ok(listener) = TcpListener::from_std(listener) else {
                     return;
                 };
-                let svc = Arc::new(Service::new(hsm));
+                let svc = Arc::new(Service::new(hsm, ca_der, opts.operator_ca.clone()));
                 run(listener, tls, svc, &opts, async {
                     let _ = rx.await;
                 })
@@ -1166,17 +1275,16 @@ pub async fn run(
         let app = app.clone();
         let watcher = graceful.watcher();
         let open = Arc::clone(&open);
+        let svc = Arc::clone(&svc);
         open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let handshake =
                 tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
             if let Ok(Ok(stream)) = handshake {
-                let peer = Peer(match stream.get_ref().1.peer_certificates() {
-                    Some([leaf, ..]) => parse_station_cert(leaf.as_ref())
-                        .map(Arc::new)
-                        .map_err(|e| format!("the client certificate is not a station's: {e}")),
-                    _ => Err("no client certificate".into()),
-                });
+                let peer = match stream.get_ref().1.peer_certificates() {
+                    Some([leaf, ..]) => svc.classify(leaf.as_ref()),
+                    _ => Peer(Err("no client certificate".into()), None),
+                };
                 let app = app.layer(Extension(peer));
                 let hyper_svc = hyper::service::service_fn(move |req| app.clone().oneshot(req));
                 let conn = hyper::server::conn::http1::Builder::new()

@@ -31,10 +31,16 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn roots(ca_der: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
+    roots_of(&[ca_der])
+}
+
+fn roots_of(cas: &[&[u8]]) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(ca_der.to_vec()))
-        .map_err(|e| TlsError::Anchor(e.to_string()))?;
+    for ca in cas {
+        roots
+            .add(CertificateDer::from(ca.to_vec()))
+            .map_err(|e| TlsError::Anchor(e.to_string()))?;
+    }
     Ok(Arc::new(roots))
 }
 
@@ -87,11 +93,14 @@ impl ResolvesServerCert for Fixed {
 pub fn server_config(
     hsm: Arc<Hsm>,
     ca_der: &[u8],
+    operator_ca: Option<&[u8]>,
     cert_der: Vec<u8>,
 ) -> Result<ServerConfig, TlsError> {
     let provider = provider();
+    let mut cas = vec![ca_der];
+    cas.extend(operator_ca);
     let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, Arc::clone(&provider))
+        WebPkiClientVerifier::builder_with_provider(roots_of(&cas)?, Arc::clone(&provider))
             .build()
             .map_err(|e| TlsError::Anchor(e.to_string()))?;
     let key = CertifiedKey::new(vec![CertificateDer::from(cert_der)], Arc::new(HsmKey(hsm)));

@@ -27,6 +27,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/jobs/{job}/family-key"),
     ("post", "/v1/jobs/{job}/outcomes"),
     ("post", "/v1/jobs/{job}/close"),
+    ("get", "/metrics"),
 ];
 
 const METHODS: &[&str] = &[
@@ -151,17 +152,29 @@ fn it_is_openapi_3_1_with_mutual_tls() {
     let schemes = s["components"]["securitySchemes"]
         .as_object()
         .expect("components.securitySchemes");
-    let mtls: Vec<&String> = schemes
+    let mut mtls: Vec<&String> = schemes
         .iter()
         .filter(|(_, v)| v["type"] == "mutualTLS")
         .map(|(k, _)| k)
         .collect();
-    assert_eq!(mtls.len(), 1, "one mutualTLS security scheme");
+    mtls.sort();
+    assert_eq!(
+        mtls,
+        ["operatorCertificate", "stationCertificate"],
+        "the mutualTLS security schemes: stations' and operators'"
+    );
     let global = s["security"].as_array().expect("a global `security`");
     assert!(
-        global.iter().any(|r| r.get(mtls[0]).is_some()),
-        "the global security requirement names {}",
-        mtls[0]
+        global.iter().any(|r| r.get("stationCertificate").is_some()),
+        "the global security requirement names stationCertificate"
+    );
+    // The operators' routes name theirs.
+    let metrics = &s["paths"]["/metrics"]["get"]["security"];
+    assert!(
+        metrics
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r.get("operatorCertificate").is_some())),
+        "/metrics names operatorCertificate"
     );
 }
 

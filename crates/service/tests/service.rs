@@ -7,6 +7,7 @@
 // Fixtures unwrap: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -163,6 +164,43 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// With the center's operator CA configured: the fixture and an operator's credentials
+    /// (its certificate from that CA; the station CA to check the service by).
+    fn with_operators() -> (Self, StationCredentials) {
+        let key = SoftKey::generate(Curve::P256).unwrap();
+        let center = sid("center-1");
+        let now = SystemClock.now();
+        let ca = trustfab_pki::station::operator_ca(
+            &center,
+            &trustfab_types::Serial::from_be_bytes(&[1]).unwrap(),
+            now,
+            30,
+            &key,
+        )
+        .unwrap();
+        let op = SoftKey::generate(Curve::P256).unwrap();
+        let cert = trustfab_pki::station::certify_operator(
+            &sid("alice"),
+            &PublicKey::from_point(Curve::P256, op.public_point()).unwrap(),
+            &trustfab_types::Serial::from_be_bytes(&[2]).unwrap(),
+            now,
+            30,
+            &trustfab_pki::Issuer::new(&ca, &key).unwrap(),
+        )
+        .unwrap();
+        let fx = Self::build(Some(ca));
+        let creds = StationCredentials {
+            ca_der: fx.ca.clone(),
+            cert_der: cert,
+            key: op.secret_pkcs8_der().unwrap(),
+        };
+        (fx, creds)
+    }
+
+    fn build(operator_ca: Option<Vec<u8>>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(FixedClock::new(SystemClock.now()));
         let Site {
@@ -170,12 +208,9 @@ impl Fixture {
         } = site(dir.path(), "hsm-1", &clock, true);
         let hsm = Arc::new(hsm);
         let ca = hsm.station_ca(None).unwrap();
-        let service = trustfab_service::spawn(
-            Arc::clone(&hsm),
-            &ca,
-            &ServeOptions::new("127.0.0.1:0".parse().unwrap()),
-        )
-        .unwrap();
+        let mut opts = ServeOptions::new("127.0.0.1:0".parse().unwrap());
+        opts.operator_ca = operator_ca;
+        let service = trustfab_service::spawn(Arc::clone(&hsm), &ca, &opts).unwrap();
         Self {
             service: Some(service),
             hsm,
@@ -1550,4 +1585,218 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A scrape of `/metrics`, as `name{labels}` → value.
+fn scrape(fx: &Fixture, http: &Client) -> HashMap<String, f64> {
+    let a = fx.get(http, "/metrics");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let text = String::from_utf8(a.body).unwrap();
+    assert!(text.ends_with("# EOF\n"), "not OpenMetrics text: {text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (k.to_owned(), v.parse::<f64>().unwrap())
+        })
+        .collect()
+}
+
+/// The same numbers as the service's, read by the test from the ledger's first `upto` records.
+fn ledger_metrics(ledger: &dyn Store, upto: u64) -> HashMap<String, f64> {
+    let mut m: HashMap<String, f64> = HashMap::new();
+    let station = |s: Option<&StationId>| s.map_or("-".to_owned(), |s| s.as_str().to_owned());
+    for r in ledger.records(1).map(Result::unwrap) {
+        if r.seq > upto {
+            break;
+        }
+        let key = match r.kind {
+            Kind::CertificateIssued => {
+                let i = IssuanceRecord::decode(&r.body).unwrap();
+                format!(
+                    "trustfab_certificates_issued_total{{product=\"{}\",job=\"{}\",station=\"{}\"}}",
+                    i.product,
+                    i.job.unwrap(),
+                    station(i.station.as_ref())
+                )
+            }
+            Kind::DeviceLocked => {
+                let g: DeviceGood = records::decode(&r.body).unwrap();
+                format!(
+                    "trustfab_devices_good_total{{job=\"{}\",station=\"{}\"}}",
+                    g.job,
+                    station(g.station.as_ref())
+                )
+            }
+            Kind::DeviceFailed => {
+                let f: DeviceFailed = records::decode(&r.body).unwrap();
+                format!(
+                    "trustfab_devices_failed_total{{job=\"{}\",station=\"{}\",step=\"{}\"}}",
+                    f.job,
+                    station(f.station.as_ref()),
+                    f.step_name
+                )
+            }
+            _ => continue,
+        };
+        *m.entry(key).or_default() += 1.0;
+    }
+    m
+}
+
+/// The ledger-derived series of a scrape.
+fn ledger_series(m: &HashMap<String, f64>) -> HashMap<String, f64> {
+    m.iter()
+        .filter(|(k, _)| {
+            ["issued_total{", "good_total{", "failed_total{"]
+                .iter()
+                .any(|p| k.contains(p))
+        })
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+/// `/metrics` scraped while stations issue and record outcomes, and after: every number is the
+/// ledger's at the head the scrape read, exactly; the products' counts are the HSM's. Only an
+/// operator certificate reads it; a station's is refused, and an operator's is no station.
+#[test]
+fn metrics_match_the_ledger_during_and_after_a_job() {
+    let (fx, operator) = Fixture::with_operators();
+    let op = http(&operator);
+    let creds = [
+        fx.station("line-1", &[PRODUCT], None, 30),
+        fx.station("line-2", &[PRODUCT], None, 30),
+    ];
+    let before = fx.hsm.products().unwrap();
+    let r = fx
+        .remote(&creds[0])
+        .reserve(fx.job("job-m", PRODUCT, 200))
+        .unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let scrapes = std::thread::scope(|sc| {
+        for c in &creds {
+            let remote = fx.remote(c);
+            let r = remote.attach(r.package().as_bytes()).unwrap();
+            let done = &done;
+            sc.spawn(move || {
+                for round in 0..8u8 {
+                    let issued = remote.issue(&r, &devices(10)).unwrap();
+                    let outcomes = issued
+                        .iter()
+                        .enumerate()
+                        .filter(|(n, _)| *n != 9)
+                        .map(|(n, i)| {
+                            if n < 7 {
+                                DeviceOutcome::Good(DeviceGood {
+                                    job: r.job_id().clone(),
+                                    uid: records::Bytes(i.uid.as_bytes().to_vec()),
+                                    serial: records::Bytes(i.serial.as_be_bytes().to_vec()),
+                                    cert_sha256: records::Digest(
+                                        sha2::Sha256::digest(&i.cert).into(),
+                                    ),
+                                    resumed: false,
+                                    station: None,
+                                })
+                            } else {
+                                let (step, name) = if round % 2 == 0 {
+                                    (4, "write-cert")
+                                } else {
+                                    (6, "lock")
+                                };
+                                DeviceOutcome::Failed(DeviceFailed {
+                                    job: r.job_id().clone(),
+                                    uid: Some(records::Bytes(i.uid.as_bytes().to_vec())),
+                                    step,
+                                    step_name: name.into(),
+                                    reason: "socket lost contact".into(),
+                                    serial: Some(records::Bytes(i.serial.as_be_bytes().to_vec())),
+                                    retry: false,
+                                    station: None,
+                                })
+                            }
+                        })
+                        .collect();
+                    remote.record_outcomes(&r, outcomes).unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
+        let mut n = 0;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let m = scrape(&fx, &op);
+            let read = m["trustfab_ledger_records_read"];
+            assert_eq!(m["trustfab_ledger_chain_ok"], 1.0);
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let want = ledger_metrics(&*fx.ledger, read as u64);
+            assert_eq!(ledger_series(&m), want, "at record {read}");
+            n += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        n
+    });
+    assert!(scrapes > 0);
+
+    let m = scrape(&fx, &op);
+    let head = fx.ledger.head().unwrap().seq;
+    #[allow(clippy::cast_precision_loss)]
+    let head_f = head as f64;
+    assert_eq!(m["trustfab_ledger_records_read"], head_f);
+    assert_eq!(ledger_series(&m), ledger_metrics(&*fx.ledger, head));
+    // Both stations' series, and the numbers the rounds made: 8 rounds of 10 per station.
+    for st in ["line-1", "line-2"] {
+        let l = format!("job=\"job-m\",station=\"{st}\"");
+        assert_eq!(
+            m[&format!("trustfab_certificates_issued_total{{product=\"{PRODUCT}\",{l}}}")],
+            80.0
+        );
+        assert_eq!(m[&format!("trustfab_devices_good_total{{{l}}}")], 56.0);
+        assert_eq!(
+            m[&format!("trustfab_devices_failed_total{{{l},step=\"write-cert\"}}")],
+            8.0
+        );
+        assert_eq!(
+            m[&format!("trustfab_devices_failed_total{{{l},step=\"lock\"}}")],
+            8.0
+        );
+    }
+    let after = fx.hsm.products().unwrap();
+    for p in &after {
+        let l = format!("{{product=\"{}\"}}", p.product);
+        #[allow(clippy::cast_precision_loss)]
+        let (o, i, rem) = (p.ordered as f64, p.issued as f64, p.remaining as f64);
+        assert_eq!(m[&format!("trustfab_product_ordered{l}")], o);
+        assert_eq!(m[&format!("trustfab_product_issued{l}")], i);
+        assert_eq!(m[&format!("trustfab_product_remaining{l}")], rem);
+    }
+    let thermo = |v: &[ProductStatus]| {
+        v.iter()
+            .find(|p| p.product == pk(PRODUCT))
+            .unwrap()
+            .remaining
+    };
+    assert_eq!(thermo(&before) - thermo(&after), 200);
+    assert_eq!(
+        m["trustfab_job_quantity{job=\"job-m\",product=\"acme/thermo\"}"],
+        200.0
+    );
+    assert_eq!(
+        m["trustfab_job_open{job=\"job-m\",product=\"acme/thermo\"}"],
+        1.0
+    );
+    assert_eq!(m["trustfab_issue_batch_seconds_count"], 16.0);
+
+    // A station's certificate reads no metrics; an operator's is no station's.
+    fx.get(&http(&creds[0]), "/metrics")
+        .refused(403, "operator_certificate", "operator");
+    fx.get(&op, "/v1/products")
+        .refused(403, "station_certificate", "station CA");
+    let m = scrape(&fx, &op);
+    assert_eq!(
+        m["trustfab_requests_refused_total{code=\"operator_certificate\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["trustfab_requests_refused_total{code=\"station_certificate\"}"],
+        1.0
+    );
 }
