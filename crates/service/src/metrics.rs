@@ -10,7 +10,7 @@
 //! HSM's own (its sealed account). What the process did is counted as it happens: issuance
 //! batch latency, requests refused by code.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,7 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use trustfab_formats::records::{
-    self, DeviceFailed, DeviceGood, IssuanceRecord, JobClosed, JobCreated,
+    self, DeviceFailed, DeviceGood, IssuanceRecord, JobClosed, JobCreated, StationRevoked,
 };
 use trustfab_hsm::Hsm;
 use trustfab_ledger::{record_hash, Hash, Kind, GENESIS_HASH};
@@ -87,7 +87,14 @@ struct Tally {
     issued: HashMap<IssuedLabels, u64>,
     good: HashMap<JobStationLabels, u64>,
     failed: HashMap<FailedLabels, u64>,
+    /// Failed attempts by step and reason (for the console).
+    reasons: HashMap<(String, String), u64>,
     jobs: HashMap<String, JobInfo>,
+    /// Stations revoked, by id.
+    revoked: HashSet<String>,
+    /// Devices good and certificates issued in all.
+    good_total: u64,
+    issued_total: u64,
 }
 
 impl Default for Tally {
@@ -99,7 +106,11 @@ impl Default for Tally {
             issued: HashMap::new(),
             good: HashMap::new(),
             failed: HashMap::new(),
+            reasons: HashMap::new(),
             jobs: HashMap::new(),
+            revoked: HashSet::new(),
+            good_total: 0,
+            issued_total: 0,
         }
     }
 }
@@ -151,6 +162,7 @@ impl Tally {
         match kind {
             Kind::CertificateIssued => {
                 let r = IssuanceRecord::decode(body)?;
+                self.issued_total += 1;
                 *self
                     .issued
                     .entry(IssuedLabels {
@@ -162,6 +174,7 @@ impl Tally {
             }
             Kind::DeviceLocked => {
                 let g: DeviceGood = records::decode(body)?;
+                self.good_total += 1;
                 *self
                     .good
                     .entry(JobStationLabels {
@@ -172,6 +185,10 @@ impl Tally {
             }
             Kind::DeviceFailed => {
                 let f: DeviceFailed = records::decode(body)?;
+                *self
+                    .reasons
+                    .entry((f.step_name.clone(), f.reason.clone()))
+                    .or_default() += 1;
                 *self
                     .failed
                     .entry(FailedLabels {
@@ -196,15 +213,25 @@ impl Tally {
                 let j: JobClosed = records::decode(body)?;
                 self.jobs.entry(j.job.to_string()).or_default().closed = true;
             }
+            Kind::StationRevoked => {
+                let r: StationRevoked = records::decode(body)?;
+                self.revoked.insert(r.station.as_str().to_owned());
+            }
             _ => {}
         }
         Ok(())
     }
 }
 
+/// Samples of the console's devices/s chart kept: ten minutes at one a second.
+const HISTORY: usize = 600;
+
 /// The service's metrics: the ledger tail and the process's own counts.
 pub(crate) struct Metrics {
     tally: Mutex<Tally>,
+    /// (time, devices good, certificates issued) once a second while the console runs, for
+    /// its devices/s chart: the last [`HISTORY`] samples.
+    history: Mutex<VecDeque<(u64, u64, u64)>>,
     batch_seconds: Histogram,
     refused: Family<CodeLabels, Counter>,
 }
@@ -217,6 +244,7 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         Self {
             tally: Mutex::new(Tally::default()),
+            history: Mutex::new(VecDeque::new()),
             // 1 ms to about 16 s.
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             refused: Family::default(),
@@ -340,5 +368,136 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &reg)
             .map_err(|e| format!("encoding: {e}"))?;
         Ok(out)
+    }
+}
+
+/// A station as the console shows it.
+#[derive(Default)]
+struct StationView {
+    issued: u64,
+    good: u64,
+    failed: u64,
+}
+
+impl Metrics {
+    /// Reads the ledger up to its head and keeps a sample for the chart (the console's ticker,
+    /// once a second).
+    pub(crate) fn tick(&self, hsm: &Hsm) {
+        let mut t = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
+        t.catch_up(hsm);
+        let sample = (hsm.now().0, t.good_total, t.issued_total);
+        drop(t);
+        let mut h = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        h.push_back(sample);
+        while h.len() > HISTORY {
+            h.pop_front();
+        }
+    }
+
+    /// The console's state (`GET /console/state`): products, jobs, stations with their last
+    /// contact, failures by step and reason, alarms, the chart's samples and the ledger line.
+    pub(crate) fn console(
+        &self,
+        hsm: &Hsm,
+        last_contact: &HashMap<String, u64>,
+    ) -> Result<serde_json::Value, String> {
+        use serde_json::json;
+        let products = hsm.products().map_err(|e| format!("products: {e}"))?;
+        let mut t = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
+        t.catch_up(hsm);
+        let now = hsm.now().0;
+        let mut jobs: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
+        let mut stations: BTreeMap<String, StationView> = BTreeMap::new();
+        for (l, n) in &t.issued {
+            jobs.entry(l.job.as_str()).or_default().0 += n;
+            stations.entry(l.station.clone()).or_default().issued += n;
+        }
+        for (l, n) in &t.good {
+            jobs.entry(l.job.as_str()).or_default().1 += n;
+            stations.entry(l.station.clone()).or_default().good += n;
+        }
+        for (l, n) in &t.failed {
+            jobs.entry(l.job.as_str()).or_default().2 += n;
+            stations.entry(l.station.clone()).or_default().failed += n;
+        }
+        for id in last_contact.keys().chain(t.revoked.iter()) {
+            stations.entry(id.clone()).or_default();
+        }
+        stations.remove("-");
+        let mut alarms = Vec::new();
+        for p in &products {
+            if p.ordered > 0 && p.remaining * 10 < p.ordered {
+                alarms.push(json!({"level": "warn", "text": format!(
+                    "product {}: {} of {} left, under a tenth of the count",
+                    p.product, p.remaining, p.ordered
+                )}));
+            }
+        }
+        for id in &t.revoked {
+            alarms.push(json!({"level": "warn", "text": format!("station {id} is revoked")}));
+        }
+        if let Some(b) = &t.broken {
+            alarms.push(json!({"level": "crit", "text": format!("ledger: {b}")}));
+        }
+        let good_all: u64 = t.good.values().sum();
+        let failed_all: u64 = t.failed.values().sum();
+        if failed_all * 20 > good_all + failed_all && failed_all >= 20 {
+            alarms.push(json!({"level": "warn", "text": format!(
+                "failure rate {failed_all} of {} attempts, over 5%",
+                good_all + failed_all
+            )}));
+        }
+        let mut reasons: Vec<_> = t.reasons.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(json!({
+            "hsm": hsm.hsm_id().as_str(),
+            "now": now,
+            "products": products.iter().map(|p| json!({
+                "product": p.product.to_string(),
+                "ordered": p.ordered,
+                "issued": p.issued,
+                "remaining": p.remaining,
+            })).collect::<Vec<_>>(),
+            "jobs": jobs.iter().filter(|(j, _)| **j != "-").map(|(j, (issued, good, failed))| {
+                let info = t.jobs.get(*j).cloned().unwrap_or_default();
+                json!({
+                    "job": j,
+                    "product": info.product,
+                    "quantity": info.quantity,
+                    "issued": issued,
+                    "good": good,
+                    "failed": failed,
+                    "open": !info.closed,
+                })
+            }).chain(t.jobs.iter().filter(|(j, _)| !jobs.contains_key(j.as_str())).map(|(j, info)| json!({
+                "job": j,
+                "product": info.product,
+                "quantity": info.quantity,
+                "issued": 0,
+                "good": 0,
+                "failed": 0,
+                "open": !info.closed,
+            }))).collect::<Vec<_>>(),
+            "stations": stations.iter().map(|(id, s)| json!({
+                "station": id,
+                "issued": s.issued,
+                "good": s.good,
+                "failed": s.failed,
+                "last_contact": last_contact.get(id),
+                "revoked": t.revoked.contains(id),
+            })).collect::<Vec<_>>(),
+            "failures": reasons.iter().map(|((step, reason), n)| json!({
+                "step": step, "reason": reason, "count": n,
+            })).collect::<Vec<_>>(),
+            "alarms": alarms,
+            "rate": history.iter().map(|(t, g, i)| json!({"t": t, "good": g, "issued": i})).collect::<Vec<_>>(),
+            "ledger": {
+                "records": t.seq,
+                "chain_ok": t.broken.is_none(),
+                "problem": t.broken,
+                "checked_at": now,
+            },
+        }))
     }
 }

@@ -188,6 +188,8 @@ pub struct Service {
     batches: Mutex<Batches>,
     draining: AtomicBool,
     metrics: crate::metrics::Metrics,
+    /// When each station was last admitted (the HSM's clock), for the console.
+    last_contact: Mutex<HashMap<String, u64>>,
     station_ca: Vec<u8>,
     operator_ca: Option<Vec<u8>>,
 }
@@ -286,27 +288,31 @@ async fn count_refusals(
     r
 }
 
-/// `GET /metrics`, for an operator: the Prometheus text of [`crate::metrics`].
-async fn metrics(State(svc): State<Arc<Service>>, Extension(peer): Extension<Peer>) -> Response {
-    if peer.1.is_none() {
-        return ApiError::new(
+/// Refused unless the connection's certificate is an operator's.
+fn operator_only(peer: &Peer) -> Result<(), ApiError> {
+    if peer.1.is_some() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "operator_certificate",
-            "metrics are for operators: a client certificate from the center's operator CA \
-             (a station's is not one)",
-        )
-        .into_response();
+            "metrics and the console are for operators: a client certificate from the center's \
+             operator CA (a station's is not one)",
+        ))
     }
-    let out = tokio::task::spawn_blocking(move || svc.metrics.render(&svc.hsm)).await;
-    match out {
-        Ok(Ok(text)) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                crate::metrics::CONTENT_TYPE,
-            )],
-            text,
-        )
-            .into_response(),
+}
+
+/// Runs `op` for an operator on the blocking pool; its error is `hsm_unavailable`.
+async fn for_operator<T: IntoResponse + Send + 'static>(
+    svc: Arc<Service>,
+    peer: &Peer,
+    op: impl FnOnce(&Service) -> Result<T, String> + Send + 'static,
+) -> Response {
+    if let Err(e) = operator_only(peer) {
+        return e.into_response();
+    }
+    match tokio::task::spawn_blocking(move || op(&svc)).await {
+        Ok(Ok(r)) => r.into_response(),
         Ok(Err(m)) => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "hsm_unavailable", m).into_response()
         }
@@ -317,6 +323,118 @@ async fn metrics(State(svc): State<Arc<Service>>, Extension(peer): Extension<Pee
         )
         .into_response(),
     }
+}
+
+/// `GET /metrics`, for an operator: the Prometheus text of [`crate::metrics`].
+async fn metrics(State(svc): State<Arc<Service>>, Extension(peer): Extension<Peer>) -> Response {
+    for_operator(svc, &peer, |s| {
+        let text = s.metrics.render(&s.hsm)?;
+        Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                crate::metrics::CONTENT_TYPE,
+            )],
+            text,
+        ))
+    })
+    .await
+}
+
+/// The console's page, script and style, served from the binary.
+const CONSOLE_HTML: &str = include_str!("../console/index.html");
+const CONSOLE_JS: &str = include_str!("../console/console.js");
+const CONSOLE_CSS: &str = include_str!("../console/console.css");
+
+/// Everything from this origin only, nothing inline, no framing.
+const CONSOLE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                           connect-src 'self'; img-src 'self'; frame-ancestors 'none'; \
+                           base-uri 'none'; form-action 'none'";
+
+fn console_file(content_type: &'static str, body: &'static str) -> Response {
+    use axum::http::header;
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, CONSOLE_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /console/`: the operator's dashboard (read-only).
+async fn console_page(Extension(peer): Extension<Peer>) -> Response {
+    match operator_only(&peer) {
+        Ok(()) => console_file("text/html; charset=utf-8", CONSOLE_HTML),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn console_js(Extension(peer): Extension<Peer>) -> Response {
+    match operator_only(&peer) {
+        Ok(()) => console_file("text/javascript; charset=utf-8", CONSOLE_JS),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn console_css(Extension(peer): Extension<Peer>) -> Response {
+    match operator_only(&peer) {
+        Ok(()) => console_file("text/css; charset=utf-8", CONSOLE_CSS),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /console/state`: what the dashboard shows, as JSON.
+async fn console_state(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+) -> Response {
+    for_operator(svc, &peer, |s| {
+        let contact = s
+            .last_contact
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        s.metrics.console(&s.hsm, &contact).map(Json)
+    })
+    .await
+}
+
+/// `GET /console/report/{oem}/{product}`: the product's signed production report
+/// (`docs/report.md`), made now (a checkpoint is appended and the ledger verified first).
+async fn console_report(
+    State(svc): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    Path((oem, product)): Path<(String, String)>,
+) -> Response {
+    let key = match product_of(&oem, &product) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    for_operator(svc, &peer, move |s| {
+        let mut out = Vec::new();
+        s.hsm
+            .report(&key, &mut out)
+            .map_err(|e| format!("report of {key}: {e}"))?;
+        let name = format!(
+            "attachment; filename=\"{}-{}.report\"",
+            key.oem(),
+            key.product()
+        );
+        Ok((
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "application/octet-stream".to_owned(),
+                ),
+                (axum::http::header::CONTENT_DISPOSITION, name),
+            ],
+            out,
+        ))
+    })
+    .await
 }
 
 impl From<StationError> for ApiError {
@@ -424,6 +542,7 @@ impl Service {
             daily: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             metrics: crate::metrics::Metrics::new(),
+            last_contact: Mutex::new(HashMap::new()),
             station_ca,
             operator_ca,
         }
@@ -473,6 +592,12 @@ impl Service {
             .as_ref()
             .map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "station_certificate", m.clone()))?;
         self.hsm.admit_station(cert)?;
+        if self.operator_ca.is_some() {
+            self.last_contact
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(cert.station_id.as_str().to_owned(), self.hsm.now().0);
+        }
         Ok(Arc::clone(cert))
     }
 
@@ -1078,6 +1203,11 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/jobs/{job}/outcomes", post(outcomes))
         .route("/v1/jobs/{job}/close", post(close))
         .route("/metrics", get(metrics))
+        .route("/console/", get(console_page))
+        .route("/console/console.js", get(console_js))
+        .route("/console/console.css", get(console_css))
+        .route("/console/state", get(console_state))
+        .route("/console/report/{oem}/{product}", get(console_report))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(wire::REQUEST_MAX))
@@ -1252,6 +1382,19 @@ pub async fn run(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let app = router(Arc::clone(&svc));
+    // With operators, the console's ticker: the ledger read to its head and a chart sample,
+    // once a second.
+    let ticker = svc.operator_ca.is_some().then(|| {
+        let svc = Arc::clone(&svc);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                let svc = Arc::clone(&svc);
+                let _ = tokio::task::spawn_blocking(move || svc.metrics.tick(&svc.hsm)).await;
+            }
+        })
+    });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let open = Arc::new(AtomicUsize::new(0));
     tokio::pin!(stop);
@@ -1299,6 +1442,9 @@ pub async fn run(
         });
     }
     svc.draining.store(true, Ordering::Relaxed);
+    if let Some(t) = ticker {
+        t.abort();
+    }
     drop(listener);
     let _ = tokio::time::timeout(opts.drain, graceful.shutdown()).await;
 }

@@ -28,6 +28,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/jobs/{job}/outcomes"),
     ("post", "/v1/jobs/{job}/close"),
     ("get", "/metrics"),
+    ("get", "/console/"),
+    ("get", "/console/console.js"),
+    ("get", "/console/console.css"),
+    ("get", "/console/state"),
+    ("get", "/console/report/{oem}/{product}"),
 ];
 
 const METHODS: &[&str] = &[

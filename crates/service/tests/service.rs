@@ -159,6 +159,9 @@ struct Fixture {
     /// The station CA, DER.
     ca: Vec<u8>,
     oem: Oem,
+    /// The vendor root and acme/thermo's package, for the OEM's verification of a report.
+    vendor_root: Vec<u8>,
+    package: Vec<u8>,
     _dir: TempDir,
 }
 
@@ -204,7 +207,12 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(FixedClock::new(SystemClock.now()));
         let Site {
-            hsm, ledger, oem, ..
+            hsm,
+            ledger,
+            oem,
+            vendor,
+            package,
+            ..
         } = site(dir.path(), "hsm-1", &clock, true);
         let hsm = Arc::new(hsm);
         let ca = hsm.station_ca(None).unwrap();
@@ -218,6 +226,8 @@ impl Fixture {
             clock,
             ca,
             oem,
+            vendor_root: vendor.root,
+            package,
             _dir: dir,
         }
     }
@@ -404,6 +414,18 @@ fn issue_body(batch: &[u8], d: &[DeviceKey]) -> Value {
     .unwrap()
 }
 
+/// A good outcome for an issued device of `r`.
+fn good(r: &Reservation, i: &trustfab_hsm::Issued) -> DeviceOutcome {
+    DeviceOutcome::Good(DeviceGood {
+        job: r.job_id().clone(),
+        uid: records::Bytes(i.uid.as_bytes().to_vec()),
+        serial: records::Bytes(i.serial.as_be_bytes().to_vec()),
+        cert_sha256: records::Digest(sha2::Sha256::digest(&i.cert).into()),
+        resumed: false,
+        station: None,
+    })
+}
+
 fn issue_path(r: &Reservation) -> String {
     format!("/v1/jobs/{}/issue", r.job_id())
 }
@@ -442,19 +464,7 @@ fn a_station_runs_a_job_and_the_ledger_names_it() {
     }
 
     // Five good, one failed after its certificate.
-    let mut outcomes: Vec<DeviceOutcome> = issued[..5]
-        .iter()
-        .map(|i| {
-            DeviceOutcome::Good(DeviceGood {
-                job: r.job_id().clone(),
-                uid: records::Bytes(i.uid.as_bytes().to_vec()),
-                serial: records::Bytes(i.serial.as_be_bytes().to_vec()),
-                cert_sha256: records::Digest(sha2::Sha256::digest(&i.cert).into()),
-                resumed: false,
-                station: None,
-            })
-        })
-        .collect();
+    let mut outcomes: Vec<DeviceOutcome> = issued[..5].iter().map(|i| good(&r, i)).collect();
     outcomes.push(DeviceOutcome::Failed(DeviceFailed {
         job: r.job_id().clone(),
         uid: Some(records::Bytes(issued[5].uid.as_bytes().to_vec())),
@@ -1687,16 +1697,7 @@ fn metrics_match_the_ledger_during_and_after_a_job() {
                         .filter(|(n, _)| *n != 9)
                         .map(|(n, i)| {
                             if n < 7 {
-                                DeviceOutcome::Good(DeviceGood {
-                                    job: r.job_id().clone(),
-                                    uid: records::Bytes(i.uid.as_bytes().to_vec()),
-                                    serial: records::Bytes(i.serial.as_be_bytes().to_vec()),
-                                    cert_sha256: records::Digest(
-                                        sha2::Sha256::digest(&i.cert).into(),
-                                    ),
-                                    resumed: false,
-                                    station: None,
-                                })
+                                good(&r, i)
                             } else {
                                 let (step, name) = if round % 2 == 0 {
                                     (4, "write-cert")
@@ -1799,4 +1800,79 @@ fn metrics_match_the_ledger_during_and_after_a_job() {
         m["trustfab_requests_refused_total{code=\"station_certificate\"}"],
         1.0
     );
+}
+
+/// The console: its page, script and state for an operator, with a policy that allows this
+/// origin only; nothing of it for a station; the state's numbers are the ledger's; the report
+/// downloads and verifies.
+#[test]
+fn the_console_serves_operators_only_and_shows_the_ledgers_numbers() {
+    let (fx, operator) = Fixture::with_operators();
+    let op = http(&operator);
+    let creds = fx.station("line-1", &[PRODUCT], None, 30);
+    let remote = fx.remote(&creds);
+    let r = remote.reserve(fx.job("job-c", PRODUCT, 20)).unwrap();
+    let issued = remote.issue(&r, &devices(5)).unwrap();
+    remote
+        .record_outcomes(&r, issued.iter().map(|i| good(&r, i)).collect())
+        .unwrap();
+
+    let raw =
+        |client: &Client, path: &str| client.get(format!("{}{path}", fx.url())).send().unwrap();
+    let page = raw(&op, "/console/");
+    assert_eq!(page.status().as_u16(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+    assert!(page.text().unwrap().contains("/console/console.js"));
+    assert_eq!(raw(&op, "/console/console.js").status().as_u16(), 200);
+    let station = http(&creds);
+    for path in ["/console/", "/console/console.js", "/console/state"] {
+        fx.get(&station, path)
+            .refused(403, "operator_certificate", "operator");
+    }
+
+    let state: Value = fx.get(&op, "/console/state").json();
+    let job = state["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "job-c")
+        .unwrap();
+    assert_eq!(
+        (&job["quantity"], &job["issued"], &job["good"], &job["open"]),
+        (&json!(20), &json!(5), &json!(5), &json!(true))
+    );
+    let st = &state["stations"][0];
+    assert_eq!((&st["station"], &st["good"]), (&json!("line-1"), &json!(5)));
+    assert!(st["last_contact"].is_u64());
+    assert_eq!(state["ledger"]["chain_ok"], json!(true));
+    assert_eq!(
+        state["ledger"]["records"],
+        json!(fx.ledger.head().unwrap().seq)
+    );
+    let thermo = fx.hsm.products().unwrap();
+    let thermo = thermo.iter().find(|p| p.product == pk(PRODUCT)).unwrap();
+    let shown = state["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["product"] == PRODUCT)
+        .unwrap();
+    assert_eq!(shown["remaining"], json!(thermo.remaining));
+
+    let report = raw(&op, "/console/report/acme/thermo");
+    assert_eq!(report.status().as_u16(), 200);
+    let bytes = report.bytes().unwrap();
+    let order = trustfab_formats::package::open(&fx.package).unwrap();
+    let summary = trustfab_formats::report::verify_report(
+        bytes.as_ref(),
+        &fx.vendor_root,
+        &[order.into_contents()],
+        fx.clock.now(),
+    )
+    .unwrap();
+    assert_eq!(summary.certificates, 5);
 }
