@@ -13,6 +13,10 @@ command -v softhsm2-util >/dev/null 2>&1 || apt_missing+=(softhsm2)
 command -v pkcs11-tool >/dev/null 2>&1 || apt_missing+=(opensc)
 # PostgreSQL: the trustfab-ledger tests create a fresh database per test on 127.0.0.1:5432.
 command -v pg_isready >/dev/null 2>&1 || apt_missing+=(postgresql)
+# Debian's chromium and Node.js: the console's browser test drives the page with Playwright.
+[[ -x /usr/bin/chromium ]] || apt_missing+=(chromium)
+command -v node >/dev/null 2>&1 || apt_missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || apt_missing+=(npm)
 if ((${#apt_missing[@]})); then
     echo "installing ${apt_missing[*]}"
     apt-get update -qq
@@ -29,6 +33,12 @@ fi
 if ! command -v imgtool >/dev/null 2>&1; then
     echo "installing imgtool"
     python3 -m pip install -q imgtool==2.5.0
+fi
+
+# playwright-core (the browser driver only: the browser is Debian's chromium), from the lock.
+if [[ ! -f tests/browser/node_modules/playwright-core/package.json ]]; then
+    echo "installing playwright-core"
+    npm ci --prefix tests/browser --no-audit --no-fund --silent
 fi
 
 # Start the local PostgreSQL cluster if it is not accepting connections (the ledger tests fail,

@@ -66,8 +66,16 @@ fn centre(dir: &Path, count: u64, ledger_url: Option<&str>) {
 /// address it listens on.
 #[allow(clippy::zombie_processes)]
 fn serve(dir: &Path, listen: &str) -> (Child, String) {
+    serve_with(dir, listen, &[])
+}
+
+/// [`serve`] with more flags.
+#[allow(clippy::zombie_processes)]
+fn serve_with(dir: &Path, listen: &str, more: &[&str]) -> (Child, String) {
+    let mut args = vec!["hsm", "serve", "--listen", listen];
+    args.extend_from_slice(more);
     let mut c = tf()
-        .command(dir, &["hsm", "serve", "--listen", listen])
+        .command(dir, &args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -339,4 +347,118 @@ fn the_service_killed_20_times_during_a_run_loses_nothing() {
     eprintln!("{kills} kills, {during_run} while stations ran, {rounds} rounds");
     assert_eq!(invariants(d, count), quantity * rounds);
     audit_issued(d, count, quantity * rounds);
+}
+
+/// Decrypts the PKCS#8 key in `src` (under this suite's passphrase) to an unencrypted PEM in
+/// `dst`, with openssl: what a browser is given with the operator's certificate.
+fn plain_key(dir: &Path, src: &str, dst: &str) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "pkey",
+            "-in",
+            src,
+            "-passin",
+            "env:TRUSTFAB_PASSPHRASE",
+            "-out",
+            dst,
+        ])
+        .env("TRUSTFAB_PASSPHRASE", common::PASS)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The operator's console in headless chromium (Playwright, `tests/browser/console.mjs`) while
+/// a station process runs a job of 2,000 simulated devices through the service: the page shows
+/// the job's progress rise to 2,000 good and the product's remaining count fall by exactly
+/// that; a station's certificate and no certificate get no page. The screenshot is kept in
+/// `target/console.png`.
+#[test]
+fn the_console_in_chromium_follows_a_job_of_2000_to_the_end() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    centre(d, 5000, None);
+    ok(
+        d,
+        &["operator", "ca", "--dir", "ops", "--center-id", "center-1"],
+    );
+    ok(
+        d,
+        &[
+            "operator",
+            "certify",
+            "--ca",
+            "ops",
+            "--name",
+            "alice",
+            "--service-ca",
+            "hsm/station-ca.pem",
+            "--out",
+            "alice",
+        ],
+    );
+    plain_key(d, "alice/operator.key", "alice/key.pem");
+    plain_key(d, "st1/station.key", "st1/key.pem");
+    let (_, _, remaining_before) = products(d);
+    let (mut service, addr) =
+        serve_with(d, "127.0.0.1:0", &["--operator-ca", "ops/operator-ca.pem"]);
+    let url = format!("https://{addr}");
+    create_remote(d, &url, "job-c", 2000);
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let shot = root.join("target/console.png");
+    let _ = std::fs::remove_file(&shot);
+    let cfg = serde_json::json!({
+        "url": url,
+        "operator": {"cert": d.join("alice/operator.pem"), "key": d.join("alice/key.pem")},
+        "station": {"cert": d.join("st1/station.pem"), "key": d.join("st1/key.pem")},
+        "job": "job-c",
+        "quantity": 2000,
+        "product": "acme/thermo",
+        "remainingBefore": remaining_before,
+        "screenshot": shot,
+        "timeoutMs": 600_000,
+    });
+    std::fs::write(d.join("browser.json"), cfg.to_string()).unwrap();
+    let browser = std::process::Command::new("node")
+        .arg(root.join("tests/browser/console.mjs"))
+        .arg(d.join("browser.json"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The page is open before the job runs, so that it sees the progress rise.
+    std::thread::sleep(Duration::from_secs(5));
+    let station = spawn_station_on(d, "job-c.bin", &url, "st0", 2000);
+    let run = wait_done(station);
+    let out = browser.wait_with_output().unwrap();
+    service.kill().ok();
+    service.wait().ok();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{said}\nstation: {run}"
+    );
+    for expected in [
+        "station certificate: 403 operator_certificate",
+        "no certificate: handshake refused",
+        "job job-c: progress seen at",
+        &format!(
+            "remaining {remaining_before} -> {}",
+            remaining_before - 2000
+        ),
+    ] {
+        assert!(said.contains(expected), "{expected:?} missing:\n{said}");
+    }
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
 }

@@ -347,7 +347,7 @@ const CONSOLE_CSS: &str = include_str!("../console/console.css");
 
 /// Everything from this origin only, nothing inline, no framing.
 const CONSOLE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-                           connect-src 'self'; img-src 'self'; frame-ancestors 'none'; \
+                           connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; \
                            base-uri 'none'; form-action 'none'";
 
 fn console_file(content_type: &'static str, body: &'static str) -> Response {
