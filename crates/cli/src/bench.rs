@@ -71,6 +71,10 @@ pub(crate) struct BenchArgs {
     /// loopback port, as a station with its certificate over mutual TLS, and compare.
     #[arg(long)]
     service: bool,
+    /// With --service: a second job through the service while an operator polls the console
+    /// (its state and /metrics) once a second, to measure what serving them costs issuance.
+    #[arg(long, requires = "service")]
+    console_poll: bool,
     /// Issuance batches a station keeps in flight through the service.
     #[arg(long, default_value_t = 6)]
     service_issuers: usize,
@@ -257,10 +261,15 @@ fn measure_service(
     hsm: &Arc<Hsm>,
     sockets: usize,
     fw: Option<&BenchFirmware>,
-) -> Result<Measured> {
+    poll: bool,
+) -> Result<(Measured, u64)> {
     let ca = hsm.station_ca(None)?;
     let key = SoftKey::generate(Curve::P256)?;
-    let id = trustfab_types::StationId::new("bench-station")?;
+    let id = trustfab_types::StationId::new(if poll {
+        "bench-station-polled"
+    } else {
+        "bench-station"
+    })?;
     let req = trustfab_pki::station::StationRequest::new(&id, &key)?;
     let grant = trustfab_pki::station::StationGrant {
         products: vec![ProductKey::parse(BENCH_PRODUCT)?],
@@ -268,11 +277,34 @@ fn measure_service(
         max_per_day: None,
     };
     let (cert, _) = hsm.certify_station(&ca, &req, &grant, 1)?;
-    let running = trustfab_service::spawn(
-        Arc::clone(hsm),
-        &ca,
-        &trustfab_service::ServeOptions::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+    // The service as a center runs it, with operators: their CA and one operator.
+    let now = SystemClock.now();
+    let op_ca_key = SoftKey::generate(Curve::P256)?;
+    let op_ca = trustfab_pki::station::operator_ca(
+        &trustfab_types::StationId::new("bench-center")?,
+        &Serial::from_be_bytes(&[1])?,
+        now,
+        1,
+        &op_ca_key,
     )?;
+    let op_key = SoftKey::generate(Curve::P256)?;
+    let op_cert = trustfab_pki::station::certify_operator(
+        &trustfab_types::StationId::new("bench-operator")?,
+        &PublicKey::from_point(Curve::P256, op_key.public_point())?,
+        &Serial::from_be_bytes(&[2])?,
+        now,
+        1,
+        &Issuer::new(&op_ca, &op_ca_key)?,
+    )?;
+    let mut opts =
+        trustfab_service::ServeOptions::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    opts.operator_ca = Some(op_ca);
+    let running = trustfab_service::spawn(Arc::clone(hsm), &ca, &opts)?;
+    let operator = trustfab_service::StationCredentials {
+        ca_der: ca.clone(),
+        cert_der: op_cert,
+        key: op_key.secret_pkcs8_der()?,
+    };
     let creds = trustfab_service::StationCredentials {
         ca_der: ca,
         cert_der: cert,
@@ -283,9 +315,44 @@ fn measure_service(
         &creds,
         std::time::Duration::from_secs(30),
     )?;
-    let m = measure(a, &remote, sockets, fw, "bench-service", a.service_issuers)?;
+    let url = running.url();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (m, polls) = std::thread::scope(|sc| {
+        let poller = poll.then(|| {
+            sc.spawn(|| {
+                let mut polls = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now();
+                    for path in ["/console/state", "/metrics"] {
+                        if trustfab_service::client::operator_get(
+                            &url,
+                            path,
+                            &operator,
+                            std::time::Duration::from_secs(30),
+                        )
+                        .is_ok()
+                        {
+                            polls += 1;
+                        }
+                    }
+                    let rest = std::time::Duration::from_secs(1).saturating_sub(t.elapsed());
+                    std::thread::sleep(rest);
+                }
+                polls
+            })
+        });
+        let label = if poll {
+            "bench-console"
+        } else {
+            "bench-service"
+        };
+        let m = measure(a, &remote, sockets, fw, label, a.service_issuers);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let polls = poller.map_or(0, |p| p.join().unwrap_or(0));
+        (m, polls)
+    });
     running.stop();
-    Ok(m)
+    Ok((m?, polls))
 }
 
 /// The OEM's firmware for a bench with `--firmware`: its boot key's hash, its family key and
@@ -601,7 +668,7 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
     };
     let fw = a.firmware.map(BenchFirmware::new).transpose()?;
     let token = bench_token(a, &dir)?;
-    let count = a.devices * if a.service { 2 } else { 1 };
+    let count = a.devices * (1 + u64::from(a.service) + u64::from(a.console_poll));
     let hsm = Arc::new(
         bench_site(token, &dir, a.ledger_url.as_deref(), count, fw.as_ref())
             .context("setting up the bench site")?,
@@ -616,7 +683,12 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
     )?;
     let rss = peak_rss();
     let remote = if a.service {
-        Some(measure_service(a, &hsm, sockets, fw.as_ref())?)
+        Some(measure_service(a, &hsm, sockets, fw.as_ref(), false)?.0)
+    } else {
+        None
+    };
+    let polled = if a.console_poll {
+        Some(measure_service(a, &hsm, sockets, fw.as_ref(), true)?)
     } else {
         None
     };
@@ -654,6 +726,14 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
                 "batch_p50_ms": r.batch_p50, "batch_p99_ms": r.batch_p99,
                 "ratio_to_in_process": r.summary.devices_per_sec() / rate,
             })),
+            "service_console_polled": polled.as_ref().map(|(p, polls)| serde_json::json!({
+                "devices_per_s": p.summary.devices_per_sec(),
+                "p50_ms": ms(p.summary.latency_quantile(0.5)),
+                "p99_ms": ms(p.summary.latency_quantile(0.99)),
+                "batch_p50_ms": p.batch_p50, "batch_p99_ms": p.batch_p99,
+                "console_requests": polls,
+                "ratio_to_not_polled": remote.as_ref().map(|r| p.summary.devices_per_sec() / r.summary.devices_per_sec()),
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -684,18 +764,24 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
         local.batch_p99,
         rss_mb.map_or("-".into(), |m| format!("{m:.0}"))
     )?;
-    if let Some(r) = &remote {
+    let row = |out: &mut std::io::StdoutLock<'_>, label: &str, m: &Measured| {
         writeln!(
             out,
             "{:<34} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>13}",
-            "station through the service (mTLS)",
-            r.summary.devices_per_sec(),
-            ms(r.summary.latency_quantile(0.5)),
-            ms(r.summary.latency_quantile(0.99)),
-            r.batch_p50,
-            r.batch_p99,
+            label,
+            m.summary.devices_per_sec(),
+            ms(m.summary.latency_quantile(0.5)),
+            ms(m.summary.latency_quantile(0.99)),
+            m.batch_p50,
+            m.batch_p99,
             "-"
-        )?;
+        )
+    };
+    if let Some(r) = &remote {
+        row(&mut out, "station through the service (mTLS)", r)?;
+    }
+    if let Some((p, _)) = &polled {
+        row(&mut out, "  the same, console polled 1/s", p)?;
     }
     writeln!(
         out,
@@ -708,6 +794,14 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
             "{:<34} {:>10.0}%",
             "service / in process",
             100.0 * r.summary.devices_per_sec() / rate
+        )?;
+    }
+    if let (Some(r), Some((p, polls))) = (&remote, &polled) {
+        writeln!(
+            out,
+            "{:<34} {:>10.0}%  ({polls} console requests answered)",
+            "console polled / not polled",
+            100.0 * p.summary.devices_per_sec() / r.summary.devices_per_sec()
         )?;
     }
     writeln!(

@@ -569,6 +569,19 @@ pub fn scrape_metrics(
     creds: &StationCredentials,
     timeout: Duration,
 ) -> Result<String, String> {
+    operator_get(url, "/metrics", creds, timeout)
+}
+
+/// `GET path` of the service as the operator `creds` name; the body as text.
+///
+/// # Errors
+/// As [`scrape_metrics`].
+pub fn operator_get(
+    url: &str,
+    path: &str,
+    creds: &StationCredentials,
+    timeout: Duration,
+) -> Result<String, String> {
     let tls = crate::tls::client_config(&creds.ca_der, &creds.cert_der, &creds.key)
         .map_err(|e| e.to_string())?;
     let client = Client::builder()
@@ -577,7 +590,7 @@ pub fn scrape_metrics(
         .build()
         .map_err(|e| e.to_string())?;
     let resp = client
-        .get(format!("{}/metrics", url.trim_end_matches('/')))
+        .get(format!("{}{path}", url.trim_end_matches('/')))
         .send()
         .map_err(|e| format!("reaching {url}: {e}"))?;
     let status = resp.status();
