@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use trustfab_pki::station::{certify_operator, operator_ca};
 use trustfab_pki::{pem, Curve, Issuer, PublicKey, Signer as _, SoftKey};
-use trustfab_types::{Clock as _, Serial, StationId, SystemClock};
+use trustfab_types::{Clock as _, StationId, SystemClock};
 
 use crate::files;
 use crate::secrets::PassphraseArgs;
@@ -119,25 +119,15 @@ pub(crate) fn run(cmd: OperatorCommand) -> Result<()> {
     }
 }
 
-fn random_serial() -> Result<Serial> {
-    use trustfab_types::Rng as _;
-    let mut b = [0u8; 16];
-    trustfab_types::OsRng
-        .fill(&mut b)
-        .map_err(|e| anyhow::anyhow!("the random generator failed: {e}"))?;
-    // A positive INTEGER: the top bit clear.
-    b[0] &= 0x7f;
-    b[0] |= 0x01;
-    Ok(Serial::from_be_bytes(&b)?)
-}
-
-fn read_cert(path: &Path) -> Result<Vec<u8>> {
+/// A certificate (DER) from the PEM file at `path`.
+pub(crate) fn read_cert(path: &Path) -> Result<Vec<u8>> {
     let text =
         files::read_text(path, PEM_MAX).with_context(|| format!("reading {}", path.display()))?;
     pem::decode_one(&text, "CERTIFICATE").with_context(|| format!("reading {}", path.display()))
 }
 
-fn read_key(path: &Path, pass: &PassphraseArgs, what: &str) -> Result<SoftKey> {
+/// A P-256 key from the encrypted PKCS#8 PEM file at `path` (`what` names it at the prompt).
+pub(crate) fn read_key(path: &Path, pass: &PassphraseArgs, what: &str) -> Result<SoftKey> {
     let text =
         files::read_text(path, PEM_MAX).with_context(|| format!("reading {}", path.display()))?;
     SoftKey::from_encrypted_pem(&text, &pass.get(what, false)?)
@@ -156,7 +146,13 @@ pub(crate) fn make_ca(
         bail!("{} holds an operator CA already", dir.display());
     }
     let key = SoftKey::generate(Curve::P256)?;
-    let cert = operator_ca(center, &random_serial()?, SystemClock.now(), days, &key)?;
+    let cert = operator_ca(
+        center,
+        &trustfab_oem::ca::random_serial()?,
+        SystemClock.now(),
+        days,
+        &key,
+    )?;
     let pass = pass.get("the new operator CA key", true)?;
     files::write_new(
         &dir.join(CA_KEY),
@@ -188,7 +184,7 @@ pub(crate) fn certify(
     let cert = certify_operator(
         name,
         &PublicKey::from_point(Curve::P256, key.public_point())?,
-        &random_serial()?,
+        &trustfab_oem::ca::random_serial()?,
         SystemClock.now(),
         days,
         &Issuer::new(&ca_cert, &ca_key)?,

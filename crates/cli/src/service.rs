@@ -95,27 +95,12 @@ pub(crate) fn connect(
 }
 
 fn credentials(dir: &Path, pass: &PassphraseArgs) -> Result<StationCredentials> {
-    let read_cert = |name: &str| -> Result<Vec<u8>> {
-        let path = dir.join(name);
-        let text = files::read_text(&path, PEM_MAX).with_context(|| {
-            format!(
-                "reading {} (is the station certified? `trustfab hsm certify-station`)",
-                path.display()
-            )
-        })?;
-        pem::decode_one(&text, "CERTIFICATE").with_context(|| format!("reading {}", path.display()))
-    };
-    let cert_der = read_cert(STATION_CERT)?;
-    let ca_der = read_cert(SERVICE_CA)?;
-    let key_path = dir.join(STATION_KEY);
-    let key_pem = files::read_text(&key_path, PEM_MAX)
-        .with_context(|| format!("reading {}", key_path.display()))?;
-    let key = SoftKey::from_encrypted_pem(&key_pem, &pass.get("the station key", false)?)
-        .with_context(|| format!("opening {}", key_path.display()))?;
+    let not_certified = "is the station certified? `trustfab hsm certify-station`";
     Ok(StationCredentials {
-        ca_der,
-        cert_der,
-        key: key.secret_pkcs8_der()?,
+        ca_der: crate::operator::read_cert(&dir.join(SERVICE_CA)).context(not_certified)?,
+        cert_der: crate::operator::read_cert(&dir.join(STATION_CERT)).context(not_certified)?,
+        key: crate::operator::read_key(&dir.join(STATION_KEY), pass, "the station key")?
+            .secret_pkcs8_der()?,
     })
 }
 

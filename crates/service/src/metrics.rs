@@ -92,9 +92,6 @@ struct Tally {
     jobs: HashMap<String, JobInfo>,
     /// Stations revoked, by id.
     revoked: HashSet<String>,
-    /// Devices good and certificates issued in all.
-    good_total: u64,
-    issued_total: u64,
 }
 
 impl Default for Tally {
@@ -109,8 +106,6 @@ impl Default for Tally {
             reasons: HashMap::new(),
             jobs: HashMap::new(),
             revoked: HashSet::new(),
-            good_total: 0,
-            issued_total: 0,
         }
     }
 }
@@ -162,7 +157,6 @@ impl Tally {
         match kind {
             Kind::CertificateIssued => {
                 let r = IssuanceRecord::decode(body)?;
-                self.issued_total += 1;
                 *self
                     .issued
                     .entry(IssuedLabels {
@@ -174,7 +168,6 @@ impl Tally {
             }
             Kind::DeviceLocked => {
                 let g: DeviceGood = records::decode(body)?;
-                self.good_total += 1;
                 *self
                     .good
                     .entry(JobStationLabels {
@@ -234,6 +227,18 @@ pub(crate) struct Metrics {
     history: Mutex<VecDeque<(u64, u64, u64)>>,
     batch_seconds: Histogram,
     refused: Family<CodeLabels, Counter>,
+}
+
+/// A counter family with the tally's counts.
+fn counters<L>(counts: &HashMap<L, u64>) -> Family<L, Counter>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let f = Family::<L, Counter>::default();
+    for (l, n) in counts {
+        f.get_or_create(l).inc_by(*n);
+    }
+    f
 }
 
 fn u(n: u64) -> i64 {
@@ -298,32 +303,20 @@ impl Metrics {
 
         let mut t = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
         t.catch_up(hsm);
-        let issued = Family::<IssuedLabels, Counter>::default();
-        for (l, n) in &t.issued {
-            issued.get_or_create(l).inc_by(*n);
-        }
         reg.register(
             "certificates_issued",
             "Device certificates issued, from the ledger's CertificateIssued records",
-            issued,
+            counters(&t.issued),
         );
-        let good = Family::<JobStationLabels, Counter>::default();
-        for (l, n) in &t.good {
-            good.get_or_create(l).inc_by(*n);
-        }
         reg.register(
             "devices_good",
             "Devices locked and verified, from the ledger's DeviceLocked records",
-            good,
+            counters(&t.good),
         );
-        let failed = Family::<FailedLabels, Counter>::default();
-        for (l, n) in &t.failed {
-            failed.get_or_create(l).inc_by(*n);
-        }
         reg.register(
             "devices_failed",
             "Device attempts that failed, by step, from the ledger's DeviceFailed records",
-            failed,
+            counters(&t.failed),
         );
         let quantity = Family::<JobLabels, Gauge>::default();
         let open = Family::<JobLabels, Gauge>::default();
@@ -385,7 +378,7 @@ impl Metrics {
     pub(crate) fn tick(&self, hsm: &Hsm) {
         let mut t = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
         t.catch_up(hsm);
-        let sample = (hsm.now().0, t.good_total, t.issued_total);
+        let sample = (hsm.now().0, t.good.values().sum(), t.issued.values().sum());
         drop(t);
         let mut h = self.history.lock().unwrap_or_else(PoisonError::into_inner);
         h.push_back(sample);
@@ -459,8 +452,8 @@ impl Metrics {
                 "issued": p.issued,
                 "remaining": p.remaining,
             })).collect::<Vec<_>>(),
-            "jobs": jobs.iter().filter(|(j, _)| **j != "-").map(|(j, (issued, good, failed))| {
-                let info = t.jobs.get(*j).cloned().unwrap_or_default();
+            "jobs": t.jobs.iter().collect::<BTreeMap<_, _>>().into_iter().map(|(j, info)| {
+                let (issued, good, failed) = jobs.get(j.as_str()).copied().unwrap_or_default();
                 json!({
                     "job": j,
                     "product": info.product,
@@ -470,15 +463,7 @@ impl Metrics {
                     "failed": failed,
                     "open": !info.closed,
                 })
-            }).chain(t.jobs.iter().filter(|(j, _)| !jobs.contains_key(j.as_str())).map(|(j, info)| json!({
-                "job": j,
-                "product": info.product,
-                "quantity": info.quantity,
-                "issued": 0,
-                "good": 0,
-                "failed": 0,
-                "open": !info.closed,
-            }))).collect::<Vec<_>>(),
+            }).collect::<Vec<_>>(),
             "stations": stations.iter().map(|(id, s)| json!({
                 "station": id,
                 "issued": s.issued,

@@ -364,24 +364,10 @@ fn console_file(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// `GET /console/`: the operator's dashboard (read-only).
-async fn console_page(Extension(peer): Extension<Peer>) -> Response {
-    match operator_only(&peer) {
-        Ok(()) => console_file("text/html; charset=utf-8", CONSOLE_HTML),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn console_js(Extension(peer): Extension<Peer>) -> Response {
-    match operator_only(&peer) {
-        Ok(()) => console_file("text/javascript; charset=utf-8", CONSOLE_JS),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn console_css(Extension(peer): Extension<Peer>) -> Response {
-    match operator_only(&peer) {
-        Ok(()) => console_file("text/css; charset=utf-8", CONSOLE_CSS),
+/// `GET /console/`, its script and its style: the operator's dashboard (read-only).
+fn console_asset(peer: &Peer, content_type: &'static str, body: &'static str) -> Response {
+    match operator_only(peer) {
+        Ok(()) => console_file(content_type, body),
         Err(e) => e.into_response(),
     }
 }
@@ -565,13 +551,17 @@ impl Service {
                 },
             )
         };
-        let station = match (&self.operator_ca, chains_to(&self.station_ca)) {
-            (Some(_), Err(e)) => Err(format!(
+        // Without an operator CA the handshake validated to the station CA alone (an expired
+        // certificate is the HSM's `station_expired`, from its own clock): nothing to redo.
+        let to_station_ca = match &self.operator_ca {
+            Some(_) => chains_to(&self.station_ca),
+            None => Ok(()),
+        };
+        let station = match to_station_ca {
+            Err(e) => Err(format!(
                 "the client certificate does not validate to the station CA: {e}"
             )),
-            // Without an operator CA the handshake validated to the station CA alone (an
-            // expired certificate is the HSM's `station_expired`, from its own clock).
-            _ => parse_station_cert(leaf)
+            Ok(()) => parse_station_cert(leaf)
                 .map(Arc::new)
                 .map_err(|e| format!("the client certificate is not a station's: {e}")),
         };
@@ -593,10 +583,17 @@ impl Service {
             .map_err(|m| ApiError::new(StatusCode::FORBIDDEN, "station_certificate", m.clone()))?;
         self.hsm.admit_station(cert)?;
         if self.operator_ca.is_some() {
-            self.last_contact
+            let now = self.hsm.now().0;
+            let mut seen = self
+                .last_contact
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(cert.station_id.as_str().to_owned(), self.hsm.now().0);
+                .unwrap_or_else(PoisonError::into_inner);
+            match seen.get_mut(cert.station_id.as_str()) {
+                Some(t) => *t = now,
+                None => {
+                    seen.insert(cert.station_id.as_str().to_owned(), now);
+                }
+            }
         }
         Ok(Arc::clone(cert))
     }
@@ -1203,9 +1200,24 @@ pub fn router(svc: Arc<Service>) -> Router {
         .route("/v1/jobs/{job}/outcomes", post(outcomes))
         .route("/v1/jobs/{job}/close", post(close))
         .route("/metrics", get(metrics))
-        .route("/console/", get(console_page))
-        .route("/console/console.js", get(console_js))
-        .route("/console/console.css", get(console_css))
+        .route(
+            "/console/",
+            get(|Extension(p): Extension<Peer>| async move {
+                console_asset(&p, "text/html; charset=utf-8", CONSOLE_HTML)
+            }),
+        )
+        .route(
+            "/console/console.js",
+            get(|Extension(p): Extension<Peer>| async move {
+                console_asset(&p, "text/javascript; charset=utf-8", CONSOLE_JS)
+            }),
+        )
+        .route(
+            "/console/console.css",
+            get(|Extension(p): Extension<Peer>| async move {
+                console_asset(&p, "text/css; charset=utf-8", CONSOLE_CSS)
+            }),
+        )
         .route("/console/state", get(console_state))
         .route("/console/report/{oem}/{product}", get(console_report))
         .fallback(not_found)
