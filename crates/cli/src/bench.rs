@@ -71,10 +71,15 @@ pub(crate) struct BenchArgs {
     /// loopback port, as a station with its certificate over mutual TLS, and compare.
     #[arg(long)]
     service: bool,
-    /// With --service: a second job through the service while an operator polls the console
-    /// (its state and /metrics) once a second, to measure what serving them costs issuance.
+    /// With --service: jobs through the service while an operator polls the console (its state
+    /// and /metrics) once a second, alternated with jobs not polled (not polled, polled, polled,
+    /// not polled, ...), to measure what serving them costs issuance.
     #[arg(long, requires = "service")]
     console_poll: bool,
+    /// With --console-poll: pairs of service jobs, one polled and one not, in the alternating
+    /// order (the first not-polled job is the --service one).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=50))]
+    poll_rounds: u64,
     /// Issuance batches a station keeps in flight through the service.
     #[arg(long, default_value_t = 6)]
     service_issuers: usize,
@@ -262,14 +267,14 @@ fn measure_service(
     sockets: usize,
     fw: Option<&BenchFirmware>,
     poll: bool,
+    run: u64,
 ) -> Result<(Measured, u64)> {
     let ca = hsm.station_ca(None)?;
     let key = SoftKey::generate(Curve::P256)?;
-    let id = trustfab_types::StationId::new(if poll {
-        "bench-station-polled"
-    } else {
-        "bench-station"
-    })?;
+    let id = trustfab_types::StationId::new(&format!(
+        "bench-station-{}{run}",
+        if poll { "polled-" } else { "" }
+    ))?;
     let req = trustfab_pki::station::StationRequest::new(&id, &key)?;
     let grant = trustfab_pki::station::StationGrant {
         products: vec![ProductKey::parse(BENCH_PRODUCT)?],
@@ -353,6 +358,90 @@ fn measure_service(
     });
     running.stop();
     Ok((m?, polls))
+}
+
+/// The console's cost: service jobs polled and not polled, alternated.
+struct Polled {
+    /// The first polled job (its row in the table).
+    first: Measured,
+    /// (devices good, seconds) of each job not polled, the `--service` one first.
+    not_polled: Vec<(u64, f64)>,
+    /// (devices good, seconds) of each polled job.
+    polled: Vec<(u64, f64)>,
+    /// Console and /metrics requests answered.
+    requests: u64,
+}
+
+impl Polled {
+    /// Devices per second over all the jobs of one kind.
+    fn rate(runs: &[(u64, f64)]) -> f64 {
+        let (n, s) = runs
+            .iter()
+            .fold((0u64, 0f64), |(n, s), (g, t)| (n + g, s + t));
+        if s > 0.0 {
+            n as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    /// The polled jobs' rate over the not-polled jobs' rate.
+    fn ratio(&self) -> f64 {
+        let base = Self::rate(&self.not_polled);
+        if base > 0.0 {
+            Self::rate(&self.polled) / base
+        } else {
+            0.0
+        }
+    }
+
+    /// Each polled job's rate over the rate of the not-polled job run next to it.
+    fn pair_ratios(&self) -> Vec<f64> {
+        self.polled
+            .iter()
+            .zip(&self.not_polled)
+            .map(|(p, n)| Self::rate(&[*p]) / Self::rate(&[*n]).max(f64::MIN_POSITIVE))
+            .collect()
+    }
+}
+
+fn good_and_seconds(m: &Measured) -> (u64, f64) {
+    (m.summary.good_this_run, m.summary.elapsed.as_secs_f64())
+}
+
+/// Runs `2 * --poll-rounds - 1` more service jobs after `first` (not polled), in the order
+/// not polled, polled, polled, not polled, not polled, polled, ... so that a drift of the
+/// machine over the run (a growing ledger, a noisy neighbour) falls on both kinds alike.
+fn poll_rounds(
+    a: &BenchArgs,
+    hsm: &Arc<Hsm>,
+    sockets: usize,
+    fw: Option<&BenchFirmware>,
+    first: Option<&Measured>,
+) -> Result<Polled> {
+    let first = first.context("--console-poll needs --service")?;
+    let mut not_polled = vec![good_and_seconds(first)];
+    let mut polled = Vec::new();
+    let mut first_polled = None;
+    let mut requests = 0;
+    for i in 1..2 * a.poll_rounds {
+        // A B B A A B B A ...
+        let poll = matches!(i % 4, 1 | 2);
+        let (m, n) = measure_service(a, hsm, sockets, fw, poll, i)?;
+        requests += n;
+        if poll {
+            polled.push(good_and_seconds(&m));
+            first_polled.get_or_insert(m);
+        } else {
+            not_polled.push(good_and_seconds(&m));
+        }
+    }
+    Ok(Polled {
+        first: first_polled.context("no polled job ran")?,
+        not_polled,
+        polled,
+        requests,
+    })
 }
 
 /// The OEM's firmware for a bench with `--firmware`: its boot key's hash, its family key and
@@ -668,7 +757,12 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
     };
     let fw = a.firmware.map(BenchFirmware::new).transpose()?;
     let token = bench_token(a, &dir)?;
-    let count = a.devices * (1 + u64::from(a.service) + u64::from(a.console_poll));
+    let service_jobs = if a.console_poll {
+        2 * a.poll_rounds
+    } else {
+        u64::from(a.service)
+    };
+    let count = a.devices * (1 + service_jobs);
     let hsm = Arc::new(
         bench_site(token, &dir, a.ledger_url.as_deref(), count, fw.as_ref())
             .context("setting up the bench site")?,
@@ -683,12 +777,12 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
     )?;
     let rss = peak_rss();
     let remote = if a.service {
-        Some(measure_service(a, &hsm, sockets, fw.as_ref(), false)?.0)
+        Some(measure_service(a, &hsm, sockets, fw.as_ref(), false, 0)?.0)
     } else {
         None
     };
     let polled = if a.console_poll {
-        Some(measure_service(a, &hsm, sockets, fw.as_ref(), true)?)
+        Some(poll_rounds(a, &hsm, sockets, fw.as_ref(), remote.as_ref())?)
     } else {
         None
     };
@@ -726,13 +820,16 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
                 "batch_p50_ms": r.batch_p50, "batch_p99_ms": r.batch_p99,
                 "ratio_to_in_process": r.summary.devices_per_sec() / rate,
             })),
-            "service_console_polled": polled.as_ref().map(|(p, polls)| serde_json::json!({
-                "devices_per_s": p.summary.devices_per_sec(),
-                "p50_ms": ms(p.summary.latency_quantile(0.5)),
-                "p99_ms": ms(p.summary.latency_quantile(0.99)),
-                "batch_p50_ms": p.batch_p50, "batch_p99_ms": p.batch_p99,
-                "console_requests": polls,
-                "ratio_to_not_polled": remote.as_ref().map(|r| p.summary.devices_per_sec() / r.summary.devices_per_sec()),
+            "service_console_polled": polled.as_ref().map(|p| serde_json::json!({
+                "devices_per_s": Polled::rate(&p.polled),
+                "not_polled_devices_per_s": Polled::rate(&p.not_polled),
+                "jobs_each": p.polled.len(),
+                "p50_ms": ms(p.first.summary.latency_quantile(0.5)),
+                "p99_ms": ms(p.first.summary.latency_quantile(0.99)),
+                "batch_p50_ms": p.first.batch_p50, "batch_p99_ms": p.first.batch_p99,
+                "console_requests": p.requests,
+                "ratio_to_not_polled": p.ratio(),
+                "pair_ratios": p.pair_ratios(),
             })),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -780,8 +877,8 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
     if let Some(r) = &remote {
         row(&mut out, "station through the service (mTLS)", r)?;
     }
-    if let Some((p, _)) = &polled {
-        row(&mut out, "  the same, console polled 1/s", p)?;
+    if let Some(p) = &polled {
+        row(&mut out, "  the same, console polled 1/s", &p.first)?;
     }
     writeln!(
         out,
@@ -796,12 +893,22 @@ pub(crate) fn run(a: &BenchArgs) -> Result<()> {
             100.0 * r.summary.devices_per_sec() / rate
         )?;
     }
-    if let (Some(r), Some((p, polls))) = (&remote, &polled) {
+    if let Some(p) = &polled {
+        let pairs: Vec<String> = p
+            .pair_ratios()
+            .iter()
+            .map(|r| format!("{:.0}%", 100.0 * r))
+            .collect();
         writeln!(
             out,
-            "{:<34} {:>10.0}%  ({polls} console requests answered)",
+            "{:<34} {:>10.0}%  ({} jobs each, {:.0} / {:.0} devices/s; pairs {}; {} console requests answered)",
             "console polled / not polled",
-            100.0 * p.summary.devices_per_sec() / r.summary.devices_per_sec()
+            100.0 * p.ratio(),
+            p.polled.len(),
+            Polled::rate(&p.polled),
+            Polled::rate(&p.not_polled),
+            pairs.join(" "),
+            p.requests
         )?;
     }
     writeln!(
