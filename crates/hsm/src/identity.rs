@@ -135,6 +135,11 @@ impl Hsm {
         &self.ledger
     }
 
+    /// The token's sessions now (a PKCS#11 token's pool), `None` for a token without them.
+    pub fn token_sessions(&self) -> Option<trustfab_token::Sessions> {
+        self.token.sessions()
+    }
+
     /// The uncompressed point of the identity key: what job packages are checked against.
     pub fn identity_point(&self) -> &[u8] {
         &self.identity_point

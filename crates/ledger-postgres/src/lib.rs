@@ -490,6 +490,10 @@ impl Store for PgStore {
         self.writer.submit(appends)
     }
 
+    fn append_latency(&self) -> trustfab_ledger::AppendLatency {
+        self.writer.append_latency()
+    }
+
     fn head(&self) -> Result<Head, Error> {
         self.read(|c| {
             let row = c

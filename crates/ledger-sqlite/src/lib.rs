@@ -332,6 +332,10 @@ impl Store for SqliteStore {
         self.writer.submit(appends)
     }
 
+    fn append_latency(&self) -> trustfab_ledger::AppendLatency {
+        self.writer.append_latency()
+    }
+
     fn head(&self) -> Result<Head, Error> {
         self.read(head)
     }

@@ -472,6 +472,8 @@ pub struct Writer {
     thread: Mutex<Option<thread::JoinHandle<()>>>,
     /// The sealed store's guard and account, once [`Writer::seal_with`] installed one.
     tracker: Arc<Mutex<Option<Tracker>>>,
+    /// How long callers of [`Writer::submit`] waited.
+    latency: crate::latency::Latency,
 }
 
 impl Writer {
@@ -514,7 +516,13 @@ impl Writer {
             queue: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             tracker,
+            latency: crate::latency::Latency::default(),
         })
+    }
+
+    /// How long callers of [`Writer::submit`] waited for their outcomes.
+    pub fn append_latency(&self) -> crate::AppendLatency {
+        self.latency.read()
     }
 
     /// Makes this a sealed store under `guard`: from the next transaction on, counters are the
@@ -655,7 +663,9 @@ impl Writer {
             }
         }
         if !valid.is_empty() {
+            let t0 = std::time::Instant::now();
             let answered = self.send(valid);
+            self.latency.observe(t0.elapsed());
             let mut answered = answered.into_iter();
             for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
                 *slot = Some(answered.next().unwrap_or(Err(Error::WriterStopped)));

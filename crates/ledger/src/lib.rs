@@ -7,6 +7,7 @@ mod append;
 pub mod backend;
 mod engine;
 mod error;
+mod latency;
 mod record;
 mod seal;
 mod tracker;
@@ -22,6 +23,7 @@ pub use append::{
 };
 pub use engine::{CounterEvent, RawRecord, Verified};
 pub use error::{Error, Invalid, Problem};
+pub use latency::{AppendLatency, APPEND_BUCKETS};
 pub use record::{
     record_hash, Checkpoint, Hash, Head, Kind, Record, CHECKPOINT_TAG, CHECKPOINT_VERSION,
     GENESIS_HASH, MAX_BODY_BYTES, MAX_SIGNATURE_BYTES, RECORD_HASH_TAG,
@@ -49,6 +51,10 @@ pub trait Store: Send + Sync {
     /// may share a transaction with each other and with other callers'; a refusal of one
     /// does not affect the others. Every `Ok` is durable when this returns.
     fn append_all(&self, appends: Vec<Append>) -> Vec<Result<Vec<Record>, Error>>;
+
+    /// How long this process's calls of [`Store::append_all`] waited for their outcomes
+    /// (queueing behind other callers, the transaction and its sync), since the store opened.
+    fn append_latency(&self) -> AppendLatency;
 
     /// Appends one [`Append`] atomically and durably.
     ///

@@ -8,12 +8,15 @@
 //! quantities. A break in the chain stops the tally where it is and says so
 //! (`trustfab_ledger_chain_ok 0`). The products' ordered, issued and remaining counts are the
 //! HSM's own (its sealed account). What the process did is counted as it happens: issuance
-//! batch latency, requests refused by code.
+//! batch latency, requests refused by code, the ledger's append latency (the store's own
+//! histogram) and the token's sessions in use.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -357,10 +360,65 @@ impl Metrics {
             "Requests refused, by error code",
             self.refused.clone(),
         );
+        reg.register_collector(Box::new(AppendSeconds(hsm.ledger().append_latency())));
+        if let Some(s) = hsm.token_sessions() {
+            for (name, help, n) in [
+                (
+                    "token_sessions_in_use",
+                    "HSM token sessions an operation holds now",
+                    s.in_use,
+                ),
+                (
+                    "token_sessions_open",
+                    "HSM token sessions open (logged in), idle or busy",
+                    s.open,
+                ),
+                (
+                    "token_sessions_max",
+                    "The most HSM token sessions the service opens at once",
+                    s.max,
+                ),
+            ] {
+                let g = Gauge::<i64>::default();
+                g.set(i64::try_from(n).unwrap_or(i64::MAX));
+                reg.register(name, help, g);
+            }
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg)
             .map_err(|e| format!("encoding: {e}"))?;
         Ok(out)
+    }
+}
+
+/// The ledger's append latency as the store read it, encoded as a histogram
+/// (`trustfab_ledger_append_seconds`).
+#[derive(Debug)]
+struct AppendSeconds(trustfab_ledger::AppendLatency);
+
+impl Collector for AppendSeconds {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        // The store's buckets are cumulative; the encoder wants each bucket's own count, the
+        // last one unbounded.
+        let mut below = 0;
+        let mut buckets: Vec<(f64, u64)> = self
+            .0
+            .buckets
+            .iter()
+            .map(|(bound, n)| {
+                let own = n.saturating_sub(below);
+                below = *n;
+                (*bound, own)
+            })
+            .collect();
+        buckets.push((f64::MAX, self.0.count.saturating_sub(below)));
+        let mut m = encoder.encode_descriptor(
+            "ledger_append",
+            "Time an append to the ledger waited for its outcome (queue, transaction, sync)",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        m.encode_histogram::<NoLabelSet>(self.0.sum_seconds, self.0.count, &buckets, None)
     }
 }
 

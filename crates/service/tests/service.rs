@@ -1785,6 +1785,30 @@ fn metrics_match_the_ledger_during_and_after_a_job() {
         1.0
     );
     assert_eq!(m["trustfab_issue_batch_seconds_count"], 16.0);
+    // The ledger's append latency is the store's own histogram: every append this process
+    // made (the fixture's, the job's 16 batches and the outcomes), its buckets cumulative up
+    // to +Inf; the soft token has no sessions to report.
+    #[allow(clippy::cast_precision_loss)]
+    let appends = fx.ledger.append_latency().count as f64;
+    assert_eq!(m["trustfab_ledger_append_seconds_count"], appends);
+    assert!(appends >= 16.0 + 2.0 * 8.0, "{appends} appends");
+    assert_eq!(
+        m["trustfab_ledger_append_seconds_bucket{le=\"+Inf\"}"],
+        appends
+    );
+    let mut buckets: Vec<(f64, f64)> = m
+        .iter()
+        .filter_map(|(k, v)| {
+            let le = k.strip_prefix("trustfab_ledger_append_seconds_bucket{le=\"")?;
+            let le = le.strip_suffix("\"}")?;
+            Some((le.parse().unwrap_or(f64::INFINITY), *v))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert_eq!(buckets.len(), trustfab_ledger::APPEND_BUCKETS.len() + 1);
+    assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+    assert!(m["trustfab_ledger_append_seconds_sum"] > 0.0);
+    assert!(!m.keys().any(|k| k.starts_with("trustfab_token_sessions")));
 
     // A station's certificate reads no metrics; an operator's is no station's.
     fx.get(&http(&creds[0]), "/metrics")

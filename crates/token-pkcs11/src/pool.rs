@@ -64,6 +64,12 @@ impl Pool {
         }
     }
 
+    /// `(open, in use, max)`.
+    pub(crate) fn usage(&self) -> (usize, usize, usize) {
+        let st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (st.open, st.open.saturating_sub(st.idle.len()), self.max)
+    }
+
     /// Closes every idle session (on drop of the token, before the module is finalized).
     pub(crate) fn close_all(&self) {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);

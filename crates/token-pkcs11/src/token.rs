@@ -1014,6 +1014,15 @@ fn octet_string(v: &[u8]) -> Vec<u8> {
 }
 
 impl Token for Pkcs11Token {
+    fn sessions(&self) -> Option<trustfab_token::Sessions> {
+        let (open, in_use, max) = self.pool.usage();
+        Some(trustfab_token::Sessions {
+            open,
+            in_use,
+            max,
+        })
+    }
+
     fn generate(&self, spec: &KeySpec) -> Result<KeyHandle, Error> {
         spec.check()?;
         let _objects = TOKEN_OBJECTS.lock().unwrap_or_else(PoisonError::into_inner);

@@ -104,6 +104,42 @@ mod pkcs11 {
         KeySpec::new(KeyLabel::new(label).unwrap(), curve, usage)
     }
 
+    /// The session pool as `sessions()` reports it: one session open and idle after login;
+    /// while threads sign, some are in use and never more than the limit are open; once they
+    /// are done, none is in use.
+    #[test]
+    fn the_session_pool_reports_its_sessions() {
+        let hsm = fixture();
+        let token = Pkcs11Token::open(&hsm.config(PIN, 3)).unwrap();
+        let s = token.sessions().unwrap();
+        assert_eq!((s.open, s.in_use, s.max), (1, 0, 3));
+        let key = token
+            .generate(&key_spec("pooled", Curve::P256, KeyUsage::Sign))
+            .unwrap();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let mut busy_seen = 0;
+        std::thread::scope(|sc| {
+            for _ in 0..3 {
+                sc.spawn(|| {
+                    for _ in 0..300 {
+                        token.sign(key, b"pool").unwrap();
+                    }
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+            while done.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+                let s = token.sessions().unwrap();
+                assert!(s.open <= 3 && s.in_use <= s.open, "{s:?}");
+                busy_seen = busy_seen.max(s.in_use);
+                std::thread::yield_now();
+            }
+        });
+        assert!(busy_seen >= 1, "no session was seen in use while 3 threads signed");
+        let s = token.sessions().unwrap();
+        assert_eq!(s.in_use, 0);
+        assert!((1..=3).contains(&s.open), "{s:?}");
+    }
+
     /// Two handles of one token in one process share the module's initialized context: both
     /// work at once, closing one leaves the other working, a second open with another PIN is
     /// refused although the token is logged in already, and once both are closed the module

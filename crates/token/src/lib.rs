@@ -22,6 +22,17 @@ pub use wrap::{
     WRAPPED_VERSION,
 };
 
+/// A token's sessions ([`Token::sessions`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sessions {
+    /// Sessions open (logged in), idle or busy.
+    pub open: usize,
+    /// Sessions an operation holds now.
+    pub in_use: usize,
+    /// The most the token opens at once.
+    pub max: usize,
+}
+
 /// A cryptographic token. Keys are addressed by [`KeyHandle`] and never leave it in plaintext:
 /// no method returns private key bytes, a key enters only as a [`WrappedKey`], and only a
 /// distribution key leaves, only as a [`WrappedKey`] ([`Token::wrap_key`]). Besides EC keys a
@@ -154,4 +165,10 @@ pub trait Token: fmt::Debug + Send + Sync {
     /// # Errors
     /// A backend error.
     fn fill_random(&self, out: &mut [u8]) -> Result<(), Error>;
+
+    /// The token's sessions as of now, for a backend that keeps a pool of them (PKCS#11);
+    /// `None` for one without sessions (the soft token).
+    fn sessions(&self) -> Option<Sessions> {
+        None
+    }
 }
