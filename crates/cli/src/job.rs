@@ -38,8 +38,8 @@ pub(crate) enum JobCommand {
     Run(RunArgs),
     /// Close a job: the quantity never used goes back to the product.
     Close(JobRef),
-    /// What the ledger says about a job.
-    Status(JobRef),
+    /// What the ledger says about a job; with --watch, followed live until it is done.
+    Status(StatusArgs),
     /// Create a job, run it on simulated parts and close it, in one step.
     Quick(QuickArgs),
 }
@@ -160,6 +160,30 @@ pub(crate) struct JobRef {
     remote: RemoteArgs,
 }
 
+#[derive(Args, Debug)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    job: JobRef,
+    /// Follow the job live: good of quantity, certificates issued, failed attempts, the
+    /// reservation left and devices per second, read again every --interval until the job has
+    /// its quantity of good devices or is closed (or Ctrl-C). A progress bar on a terminal, a
+    /// line per change otherwise.
+    #[arg(long)]
+    watch: bool,
+    /// Seconds between readings with --watch.
+    #[arg(long, default_value_t = 1.0, value_parser = interval_secs)]
+    interval: f64,
+}
+
+fn interval_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if (0.05..=3600.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s}: between 0.05 and 3600 seconds"))
+    }
+}
+
 pub(crate) fn run(cmd: JobCommand) -> Result<()> {
     match cmd {
         JobCommand::Create(a) => create(&a),
@@ -179,8 +203,11 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
             Ok(())
         }
         JobCommand::Status(a) => {
-            let hsm = client(&a.at, &a.remote)?;
-            let job = read_job(&*hsm, &a.job)?;
+            let hsm = client(&a.job.at, &a.job.remote)?;
+            let job = read_job(&*hsm, &a.job.job)?;
+            if a.watch {
+                return watch(&*hsm, &job, Duration::from_secs_f64(a.interval));
+            }
             let st = hsm.job_status(&job)?;
             let s = job.spec();
             println!(
@@ -197,6 +224,122 @@ pub(crate) fn run(cmd: JobCommand) -> Result<()> {
                 None => println!("  open"),
             }
             Ok(())
+        }
+    }
+}
+
+/// One reading of `job status --watch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Reading {
+    good: u64,
+    issued: u64,
+    failed: u64,
+    left: u64,
+    closed: bool,
+}
+
+impl Reading {
+    fn of(st: &trustfab_hsm::JobStatus) -> Self {
+        Self {
+            good: st.good.len() as u64,
+            issued: st.issued.len() as u64,
+            failed: st.failures,
+            left: st.remaining,
+            closed: st.closed_seq.is_some(),
+        }
+    }
+}
+
+/// The rate of good devices over the readings of the last [`RATE_WINDOW`].
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// `job status --watch`: the job's numbers read from the HSM every `every`, as the console
+/// shows them, until the job is done or closed, or Ctrl-C.
+fn watch(hsm: &dyn HsmClient, job: &Reservation, every: Duration) -> Result<()> {
+    use std::io::IsTerminal as _;
+    let spec = job.spec();
+    let quantity = spec.quantity;
+    let tty = std::io::stdout().is_terminal();
+    let pb = tty.then(|| progress_bar(quantity, 0));
+    let stop = stop_flag();
+    stop.store(false, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let mut window: std::collections::VecDeque<(std::time::Instant, u64)> =
+        std::collections::VecDeque::new();
+    let mut last: Option<Reading> = None;
+    if !tty {
+        println!(
+            "watching job {} for {} (quantity {quantity})",
+            spec.job_id, spec.product
+        );
+    }
+    loop {
+        let r = Reading::of(&hsm.job_status(job)?);
+        let now = std::time::Instant::now();
+        window.push_back((now, r.good));
+        while window
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            window.pop_front();
+        }
+        // A start with nothing made (the watch opened before the run) is no part of the rate.
+        while window.len() > 2
+            && window
+                .get(1)
+                .is_some_and(|(_, g)| Some(g) == window.front().map(|(_, g0)| g0))
+        {
+            window.pop_front();
+        }
+        let rate = match (window.front(), window.back()) {
+            (Some((t0, g0)), Some((t1, g1))) if t1 > t0 => {
+                g1.saturating_sub(*g0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        let done = r.closed || r.good >= quantity;
+        let text = format!(
+            "{} issued, {} failed attempts, {} reserved left, {rate:.0} devices/s{}",
+            r.issued,
+            r.failed,
+            r.left,
+            if r.closed { ", closed" } else { "" }
+        );
+        match &pb {
+            Some(pb) => {
+                pb.set_position(r.good);
+                pb.set_message(text);
+            }
+            None if last != Some(r) || done => println!(
+                "{:>7.1}s  {}/{quantity} good, {text}",
+                started.elapsed().as_secs_f64(),
+                r.good
+            ),
+            None => {}
+        }
+        last = Some(r);
+        if done || stop.load(Ordering::Relaxed) {
+            if let Some(pb) = &pb {
+                pb.finish();
+            }
+            if done {
+                println!(
+                    "job {}: {} of {quantity} good{}",
+                    spec.job_id,
+                    r.good,
+                    if r.closed { ", closed" } else { "" }
+                );
+            }
+            return Ok(());
+        }
+        // Sleep in small steps so that Ctrl-C ends the watch at once.
+        let until = now + every;
+        while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(
+                until
+                    .saturating_duration_since(std::time::Instant::now())
+                    .min(Duration::from_millis(50)),
+            );
         }
     }
 }

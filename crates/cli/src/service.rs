@@ -272,6 +272,7 @@ struct ServeFile {
     max_connections: Option<usize>,
     pkcs11_sessions: Option<usize>,
     operator_ca: Option<PathBuf>,
+    console_loopback: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -282,7 +283,7 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// A TOML file with the same settings (`listen`, `names`, `cert_days`, `drain_seconds`,
-    /// `max_connections`, `pkcs11_sessions`, `operator_ca`).
+    /// `max_connections`, `pkcs11_sessions`, `operator_ca`, `console_loopback`).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// A DNS name or IP address for the service certificate (repeat; default: the listen
@@ -293,6 +294,11 @@ pub(crate) struct ServeArgs {
     /// read `/metrics`. Without it no operator is admitted.
     #[arg(long, value_name = "FILE")]
     operator_ca: Option<PathBuf>,
+    /// Also serve the console and `/metrics` over plain HTTP on this loopback address (e.g.
+    /// 127.0.0.1:9443), without a certificate, to processes of this host only; the station API
+    /// is not served there.
+    #[arg(long, value_name = "ADDR")]
+    console_loopback: Option<SocketAddr>,
 }
 
 /// `hsm serve`.
@@ -324,6 +330,12 @@ pub(crate) fn serve(a: &ServeArgs) -> Result<()> {
     }
     if let Some(p) = a.operator_ca.as_ref().or(file.operator_ca.as_ref()) {
         opts.operator_ca = Some(crate::operator::read_operator_ca(p)?);
+    }
+    opts.console_loopback = a.console_loopback.or(file.console_loopback);
+    if let Some(at) = opts.console_loopback {
+        if !at.ip().is_loopback() {
+            anyhow::bail!(trustfab_service::ServeError::NotLoopback(at));
+        }
     }
     let hsm = Arc::new(hsm::open_sessions(
         &a.at,

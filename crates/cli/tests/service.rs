@@ -432,10 +432,20 @@ fn the_console_in_chromium_follows_a_job_of_2000_to_the_end() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The terminal's view of the same job: `job status --watch`, as station st1.
+    let mut args = vec!["job", "status", "job-c.bin", "--watch", "--interval", "0.3"];
+    args.extend(remote(&url, "st1"));
+    let watcher = tf()
+        .command(d, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     // The page is open before the job runs, so that it sees the progress rise.
     std::thread::sleep(Duration::from_secs(5));
     let station = spawn_station_on(d, "job-c.bin", &url, "st0", 2000);
     let run = wait_done(station);
+    let watched = watcher.wait_with_output().unwrap();
     let out = browser.wait_with_output().unwrap();
     service.kill().ok();
     service.wait().ok();
@@ -461,4 +471,28 @@ fn the_console_in_chromium_follows_a_job_of_2000_to_the_end() {
     }
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
+
+    // The watch ended by itself once the job had its 2,000, having seen it on the way: its
+    // good count rose through values between 0 and 2,000, never fell, and ended at 2,000.
+    let text = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        watched.status.success(),
+        "job status --watch failed: {text}{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    let goods: Vec<u64> = text
+        .lines()
+        .filter_map(|l| {
+            l.split_once("/2000 good")?
+                .0
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(goods.windows(2).all(|w| w[0] <= w[1]), "{text}");
+    assert_eq!(goods.last(), Some(&2000), "{text}");
+    assert!(goods.iter().any(|g| (1..2000).contains(g)), "{text}");
+    assert!(text.contains("job job-c: 2000 of 2000 good"), "{text}");
 }

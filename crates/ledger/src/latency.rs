@@ -7,8 +7,8 @@ use std::time::Duration;
 
 /// The buckets' upper bounds in seconds: 250 µs doubling to about 8 s (and +Inf beyond).
 pub const APPEND_BUCKETS: [f64; 16] = [
-    0.000_25, 0.000_5, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
-    1.024, 2.048, 4.096, 8.192,
+    0.000_25, 0.000_5, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
+    2.048, 4.096, 8.192,
 ];
 
 /// Append latencies: one count per bucket (not cumulative), the sum and the count.

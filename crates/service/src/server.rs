@@ -50,6 +50,10 @@ pub struct ServeOptions {
     /// The center's operator CA (DER): a client certificate that validates to it may read
     /// `/metrics` (and nothing else); without one, no operator is admitted.
     pub operator_ca: Option<Vec<u8>>,
+    /// A loopback address where the console and `/metrics` are also served, over plain HTTP
+    /// and without a certificate, to processes of the service's own host (a Prometheus agent,
+    /// a browser on the HSM's machine); the station API is not served there.
+    pub console_loopback: Option<SocketAddr>,
 }
 
 impl ServeOptions {
@@ -63,6 +67,7 @@ impl ServeOptions {
             drain: Duration::from_secs(30),
             max_connections: 1024,
             operator_ca: None,
+            console_loopback: None,
         }
     }
 }
@@ -88,6 +93,12 @@ pub enum ServeError {
     /// The async runtime could not start.
     #[error("starting the service runtime: {0}")]
     Runtime(std::io::Error),
+    /// The console's loopback address is not a loopback address.
+    #[error(
+        "the console's loopback address {0} is not a loopback address (127.0.0.0/8 or ::1): \
+         without a certificate the console is served to this host only"
+    )]
+    NotLoopback(SocketAddr),
 }
 
 /// Batch ids seen lately, per station, with a digest of their devices: a retry (same id, same
@@ -1241,19 +1252,45 @@ pub fn router(svc: Arc<Service>) -> Router {
 pub fn serve(hsm: Arc<Hsm>, ca_der: &[u8], opts: &ServeOptions) -> Result<(), ServeError> {
     let listener = bind(opts.listen)?;
     let addr = listener.local_addr().unwrap_or(opts.listen);
+    let loopback = bind_loopback(opts)?;
     let tls = tls_for(&hsm, ca_der, opts)?;
     let rt = runtime()?;
     eprintln!(
         "trustfab HSM service {} listening on https://{addr}",
         hsm.hsm_id()
     );
+    if let Some((_, a)) = &loopback {
+        eprintln!("console for this host on http://{a}/console/");
+    }
     rt.block_on(async move {
         let listener = TcpListener::from_std(listener)
             .map_err(|source| ServeError::Listen { addr, source })?;
+        let loopback = match loopback {
+            Some((l, a)) => Some(
+                TcpListener::from_std(l)
+                    .map_err(|source| ServeError::Listen { addr: a, source })?,
+            ),
+            None => None,
+        };
         let svc = Arc::new(Service::new(hsm, ca_der.to_vec(), opts.operator_ca.clone()));
-        run(listener, tls, svc, opts, shutdown_signal()).await;
+        run(listener, loopback, tls, svc, opts, shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// The console's loopback listener and its address, when `opts` asks for one.
+fn bind_loopback(
+    opts: &ServeOptions,
+) -> Result<Option<(std::net::TcpListener, SocketAddr)>, ServeError> {
+    let Some(at) = opts.console_loopback else {
+        return Ok(None);
+    };
+    if !at.ip().is_loopback() {
+        return Err(ServeError::NotLoopback(at));
+    }
+    let l = bind(at)?;
+    let a = l.local_addr().unwrap_or(at);
+    Ok(Some((l, a)))
 }
 
 fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
@@ -1290,6 +1327,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ServeError> {
 /// drain, by [`Running::stop`] or on drop.
 pub struct Running {
     addr: SocketAddr,
+    console: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -1306,6 +1344,11 @@ impl Running {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The console's loopback address, when it serves one.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console
     }
 
     /// Its URL, `https://127.0.0.1:PORT`.
@@ -1341,6 +1384,8 @@ impl Drop for Running {
 pub fn spawn(hsm: Arc<Hsm>, ca_der: &[u8], opts: &ServeOptions) -> Result<Running, ServeError> {
     let listener = bind(opts.listen)?;
     let addr = listener.local_addr().unwrap_or(opts.listen);
+    let loopback = bind_loopback(opts)?;
+    let console = loopback.as_ref().map(|(_, a)| *a);
     let tls = tls_for(&hsm, ca_der, opts)?;
     let rt = runtime()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -1353,8 +1398,13 @@ pub fn spawn(hsm: Arc<Hsm>, ca_der: &[u8], opts: &ServeOptions) -> Result<Runnin
                 let Ok(listener) = TcpListener::from_std(listener) else {
                     return;
                 };
+                let loopback = match loopback.map(|(l, _)| TcpListener::from_std(l)) {
+                    Some(Ok(l)) => Some(l),
+                    Some(Err(_)) => return,
+                    None => None,
+                };
                 let svc = Arc::new(Service::new(hsm, ca_der, opts.operator_ca.clone()));
-                run(listener, tls, svc, &opts, async {
+                run(listener, loopback, tls, svc, &opts, async {
                     let _ = rx.await;
                 })
                 .await;
@@ -1363,9 +1413,104 @@ pub fn spawn(hsm: Arc<Hsm>, ca_der: &[u8], opts: &ServeOptions) -> Result<Runnin
         .map_err(ServeError::Runtime)?;
     Ok(Running {
         addr,
+        console,
         stop: Some(tx),
         thread: Some(thread),
     })
+}
+
+/// The next connection of `listener`, or never without one.
+async fn accept_some(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The `Host` names a loopback console request may carry: an address of this host, or
+/// `localhost` (a name another site resolves to 127.0.0.1, the DNS rebinding of a page in a
+/// browser on this host, is refused).
+fn loopback_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((n, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => host,
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refused unless the request names this host (see [`loopback_host`]).
+async fn loopback_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if loopback_host(host) {
+        next.run(req).await
+    } else {
+        ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "not_loopback",
+            format!(
+                "the console without a certificate answers requests for this host only, not \
+                 for {host:?}"
+            ),
+        )
+        .into_response()
+    }
+}
+
+/// One connection of the console's loopback listener: plain HTTP, the operator's routes as an
+/// operator named `loopback`, no station.
+fn serve_loopback(
+    tcp: tokio::net::TcpStream,
+    from: SocketAddr,
+    app: &Router,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    open: &Arc<AtomicUsize>,
+    max: usize,
+) {
+    if !from.ip().is_loopback() || open.load(Ordering::Relaxed) >= max {
+        return;
+    }
+    let _ = tcp.set_nodelay(true);
+    let peer = Peer(
+        Err("the console's loopback listener serves no station".into()),
+        Some("loopback".into()),
+    );
+    let app = app
+        .clone()
+        .layer(axum::middleware::from_fn(loopback_only))
+        .layer(Extension(peer));
+    let watcher = graceful.watcher();
+    let open = Arc::clone(open);
+    open.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        serve_http(tcp, app, watcher).await;
+        open.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+/// HTTP/1.1 with keep-alive over `io` until it closes or the drain ends it; a connection that
+/// sends no request head in time is closed.
+async fn serve_http<I>(io: I, app: Router, watcher: hyper_util::server::graceful::Watcher)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let hyper_svc = hyper::service::service_fn(move |req| app.clone().oneshot(req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), hyper_svc);
+    let _ = watcher.watch(conn).await;
 }
 
 async fn shutdown_signal() {
@@ -1387,6 +1532,7 @@ async fn shutdown_signal() {
 /// The accept loop over `listener` until `stop` completes, then the drain.
 pub async fn run(
     listener: TcpListener,
+    loopback: Option<TcpListener>,
     tls: Arc<rustls::ServerConfig>,
     svc: Arc<Service>,
     opts: &ServeOptions,
@@ -1394,9 +1540,10 @@ pub async fn run(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let app = router(Arc::clone(&svc));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // With operators, the console's ticker: the ledger read to its head and a chart sample,
     // once a second.
-    let ticker = svc.operator_ca.is_some().then(|| {
+    let ticker = (svc.operator_ca.is_some() || loopback.is_some()).then(|| {
         let svc = Arc::clone(&svc);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
@@ -1407,7 +1554,6 @@ pub async fn run(
             }
         })
     });
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let open = Arc::new(AtomicUsize::new(0));
     tokio::pin!(stop);
     loop {
@@ -1420,6 +1566,12 @@ pub async fn run(
                     continue;
                 }
             },
+            r = accept_some(loopback.as_ref()) => {
+                if let Ok((tcp, from)) = r {
+                    serve_loopback(tcp, from, &app, &graceful, &open, opts.max_connections);
+                }
+                continue;
+            }
         };
         if open.load(Ordering::Relaxed) >= opts.max_connections {
             drop(tcp);
@@ -1440,15 +1592,7 @@ pub async fn run(
                     Some([leaf, ..]) => svc.classify(leaf.as_ref()),
                     _ => Peer(Err("no client certificate".into()), None),
                 };
-                let app = app.layer(Extension(peer));
-                let hyper_svc = hyper::service::service_fn(move |req| app.clone().oneshot(req));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(true)
-                    // A connection that sends no request head in time is closed.
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), hyper_svc);
-                let _ = watcher.watch(conn).await;
+                serve_http(stream, app.layer(Extension(peer)), watcher).await;
             }
             open.fetch_sub(1, Ordering::Relaxed);
         });
@@ -1458,5 +1602,37 @@ pub async fn run(
         t.abort();
     }
     drop(listener);
+    drop(loopback);
     let _ = tokio::time::timeout(opts.drain, graceful.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn only_names_of_this_host_are_loopback_hosts() {
+        for ok in [
+            "127.0.0.1:9443",
+            "127.9.8.7",
+            "localhost:1",
+            "LOCALHOST",
+            "[::1]:9443",
+            "[::1]",
+        ] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for refused in [
+            "",
+            "rebind.example:9443",
+            "localhost.example",
+            "10.0.0.1:9443",
+            "[::2]:1",
+            "127.0.0.1.nip.io",
+            "localhost:x",
+            "0.0.0.0",
+        ] {
+            assert!(!loopback_host(refused), "{refused}");
+        }
+    }
 }

@@ -386,6 +386,7 @@ fn server_codes() -> BTreeMap<String, u16> {
             "FORBIDDEN" => 403,
             "NOT_FOUND" => 404,
             "METHOD_NOT_ALLOWED" => 405,
+            "MISDIRECTED_REQUEST" => 421,
             "PAYLOAD_TOO_LARGE" => 413,
             "INTERNAL_SERVER_ERROR" => 500,
             "SERVICE_UNAVAILABLE" => 503,

@@ -167,7 +167,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        Self::build(None)
+        Self::build(None, false)
     }
 
     /// With the center's operator CA configured: the fixture and an operator's credentials
@@ -194,7 +194,7 @@ impl Fixture {
             &trustfab_pki::Issuer::new(&ca, &key).unwrap(),
         )
         .unwrap();
-        let fx = Self::build(Some(ca));
+        let fx = Self::build(Some(ca), false);
         let creds = StationCredentials {
             ca_der: fx.ca.clone(),
             cert_der: cert,
@@ -203,7 +203,12 @@ impl Fixture {
         (fx, creds)
     }
 
-    fn build(operator_ca: Option<Vec<u8>>) -> Self {
+    /// With the console on a loopback port too (no operator CA).
+    fn with_loopback_console() -> Self {
+        Self::build(None, true)
+    }
+
+    fn build(operator_ca: Option<Vec<u8>>, loopback: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(FixedClock::new(SystemClock.now()));
         let Site {
@@ -218,6 +223,9 @@ impl Fixture {
         let ca = hsm.station_ca(None).unwrap();
         let mut opts = ServeOptions::new("127.0.0.1:0".parse().unwrap());
         opts.operator_ca = operator_ca;
+        if loopback {
+            opts.console_loopback = Some("127.0.0.1:0".parse().unwrap());
+        }
         let service = trustfab_service::spawn(Arc::clone(&hsm), &ca, &opts).unwrap();
         Self {
             service: Some(service),
@@ -1899,4 +1907,76 @@ fn the_console_serves_operators_only_and_shows_the_ledgers_numbers() {
     )
     .unwrap();
     assert_eq!(summary.certificates, 5);
+}
+
+/// A plain HTTP/1.1 GET of `path` on `addr` with `host` as its Host: (status, headers, body).
+fn plain_get(addr: SocketAddr, host: &str, path: &str) -> (u16, String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = String::new();
+    c.read_to_string(&mut all).unwrap();
+    let (head, body) = all.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// The console on a loopback port: the metrics and the page to this host without a
+/// certificate, the same numbers as the ledger's; no station route; a Host of another name (a
+/// DNS rebinding) refused; a loopback address that is not one refused at start.
+#[test]
+fn the_loopback_console_serves_this_host_only_and_no_station() {
+    let fx = Fixture::with_loopback_console();
+    let at = fx.running().console_addr().unwrap();
+    assert!(at.ip().is_loopback());
+    let creds = fx.station("line-1", &[PRODUCT], None, 30);
+    let r = fx
+        .remote(&creds)
+        .reserve(fx.job("job-l", PRODUCT, 20))
+        .unwrap();
+    let remote = fx.remote(&creds);
+    let job = remote.attach(r.package().as_bytes()).unwrap();
+    assert_eq!(remote.issue(&job, &devices(5)).unwrap().len(), 5);
+
+    let host = at.to_string();
+    let (status, head, body) = plain_get(at, &host, "/metrics");
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert!(body.ends_with("# EOF\n"));
+    let line = format!("trustfab_certificates_issued_total{{product=\"{PRODUCT}\",job=\"job-l\",station=\"line-1\"}} 5");
+    assert!(body.lines().any(|l| l == line), "{line} missing:\n{body}");
+    let (status, head, body) = plain_get(at, &format!("localhost:{}", at.port()), "/console/");
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-security-policy"),
+        "{head}"
+    );
+    assert!(body.contains("console.js"));
+    let (status, _, body) = plain_get(at, &host, "/console/state");
+    assert_eq!(status, 200);
+    let state: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["jobs"][0]["job"], "job-l");
+    assert_eq!(state["jobs"][0]["issued"], 5);
+
+    // No station API there, and no other host's name.
+    let (status, _, body) = plain_get(at, &host, "/v1/products");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("station_certificate"), "{body}");
+    let (status, _, body) = plain_get(at, &format!("rebind.example:{}", at.port()), "/metrics");
+    assert_eq!(status, 421, "{body}");
+    assert!(body.contains("not_loopback"), "{body}");
+    // The TLS port still admits no operator: there is no operator CA.
+    fx.get(&http(&creds), "/metrics")
+        .refused(403, "operator_certificate", "operator");
+
+    // A console address that is not a loopback one is refused before anything is served.
+    let mut opts = ServeOptions::new("127.0.0.1:0".parse().unwrap());
+    opts.console_loopback = Some("0.0.0.0:0".parse().unwrap());
+    let e = trustfab_service::spawn(Arc::clone(&fx.hsm), &fx.ca, &opts).unwrap_err();
+    assert!(e.to_string().contains("not a loopback address"), "{e}");
 }

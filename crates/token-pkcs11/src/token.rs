@@ -1016,11 +1016,7 @@ fn octet_string(v: &[u8]) -> Vec<u8> {
 impl Token for Pkcs11Token {
     fn sessions(&self) -> Option<trustfab_token::Sessions> {
         let (open, in_use, max) = self.pool.usage();
-        Some(trustfab_token::Sessions {
-            open,
-            in_use,
-            max,
-        })
+        Some(trustfab_token::Sessions { open, in_use, max })
     }
 
     fn generate(&self, spec: &KeySpec) -> Result<KeyHandle, Error> {

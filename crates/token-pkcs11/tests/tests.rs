@@ -134,7 +134,10 @@ mod pkcs11 {
                 std::thread::yield_now();
             }
         });
-        assert!(busy_seen >= 1, "no session was seen in use while 3 threads signed");
+        assert!(
+            busy_seen >= 1,
+            "no session was seen in use while 3 threads signed"
+        );
         let s = token.sessions().unwrap();
         assert_eq!(s.in_use, 0);
         assert!((1..=3).contains(&s.open), "{s:?}");
